@@ -1,0 +1,40 @@
+# trainctl — every target sets itself up, so `make demo` and `make test` each work first on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# TORCH_CONSTRAINT= (empty) keeps a torch you already have (e.g. a CUDA build): `make setup TORCH_CONSTRAINT=`
+TORCH_CONSTRAINT ?= -c constraints.txt
+
+.PHONY: setup demo test test-fast lint bench clean-runtime
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_CONSTRAINT) -e ".[dev]"
+	touch $(STAMP)
+
+# The main job: the daemon picks up the sample file from inbox/, curates it, fine-tunes builtin:tiny, then exits.
+demo: $(STAMP)
+	cp examples/demo_uppercase.jsonl inbox/demo_uppercase_$$(date +%Y%m%d_%H%M%S).jsonl
+	$(VENV)/bin/trainctl daemon --once --epochs 6
+	$(VENV)/bin/trainctl queue --limit 5
+	$(VENV)/bin/trainctl status
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check daemon cli tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/cli_latency.py
+
+# Empty the runtime folders of this checkout (inbox/, status/, data/), keeping their placeholders.
+clean-runtime:
+	find inbox status data -mindepth 1 ! -name .gitkeep -delete

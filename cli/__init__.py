@@ -1,0 +1,1 @@
+"""trainctl's command line: Typer commands with Rich output. Read-only views import no torch/transformers."""

@@ -1,0 +1,44 @@
+"""`trainctl queue`: every job with its state, file, times, dataset and adapter, and the error if it failed."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from cli.app import HomeOpt, JsonOpt, app, command, console
+from cli.render import clock, dash, duration
+from daemon.home import Home
+from daemon.jobs import JobQueue
+
+
+@command(app, "queue")
+def queue(home: HomeOpt = None, json_out: JsonOpt = False,
+          limit: int = typer.Option(50, help="Show at most this many jobs, newest first.")) -> None:
+    """Jobs with state, file, times, dataset and adapter paths, and the error of failed ones."""
+    h = Home.open(home, create=False)
+    if not h.jobs_db.exists():
+        if json_out:
+            console.print("[]")
+        else:
+            console.print("No jobs yet — drop a .jsonl file into inbox/ and run `trainctl daemon`.")
+        return
+    with JobQueue(h.jobs_db, readonly=True) as q:
+        jobs = q.list(limit=limit)
+    if json_out:
+        console.print_json(json.dumps([j.to_dict() for j in jobs], default=str))
+        return
+    t = Table(title=f"jobs in {h.root}")
+    for col in ("id", "state", "file", "created", "took", "dataset / adapter", "message / error"):
+        t.add_column(col, overflow="fold")
+    colours = {"done": "green", "failed": "red", "training": "cyan", "curating": "cyan", "interrupted": "yellow",
+               "skipped": "dim", "queued": "white"}
+    for j in jobs:
+        took = (j.finished_at or 0) - (j.started_at or 0) if j.finished_at and j.started_at else None
+        c = colours.get(j.state.value, "white")
+        where = "\n".join(x for x in (j.dataset_dir, j.adapter_dir) if x) or "—"
+        msg = f"[red]{j.error}[/red]" if j.error else dash(j.message)
+        t.add_row(str(j.id), f"[{c}]{j.state.value}[/{c}]", j.file_name, clock(j.created_at), duration(took), where,
+                  msg)
+    console.print(t)

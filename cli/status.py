@@ -1,0 +1,111 @@
+"""`trainctl status`: one screen on the daemon, the queue and the current training job. Reads files only."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import typer
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+
+from cli.app import HomeOpt, JsonOpt, app, command, console
+from cli.render import bar, dash, duration
+from daemon.atomic import read_json
+from daemon.home import Home
+from daemon.jobs import JobQueue, pid_alive
+
+STALE_AFTER_BEATS = 5
+
+
+def daemon_view(home: Home) -> dict[str, Any]:
+    doc = read_json(home.daemon_status) or {}
+    if not doc:
+        return {"status": "never started"}
+    age = time.time() - float(doc.get("heartbeat_at", 0))
+    limit = STALE_AFTER_BEATS * float(doc.get("heartbeat_seconds", 2.0))
+    if doc.get("state") == "stopped":
+        status = "stopped"
+    elif not pid_alive(doc.get("pid")):
+        status = "dead"  # killed without a chance to say so
+    elif age > limit:
+        status = "stale"
+    else:
+        status = "alive"
+    return {"status": status, "pid": doc.get("pid"), "state": doc.get("state"), "heartbeat_age_s": round(age, 1),
+            "current_job": doc.get("current_job")}
+
+
+def queue_view(home: Home) -> dict[str, Any]:
+    if not home.jobs_db.exists():
+        return {"counts": {}, "current": None}
+    with JobQueue(home.jobs_db, readonly=True) as q:
+        counts = {k: v for k, v in q.counts().items() if v}
+        active = [j for j in q.list(limit=200) if j.state.value in ("curating", "training")]
+        return {"counts": counts, "current": active[0].to_dict() if active else None}
+
+
+def gather(home: Home) -> dict[str, Any]:
+    return {"daemon": daemon_view(home), "queue": queue_view(home),
+            "training": read_json(home.training_status) or {}}
+
+
+def _num(v: Any, fmt: str) -> str:
+    return dash(v, fmt) if isinstance(v, (int, float)) else dash(v)
+
+
+def render(s: dict[str, Any]) -> Group:
+    d, q, t = s["daemon"], s["queue"], s["training"]
+    colour = {"alive": "green", "stale": "yellow", "dead": "red", "stopped": "dim"}.get(d["status"], "dim")
+    head = Table.grid(padding=(0, 2))
+    head.add_row("daemon", f"[{colour}]{d['status']}[/{colour}]"
+                 + (f"  pid {d.get('pid')}  heartbeat {d.get('heartbeat_age_s')}s ago  ({d.get('state')})"
+                    if d.get("pid") else ""))
+    counts = q.get("counts") or {}
+    head.add_row("queue", "  ".join(f"{k} {v}" for k, v in counts.items()) or "empty")
+    cur = q.get("current")
+    head.add_row("current job", f"{cur['id']} {cur['file_name']} ({cur['state']})" if cur else "none")
+    parts: list[Any] = [head]
+    if t:
+        step, total = t.get("current_step") or 0, t.get("total_steps") or 0
+        g = Table.grid(padding=(0, 2))
+        g.add_row("job", f"{t.get('job_id')}  {t.get('dataset', '')}  [{t.get('state', '?')}]")
+        g.add_row("step", f"{step}/{total}  {bar(step, total)}  epoch {_num(t.get('epoch'), '{:.2f}')}")
+        loss = _num(t.get("loss"), "{:.4f}")
+        if t.get("streaming_ce") is not None:
+            loss += f"   smoothed {_num(t.get('streaming_ce'), '{:.4f}')} ({t.get('loss_trend', '?')})"
+        g.add_row("loss", loss)
+        g.add_row("learning rate", _num(t.get("learning_rate"), "{:.2e}"))
+        g.add_row("tokens/s", f"{_num(t.get('tokens_per_sec'), '{:.0f}')} now, "
+                              f"{_num(t.get('tokens_per_sec_avg'), '{:.0f}')} avg")
+        g.add_row("ETA", duration(t.get("eta_seconds")) if t.get("state") == "training" else "—")
+        if t.get("train_exact_match") is not None:
+            g.add_row("exact match (train)", f"{t['train_exact_match']:.0%}")
+        g.add_row("updated", dash(t.get("updated_at")))
+        parts.append(Panel(g, title="training", expand=False))
+    return Group(*parts)
+
+
+@command(app, "status")
+def status(home: HomeOpt = None, json_out: JsonOpt = False,
+           watch: bool = typer.Option(False, "--watch", "-w", help="Refresh every second until Ctrl-C."),
+           interval: float = typer.Option(1.0, help="Seconds between refreshes with --watch.")) -> None:
+    """The dashboard: daemon alive?, queue, current job, step/total, loss, lr, tokens/s, ETA."""
+    h = Home.open(home, create=False)
+    if json_out:
+        console.print_json(json.dumps(gather(h), default=str))
+        return
+    if not watch:
+        console.print(render(gather(h)))
+        return
+    from rich.live import Live
+
+    try:
+        with Live(render(gather(h)), console=console, refresh_per_second=4) as live:
+            while True:
+                time.sleep(interval)
+                live.update(render(gather(h)))
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,142 @@
+"""Commands that do work: `daemon`, `stop`, `train`, `curate`. Heavy modules are imported inside them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from cli.app import HomeOpt, app, command, console
+from daemon.atomic import read_json
+from daemon.errors import TrainctlError
+from daemon.home import Home
+from daemon.jobs import pid_alive
+
+Model = Annotated[Optional[str], typer.Option("--model", help="builtin:tiny, a hub id or a model folder.")]
+Epochs = Annotated[Optional[float], typer.Option("--epochs")]
+MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N steps (0 = use epochs).")]
+Lr = Annotated[Optional[float], typer.Option("--lr")]
+Batch = Annotated[Optional[int], typer.Option("--batch-size")]
+MaxLen = Annotated[Optional[int], typer.Option("--max-length")]
+LoraR = Annotated[Optional[int], typer.Option("--lora-r")]
+LoraAlpha = Annotated[Optional[int], typer.Option("--lora-alpha")]
+EvalSteps = Annotated[Optional[int], typer.Option("--eval-steps")]
+SaveSteps = Annotated[Optional[int], typer.Option("--save-steps")]
+
+
+def overrides(model: Any = None, epochs: Any = None, max_steps: Any = None, lr: Any = None, batch_size: Any = None,
+              max_length: Any = None, lora_r: Any = None, lora_alpha: Any = None, eval_steps: Any = None,
+              save_steps: Any = None) -> dict[str, dict[str, Any]]:
+    train = {k: v for k, v in dict(model=model, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
+                                   max_length=max_length, lora_r=lora_r, lora_alpha=lora_alpha,
+                                   eval_steps=eval_steps, save_steps=save_steps).items() if v is not None}
+    return {"train": train} if train else {}
+
+
+def _settings(h: Home, ov: dict[str, Any]):
+    from daemon.config import load_settings
+
+    return load_settings(h.settings_file, ov)
+
+
+@command(app, "daemon")
+def daemon_cmd(home: HomeOpt = None, once: bool = typer.Option(False, "--once",
+               help="Process what is in the inbox now, then exit."),
+               model: Model = None, epochs: Epochs = None, max_steps: MaxSteps = None, lr: Lr = None,
+               batch_size: Batch = None, max_length: MaxLen = None, lora_r: LoraR = None,
+               lora_alpha: LoraAlpha = None, eval_steps: EvalSteps = None, save_steps: SaveSteps = None) -> None:
+    """Watch inbox/ and work the queue in the foreground (training flags apply to jobs queued by this run)."""
+    from daemon.service import Daemon, setup_logging
+
+    h = Home.open(home)
+    ov = overrides(model, epochs, max_steps, lr, batch_size, max_length, lora_r, lora_alpha, eval_steps, save_steps)
+    settings = _settings(h, ov)
+    setup_logging()
+    d = Daemon(h, settings, job_overrides=ov)
+    raise typer.Exit(d.run(once=once))
+
+
+@command(app, "stop")
+def stop(home: HomeOpt = None, timeout: float = typer.Option(300, help="Seconds to wait for the checkpoint."),
+         no_wait: bool = typer.Option(False, "--no-wait", help="Ask and return at once.")) -> None:
+    """Ask the running daemon to stop: the current job saves a checkpoint and resumes on the next start."""
+    h = Home.open(home, create=False)
+    doc = read_json(h.daemon_status) or {}
+    pid = doc.get("pid")
+    if doc.get("state") == "stopped" or not pid_alive(pid):
+        raise TrainctlError(f"no daemon is running for {h.root} — start one with `trainctl daemon`")
+    os.kill(pid, signal.SIGTERM)
+    console.print(f"asked daemon (pid {pid}) to stop; the current job saves a checkpoint first")
+    if no_wait:
+        return
+    deadline = time.time() + timeout
+    while pid_alive(pid) and time.time() < deadline:
+        time.sleep(0.2)
+    if pid_alive(pid):
+        raise TrainctlError(f"the daemon (pid {pid}) is still saving after {timeout:.0f}s — "
+                            f"check `trainctl status`, or wait longer with `trainctl stop --timeout 900`")
+    console.print("[green]daemon stopped[/green]; `trainctl daemon` resumes the interrupted job")
+
+
+@command(app, "train")
+def train_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of examples."), home: HomeOpt = None,
+              force: bool = typer.Option(False, "--force", help="Train even if this content was trained before."),
+              model: Model = None, epochs: Epochs = None, max_steps: MaxSteps = None, lr: Lr = None,
+              batch_size: Batch = None, max_length: MaxLen = None, lora_r: LoraR = None,
+              lora_alpha: LoraAlpha = None, eval_steps: EvalSteps = None, save_steps: SaveSteps = None) -> None:
+    """Curate and train one file in the foreground, without the daemon."""
+    from daemon.curation.curator import file_sha256
+    from daemon.jobs import JobQueue, JobState
+    from daemon.worker import run_job
+
+    if not file.is_file():
+        raise TrainctlError(f"{file} is not a file — pass the path of a .jsonl or .json file")
+    h = Home.open(home)
+    ov = overrides(model, epochs, max_steps, lr, batch_size, max_length, lora_r, lora_alpha, eval_steps, save_steps)
+    _settings(h, ov)  # report settings problems before any work
+    sha = file_sha256(file)
+    with JobQueue(h.jobs_db) as q:
+        same = q.find_same_content(sha)
+        if same and not force:
+            raise TrainctlError(f"{file.name} has the same content as job {same.id} ({same.state.value}) — "
+                                f"add --force to train it again")
+        # Created already CURATING with our pid, so a running daemon never picks it up.
+        job = q.enqueue(file.name, file.resolve(), sha, forced=force, overrides=ov, initial=JobState.CURATING,
+                        worker_pid=os.getpid())
+    console.print(f"job {job.id}: training {file} in the foreground (Ctrl-C checkpoints and stops)")
+    state = run_job(h, job.id, echo=lambda s: console.print(s, highlight=False))
+    if state == JobState.FAILED:
+        with JobQueue(h.jobs_db, readonly=True) as q:
+            raise TrainctlError(f"job {job.id} failed: {q.get(job.id).error}")
+    if state == JobState.INTERRUPTED:
+        console.print(f"[yellow]job {job.id} interrupted[/yellow]; `trainctl daemon` resumes it")
+
+
+@command(app, "curate")
+def curate_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of examples."), home: HomeOpt = None,
+               model: Model = None, max_length: MaxLen = None) -> None:
+    """Curation only: validate, de-duplicate, split; prints the dataset folder."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from daemon.curation.curator import Curator, dataset_stamp
+    from daemon.models import load_tokenizer
+
+    if not file.is_file():
+        raise TrainctlError(f"{file} is not a file — pass the path of a .jsonl or .json file")
+    h = Home.open(home)
+    s = _settings(h, overrides(model=model, max_length=max_length))
+    tok = load_tokenizer(s.train.model, h.models, s.train.trust_remote_code)
+    out = h.unique_path(h.datasets, h.dataset_dir(file.stem, dataset_stamp()).name)
+    with Progress(TextColumn("curating"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),
+                  TimeRemainingColumn(), console=console, transient=True) as prog:
+        task = prog.add_task("curate", total=None)
+        result = Curator(s.curation, s.train, tokenizer=tok,
+                         progress=lambda n: prog.update(task, completed=n)).run(file, out)
+    console.print(f"{result.lines_read} records: {result.total_accepted} accepted "
+                  f"(train {result.accepted['train']}, val {result.accepted['val']}, test {result.accepted['test']}), "
+                  f"{result.rejected} rejected")
+    console.print(str(out))

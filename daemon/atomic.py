@@ -1,0 +1,128 @@
+"""Atomic state files: write a temporary file beside the target, fsync, then `os.replace`.
+
+A kill at any instant leaves either the old or the new file, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=str) + "\n")
+
+
+def write_jsonl_atomic(path: Path, rows: Any) -> int:
+    """Write an iterable of dicts as JSONL, atomically. Returns the number of rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    n = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                n += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return n
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """Read a JSON file; `default` when it does not exist."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return default
+
+
+def iter_jsonl(path: Path):
+    """Yield the parsed rows of a JSONL file, skipping a torn (unterminated, unparsable) last line."""
+    try:
+        fh = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        return
+    with fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                if line.endswith("\n"):
+                    raise
+                return  # a torn last line: the writer was killed mid-append
+
+
+def append_jsonl(path: Path, row: Any, fsync: bool = False) -> None:
+    """Append one JSON line. With fsync the line survives a power cut once this returns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(row, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+    with open(path, "ab") as fh:
+        fh.write(line)
+        fh.flush()
+        if fsync:
+            os.fsync(fh.fileno())
+
+
+def repair_torn_tail(path: Path) -> int:
+    """Cut a JSONL file back to its last complete line. Returns the number of bytes removed."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if size == 0:
+        return 0
+    with open(path, "rb+") as fh:
+        # Walk back from the end to the last newline; everything after it is a torn write.
+        block = 1 << 16
+        pos = size
+        keep = 0
+        while pos > 0:
+            start = max(0, pos - block)
+            fh.seek(start)
+            chunk = fh.read(pos - start)
+            idx = chunk.rfind(b"\n")
+            if idx >= 0:
+                keep = start + idx + 1
+                break
+            pos = start
+        if keep == size:
+            # Ends in a newline; the last line may still be garbage from a torn multi-write. Check it.
+            return 0
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+        return size - keep

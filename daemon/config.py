@@ -1,0 +1,255 @@
+"""Typed settings: dataclasses with one docstring per field, loaded from `trainctl.toml`, overridden by flags.
+
+`load_settings` reports every problem at once (unknown keys, wrong types, out-of-range values), so that a
+person fixes their file in one go. The resolved settings are saved next to every adapter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daemon.errors import ConfigError
+
+BUILTIN_TINY = "builtin:tiny"
+
+
+@dataclass
+class TrainConfig:
+    """How one LoRA fine-tune runs. `[train]` in trainctl.toml; `trainctl train --lr ...` overrides."""
+
+    model: str = BUILTIN_TINY
+    """Base model: `builtin:tiny`, a Hugging Face hub id (needs a network) or a local folder."""
+    trust_remote_code: bool = False
+    """Run model code shipped with a hub model. Off unless you trust that repository."""
+    epochs: float = 3.0
+    """Passes over the training split (ignored when max_steps > 0)."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps; 0 = use epochs."""
+    lr: float = 0.0
+    """Peak learning rate; 0 = the model's default (2e-4 for hub models, 3e-3 for builtin:tiny)."""
+    batch_size: int = 8
+    """Examples per device per step."""
+    grad_accum: int = 1
+    """Gradient accumulation steps (effective batch = batch_size * grad_accum)."""
+    warmup_ratio: float = 0.05
+    """Fraction of steps spent warming the learning rate up linearly."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on the LoRA parameters."""
+    max_length: int = 512
+    """Longest tokenised example; longer ones are truncated, and rejected if no trainable token is left."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA path."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Modules that get LoRA adapters; `all-linear` = every linear layer but the output head."""
+    loss_on: str = "assistant"
+    """`assistant`: loss on assistant turns only (prompt masked); `all`: on every token."""
+    save_steps: int = 50
+    """Write a checkpoint every N steps (a killed run resumes from the newest complete one)."""
+    save_total_limit: int = 2
+    """Checkpoints kept per run."""
+    eval_steps: int = 0
+    """Evaluate on the validation split every N steps; 0 = only at the end."""
+    logging_steps: int = 1
+    """Log (and update the status file) every N steps."""
+    seed: int = 42
+    """Seed for initialisation, shuffling and sampling."""
+    device: str = "auto"
+    """`auto` (CUDA if available), `cuda`, `cpu` or `mps`."""
+    dtype: str = "auto"
+    """`auto` (bf16 on GPUs that support it, else fp32), `bf16`, `fp16` or `fp32`."""
+    final_eval_examples: int = 64
+    """Training examples answered greedily at the end to report exact match; 0 = skip."""
+    max_new_tokens: int = 64
+    """Longest answer generated during evaluation."""
+
+
+@dataclass
+class CurationConfig:
+    """How an inbox file becomes a dataset. `[curation]` in trainctl.toml."""
+
+    val_fraction: float = 0.05
+    """Share of records (by hash of their content) sent to the validation split."""
+    test_fraction: float = 0.05
+    """Share of records sent to the test split."""
+    seed: int = 0
+    """Salt of the hash-based split; change it to draw another split."""
+    on_too_long: str = "truncate"
+    """Records longer than train.max_length: `truncate` (kept if a trained token is left) or `reject` (too_long)."""
+    max_rejected_fraction: float = 0.5
+    """A file whose rejected share exceeds this fails its job (see `trainctl rejected`)."""
+
+
+@dataclass
+class DaemonConfig:
+    """How the daemon watches the inbox. `[daemon]` in trainctl.toml."""
+
+    poll_seconds: float = 0.25
+    """How often pending inbox files are re-checked."""
+    stable_seconds: float = 0.5
+    """A file must keep the same size and mtime this long (and be open by no writer) before it is queued."""
+    heartbeat_seconds: float = 2.0
+    """How often status/daemon.json is refreshed; `trainctl status` calls the daemon stale after 5x this."""
+    skip_duplicates: bool = True
+    """Skip a file whose content hash matches a finished or queued job (`trainctl train --force` overrides)."""
+
+
+@dataclass
+class Settings:
+    """All settings of one home folder."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    curation: CurationConfig = field(default_factory=CurationConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS: dict[str, type] = {"train": TrainConfig, "curation": CurationConfig, "daemon": DaemonConfig}
+
+
+def _check_type(value: Any, hint: Any) -> Any:
+    """Return `value` coerced to `hint` (int->float only), or raise TypeError."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        for arg in typing.get_args(hint):
+            try:
+                return _check_type(value, arg)
+            except TypeError:
+                continue
+        raise TypeError
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise TypeError
+        return [_check_type(v, item) for v in value]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool):
+        raise TypeError
+    if hint is type(None) and value is None:
+        return None
+    if isinstance(hint, type) and isinstance(value, hint):
+        return value
+    raise TypeError
+
+
+def _validate(s: Settings) -> list[str]:
+    t, c, d = s.train, s.curation, s.daemon
+    problems: list[str] = []
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            problems.append(msg)
+
+    need(bool(t.model.strip()), "train.model is empty — use builtin:tiny, a hub id or a folder")
+    need(t.epochs > 0 or t.max_steps > 0, "train.epochs must be > 0 (or set train.max_steps)")
+    need(t.max_steps >= 0, "train.max_steps must be >= 0")
+    need(t.lr >= 0, "train.lr must be >= 0 (0 = the model's default)")
+    need(t.batch_size >= 1, "train.batch_size must be >= 1")
+    need(t.grad_accum >= 1, "train.grad_accum must be >= 1")
+    need(0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)")
+    need(t.max_length >= 16, "train.max_length must be >= 16")
+    need(t.lora_r >= 1, "train.lora_r must be >= 1")
+    need(t.lora_alpha >= 1, "train.lora_alpha must be >= 1")
+    need(0 <= t.lora_dropout < 1, "train.lora_dropout must be in [0, 1)")
+    need(bool(t.target_modules), "train.target_modules must name at least one module (or all-linear)")
+    need(t.loss_on in ("assistant", "all"), f"train.loss_on must be 'assistant' or 'all', not {t.loss_on!r}")
+    need(t.save_steps >= 1, "train.save_steps must be >= 1")
+    need(t.save_total_limit >= 2, "train.save_total_limit must be >= 2 (so a complete checkpoint survives a kill)")
+    need(t.eval_steps >= 0, "train.eval_steps must be >= 0")
+    need(t.logging_steps >= 1, "train.logging_steps must be >= 1")
+    need(t.device in ("auto", "cuda", "cpu", "mps"), f"train.device must be auto, cuda, cpu or mps, not {t.device!r}")
+    need(t.dtype in ("auto", "bf16", "fp16", "fp32"), f"train.dtype must be auto, bf16, fp16 or fp32, not {t.dtype!r}")
+    need(t.final_eval_examples >= 0, "train.final_eval_examples must be >= 0")
+    need(t.max_new_tokens >= 1, "train.max_new_tokens must be >= 1")
+    need(0 <= c.val_fraction < 1, "curation.val_fraction must be in [0, 1)")
+    need(0 <= c.test_fraction < 1, "curation.test_fraction must be in [0, 1)")
+    need(c.val_fraction + c.test_fraction < 1, "curation.val_fraction + curation.test_fraction must be < 1")
+    need(c.on_too_long in ("truncate", "reject"), f"curation.on_too_long must be truncate or reject, not {c.on_too_long!r}")
+    need(0 < c.max_rejected_fraction <= 1, "curation.max_rejected_fraction must be in (0, 1]")
+    need(d.poll_seconds > 0, "daemon.poll_seconds must be > 0")
+    need(d.stable_seconds >= 0, "daemon.stable_seconds must be >= 0")
+    need(d.heartbeat_seconds > 0, "daemon.heartbeat_seconds must be > 0")
+    return problems
+
+
+def _apply(section_obj: Any, section: str, values: dict[str, Any], problems: list[str]) -> None:
+    hints = typing.get_type_hints(type(section_obj))
+    for key, value in values.items():
+        if key not in hints:
+            known = ", ".join(sorted(hints))
+            problems.append(f"unknown setting {section}.{key} (known: {known})")
+            continue
+        try:
+            setattr(section_obj, key, _check_type(value, hints[key]))
+        except TypeError:
+            problems.append(f"{section}.{key} = {value!r} is not a {getattr(hints[key], '__name__', hints[key])}")
+
+
+def load_settings(settings_file: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Settings:
+    """Defaults, then trainctl.toml (if it exists), then `overrides` ({"train": {"lr": 1e-3}}; None values skipped).
+
+    Raises ConfigError listing every problem found.
+    """
+    s = Settings()
+    problems: list[str] = []
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if settings_file is not None and settings_file.exists():
+        try:
+            layers.append((str(settings_file), tomllib.loads(settings_file.read_text(encoding="utf-8"))))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{settings_file} is not valid TOML: {exc} — fix the file or move it away") from exc
+    if overrides:
+        layers.append(("flags", {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in overrides.items()}))
+    for _source, doc in layers:
+        for section, values in doc.items():
+            if section not in _SECTIONS:
+                problems.append(f"unknown section [{section}] (known: {', '.join(_SECTIONS)})")
+                continue
+            if not isinstance(values, dict):
+                problems.append(f"[{section}] must be a table")
+                continue
+            _apply(getattr(s, section), section, values, problems)
+    problems.extend(_validate(s))
+    if problems:
+        where = f" in {settings_file}" if settings_file and settings_file.exists() else ""
+        raise ConfigError(f"{len(problems)} problem(s) with settings{where}: " + "; ".join(problems))
+    return s
+
+
+def settings_from_dict(doc: dict[str, Any]) -> Settings:
+    """Rebuild Settings from `to_dict()` output (as saved in config.json)."""
+    s = Settings()
+    problems: list[str] = []
+    for section, values in doc.items():
+        if section in _SECTIONS:
+            _apply(getattr(s, section), section, values, problems)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return s
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> its docstring, read from the source (used by `trainctl config` and the README test)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = nxt.value.value
+    return docs

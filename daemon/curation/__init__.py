@@ -1,0 +1,1 @@
+"""Curation: formats -> validate -> (score, dedup) -> split -> write. Every record gets exactly one outcome."""

@@ -1,0 +1,151 @@
+"""The home folder: the one place that knows the layout of inbox/, status/ and data/.
+
+Every path under the home folder is built here. Names that come from users (file, dataset, run names) go
+through `safe_name` / `inside`, so that `../`, absolute paths and symlinks pointing out are refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.errors import HomeError
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
+    """--home, else $TRAINCTL_HOME, else the current directory."""
+    raw = home or os.environ.get("TRAINCTL_HOME") or os.getcwd()
+    path = Path(raw).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise HomeError(f"home folder {path} is a file — pass a folder with --home")
+    return path
+
+
+def safe_name(name: str) -> str:
+    """A user-given name reduced to one harmless path component (no separators, no leading dots)."""
+    cleaned = _SAFE.sub("_", Path(name).name).lstrip(".")
+    if not cleaned:
+        raise HomeError(f"name {name!r} has no usable characters — use letters, digits, '.', '_' or '-'")
+    return cleaned[:120]
+
+
+@dataclass(frozen=True)
+class Home:
+    """Paths of one trainctl home folder (SPEC section 2)."""
+
+    root: Path
+
+    @classmethod
+    def open(cls, home: str | os.PathLike[str] | None = None, create: bool = True) -> Home:
+        h = cls(resolve_home(home))
+        if create:
+            h.ensure()
+        return h
+
+    def ensure(self) -> None:
+        for d in (self.inbox, self.inbox_done, self.inbox_failed, self.inbox_processing, self.status_dir,
+                  self.data, self.datasets, self.runs, self.models):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # inbox/
+    @property
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    @property
+    def inbox_done(self) -> Path:
+        return self.inbox / "done"
+
+    @property
+    def inbox_failed(self) -> Path:
+        return self.inbox / "failed"
+
+    @property
+    def inbox_processing(self) -> Path:
+        """Files taken from the inbox wait here while their job is queued or running."""
+        return self.inbox / "processing"
+
+    # status/
+    @property
+    def status_dir(self) -> Path:
+        return self.root / "status"
+
+    @property
+    def training_status(self) -> Path:
+        return self.status_dir / "training_status.json"
+
+    @property
+    def daemon_status(self) -> Path:
+        return self.status_dir / "daemon.json"
+
+    # data/
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def jobs_db(self) -> Path:
+        return self.data / "jobs.db"
+
+    @property
+    def datasets(self) -> Path:
+        return self.data / "datasets"
+
+    @property
+    def runs(self) -> Path:
+        return self.data / "runs"
+
+    @property
+    def models(self) -> Path:
+        return self.data / "models"
+
+    @property
+    def flagged_file(self) -> Path:
+        return self.data / "flagged_examples" / "flagged_examples.json"
+
+    @property
+    def evolution_root(self) -> Path:
+        return self.data / "evolution_snapshots"
+
+    @property
+    def bench_root(self) -> Path:
+        return self.data / "bench"
+
+    @property
+    def settings_file(self) -> Path:
+        return self.root / "trainctl.toml"
+
+    def run_dir(self, job_id: int) -> Path:
+        return self.runs / f"job-{int(job_id):05d}"
+
+    def dataset_dir(self, name: str, stamp: str) -> Path:
+        return self.datasets / f"{safe_name(name)}_{stamp}"
+
+    def evolution_dir(self, dataset: str) -> Path:
+        return self.inside(self.evolution_root / safe_name(dataset))
+
+    def bench_dir(self, run_name: str) -> Path:
+        return self.inside(self.bench_root / safe_name(run_name))
+
+    def inside(self, path: str | os.PathLike[str]) -> Path:
+        """`path` (relative to the home, or absolute) resolved, refused if it leaves the home folder."""
+        p = Path(path)
+        if not p.is_absolute():
+            p = self.root / p
+        resolved = p.resolve()
+        if resolved != self.root and self.root not in resolved.parents:
+            raise HomeError(f"{path} is outside the home folder {self.root} — use a path inside it")
+        return resolved
+
+    def unique_path(self, folder: Path, name: str) -> Path:
+        """folder/name, or folder/name.1, .2 ... if taken, so that nothing is overwritten."""
+        candidate = folder / safe_name(name)
+        n = 1
+        while candidate.exists():
+            candidate = folder / f"{safe_name(name)}.{n}"
+            n += 1
+        return candidate

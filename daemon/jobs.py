@@ -1,0 +1,235 @@
+"""The job queue (SQLite, data/jobs.db) and the job state machine.
+
+One row per inbox file. The daemon and its training child both write here; WAL mode and a busy timeout let the
+CLI read while they do. Every state change goes through `transition`, which refuses illegal moves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from daemon.errors import JobError
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"            # waiting in line; its file sits in inbox/processing/
+    CURATING = "curating"        # a worker is turning the file into a dataset
+    TRAINING = "training"        # a worker is fine-tuning on that dataset
+    INTERRUPTED = "interrupted"  # stopped, or its worker died; resumes from its last checkpoint on the next start
+    DONE = "done"                # adapter written; file moved to inbox/done/
+    FAILED = "failed"            # gave up; `error` says why; file moved to inbox/failed/ with an .error.txt
+    SKIPPED = "skipped"          # same content as an earlier job; not trained again; file moved to inbox/done/
+
+
+TERMINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.SKIPPED})
+ACTIVE = frozenset({JobState.CURATING, JobState.TRAINING})
+
+_ALLOWED: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.CURATING, JobState.FAILED, JobState.SKIPPED}),
+    JobState.CURATING: frozenset({JobState.TRAINING, JobState.FAILED, JobState.INTERRUPTED}),
+    JobState.TRAINING: frozenset({JobState.DONE, JobState.FAILED, JobState.INTERRUPTED}),
+    JobState.INTERRUPTED: frozenset({JobState.CURATING, JobState.TRAINING, JobState.FAILED}),
+    JobState.DONE: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.SKIPPED: frozenset(),
+}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    file_name TEXT NOT NULL,      -- the name it was dropped under
+    file_path TEXT NOT NULL,      -- where the file is now (processing/, done/ or failed/)
+    sha256 TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    updated_at REAL NOT NULL,
+    dataset_dir TEXT,
+    run_dir TEXT,
+    adapter_dir TEXT,
+    error TEXT,
+    message TEXT,
+    worker_pid INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    forced INTEGER NOT NULL DEFAULT 0,
+    overrides TEXT                -- JSON of per-job setting overrides (trainctl train flags)
+);
+CREATE INDEX IF NOT EXISTS jobs_sha ON jobs(sha256);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+"""
+
+
+@dataclass
+class Job:
+    id: int
+    file_name: str
+    file_path: str
+    sha256: str
+    state: JobState
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float
+    dataset_dir: str | None
+    run_dir: str | None
+    adapter_dir: str | None
+    error: str | None
+    message: str | None
+    worker_pid: int | None
+    attempts: int
+    forced: int
+    overrides: str | None
+
+    @property
+    def overrides_dict(self) -> dict[str, dict[str, Any]]:
+        return json.loads(self.overrides) if self.overrides else {}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(vars(self))
+        d["state"] = self.state.value
+        d.pop("overrides")
+        d["overrides"] = self.overrides_dict
+        return d
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still "exists"; treat it as dead.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class JobQueue:
+    def __init__(self, db_path: Path, readonly: bool = False):
+        self.path = db_path
+        if readonly:
+            self.conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+        else:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(db_path, timeout=30)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.executescript(_SCHEMA)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA busy_timeout=30000")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> JobQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def _job(row: sqlite3.Row) -> Job:
+        d = dict(row)
+        d["state"] = JobState(d["state"])
+        return Job(**d)
+
+    def enqueue(self, file_name: str, file_path: Path, sha256: str, forced: bool = False,
+                overrides: dict[str, Any] | None = None, initial: JobState = JobState.QUEUED,
+                worker_pid: int | None = None) -> Job:
+        """A new job. `initial` is QUEUED (the daemon picks it up) or CURATING (a foreground run owns it)."""
+        if initial not in (JobState.QUEUED, JobState.CURATING):
+            raise JobError(f"a job cannot start in state {initial.value}")
+        now = time.time()
+        with self.conn:
+            cur = self.conn.execute(
+                "INSERT INTO jobs (file_name, file_path, sha256, state, created_at, updated_at, forced, overrides, "
+                "worker_pid, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (file_name, str(file_path), sha256, initial.value, now, now, int(forced),
+                 json.dumps(overrides) if overrides else None, worker_pid,
+                 now if initial == JobState.CURATING else None))
+        return self.get(int(cur.lastrowid or 0))
+
+    def get(self, job_id: int) -> Job:
+        row = self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobError(f"no job {job_id} — run `trainctl queue` to see the jobs")
+        return self._job(row)
+
+    def list(self, limit: int = 50, states: set[JobState] | None = None) -> list[Job]:
+        rows = self.conn.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        jobs = [self._job(r) for r in rows]
+        return [j for j in jobs if states is None or j.state in states]
+
+    def counts(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        out = {s.value: 0 for s in JobState}
+        out.update({r[0]: r[1] for r in rows})
+        return out
+
+    def find_same_content(self, sha256: str, exclude_id: int | None = None) -> Job | None:
+        """An earlier job with this content that finished or is still going (failed ones don't count)."""
+        row = self.conn.execute(
+            "SELECT * FROM jobs WHERE sha256 = ? AND state NOT IN (?, ?) AND id != ? ORDER BY id LIMIT 1",
+            (sha256, JobState.FAILED.value, JobState.SKIPPED.value, exclude_id or -1)).fetchone()
+        return self._job(row) if row else None
+
+    def next_runnable(self) -> Job | None:
+        """Interrupted jobs first (they hold checkpoints), then the oldest queued one."""
+        row = self.conn.execute(
+            "SELECT * FROM jobs WHERE state IN (?, ?) ORDER BY CASE state WHEN ? THEN 0 ELSE 1 END, id LIMIT 1",
+            (JobState.INTERRUPTED.value, JobState.QUEUED.value, JobState.INTERRUPTED.value)).fetchone()
+        return self._job(row) if row else None
+
+    def transition(self, job_id: int, new: JobState, **fields: Any) -> Job:
+        """Move a job to `new`, refusing moves the state machine does not allow."""
+        allowed_cols = {"file_path", "started_at", "finished_at", "dataset_dir", "run_dir", "adapter_dir",
+                        "error", "message", "worker_pid", "attempts"}
+        bad = set(fields) - allowed_cols
+        if bad:
+            raise JobError(f"cannot set {sorted(bad)} on a job")
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            row = self.conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobError(f"no job {job_id} — run `trainctl queue` to see the jobs")
+            old = JobState(row[0])
+            if new != old and new not in _ALLOWED[old]:
+                raise JobError(f"job {job_id} cannot go from {old.value} to {new.value}")
+            now = time.time()
+            fields["updated_at"] = now
+            if new in TERMINAL:
+                fields.setdefault("finished_at", now)
+            cols = ", ".join(f"{k} = ?" for k in fields)
+            self.conn.execute(f"UPDATE jobs SET state = ?, {cols} WHERE id = ?",
+                              (new.value, *fields.values(), job_id))
+        return self.get(job_id)
+
+    def update(self, job_id: int, **fields: Any) -> None:
+        """Set fields without a state change (paths, message)."""
+        if not fields:
+            return
+        fields["updated_at"] = time.time()
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self.conn:
+            self.conn.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id))
+
+    def recover_orphans(self) -> list[Job]:
+        """Jobs left CURATING/TRAINING by a worker that is gone (daemon killed): mark them INTERRUPTED."""
+        out = []
+        for job in self.list(limit=10_000, states=set(ACTIVE)):
+            if not pid_alive(job.worker_pid):
+                out.append(self.transition(job.id, JobState.INTERRUPTED, worker_pid=None,
+                                           message="its worker stopped unexpectedly; will resume"))
+        return out

@@ -1,0 +1,176 @@
+"""Model resolution, shared by training and bench: `builtin:tiny`, a hub id, or a local folder.
+
+`builtin:tiny` is a small random-init Llama-architecture model with a byte-level tokenizer and a chat template,
+built deterministically under data/models/ on first use, with no network, so that everything works on a fresh
+machine. Hub ids go through transformers' normal `from_pretrained` (network or HF cache needed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from daemon.config import BUILTIN_TINY
+from daemon.errors import ConfigError
+
+# Layout of builtin:tiny. Changing any of these changes the model, so bump TINY_VERSION with it.
+TINY_VERSION = 1
+TINY_SPECIAL = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]
+TINY_ARCH = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=6,
+                 num_key_value_heads=6, max_position_embeddings=2048, rope_theta=10000.0)
+# One role marker per turn, the content, then <|end|>; the generation prompt is the assistant marker.
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+# Used for hub models that ship no chat template (base models).
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for m in messages %}### {{ m['role'] }}\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}### assistant\n{% endif %}"
+)
+
+
+def is_builtin(model: str) -> bool:
+    return model.startswith("builtin:")
+
+
+def tiny_path(models_dir: Path) -> Path:
+    return models_dir / f"tiny-v{TINY_VERSION}"
+
+
+def _build_tiny_tokenizer() -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    # 256 byte symbols (GPT-2's byte-to-unicode map), no merges: one token per byte.
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    byte_map = _bytes_to_unicode()
+    vocab = {byte_map[b]: b for b in range(256)}
+    assert set(vocab) == set(alphabet)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|end|>")
+    fast.add_special_tokens({"additional_special_tokens": TINY_SPECIAL[2:]})
+    fast.chat_template = TINY_CHAT_TEMPLATE
+    fast.padding_side = "right"
+    return fast
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2's reversible byte -> printable unicode map, which tokenizers' ByteLevel uses.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def build_tiny(models_dir: Path) -> Path:
+    """Create builtin:tiny under models_dir (once; concurrent callers are safe). Returns its folder."""
+    target = tiny_path(models_dir)
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    models_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = _build_tiny_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+                         tie_word_embeddings=False, **TINY_ARCH)
+    # A fixed seed on a private generator: the same weights on every machine and every first use.
+    fork_devices: list[int] = []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(1234)
+        model = LlamaForCausalLM(config)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=models_dir))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)  # atomic: readers see no folder or a whole one
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(model: str, models_dir: Path) -> str:
+    """The argument to give `from_pretrained`: a built folder for builtin:*, the folder or hub id otherwise."""
+    if model == BUILTIN_TINY:
+        return str(build_tiny(models_dir))
+    if is_builtin(model):
+        raise ConfigError(f"unknown built-in model {model!r} — the only one is {BUILTIN_TINY}")
+    p = Path(model).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise ConfigError(f"{p} has no config.json — point --model at a saved Hugging Face model folder")
+        return str(p.resolve())
+    return model  # a hub id; from_pretrained explains if it cannot be fetched
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def pick_dtype(dtype: str, device: str) -> Any:
+    import torch
+
+    if dtype == "bf16":
+        return torch.bfloat16
+    if dtype == "fp16":
+        return torch.float16
+    if dtype == "fp32":
+        return torch.float32
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(model: str, models_dir: Path, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(model, models_dir)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = FALLBACK_CHAT_TEMPLATE
+    return tok
+
+
+def load_model(model: str, models_dir: Path, device: str = "auto", dtype: str = "auto",
+               trust_remote_code: bool = False) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(model, models_dir)
+    dev = pick_device(device)
+    m = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, dev), trust_remote_code=trust_remote_code)
+    return m.to(dev)
+
+
+def load_adapter(base_model: Any, adapter_dir: Path) -> Any:
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base_model, str(adapter_dir))
+
+
+def default_lr(model: str) -> float:
+    # A random-init base has no useful features, so its LoRA needs a much larger step than a pretrained model's.
+    return 3e-3 if is_builtin(model) else 2e-4

@@ -1,0 +1,199 @@
+"""The daemon: watch the inbox, queue stable files, run one job at a time in a child process, record outcomes.
+
+The loop is single-threaded (watchdog's observer thread only notes paths). Signals set a flag; the current job's
+child gets SIGTERM, saves a checkpoint and exits as INTERRUPTED; the next start resumes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from daemon.atomic import read_json, write_json_atomic, write_text_atomic
+from daemon.config import Settings
+from daemon.curation.curator import file_sha256
+from daemon.errors import TrainctlError
+from daemon.home import Home
+from daemon.jobs import ACTIVE, TERMINAL, Job, JobQueue, JobState, pid_alive
+from daemon.watcher import InboxWatcher
+
+log = logging.getLogger("trainctl.daemon")
+
+
+def daemon_running(home: Home) -> dict | None:
+    """daemon.json if a live daemon wrote it, else None."""
+    doc = read_json(home.daemon_status)
+    if doc and doc.get("state") != "stopped" and pid_alive(doc.get("pid")):
+        return doc
+    return None
+
+
+class Daemon:
+    def __init__(self, home: Home, settings: Settings, job_overrides: dict | None = None):
+        self.home = home
+        self.settings = settings
+        self.queue = JobQueue(home.jobs_db)
+        self.watcher = InboxWatcher(home.inbox, settings.daemon.stable_seconds)
+        self.child: subprocess.Popen | None = None
+        self.child_job: int | None = None
+        self.stopping = False
+        self.started_at = time.time()
+        self._last_beat = 0.0
+        self.job_overrides = job_overrides or {}
+        """Setting overrides (daemon flags) stored with every job this run queues."""
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def run(self, once: bool = False) -> int:
+        other = daemon_running(self.home)
+        if other and other.get("pid") != os.getpid():
+            raise TrainctlError(f"a daemon is already running for {self.home.root} (pid {other['pid']}) — "
+                                f"run `trainctl stop` first")
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        self._heartbeat("starting", force=True)
+        for job in self.queue.recover_orphans():
+            log.info("job %s (%s) was cut off; it will resume", job.id, job.file_name)
+        self._adopt_processing_files()
+        self.watcher.start()
+        log.info("watching %s (stop with Ctrl-C or `trainctl stop`)", self.home.inbox)
+        try:
+            while True:
+                self._heartbeat("working" if self.child else "idle")
+                self._enqueue_ready_files()
+                if self.child is not None:
+                    self._check_child()
+                elif self.stopping:
+                    break
+                else:
+                    job = self.queue.next_runnable()
+                    if job is not None:
+                        self._start(job)
+                    elif once and self.watcher.pending == 0:
+                        break
+                time.sleep(self.settings.daemon.poll_seconds)
+        finally:
+            self.watcher.stop()
+            self._heartbeat("stopped", force=True)
+            self.queue.close()
+        return 0
+
+    def _on_signal(self, signum, frame) -> None:
+        if not self.stopping:
+            log.info("stop requested (%s): the current job will checkpoint and resume on the next start",
+                     signal.Signals(signum).name)
+        self.stopping = True
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signal.SIGTERM)
+
+    def _heartbeat(self, state: str, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._last_beat < self.settings.daemon.heartbeat_seconds:
+            return
+        self._last_beat = now
+        write_json_atomic(self.home.daemon_status, {
+            "pid": os.getpid(), "state": "stopping" if self.stopping and state != "stopped" else state,
+            "started_at": self.started_at, "heartbeat_at": now, "current_job": self.child_job,
+            "heartbeat_seconds": self.settings.daemon.heartbeat_seconds, "home": str(self.home.root)})
+
+    # -- inbox -> queue --------------------------------------------------------------------------------------
+    def _adopt_processing_files(self) -> None:
+        """Files moved to processing/ by a daemon killed before it could insert their job row."""
+        known = {Path(j.file_path) for j in self.queue.list(limit=100_000)}
+        for p in sorted(self.home.inbox_processing.iterdir()):
+            if p.is_file() and p not in known:
+                self._enqueue(p, p.name.split("-", 1)[-1])
+
+    def _enqueue_ready_files(self) -> None:
+        for path in self.watcher.ready():
+            # The rename is the commit point: once in processing/, the file belongs to the queue.
+            dest = self.home.unique_path(self.home.inbox_processing, f"{time.strftime('%Y%m%d%H%M%S')}-{path.name}")
+            try:
+                os.rename(path, dest)
+            except FileNotFoundError:
+                continue
+            self._enqueue(dest, path.name)
+
+    def _enqueue(self, path: Path, name: str) -> Job:
+        try:
+            sha = file_sha256(path)
+        except OSError as exc:
+            log.warning("cannot read %s: %s", path, exc)
+            sha = ""
+        job = self.queue.enqueue(name, path, sha, overrides=self.job_overrides or None)
+        same = self.queue.find_same_content(sha, exclude_id=job.id) if sha else None
+        if same and self.settings.daemon.skip_duplicates:
+            msg = (f"same content as job {same.id} ({same.file_name}, {same.state.value}) — not trained again; "
+                   f"run `trainctl train {name} --force` to train it anyway")
+            job = self.queue.transition(job.id, JobState.SKIPPED, message=msg)
+            self._file_away(job)
+            log.info("%s: %s", name, msg)
+        else:
+            log.info("queued %s as job %s", name, job.id)
+        return job
+
+    # -- jobs --------------------------------------------------------------------------------------------------
+    def _start(self, job: Job) -> None:
+        log.info("job %s: %s %s", job.id, "resuming" if job.state == JobState.INTERRUPTED else "starting",
+                 job.file_name)
+        cmd = [sys.executable, "-m", "daemon.worker", "--home", str(self.home.root), "--job", str(job.id)]
+        # A new session: Ctrl-C in the daemon's terminal reaches the daemon, which asks the child to checkpoint.
+        self.child = subprocess.Popen(cmd, start_new_session=True)
+        self.child_job = job.id
+        self._heartbeat("working", force=True)
+
+    def _check_child(self) -> None:
+        assert self.child is not None and self.child_job is not None
+        code = self.child.poll()
+        if code is None:
+            return
+        job = self.queue.get(self.child_job)
+        if job.state in ACTIVE or job.state == JobState.QUEUED:
+            # The child died without recording an outcome: killed (OOM?), segfault, or killed while curating.
+            if self.stopping and code in (-signal.SIGTERM, 128 + signal.SIGTERM):
+                job = self.queue.transition(job.id, JobState.INTERRUPTED, worker_pid=None,
+                                            message="stopped before its first checkpoint; restarts on next start")
+            else:
+                why = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+                hint = " (out of memory? try a smaller --batch-size or --max-length)" if code == -signal.SIGKILL else ""
+                job = self.queue.transition(job.id, JobState.FAILED, worker_pid=None,
+                                            error=f"training process {why}{hint}", message="worker crashed")
+                log.error("job %s: training process %s%s", job.id, why, hint)
+        if job.state in TERMINAL:
+            self._file_away(job)
+        self.child = None
+        self.child_job = None
+        self._heartbeat("idle", force=True)
+
+    def _file_away(self, job: Job) -> None:
+        """Move a finished job's file out of processing/: done/ for DONE and SKIPPED, failed/ (+ .error.txt)."""
+        src = Path(job.file_path)
+        if not src.exists() or src.parent != self.home.inbox_processing:
+            return
+        folder = self.home.inbox_failed if job.state == JobState.FAILED else self.home.inbox_done
+        dest = self.home.unique_path(folder, job.file_name)
+        os.rename(src, dest)
+        self.queue.update(job.id, file_path=str(dest))
+        if job.state == JobState.FAILED:
+            write_text_atomic(dest.with_name(dest.name + ".error.txt"), error_text(job))
+
+
+def error_text(job: Job) -> str:
+    bad_input = job.message == "bad input"
+    advice = ("Fix the file (see the reason above) and drop it into inbox/ again."
+              if bad_input else
+              "The file itself was read; the training job failed. Fix the cause above, then move the file back "
+              "into inbox/ to try again (or run `trainctl train FILE` to see the error in the foreground).")
+    parts = [f"trainctl could not process {job.file_name} (job {job.id}).", "", f"Why: {job.error}", "", advice]
+    if job.dataset_dir:
+        parts += ["", f"Rejected records and their reasons: trainctl rejected {job.dataset_dir}"]
+    return "\n".join(parts) + "\n"
+
+
+def setup_logging(verbose: bool = True) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)

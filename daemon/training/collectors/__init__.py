@@ -1,0 +1,21 @@
+"""Metric collectors: one `TrainerCallback` per module, each usable in anyone's transformers Trainer.
+
+Each collector keeps its own state, updates it from the Trainer's hooks, and reports `summary()`: the fields it
+contributes to status/training_status.json and metrics.jsonl. Collectors never import each other; they meet in
+`daemon.training.status.StatusWriter`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import TrainerCallback
+
+
+class Collector(TrainerCallback):
+    """Base: a TrainerCallback that can summarise what it has seen as a flat dict of status fields."""
+
+    name = "collector"
+
+    def summary(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,122 @@
+"""Tokenise chat examples and mask the prompt: labels are -100 everywhere but the trained turns.
+
+The chat template is rendered once for the whole conversation and once per turn prefix; character offsets of the
+fast tokenizer map each token to the turn it came from. That works for any template that renders a prefix of a
+conversation as a prefix of the whole (nearly all do), so hub models and `builtin:tiny` share one path.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from daemon.curation.formats import Message
+
+IGNORE = -100
+
+
+class EncodeError(ValueError):
+    def __init__(self, detail: str, message: str):
+        super().__init__(message)
+        self.detail = detail
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    full_length: int
+    """Token count before truncation."""
+
+    @property
+    def trainable(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+def _render(tok: Any, msgs: list[dict[str, str]], gen: bool = False) -> str:
+    if not msgs:
+        return ""
+    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+
+def _trains(m: Message, loss_on: str) -> bool:
+    if m.train is not None:
+        return m.train
+    return m.role == "assistant" or loss_on == "all"
+
+
+def encode_messages(tok: Any, messages: list[Message], max_length: int, loss_on: str = "assistant") -> Encoded:
+    """input_ids and labels for one conversation, truncated to max_length (right side)."""
+    rows = [{"role": m.role, "content": m.content} for m in messages]
+    full = _render(tok, rows)
+    spans: list[tuple[int, int]] = []  # character ranges [start, end) of `full` that carry loss
+    for k, m in enumerate(messages):
+        if not _trains(m, loss_on):
+            continue
+        before = _render(tok, rows[:k], gen=m.role == "assistant")
+        after = _render(tok, rows[: k + 1])
+        if not full.startswith(after) or not after.startswith(before) and m.role == "assistant":
+            raise EncodeError("no_trainable_tokens", "the chat template does not render turns as prefixes")
+        if m.role != "assistant":
+            before = _render(tok, rows[:k])
+        spans.append((len(before), len(after)))
+    enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = enc["input_ids"]
+    labels = [IGNORE] * len(ids)
+    for i, (s, e) in enumerate(enc["offset_mapping"]):
+        # A token trains if it starts inside a trained span (special tokens too: the end-of-turn must be learned).
+        if any(a <= s < b for a, b in spans) and e > s:
+            labels[i] = ids[i]
+    return Encoded(input_ids=ids[:max_length], labels=labels[:max_length], full_length=len(ids))
+
+
+def prompt_text(tok: Any, messages: list[Message]) -> str:
+    """The rendered prompt (all turns before the last assistant one) with the generation prompt appended."""
+    last = max(i for i, m in enumerate(messages) if m.role == "assistant")
+    rows = [{"role": m.role, "content": m.content} for m in messages[:last]]
+    if not rows:
+        return _render(tok, [{"role": "user", "content": ""}], gen=True)
+    return _render(tok, rows, gen=True)
+
+
+def messages_of(row: dict[str, Any]) -> list[Message]:
+    return [Message(m["role"], m["content"], m.get("train")) for m in row["messages"]]
+
+
+def read_split(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def encode_rows(tok: Any, rows: Iterable[dict[str, Any]], max_length: int, loss_on: str) -> list[dict[str, list[int]]]:
+    out = []
+    for row in rows:
+        e = encode_messages(tok, messages_of(row), max_length, loss_on)
+        if e.trainable:
+            out.append({"input_ids": e.input_ids, "labels": e.labels})
+    return out
+
+
+class PadCollator:
+    """Right-pads a list of {"input_ids", "labels"} to the longest in the batch. Shapes: [batch, longest]."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        longest = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), longest), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(features), longest), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(features), longest), dtype=torch.long)
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[i, :n] = torch.tensor(f["input_ids"])
+            labels[i, :n] = torch.tensor(f["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}

@@ -1,0 +1,216 @@
+"""The LoRA fine-tuning recipe, top to bottom: setup -> data -> model -> train -> save -> final check.
+
+Runs inside the daemon's child process (or the foreground for `trainctl train`). Resumes from the newest complete
+checkpoint in data/runs/<job>/checkpoints/. Returns what happened; the caller records it in the job queue.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from daemon.atomic import write_json_atomic
+from daemon.config import Settings
+from daemon.errors import TrainingError
+from daemon.home import Home
+
+
+@dataclass
+class TrainOutcome:
+    interrupted: bool
+    """True when a stop request ended training early; a checkpoint was saved and the job resumes later."""
+    steps: int
+    adapter_dir: Path | None = None
+    resumed_from: str | None = None
+    final_loss: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunContext:
+    home: Home
+    job_id: int
+    dataset_dir: Path
+    settings: Settings
+    echo: Callable[[str], None] = print
+    watch_parent: bool = False
+    """In a daemon child: stop (with a checkpoint) if the daemon goes away."""
+
+
+def resolved_config(ctx: RunContext) -> dict[str, Any]:
+    """The settings as trained with, defaults filled in: saved as config.json beside the adapter."""
+    from daemon.models import default_lr
+
+    doc = ctx.settings.to_dict()
+    if not doc["train"]["lr"]:
+        doc["train"]["lr"] = default_lr(ctx.settings.train.model)
+    doc["job_id"] = ctx.job_id
+    doc["dataset_dir"] = str(ctx.dataset_dir)
+    return doc
+
+
+def _setup(ctx: RunContext) -> tuple[Path, dict[str, Any]]:
+    from transformers import set_seed
+
+    run_dir = ctx.home.run_dir(ctx.job_id)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    config = resolved_config(ctx)
+    write_json_atomic(run_dir / "config.json", config)
+    set_seed(ctx.settings.train.seed)
+    return run_dir, config
+
+
+def _data(ctx: RunContext, tok: Any) -> tuple[list[dict[str, Any]], list[dict[str, list[int]]]]:
+    from daemon.training.data import encode_rows, read_split
+
+    cfg = ctx.settings.train
+    rows = read_split(ctx.dataset_dir / "train.jsonl")
+    encoded = encode_rows(tok, rows, cfg.max_length, cfg.loss_on)
+    if not encoded:
+        raise TrainingError(f"{ctx.dataset_dir.name} has no training example with a trainable token")
+    return rows, encoded
+
+
+def _model(ctx: RunContext) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    from daemon.models import load_model
+
+    cfg = ctx.settings.train
+    base = load_model(cfg.model, ctx.home.models, cfg.device, cfg.dtype, cfg.trust_remote_code)
+    targets: Any = "all-linear" if cfg.target_modules == ["all-linear"] else cfg.target_modules
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(base, lora)
+
+
+def _training_args(ctx: RunContext, run_dir: Path, lr: float, model: Any) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    cfg = ctx.settings.train
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    dtype = next(model.parameters()).dtype
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        warmup_steps=cfg.warmup_ratio,  # < 1 means a fraction of all steps
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type="linear",
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy="no",
+        seed=cfg.seed,
+        use_cpu=on_cpu,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        report_to="none",
+    )
+
+
+def _save_adapter(model: Any, tok: Any, run_dir: Path, config: dict[str, Any]) -> Path:
+    """adapter/ = adapter_model.safetensors + adapter_config.json + tokenizer + the resolved config.
+    Written to a temporary folder and renamed, so a kill never leaves half an adapter."""
+    final = run_dir / "adapter"
+    tmp = run_dir / ".adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tok.save_pretrained(str(tmp))
+    write_json_atomic(tmp / "trainctl_config.json", config)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return final
+
+
+def exact_match(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens: int) -> dict[str, Any]:
+    """Greedy answers to `rows`; share whose answer equals the golden one (whitespace-normalised)."""
+    from daemon.generation import generate_texts, normalise_answer
+    from daemon.training.data import messages_of, prompt_text
+
+    if not rows:
+        return {"count": 0, "exact_match": None}
+    msgs = [messages_of(r) for r in rows]
+    prompts = [prompt_text(tok, m) for m in msgs]
+    golden = [[x for x in m if x.role == "assistant"][-1].content for m in msgs]
+    answers = generate_texts(model, tok, prompts, max_new_tokens=max_new_tokens)
+    hits = [normalise_answer(a["text"]) == normalise_answer(g) for a, g in zip(answers, golden)]
+    return {"count": len(rows), "exact_match": round(sum(hits) / len(rows), 4),
+            "misses": [{"line": r.get("line"), "golden": g, "model": a["text"]}
+                       for r, g, a, h in zip(rows, golden, answers, hits) if not h][:10]}
+
+
+def train(ctx: RunContext) -> TrainOutcome:
+    from transformers import Trainer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from daemon.models import load_tokenizer
+    from daemon.training.collectors.throughput import ThroughputCollector
+    from daemon.training.control import RunControl, newest_complete_checkpoint
+    from daemon.training.data import PadCollator
+    from daemon.training.status import StatusWriter
+
+    cfg = ctx.settings.train
+    # 1. setup: run folder, resolved config, seeds
+    run_dir, config = _setup(ctx)
+    # 2. data: the curated train split, tokenised with prompt tokens masked
+    tok = load_tokenizer(cfg.model, ctx.home.models, cfg.trust_remote_code)
+    rows, train_set = _data(ctx, tok)
+    # 3. model: the base model with LoRA adapters (only they train)
+    model = _model(ctx)
+    # 4. train: Trainer + collectors; resume from the newest complete checkpoint
+    args = _training_args(ctx, run_dir, config["train"]["lr"], model)
+    control = RunControl(run_dir / "checkpoints", watch_parent=ctx.watch_parent)
+    control.install_signal_handlers()
+    throughput = ThroughputCollector()
+    status = StatusWriter(ctx.home.training_status, run_dir / "metrics.jsonl",
+                          base={"job_id": ctx.job_id, "dataset": ctx.dataset_dir.name, "model": cfg.model,
+                                "run_dir": str(run_dir)},
+                          collectors=[throughput], echo=ctx.echo)
+    trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=PadCollator(tok.pad_token_id),
+                      callbacks=[control, throughput, status])
+    for noisy in (PrinterCallback, ProgressCallback):  # the StatusWriter reports progress instead
+        trainer.remove_callback(noisy)
+    resume = newest_complete_checkpoint(run_dir / "checkpoints")
+    if resume:
+        ctx.echo(f"resuming job {ctx.job_id} from {resume.name}")
+    status.set(state="training", resumed_from=resume.name if resume else None)
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    steps = trainer.state.global_step
+    if control.stop_requested and steps < trainer.state.max_steps:
+        status.set(state="interrupted", message=f"stopped at step {steps} ({control.stop_reason}); resumes on restart")
+        status.write(trainer.state, force=True)
+        return TrainOutcome(interrupted=True, steps=steps, resumed_from=resume.name if resume else None)
+    # 5. save: the final adapter in safetensors with the resolved config beside it
+    adapter_dir = _save_adapter(model, tok, run_dir, config)
+    # 6. final check: does it answer its own training examples? (the demo's "it learns" figure)
+    metrics: dict[str, Any] = {"train_runtime_s": round(time.time() - t0, 2), "train_loss": result.training_loss}
+    if cfg.final_eval_examples:
+        status.set(state="evaluating")
+        status.write(trainer.state, force=True)
+        metrics["train_eval"] = exact_match(model, tok, rows[: cfg.final_eval_examples], cfg.max_new_tokens)
+    final_loss = next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)
+    write_json_atomic(run_dir / "result.json", {"job_id": ctx.job_id, "steps": steps, "final_loss": final_loss,
+                                                "adapter_dir": str(adapter_dir), **metrics,
+                                                "resumed_from": resume.name if resume else None})
+    status.set(state="done", train_exact_match=(metrics.get("train_eval") or {}).get("exact_match"),
+               adapter_dir=str(adapter_dir))
+    status.write(trainer.state, force=True)
+    return TrainOutcome(interrupted=False, steps=steps, adapter_dir=adapter_dir, final_loss=final_loss,
+                        resumed_from=resume.name if resume else None, metrics=metrics)
+
+

@@ -1,0 +1,94 @@
+"""StatusWriter: the callback where collectors meet. It writes status/training_status.json (atomically,
+throttled) and appends one row per logged step to data/runs/<job>/metrics.jsonl."""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from transformers import TrainerCallback
+
+from daemon.atomic import append_jsonl, write_json_atomic
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/Inf; keep them visible as text
+    return v
+
+
+class StatusWriter(TrainerCallback):
+    def __init__(self, status_path: Path, metrics_path: Path, base: dict[str, Any], collectors: list[Any],
+                 min_interval: float = 0.5, echo: Callable[[str], None] | None = None):
+        self.status_path = status_path
+        self.metrics_path = metrics_path
+        self.base = dict(base)
+        self.collectors = collectors
+        self.min_interval = min_interval
+        self.echo = echo
+        self._last_write = 0.0
+        self._last_echo = 0.0
+        self.fields: dict[str, Any] = {}
+
+    def set(self, **fields: Any) -> None:
+        self.fields.update(fields)
+
+    def snapshot(self, state: Any = None) -> dict[str, Any]:
+        doc = dict(self.base)
+        if state is not None:
+            doc.update(current_step=state.global_step, total_steps=state.max_steps,
+                       epoch=round(state.epoch or 0.0, 3))
+        for c in self.collectors:
+            try:
+                doc.update(c.summary())
+            except Exception as exc:  # a broken collector must not stop training
+                doc.setdefault("collector_errors", {})[getattr(c, "name", type(c).__name__)] = str(exc)
+        doc.update(self.fields)
+        doc["updated_at"] = now_iso()
+        return {k: _clean(v) for k, v in doc.items()}
+
+    def write(self, state: Any = None, force: bool = False) -> dict[str, Any]:
+        t = time.monotonic()
+        if not force and t - self._last_write < self.min_interval:
+            return {}
+        self._last_write = t
+        doc = self.snapshot(state)
+        write_json_atomic(self.status_path, doc)
+        return doc
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.set(state="training")
+        self.write(state, force=True)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        if "loss" in logs:
+            self.set(loss=logs["loss"])
+        if "learning_rate" in logs:
+            self.set(learning_rate=logs["learning_rate"])
+        if "grad_norm" in logs:
+            self.set(grad_norm=logs["grad_norm"])
+        doc = self.snapshot(state)
+        row = {k: doc.get(k) for k in ("current_step", "epoch", "loss", "learning_rate", "grad_norm")}
+        row.update({k: v for k, v in doc.items() if k not in row and isinstance(v, (int, float)) and k != "job_id"})
+        row.update({k: _clean(v) for k, v in logs.items() if isinstance(v, (int, float))})
+        row["time"] = time.time()
+        append_jsonl(self.metrics_path, row)
+        self.write(state)
+        if self.echo and "loss" in logs and (time.monotonic() - self._last_echo > 5
+                                             or state.global_step == state.max_steps):
+            self._last_echo = time.monotonic()
+            eta = doc.get("eta_seconds")
+            self.echo(f"step {state.global_step}/{state.max_steps}  loss {doc.get('loss', float('nan')):.4f}  "
+                      f"lr {doc.get('learning_rate', 0):.2e}  {doc.get('tokens_per_sec', 0):.0f} tok/s"
+                      + (f"  eta {eta:.0f}s" if eta is not None else ""))
+
+    def on_step_end(self, args, state, control, **kw):
+        self.write(state)

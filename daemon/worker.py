@@ -1,0 +1,130 @@
+"""One job from start to end: curate (unless already done), train, record the outcome in the queue.
+
+The daemon runs this in a child process (`python -m daemon.worker --home H --job N`) so that a crash, an OOM kill or
+a NaN never takes the daemon down; `trainctl train` runs it in the foreground.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from daemon.config import Settings, load_settings, settings_from_dict
+from daemon.atomic import read_json
+from daemon.errors import InputFileError, TrainctlError
+from daemon.home import Home
+from daemon.jobs import Job, JobQueue, JobState
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 75
+
+
+def job_settings(home: Home, job: Job) -> Settings:
+    """A resumed job trains with the settings it started with (run/config.json), not today's trainctl.toml."""
+    saved = read_json(home.run_dir(job.id) / "config.json")
+    if saved:
+        return settings_from_dict(saved)
+    return load_settings(home.settings_file, job.overrides_dict)
+
+
+def _curate(home: Home, q: JobQueue, job: Job, settings: Settings, echo: Callable[[str], None]) -> Path:
+    from daemon.curation.curator import Curator, dataset_stamp
+    from daemon.models import load_tokenizer
+
+    q.transition(job.id, JobState.CURATING, worker_pid=os.getpid(), started_at=job.started_at or time.time(),
+                 attempts=job.attempts + 1)
+    t = settings.train
+    tok = load_tokenizer(t.model, home.models, t.trust_remote_code)
+    src = Path(job.file_path)
+    out = home.unique_path(home.datasets, home.dataset_dir(Path(job.file_name).stem, dataset_stamp()).name)
+    result = Curator(settings.curation, t, tokenizer=tok).run(src, out)
+    share = result.rejected / max(1, result.lines_read)
+    echo(f"job {job.id}: curated {job.file_name}: {result.lines_read} records, {result.total_accepted} accepted "
+         f"(train {result.accepted['train']}, val {result.accepted['val']}, test {result.accepted['test']}), "
+         f"{result.rejected} rejected -> {out}")
+    if share > settings.curation.max_rejected_fraction:
+        q.update(job.id, dataset_dir=str(out))
+        raise InputFileError(
+            f"{result.rejected} of {result.lines_read} records ({share:.0%}) were rejected, more than "
+            f"curation.max_rejected_fraction = {settings.curation.max_rejected_fraction:.0%} — "
+            f"run `trainctl rejected {out}` to see why")
+    return out
+
+
+def run_job(home: Home, job_id: int, echo: Callable[[str], None] = print, in_child: bool = False) -> JobState:
+    """Run job `job_id` to DONE, INTERRUPTED or FAILED; returns the state it ends in."""
+    from daemon.training.recipe import RunContext, train
+
+    q = JobQueue(home.jobs_db)
+    try:
+        job = q.get(job_id)
+        try:
+            settings = job_settings(home, job)
+            if job.dataset_dir and (Path(job.dataset_dir) / "stats.json").exists():
+                dataset = Path(job.dataset_dir)
+                q.transition(job.id, JobState.TRAINING, worker_pid=os.getpid(), attempts=job.attempts + 1)
+            else:
+                dataset = _curate(home, q, job, settings, echo)
+                q.transition(job.id, JobState.TRAINING, dataset_dir=str(dataset), run_dir=str(home.run_dir(job.id)))
+            outcome = train(RunContext(home, job.id, dataset, settings, echo=echo, watch_parent=in_child))
+            if outcome.interrupted:
+                q.transition(job.id, JobState.INTERRUPTED, worker_pid=None,
+                             message=f"stopped at step {outcome.steps}; resumes from its checkpoint on restart")
+                echo(f"job {job.id}: interrupted at step {outcome.steps}, checkpoint kept")
+                return JobState.INTERRUPTED
+            em = (outcome.metrics.get("train_eval") or {}).get("exact_match")
+            msg = f"{outcome.steps} steps, final loss {outcome.final_loss:.4f}" if outcome.final_loss is not None \
+                else f"{outcome.steps} steps"
+            if em is not None:
+                msg += f", exact match on training examples {em:.0%}"
+            if outcome.resumed_from:
+                msg += f", resumed from {outcome.resumed_from}"
+            q.transition(job.id, JobState.DONE, adapter_dir=str(outcome.adapter_dir), worker_pid=None, message=msg)
+            echo(f"job {job.id}: done — {msg}; adapter in {outcome.adapter_dir}")
+            return JobState.DONE
+        except TrainctlError as exc:
+            q.transition(job.id, JobState.FAILED, error=str(exc), worker_pid=None,
+                         message="bad input" if isinstance(exc, InputFileError) else "training failed")
+            echo(f"job {job.id}: failed — {exc}")
+            return JobState.FAILED
+        except Exception as exc:  # anything else is a crash of this job, never of the daemon
+            log = home.run_dir(job.id) / "error.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+            err = f"{type(exc).__name__}: {exc} (traceback in {log})"
+            q.transition(job.id, JobState.FAILED, error=err, worker_pid=None, message="training crashed")
+            echo(f"job {job.id}: crashed — {err}")
+            return JobState.FAILED
+    finally:
+        q.close()
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the daemon dies (even by kill -9), so that training checkpoints and stops."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # other systems: RunControl also notices the parent change at the next step
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m daemon.worker")
+    p.add_argument("--home", required=True)
+    p.add_argument("--job", type=int, required=True)
+    a = p.parse_args(argv)
+    _die_with_parent()
+    home = Home.open(a.home)
+    state = run_job(home, a.job, echo=lambda s: print(s, flush=True), in_child=True)
+    return {JobState.DONE: EXIT_OK, JobState.INTERRUPTED: EXIT_INTERRUPTED}.get(state, EXIT_FAILED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
