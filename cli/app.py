@@ -4,7 +4,8 @@ and exit code 1: the only place expected errors are caught."""
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any, Callable, Optional
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -40,6 +41,6 @@ def main() -> None:
 
 
 # Register the command modules (each imports only light code at module level).
-from cli import status as _status  # noqa: E402,F401
 from cli import queue as _queue  # noqa: E402,F401
+from cli import status as _status  # noqa: E402,F401
 from cli import work as _work  # noqa: E402,F401

@@ -7,12 +7,13 @@ person fixes their file in one go. The resolved settings are saved next to every
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from daemon.errors import ConfigError
 
@@ -176,7 +177,8 @@ def _validate(s: Settings) -> list[str]:
     need(0 <= c.val_fraction < 1, "curation.val_fraction must be in [0, 1)")
     need(0 <= c.test_fraction < 1, "curation.test_fraction must be in [0, 1)")
     need(c.val_fraction + c.test_fraction < 1, "curation.val_fraction + curation.test_fraction must be < 1")
-    need(c.on_too_long in ("truncate", "reject"), f"curation.on_too_long must be truncate or reject, not {c.on_too_long!r}")
+    need(c.on_too_long in ("truncate", "reject"),
+         f"curation.on_too_long must be truncate or reject, not {c.on_too_long!r}")
     need(0 < c.max_rejected_fraction <= 1, "curation.max_rejected_fraction must be in (0, 1]")
     need(d.poll_seconds > 0, "daemon.poll_seconds must be > 0")
     need(d.stable_seconds >= 0, "daemon.stable_seconds must be >= 0")

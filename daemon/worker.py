@@ -13,11 +13,11 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from daemon.config import Settings, load_settings, settings_from_dict
 from daemon.atomic import read_json
+from daemon.config import Settings, load_settings, settings_from_dict
 from daemon.errors import InputFileError, TrainctlError
 from daemon.home import Home
 from daemon.jobs import Job, JobQueue, JobState

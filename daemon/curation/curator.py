@@ -10,10 +10,11 @@ import hashlib
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from daemon.atomic import write_json_atomic
 from daemon.config import CurationConfig, TrainConfig

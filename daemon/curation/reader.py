@@ -8,9 +8,10 @@ InputFileError, which sends it to inbox/failed/ with an explanation.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from daemon.errors import InputFileError
 

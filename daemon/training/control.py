@@ -35,12 +35,19 @@ class RunControl(TrainerCallback):
         self.stop_requested = False
         self.stop_reason = ""
         self.parent = os.getppid() if watch_parent else None
+        self._previous: dict[int, object] = {}
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT ask for a checkpoint and a stop instead of killing; undone at the end of training."""
         def handler(signum, frame):
             self.request_stop(f"signal {signal.Signals(signum).name}")
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, handler)
+
+    def on_train_end(self, args, state, control, **kw):
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
+        self._previous.clear()
 
     def request_stop(self, reason: str) -> None:
         self.stop_requested = True

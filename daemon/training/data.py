@@ -8,9 +8,10 @@ conversation as a prefix of the whole (nearly all do), so hub models and `builti
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from daemon.curation.formats import Message
 

@@ -37,7 +37,8 @@ class ThroughputCollector(Collector):
         self.start_tokens = state.num_input_tokens_seen
         self.start_step = state.global_step
         self.total_steps = state.max_steps
-        self.eval_steps = int(args.eval_steps or 0) if str(args.eval_strategy) not in ("no", "IntervalStrategy.NO") else 0
+        evaluating = str(getattr(args.eval_strategy, "value", args.eval_strategy)) != "no"
+        self.eval_steps = int(args.eval_steps or 0) if evaluating else 0
         self.recent.clear()
         self.recent.append((self.start_time, state.num_input_tokens_seen, state.global_step))
 

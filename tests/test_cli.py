@@ -1,0 +1,84 @@
+"""The CLI through Typer's CliRunner: exit codes, one-line errors, and no torch in read-only commands."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app, console, err_console
+from daemon.home import Home
+from daemon.jobs import JobQueue, JobState
+from tests.conftest import ROOT
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def wide_console():
+    # CliRunner has no terminal: give Rich a wide one so table cells are not folded mid-phrase.
+    console.width = err_console.width = 200
+
+
+def test_status_on_a_fresh_home(tmp_path):
+    r = runner.invoke(app, ["status", "--home", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert "never started" in r.output and "queue" in r.output
+
+
+def test_status_json_shows_training_fields(tmp_path):
+    h = Home.open(tmp_path)
+    h.training_status.write_text(json.dumps({"state": "training", "job_id": 3, "current_step": 40,
+                                             "total_steps": 100, "loss": 1.25, "learning_rate": 1e-3,
+                                             "tokens_per_sec": 900.0, "eta_seconds": 61}))
+    r = runner.invoke(app, ["status", "--home", str(tmp_path), "--json"])
+    assert r.exit_code == 0
+    doc = json.loads(r.output)
+    assert doc["training"]["current_step"] == 40 and doc["daemon"]["status"] == "never started"
+    r = runner.invoke(app, ["status", "--home", str(tmp_path)])
+    assert "40/100" in r.output and "1.2500" in r.output and "1m01s" in r.output
+
+
+def test_queue_lists_jobs_with_their_errors(tmp_path):
+    h = Home.open(tmp_path)
+    with JobQueue(h.jobs_db) as q:
+        j = q.enqueue("bad.jsonl", h.inbox / "bad.jsonl", "s")
+        q.transition(j.id, JobState.FAILED, error="bad.jsonl is empty")
+        q.enqueue("good.jsonl", h.inbox / "good.jsonl", "t")
+    r = runner.invoke(app, ["queue", "--home", str(tmp_path)])
+    assert r.exit_code == 0
+    assert "bad.jsonl is empty" in r.output and "queued" in r.output
+    rows = json.loads(runner.invoke(app, ["queue", "--home", str(tmp_path), "--json"]).output)
+    assert [x["state"] for x in rows] == ["queued", "failed"]
+
+
+def test_user_mistakes_are_one_red_line_and_exit_1(tmp_path):
+    for args in (["train", str(tmp_path / "missing.jsonl")], ["stop"], ["curate", str(tmp_path)]):
+        r = runner.invoke(app, [*args, "--home", str(tmp_path)])
+        assert r.exit_code == 1, (args, r.output)
+        assert r.output.strip().startswith("Error:"), r.output
+        assert "Traceback" not in r.output and len(r.output.strip().splitlines()) <= 2
+
+
+def test_bad_settings_are_reported_all_at_once_by_the_cli(tmp_path):
+    (tmp_path / "trainctl.toml").write_text("[train]\nlr = -1\nbatch_size = 0\n")
+    (tmp_path / "f.jsonl").write_text('{"text": "x"}\n')
+    r = runner.invoke(app, ["train", str(tmp_path / "f.jsonl"), "--home", str(tmp_path)])
+    assert r.exit_code == 1
+    assert "2 problem(s)" in r.output and "train.lr" in r.output and "train.batch_size" in r.output
+
+
+def test_read_only_commands_import_no_torch(tmp_path):
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from cli.app import app\n"
+        "for cmd in (['status'], ['status', '--json'], ['queue']):\n"
+        f"    r = CliRunner().invoke(app, cmd + ['--home', {str(tmp_path)!r}])\n"
+        "    assert r.exit_code == 0, r.output\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "HEAVY []" in out.stdout, out.stdout + out.stderr

@@ -1,0 +1,54 @@
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from daemon.config import CurationConfig, DaemonConfig, TrainConfig, field_docs, load_settings
+from daemon.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_are_valid():
+    s = load_settings(None)
+    assert s.train.model == "builtin:tiny"
+    assert s.train.save_total_limit >= 2
+
+
+def test_toml_then_flags_override(tmp_path):
+    f = tmp_path / "trainctl.toml"
+    f.write_text('[train]\nlr = 0.001\nepochs = 2\n[curation]\nval_fraction = 0.2\n')
+    s = load_settings(f, {"train": {"epochs": 5.0, "batch_size": None}})
+    assert s.train.lr == 0.001
+    assert s.train.epochs == 5.0  # flag wins over file
+    assert s.train.batch_size == 8  # None flag = not given
+    assert s.curation.val_fraction == 0.2
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    f = tmp_path / "trainctl.toml"
+    f.write_text('[train]\nlr = -1\nbatch_size = "big"\nwarmp = 3\n[curation]\nval_fraction = 1.5\n[oops]\nx = 1\n')
+    with pytest.raises(ConfigError) as e:
+        load_settings(f)
+    msg = str(e.value)
+    for needle in ("train.lr", "train.batch_size", "unknown setting train.warmp", "curation.val_fraction",
+                   "unknown section [oops]"):
+        assert needle in msg
+    assert msg.startswith("6 problem(s)")  # val_fraction also breaks val + test < 1
+
+
+def test_bad_toml_names_the_file(tmp_path):
+    f = tmp_path / "trainctl.toml"
+    f.write_text("[train\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(f)
+
+
+def test_every_field_has_a_docstring_and_is_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    for section, cls in (("train", TrainConfig), ("curation", CurationConfig), ("daemon", DaemonConfig)):
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            assert docs.get(f.name), f"{cls.__name__}.{f.name} has no docstring"
+            assert re.search(rf"`{f.name}`", readme), f"README does not document {section}.{f.name}"

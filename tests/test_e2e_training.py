@@ -1,0 +1,167 @@
+"""End to end on the tiny model: it learns, it resumes after kill -9, it stops cleanly, crashes stay contained."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
+from daemon.jobs import JobQueue, JobState
+from daemon.training.control import COMPLETE_MARKER
+from tests.conftest import DEMO, ROOT, wait_for
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+
+
+def jobs(home: Path):
+    with JobQueue(home / "data" / "jobs.db") as q:
+        return q.list()
+
+
+def status(home: Path) -> dict:
+    try:
+        return json.loads((home / "status" / "training_status.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def complete_checkpoints(home: Path, job_id: int) -> list[int]:
+    d = home / "data" / "runs" / f"job-{job_id:05d}" / "checkpoints"
+    return sorted(int(p.name.split("-")[1]) for p in d.glob("checkpoint-*") if (p / COMPLETE_MARKER).exists())
+
+
+def test_demo_job_learns_and_leaves_adapter_config_and_metrics(home):
+    r = runner.invoke(app, ["train", str(DEMO), "--home", str(home), "--epochs", "6"])
+    assert r.exit_code == 0, r.output
+    (job,) = jobs(home)
+    assert job.state == JobState.DONE
+    run = home / "data" / "runs" / "job-00001"
+    result = json.loads((run / "result.json").read_text())
+    assert result["train_eval"]["count"] == 64
+    assert result["train_eval"]["exact_match"] >= 0.9, result["train_eval"]
+    adapter = Path(job.adapter_dir)
+    assert (adapter / "adapter_model.safetensors").stat().st_size > 0
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 16
+    cfg = json.loads((adapter / "trainctl_config.json").read_text())
+    assert cfg["train"]["epochs"] == 6 and cfg["train"]["lr"] == 3e-3  # resolved, defaults filled in
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) >= result["steps"] and rows[-1]["current_step"] == result["steps"]
+    assert rows[0]["loss"] > rows[-1]["loss"]  # it learned
+    st = status(home)
+    assert st["state"] == "done" and st["current_step"] == st["total_steps"] == result["steps"]
+    assert st["tokens_per_sec_avg"] > 0
+    # The same content again is refused unless forced.
+    again = runner.invoke(app, ["train", str(DEMO), "--home", str(home)])
+    assert again.exit_code == 1 and "same content as job 1" in again.output and "--force" in again.output
+
+
+def _drop(home: Path, name: str = "demo.jsonl") -> Path:
+    tmp = home / f".{name}.tmp"
+    tmp.write_bytes(DEMO.read_bytes())
+    dest = home / "inbox" / name
+    tmp.rename(dest)
+    return dest
+
+
+@pytest.mark.parametrize("kill_worker_too", [False, True], ids=["daemon-only", "daemon-and-worker"])
+def test_kill_9_mid_training_resumes_from_checkpoint(home, daemons, kill_worker_too):
+    d = daemons(home, "--epochs", "20", "--save-steps", "40")
+    _drop(home)
+    assert wait_for(lambda: jobs(home) and jobs(home)[0].state == JobState.TRAINING, 60, "training to start")
+    wait_for(lambda: complete_checkpoints(home, 1) and status(home).get("current_step", 0) > 50, 120,
+             "a complete checkpoint and some progress past it")
+    worker = jobs(home)[0].worker_pid
+    d.kill(signal.SIGKILL)
+    d.wait(10)
+    if kill_worker_too:
+        os.kill(worker, signal.SIGKILL)  # like a power cut: nobody gets to save
+    wait_for(lambda: not os.path.exists(f"/proc/{worker}") or
+             open(f"/proc/{worker}/stat").read().split(")")[-1].split()[0] == "Z", 60, "worker to end")
+    resume_from = max(complete_checkpoints(home, 1))
+    d2 = daemons(home, "--once")
+    assert d2.wait(300) == 0, d2.output()
+    (job,) = jobs(home)  # one job: nothing lost, nothing trained twice
+    assert job.state == JobState.DONE, (job, d2.output())
+    assert f"resumed from checkpoint-{resume_from}" in job.message
+    assert job.attempts == 2
+    assert (home / "inbox" / "done" / "demo.jsonl").exists()
+    assert list((home / "inbox").glob("*.jsonl")) == []
+    result = json.loads((home / "data" / "runs" / "job-00001" / "result.json").read_text())
+    assert result["resumed_from"] == f"checkpoint-{resume_from}" and result["steps"] == 840
+
+
+def test_stop_checkpoints_and_next_start_resumes(home, daemons):
+    d = daemons(home, "--epochs", "20", "--save-steps", "500")
+    _drop(home)
+    wait_for(lambda: status(home).get("current_step", 0) >= 30, 120, "training progress")
+    r = runner.invoke(app, ["stop", "--home", str(home), "--timeout", "120"])
+    assert r.exit_code == 0, r.output
+    assert d.wait(10) == 0
+    (job,) = jobs(home)
+    assert job.state == JobState.INTERRUPTED
+    saved = complete_checkpoints(home, 1)
+    assert saved and saved[-1] >= 30  # saved at the stop, not at save_steps=500
+    d2 = daemons(home, "--once")
+    assert d2.wait(300) == 0, d2.output()
+    (job,) = jobs(home)
+    assert job.state == JobState.DONE and f"resumed from checkpoint-{saved[-1]}" in job.message
+
+
+def test_crashed_worker_fails_its_job_and_the_daemon_carries_on(home, daemons):
+    d = daemons(home, "--max-steps", "400", "--once")
+    _drop(home, "first.jsonl")
+    wait_for(lambda: jobs(home) and jobs(home)[-1].state == JobState.TRAINING, 60, "first job training")
+    victim = next(j for j in jobs(home) if j.state == JobState.TRAINING)
+    rows = DEMO.read_text().splitlines()
+    (home / "inbox" / "second.jsonl").write_text("\n".join(rows[:200]) + "\n")  # different content
+    time.sleep(1.0)
+    os.kill(victim.worker_pid, signal.SIGKILL)  # what the OOM killer does
+    assert d.wait(300) == 0, d.output()
+    by_name = {j.file_name: j for j in jobs(home)}
+    assert by_name["first.jsonl"].state == JobState.FAILED
+    assert "killed by signal SIGKILL" in by_name["first.jsonl"].error
+    assert by_name["second.jsonl"].state == JobState.DONE
+    assert (home / "inbox" / "failed" / "first.jsonl.error.txt").exists()
+    r = runner.invoke(app, ["queue", "--home", str(home)], env={"COLUMNS": "250"})
+    assert "killed by signal SIGKILL" in r.output.replace("\n", "")
+
+
+def test_exception_in_a_job_is_recorded_with_a_traceback(home, daemons):
+    broken = home / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{ this is not json")
+    (home / "trainctl.toml").write_text(f'[train]\nmodel = "{broken}"\n')
+    _drop(home, "x.jsonl")
+    d = daemons(home, "--once")
+    assert d.wait(120) == 0, d.output()
+    (job,) = jobs(home)
+    assert job.state == JobState.FAILED and "error.log" in job.error
+    assert "Traceback" in (home / "data" / "runs" / "job-00001" / "error.log").read_text()
+
+
+def test_daemon_queues_a_dropped_file_and_status_shows_it(home, daemons):
+    d = daemons(home, "--max-steps", "150")
+    wait_for(lambda: (home / "status" / "daemon.json").exists(), 30, "daemon start")
+    t0 = time.time()
+    _drop(home, "live.jsonl")
+    wait_for(lambda: jobs(home), 10, "the job row")
+    assert time.time() - t0 < 2.5
+    wait_for(lambda: status(home).get("current_step", 0) >= 10, 120, "training progress")
+    out = subprocess.run([sys.executable, "-m", "cli", "status", "--home", str(home), "--json"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    doc = json.loads(out)
+    assert doc["daemon"]["status"] == "alive"
+    assert doc["queue"]["current"]["file_name"] == "live.jsonl"
+    t = doc["training"]
+    for field in ("current_step", "total_steps", "epoch", "loss", "learning_rate", "tokens_per_sec", "eta_seconds"):
+        assert t.get(field) is not None, field
+    assert t["total_steps"] == 150
+    d.kill(signal.SIGTERM)
+    assert d.wait(60) == 0

@@ -1,0 +1,51 @@
+import subprocess
+import sys
+
+import pytest
+
+from daemon.errors import JobError
+from daemon.jobs import JobQueue, JobState
+
+
+def test_state_machine_allows_the_happy_path_and_refuses_jumps(tmp_path):
+    q = JobQueue(tmp_path / "jobs.db")
+    j = q.enqueue("a.jsonl", tmp_path / "a.jsonl", "sha")
+    assert j.state == JobState.QUEUED
+    with pytest.raises(JobError, match="cannot go from queued to done"):
+        q.transition(j.id, JobState.DONE)
+    q.transition(j.id, JobState.CURATING)
+    q.transition(j.id, JobState.TRAINING)
+    j = q.transition(j.id, JobState.DONE)
+    assert j.finished_at is not None
+    with pytest.raises(JobError, match="cannot go from done to training"):
+        q.transition(j.id, JobState.TRAINING)
+
+
+def test_interrupted_jobs_run_before_queued_ones(tmp_path):
+    q = JobQueue(tmp_path / "jobs.db")
+    a = q.enqueue("a.jsonl", tmp_path / "a", "1")
+    b = q.enqueue("b.jsonl", tmp_path / "b", "2")
+    assert q.next_runnable().id == a.id
+    q.transition(b.id, JobState.CURATING)
+    q.transition(b.id, JobState.INTERRUPTED)
+    assert q.next_runnable().id == b.id
+
+
+def test_orphaned_jobs_become_interrupted(tmp_path):
+    q = JobQueue(tmp_path / "jobs.db")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    j = q.enqueue("a.jsonl", tmp_path / "a", "1")
+    q.transition(j.id, JobState.CURATING, worker_pid=dead.pid)
+    q.transition(j.id, JobState.TRAINING)
+    assert [x.id for x in q.recover_orphans()] == [j.id]
+    assert q.get(j.id).state == JobState.INTERRUPTED
+
+
+def test_same_content_is_found_but_failed_jobs_do_not_count(tmp_path):
+    q = JobQueue(tmp_path / "jobs.db")
+    j = q.enqueue("a.jsonl", tmp_path / "a", "abc")
+    q.transition(j.id, JobState.FAILED, error="x")
+    assert q.find_same_content("abc") is None
+    k = q.enqueue("b.jsonl", tmp_path / "b", "abc")
+    assert q.find_same_content("abc", exclude_id=None).id == k.id

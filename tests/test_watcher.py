@@ -1,0 +1,81 @@
+"""The stable-file rule: a file is queued within about a second of its copy finishing, never before."""
+
+import subprocess
+import sys
+import time
+
+from daemon.watcher import InboxWatcher, is_candidate, open_for_writing
+from tests.conftest import wait_for
+
+SLOW_WRITER = """
+import sys, time
+with open(sys.argv[1], "w") as fh:
+    for i in range(4):
+        fh.write('{"prompt": "p%d", "completion": "c"}\\n' % i)
+        fh.flush()
+        time.sleep(1.2)   # pauses longer than stable_seconds: size and mtime stand still meanwhile
+"""
+
+
+def test_slow_copy_held_open_is_not_picked_up_until_closed(tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    w = InboxWatcher(inbox, stable_seconds=0.5)
+    w.start()
+    try:
+        target = inbox / "slow.jsonl"
+        writer = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(target)])
+        seen_early = []
+        while writer.poll() is None:
+            seen_early += w.ready()
+            time.sleep(0.1)
+        closed_at = time.monotonic()
+        assert seen_early == [], "picked up while the writer still held the file open"
+        ready = wait_for(w.ready, 5, "the finished file")
+        assert ready == [target]
+        took = time.monotonic() - closed_at
+        assert took < 1.5, f"queued {took:.2f}s after the copy finished"
+        assert target.read_text().count("\n") == 4
+    finally:
+        w.stop()
+
+
+def test_rename_into_inbox_is_picked_up_and_temp_names_ignored(tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    w = InboxWatcher(inbox, stable_seconds=0.3)
+    w.start()
+    try:
+        (inbox / "x.jsonl.part").write_text('{"text": "a"}\n')
+        (inbox / ".hidden.jsonl").write_text('{"text": "a"}\n')
+        staged = tmp_path / "staged.jsonl"
+        staged.write_text('{"text": "a"}\n')
+        t0 = time.monotonic()
+        staged.rename(inbox / "done_copy.jsonl")
+        assert wait_for(w.ready, 5, "renamed file") == [inbox / "done_copy.jsonl"]
+        assert time.monotonic() - t0 < 1.5
+        time.sleep(0.5)
+        assert w.ready() == []
+    finally:
+        w.stop()
+
+
+def test_candidate_names():
+    from pathlib import Path
+
+    assert is_candidate(Path("a.jsonl")) and is_candidate(Path("b.JSON"))
+    assert not is_candidate(Path("a.txt")) and not is_candidate(Path("a.jsonl.tmp"))
+
+
+def test_open_for_writing_sees_a_writer(tmp_path):
+    p = tmp_path / "f.jsonl"
+    with open(p, "w") as fh:
+        fh.write("x")
+        fh.flush()
+        proc = subprocess.Popen([sys.executable, "-c", f"import time; f=open({str(p)!r}, 'a'); time.sleep(30)"])
+        try:
+            assert wait_for(lambda: open_for_writing(p), 10, "writer to be seen")
+        finally:
+            proc.kill()
+            proc.wait()
+    assert not open_for_writing(p)
