@@ -46,6 +46,8 @@ def _settings(h: Home, ov: dict[str, Any]):
 @command(app, "daemon")
 def daemon_cmd(home: HomeOpt = None, once: bool = typer.Option(False, "--once",
                help="Process what is in the inbox now, then exit."),
+               train_duplicates: bool = typer.Option(False, "--train-duplicates",
+               help="Train files whose content was trained before (daemon.skip_duplicates = false)."),
                model: Model = None, epochs: Epochs = None, max_steps: MaxSteps = None, lr: Lr = None,
                batch_size: Batch = None, max_length: MaxLen = None, lora_r: LoraR = None,
                lora_alpha: LoraAlpha = None, eval_steps: EvalSteps = None, save_steps: SaveSteps = None) -> None:
@@ -54,7 +56,7 @@ def daemon_cmd(home: HomeOpt = None, once: bool = typer.Option(False, "--once",
 
     h = Home.open(home)
     ov = overrides(model, epochs, max_steps, lr, batch_size, max_length, lora_r, lora_alpha, eval_steps, save_steps)
-    settings = _settings(h, ov)
+    settings = _settings(h, {**ov, "daemon": {"skip_duplicates": False}} if train_duplicates else ov)
     setup_logging()
     d = Daemon(h, settings, job_overrides=ov)
     raise typer.Exit(d.run(once=once))
