@@ -135,12 +135,9 @@ class InboxWatcher:
             if not path.is_file():
                 continue
             if seen is None or (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
+                seen = _Seen(st.st_size, st.st_mtime_ns, now)  # (re)start the stability clock
                 with self._lock:
-                    self._pending[path] = _Seen(st.st_size, st.st_mtime_ns, now)
-                if self.stable_seconds > 0:
-                    continue
-                seen = self._pending[path]
-            assert seen is not None
+                    self._pending[path] = seen
             if now - seen.since < self.stable_seconds:
                 continue
             if open_for_writing(path):

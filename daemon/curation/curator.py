@@ -10,13 +10,14 @@ import hashlib
 import json
 import time
 from collections import Counter
+from contextlib import ExitStack
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from daemon.atomic import write_json_atomic
+from daemon.atomic import atomic_open, write_json_atomic
 from daemon.config import CurationConfig, TrainConfig
 from daemon.curation import validate
 from daemon.curation.formats import Example, FormatError, normalise
@@ -92,9 +93,9 @@ class Curator:
         by_domain: Counter[str] = Counter()
         lengths: dict[str, list[int]] = {s: [] for s in SPLITS}
         lines_read = 0
-        handles = {s: open(out_dir / f".{s}.jsonl.part", "w", encoding="utf-8") for s in SPLITS}
-        rejected_fh = open(out_dir / ".rejected.jsonl.part", "w", encoding="utf-8")
-        try:
+        with ExitStack() as files:  # all four appear whole at the end, or not at all
+            handles = {s: files.enter_context(atomic_open(out_dir / f"{s}.jsonl", "w")) for s in SPLITS}
+            rejected_fh = files.enter_context(atomic_open(out_dir / "rejected.jsonl", "w"))
             for raw in read_records(src):
                 lines_read += 1
                 if self.progress and lines_read % 1000 == 0:
@@ -110,12 +111,6 @@ class Curator:
                 counts[split] += 1
                 lengths[split].append(n_tokens)
                 handles[split].write(json.dumps(ex.to_record(), ensure_ascii=False) + "\n")
-        finally:
-            for fh in [*handles.values(), rejected_fh]:
-                fh.close()
-        for s in SPLITS:
-            (out_dir / f".{s}.jsonl.part").replace(out_dir / f"{s}.jsonl")
-        (out_dir / ".rejected.jsonl.part").replace(out_dir / "rejected.jsonl")
 
         accepted = {s: counts[s] for s in SPLITS}
         result = CurationResult(out_dir, lines_read, accepted, sum(reasons.values()), dict(reasons))
