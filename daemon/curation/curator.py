@@ -10,8 +10,8 @@ import hashlib
 import json
 import time
 from collections import Counter
-from contextlib import ExitStack
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
