@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 # The main job: the daemon picks up the sample file from inbox/, curates it, fine-tunes builtin:tiny, then exits.
 demo: $(STAMP)
-	cp examples/demo_uppercase.jsonl inbox/demo_uppercase_$$(date +%Y%m%d_%H%M%S).jsonl
+	cp examples/demo_uppercase.jsonl inbox/demo_uppercase.jsonl
 	$(VENV)/bin/trainctl daemon --once --train-duplicates --epochs 6
 	$(VENV)/bin/trainctl queue --limit 5
 	$(VENV)/bin/trainctl status
