@@ -4,6 +4,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from daemon.watcher import InboxWatcher, is_candidate, open_for_writing
 from tests.conftest import wait_for
 
@@ -17,47 +19,55 @@ with open(sys.argv[1], "w") as fh:
 """
 
 
-def test_slow_copy_held_open_is_not_picked_up_until_closed(tmp_path):
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    w = InboxWatcher(inbox, stable_seconds=0.5)
-    w.start()
-    try:
-        target = inbox / "slow.jsonl"
-        writer = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(target)])
-        seen_early = []
-        while writer.poll() is None:
-            seen_early += w.ready()
-            time.sleep(0.1)
-        closed_at = time.monotonic()
-        assert seen_early == [], "picked up while the writer still held the file open"
-        ready = wait_for(w.ready, 5, "the finished file")
-        assert ready == [target]
-        took = time.monotonic() - closed_at
-        assert took < 1.5, f"queued {took:.2f}s after the copy finished"
-        assert target.read_text().count("\n") == 4
-    finally:
+@pytest.fixture
+def watch(tmp_path):
+    """start(stable_seconds) -> a running InboxWatcher on tmp_path/inbox, stopped after the test."""
+    started = []
+
+    def start(stable_seconds: float) -> InboxWatcher:
+        inbox = tmp_path / "inbox"
+        inbox.mkdir()
+        w = InboxWatcher(inbox, stable_seconds=stable_seconds)
+        w.start()
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
         w.stop()
 
 
-def test_rename_into_inbox_is_picked_up_and_temp_names_ignored(tmp_path):
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    w = InboxWatcher(inbox, stable_seconds=0.3)
-    w.start()
-    try:
-        (inbox / "x.jsonl.part").write_text('{"text": "a"}\n')
-        (inbox / ".hidden.jsonl").write_text('{"text": "a"}\n')
-        staged = tmp_path / "staged.jsonl"
-        staged.write_text('{"text": "a"}\n')
-        t0 = time.monotonic()
-        staged.rename(inbox / "done_copy.jsonl")
-        assert wait_for(w.ready, 5, "renamed file") == [inbox / "done_copy.jsonl"]
-        assert time.monotonic() - t0 < 1.5
-        time.sleep(0.5)
-        assert w.ready() == []
-    finally:
-        w.stop()
+def test_slow_copy_held_open_is_not_picked_up_until_closed(watch):
+    w = watch(0.5)
+    inbox = w.inbox
+    target = inbox / "slow.jsonl"
+    writer = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(target)])
+    seen_early = []
+    while writer.poll() is None:
+        seen_early += w.ready()
+        time.sleep(0.1)
+    closed_at = time.monotonic()
+    assert seen_early == [], "picked up while the writer still held the file open"
+    ready = wait_for(w.ready, 5, "the finished file")
+    assert ready == [target]
+    took = time.monotonic() - closed_at
+    assert took < 1.5, f"queued {took:.2f}s after the copy finished"
+    assert target.read_text().count("\n") == 4
+
+
+def test_rename_into_inbox_is_picked_up_and_temp_names_ignored(watch, tmp_path):
+    w = watch(0.3)
+    inbox = w.inbox
+    (inbox / "x.jsonl.part").write_text('{"text": "a"}\n')
+    (inbox / ".hidden.jsonl").write_text('{"text": "a"}\n')
+    staged = tmp_path / "staged.jsonl"
+    staged.write_text('{"text": "a"}\n')
+    t0 = time.monotonic()
+    staged.rename(inbox / "done_copy.jsonl")
+    assert wait_for(w.ready, 5, "renamed file") == [inbox / "done_copy.jsonl"]
+    assert time.monotonic() - t0 < 1.5
+    time.sleep(0.5)
+    assert w.ready() == []
 
 
 def test_candidate_names():
