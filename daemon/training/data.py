@@ -56,12 +56,11 @@ def encode_messages(tok: Any, messages: list[Message], max_length: int, loss_on:
     for k, m in enumerate(messages):
         if not _trains(m, loss_on):
             continue
+        # An assistant turn's loss starts after its generation prompt (the role marker); other turns at their start.
         before = _render(tok, rows[:k], gen=m.role == "assistant")
         after = _render(tok, rows[: k + 1])
-        if not full.startswith(after) or not after.startswith(before) and m.role == "assistant":
+        if not full.startswith(after) or (m.role == "assistant" and not after.startswith(before)):
             raise EncodeError("no_trainable_tokens", "the chat template does not render turns as prefixes")
-        if m.role != "assistant":
-            before = _render(tok, rows[:k])
         spans.append((len(before), len(after)))
     enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = enc["input_ids"]
