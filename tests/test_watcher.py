@@ -10,12 +10,14 @@ from daemon.watcher import InboxWatcher, is_candidate, open_for_writing
 from tests.conftest import wait_for
 
 SLOW_WRITER = """
-import sys, time
+import pathlib, sys, time
 with open(sys.argv[1], "w") as fh:
-    for i in range(4):
+    for i in range(3):
         fh.write('{"prompt": "p%d", "completion": "c"}\\n' % i)
         fh.flush()
-        time.sleep(1.2)   # pauses longer than stable_seconds: size and mtime stand still meanwhile
+        time.sleep(1.5)   # pauses 3x stable_seconds: size and mtime stand still meanwhile
+pathlib.Path(sys.argv[2]).touch()   # the moment of closing, as the test sees it
+time.sleep(0.5)
 """
 
 
@@ -37,22 +39,27 @@ def watch(tmp_path):
         w.stop()
 
 
-def test_slow_copy_held_open_is_not_picked_up_until_closed(watch):
+def test_slow_copy_held_open_is_not_picked_up_until_closed(watch, tmp_path):
     w = watch(0.5)
     inbox = w.inbox
     target = inbox / "slow.jsonl"
-    writer = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(target)])
-    seen_early = []
-    while writer.poll() is None:
-        seen_early += w.ready()
+    closed = tmp_path / "closed.marker"
+    writer = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(target), str(closed)])
+    ready: list = []
+    while not ready and writer.poll() is None:
+        ready = w.ready()
         time.sleep(0.1)
-    closed_at = time.monotonic()
-    assert seen_early == [], "picked up while the writer still held the file open"
-    ready = wait_for(w.ready, 5, "the finished file")
+    if not ready:
+        ready = wait_for(w.ready, 5, "the finished file")
+    picked_at = time.time()
+    # A pick-up is early when the writer still holds the file: it closes the file and touches the marker right
+    # after, so a pick-up during one of its 1.5 s pauses would leave the marker absent for about a second.
+    assert wait_for(closed.exists, 0.5, "writer closed the file"), "picked up while the writer still held it open"
     assert ready == [target]
-    took = time.monotonic() - closed_at
+    took = picked_at - closed.stat().st_mtime
     assert took < 1.5, f"queued {took:.2f}s after the copy finished"
-    assert target.read_text().count("\n") == 4
+    writer.wait()
+    assert target.read_text().count("\n") == 3
 
 
 def test_rename_into_inbox_is_picked_up_and_temp_names_ignored(watch, tmp_path):
