@@ -118,6 +118,20 @@ def train_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of e
         console.print(f"[yellow]job {job.id} interrupted[/yellow]; `trainctl daemon` resumes it")
 
 
+def _count_lines(file: Path) -> int | None:
+    """Lines in a JSONL file (for the progress bar's total); None for a JSON array."""
+    with open(file, "rb") as fh:
+        head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        if head.startswith(b"["):
+            return None
+        fh.seek(0)
+        n, last = 0, b""
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            n += block.count(b"\n")
+            last = block
+        return n + (1 if last and not last.endswith(b"\n") else 0)
+
+
 @command(app, "curate")
 def curate_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of examples."), home: HomeOpt = None,
                model: Model = None, max_length: MaxLen = None) -> None:
@@ -133,12 +147,20 @@ def curate_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of 
     s = _settings(h, overrides(model=model, max_length=max_length))
     tok = load_tokenizer(s.train.model, h.models, s.train.trust_remote_code)
     out = h.unique_path(h.datasets, h.dataset_dir(file.stem, dataset_stamp()).name)
+    total = _count_lines(file)
     with Progress(TextColumn("curating"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),
                   TimeRemainingColumn(), console=console, transient=True) as prog:
-        task = prog.add_task("curate", total=None)
-        result = Curator(s.curation, s.train, tokenizer=tok,
+        task = prog.add_task("curate", total=total)
+        result = Curator(s.curation, s.train, tokenizer=tok, search_dir=h.root,
                          progress=lambda n: prog.update(task, completed=n)).run(file, out)
     console.print(f"{result.lines_read} records: {result.total_accepted} accepted "
                   f"(train {result.accepted['train']}, val {result.accepted['val']}, test {result.accepted['test']}), "
                   f"{result.rejected} rejected")
+    if result.by_reason:
+        top = ", ".join(f"{k} {v}" for k, v in sorted(result.by_reason.items(), key=lambda kv: -kv[1]))
+        console.print(f"rejected: {top} — `trainctl rejected {out}` says why and what to fix")
+    share = result.rejected / max(1, result.lines_read)
+    if share > s.curation.max_rejected_fraction:
+        console.print(f"[yellow]{share:.0%} rejected is more than curation.max_rejected_fraction = "
+                      f"{s.curation.max_rejected_fraction:.0%}: a daemon job on this file would fail[/yellow]")
     console.print(str(out))

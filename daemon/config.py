@@ -88,6 +88,25 @@ class CurationConfig:
     """Records longer than train.max_length: `truncate` (kept if a trained token is left) or `reject` (too_long)."""
     max_rejected_fraction: float = 0.5
     """A file whose rejected share exceeds this fails its job (see `trainctl rejected`)."""
+    min_quality: float = 0.5
+    """Records whose quality_score (weighted geometric mean of the components, 0..1) is below this are `low_quality`."""
+    domain_min_quality: dict[str, float] = field(default_factory=dict)
+    """Per-`domain` quality thresholds overriding min_quality, e.g. `{asm = 0.4, chat = 0.6}`."""
+    min_diversity: float = 0.2
+    """Records whose answer's `diversity` component (distinct-word share) is below this are `low_diversity`."""
+    quality_weights: dict[str, float] = field(default_factory=dict)
+    """Weight of each quality component in the overall score (default 1 each, grounding 0.5; 0 turns one off)."""
+    answer_chars: list[int] = field(default_factory=lambda: [1, 4000])
+    """[shortest, longest] answer length in characters that scores 1.0 on `length_fitness`; outside it decays."""
+    scorers: list[str] = field(default_factory=list)
+    """Extra quality components as `module:function` paths; each takes the record (a dict with `messages`) and
+    returns a score in [0, 1] (or None: no opinion). Modules in the home folder are importable."""
+    near_dup_threshold: float = 0.8
+    """Jaccard similarity (word 3-gram shingles, via MinHash LSH, verified exactly) at which a record is a near
+    duplicate of an earlier accepted one."""
+    near_duplicates: str = "reject"
+    """`reject` (reason near_duplicate, naming the record duplicated) or `keep` (accepted, in the same split as the
+    record it duplicates, so a cluster never straddles train and val/test)."""
 
 
 @dataclass
@@ -129,6 +148,11 @@ def _check_type(value: Any, hint: Any) -> Any:
             except TypeError:
                 continue
         raise TypeError
+    if origin is dict:
+        key, item = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise TypeError
+        return {_check_type(k, key): _check_type(v, item) for k, v in value.items()}
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -180,6 +204,20 @@ def _validate(s: Settings) -> list[str]:
     need(c.on_too_long in ("truncate", "reject"),
          f"curation.on_too_long must be truncate or reject, not {c.on_too_long!r}")
     need(0 < c.max_rejected_fraction <= 1, "curation.max_rejected_fraction must be in (0, 1]")
+    need(0 <= c.min_quality <= 1, "curation.min_quality must be in [0, 1]")
+    for dom, v in c.domain_min_quality.items():
+        need(0 <= v <= 1, f"curation.domain_min_quality.{dom} must be in [0, 1]")
+    need(0 <= c.min_diversity <= 1, "curation.min_diversity must be in [0, 1]")
+    for comp, w in c.quality_weights.items():
+        need(w >= 0, f"curation.quality_weights.{comp} must be >= 0")
+    need(len(c.answer_chars) == 2 and 0 <= c.answer_chars[0] <= c.answer_chars[1],
+         "curation.answer_chars must be [shortest, longest] with 0 <= shortest <= longest")
+    for path in c.scorers:
+        mod, _, fn = path.partition(":")
+        need(bool(mod) and fn.isidentifier(), f"curation.scorers entry {path!r} must look like module:function")
+    need(0 < c.near_dup_threshold <= 1, "curation.near_dup_threshold must be in (0, 1]")
+    need(c.near_duplicates in ("reject", "keep"),
+         f"curation.near_duplicates must be reject or keep, not {c.near_duplicates!r}")
     need(d.poll_seconds > 0, "daemon.poll_seconds must be > 0")
     need(d.stable_seconds >= 0, "daemon.stable_seconds must be >= 0")
     need(d.heartbeat_seconds > 0, "daemon.heartbeat_seconds must be > 0")

@@ -142,10 +142,17 @@ class Home:
         return resolved
 
     def unique_path(self, folder: Path, name: str) -> Path:
-        """folder/name, or folder/name.1, .2 ... if taken, so that nothing is overwritten."""
-        candidate = folder / safe_name(name)
+        """folder/name, or name.1, .2 ... if taken, so that nothing is overwritten (x.jsonl -> x.1.jsonl: the
+        inbox still sees a .jsonl file)."""
+        name = safe_name(name)
+        stem, ext = name, ""
+        for suffix in (".jsonl", ".json"):
+            if name.lower().endswith(suffix):
+                stem, ext = name[: -len(suffix)], name[-len(suffix):]
+                break
+        candidate = folder / name
         n = 1
         while candidate.exists():
-            candidate = folder / f"{safe_name(name)}.{n}"
+            candidate = folder / f"{stem}.{n}{ext}"
             n += 1
         return candidate

@@ -43,7 +43,7 @@ def _curate(home: Home, q: JobQueue, job: Job, settings: Settings, echo: Callabl
     tok = load_tokenizer(t.model, home.models, t.trust_remote_code)
     src = Path(job.file_path)
     out = home.unique_path(home.datasets, home.dataset_dir(Path(job.file_name).stem, dataset_stamp()).name)
-    result = Curator(settings.curation, t, tokenizer=tok).run(src, out)
+    result = Curator(settings.curation, t, tokenizer=tok, search_dir=home.root).run(src, out)
     share = result.rejected / max(1, result.lines_read)
     echo(f"job {job.id}: curated {job.file_name}: {result.lines_read} records, {result.total_accepted} accepted "
          f"(train {result.accepted['train']}, val {result.accepted['val']}, test {result.accepted['test']}), "

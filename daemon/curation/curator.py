@@ -1,30 +1,48 @@
 """Curate one input file into data/datasets/<name>_<timestamp>/.
 
 Every line read ends in exactly one place: train/val/test.jsonl or rejected.jsonl (with its line number and a
-stable reason). Records stream through; only the dedup index grows with the file.
+stable reason). Records stream through in chunks: the per-record work (`analyse.Analyser`) runs in a pool of
+forked workers on large files, and this process makes the decisions that depend on earlier records, in file order:
+exact duplicate, then the quality verdict, then near duplicate. Only the dedup indexes grow with the file.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import itertools
+import multiprocessing
+import os
+import pickle
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from daemon.atomic import atomic_open, write_json_atomic
 from daemon.config import CurationConfig, TrainConfig
-from daemon.curation import validate
-from daemon.curation.formats import Example, FormatError, normalise
-from daemon.curation.reader import RawLine, read_records
+from daemon.curation.analyse import (
+    Analyser,
+    Candidate,
+    Item,
+    Rejected,
+    analyse_in_worker,
+    content_hash,
+    rejected_row,
+    set_worker_analyser,
+)
+from daemon.curation.neardup import NearDupIndex
+from daemon.curation.quality import QualityScorer
+from daemon.curation.reader import read_items
 from daemon.errors import InputFileError
 
 SPLITS = ("train", "val", "test")
+__all__ = ["Curator", "CurationResult", "content_hash", "split_of", "file_sha256", "dataset_stamp"]
 
 
 @dataclass
@@ -34,16 +52,11 @@ class CurationResult:
     accepted: dict[str, int]
     rejected: int
     by_reason: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
 
     @property
     def total_accepted(self) -> int:
         return sum(self.accepted.values())
-
-
-def content_hash(ex: Example) -> str:
-    """Hash of the normalised conversation (case- and whitespace-insensitive): the exact-duplicate key."""
-    norm = "\x1e".join(f"{m.role}\x1f{' '.join(m.content.lower().split())}" for m in ex.messages)
-    return hashlib.sha256(norm.encode("utf-8")).hexdigest()
 
 
 def split_of(key: str, cfg: CurationConfig) -> str:
@@ -65,114 +78,194 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _rejected_row(raw: RawLine, reason: str, details: dict[str, Any]) -> dict[str, Any]:
-    # Keep the record's own fields (Alpaca rows stay Alpaca-shaped); unparsable lines keep their raw text.
-    row = dict(raw.obj) if isinstance(raw.obj, dict) else {"raw": raw.text}
-    row["line"] = raw.line
-    row["rejection_reason"] = reason
-    row["rejection_details"] = details
-    return row
+@dataclass
+class _Kept:
+    line: int
+    ident: str
+    split: str
 
 
 class Curator:
-    """One pass over one file. `tokenizer` (optional) enables the length and trainable-token checks."""
+    """One pass over one file.
+
+    tokenizer: the model's tokenizer, or None to skip the length checks. workers: processes for the per-record
+    work; 0 = one per CPU core (up to 4), 1 = in this process. Small files are always done in this process.
+    """
+
+    CHUNK = 2048
 
     def __init__(self, cfg: CurationConfig, train_cfg: TrainConfig, tokenizer: Any = None,
-                 progress: Callable[[int], None] | None = None):
+                 progress: Callable[[int], None] | None = None, search_dir: Path | None = None, workers: int = 0):
         self.cfg = cfg
         self.train_cfg = train_cfg
-        self.tok = tokenizer
         self.progress = progress
-        self.seen: dict[str, int] = {}  # exact-dup key -> line of the first occurrence
+        self.quality = QualityScorer(cfg, search_dir)
+        self.analyser = Analyser(cfg, train_cfg, tokenizer, self.quality)
+        self.workers = workers or min(4, os.cpu_count() or 1)
+        if self.workers > 1:
+            # Forked workers tokenise on their own; the Rust tokenizer's threads must not be live across a fork.
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.seen: dict[bytes, int] = {}  # exact-dup key -> line of the first occurrence
+        self.near = NearDupIndex(cfg.near_dup_threshold)
+        self.kept: list[_Kept] = []  # near-dup index key -> the accepted record it stands for
+        self.tokenised = 0  # records that needed an exact tokenisation (the rest fit by the byte bound)
 
     def run(self, src: Path, out_dir: Path) -> CurationResult:
         started = time.time()
         out_dir.mkdir(parents=True, exist_ok=False)
-        counts: Counter[str] = Counter()
-        reasons: Counter[str] = Counter()
-        by_domain: Counter[str] = Counter()
-        lengths: dict[str, list[int]] = {s: [] for s in SPLITS}
+        self._counts: Counter[str] = Counter()
+        self._reasons: Counter[str] = Counter()
+        self._details: Counter[str] = Counter()
+        self._by_domain: Counter[str] = Counter()
+        self._scores: list[float] = []
+        self._chars: dict[str, list[int]] = {s: [] for s in SPLITS}
         lines_read = 0
-        with ExitStack() as files:  # all four appear whole at the end, or not at all
-            handles = {s: files.enter_context(atomic_open(out_dir / f"{s}.jsonl", "w")) for s in SPLITS}
-            rejected_fh = files.enter_context(atomic_open(out_dir / "rejected.jsonl", "w"))
-            for raw in read_records(src):
-                lines_read += 1
-                if self.progress and lines_read % 1000 == 0:
+        with ExitStack() as stack:  # the four files appear whole at the end, or not at all
+            self._out = {s: stack.enter_context(atomic_open(out_dir / f"{s}.jsonl", "wb")) for s in SPLITS}
+            self._rejected = stack.enter_context(atomic_open(out_dir / "rejected.jsonl", "wb"))
+            pending = out_dir / ".pending-clusters.jsonl"
+            self._parent: list[int] = []
+            if self.cfg.near_duplicates == "keep":
+                self._pending = stack.enter_context(open(pending, "wb"))
+                stack.callback(pending.unlink, missing_ok=True)
+            for outcomes, tokenised in self._analysed(_chunks(read_items(src), self.CHUNK), stack):
+                self.tokenised += tokenised
+                lines_read += len(outcomes)
+                for o in outcomes:
+                    if isinstance(o, Rejected):
+                        self._reject(o)
+                    else:
+                        self._decide(o)
+                if self.progress:
                     self.progress(lines_read)
-                outcome = self._judge(raw)
-                if isinstance(outcome, dict):  # rejected
-                    reasons[outcome["rejection_reason"]] += 1
-                    by_domain[str(outcome.get("domain", "default"))] += 1
-                    rejected_fh.write(json.dumps(outcome, ensure_ascii=False) + "\n")
-                    continue
-                ex, key, n_tokens = outcome
-                split = split_of(key, self.cfg)
-                counts[split] += 1
-                lengths[split].append(n_tokens)
-                handles[split].write(json.dumps(ex.to_record(), ensure_ascii=False) + "\n")
+            if self.cfg.near_duplicates == "keep":
+                self._pending.close()
+                self._write_clusters(pending)
 
-        accepted = {s: counts[s] for s in SPLITS}
-        result = CurationResult(out_dir, lines_read, accepted, sum(reasons.values()), dict(reasons))
-        write_json_atomic(out_dir / "rejection_summary.json", {
-            "total_rejected": result.rejected, "by_reason": dict(reasons.most_common()),
-            "by_domain": dict(by_domain.most_common())})
-        write_json_atomic(out_dir / "stats.json", {
-            "lines_read": lines_read, "accepted": result.total_accepted, "rejected": result.rejected,
-            "accounted_for": result.total_accepted + result.rejected == lines_read,
-            "splits": accepted,
-            "tokens": {s: _length_stats(v) for s, v in lengths.items()}})
-        write_json_atomic(out_dir / "metadata.json", {
-            "source_file": src.name, "source_sha256": file_sha256(src),
-            "settings": {"curation": vars(self.cfg), "max_length": self.train_cfg.max_length,
-                         "loss_on": self.train_cfg.loss_on, "model": self.train_cfg.model},
-            "started_at": _iso(started), "finished_at": _iso(time.time())})
+        accepted = {s: self._counts[s] for s in SPLITS}
+        result = CurationResult(out_dir, lines_read, accepted, sum(self._reasons.values()), dict(self._reasons),
+                                seconds=time.time() - started)
+        self._write_reports(src, out_dir, result, started)
         if result.total_accepted == 0:
-            top = ", ".join(f"{k}: {v}" for k, v in reasons.most_common(3))
+            top = ", ".join(f"{k}: {v}" for k, v in self._reasons.most_common(3))
             raise InputFileError(f"{src.name} has no valid record ({lines_read} read, all rejected — {top}); "
                                  f"see {out_dir / 'rejected.jsonl'} or run `trainctl rejected {out_dir}`")
         return result
 
-    def _judge(self, raw: RawLine) -> dict[str, Any] | tuple[Example, str, int]:
-        """A rejected row, or (example, dedup key, token count) for an accepted one."""
-        if raw.error:
-            if raw.error == "validation_failed":
-                details = {"detail": raw.detail, "error": raw.message}
-            else:
-                details = {"error": raw.detail}
-            return _rejected_row(raw, raw.error, details)
+    def _analysed(self, chunks: Iterator[list[Item]], stack: ExitStack) -> Iterator[tuple[list, int]]:
+        """Analysed chunks in order: the first two here, the rest through a forked pool if there are more."""
+        first = list(itertools.islice(chunks, 2))
+        if self.workers <= 1 or len(first) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+            for chunk in itertools.chain(first, chunks):
+                yield self.analyser.chunk(chunk)
+            return
+        set_worker_analyser(self.analyser)  # forked workers inherit it (and the plugin scorers) as they are
         try:
-            ex = normalise(raw.obj, raw.line)
-        except FormatError as exc:
-            return _rejected_row(raw, "validation_failed", {"detail": exc.detail, "error": str(exc)})
-        if ex is None:
-            keys = sorted(raw.obj)[:8] if isinstance(raw.obj, dict) else type(raw.obj).__name__
-            return _rejected_row(raw, "unknown_format", {"error": f"no known format has these fields: {keys}"})
-        problem = validate.check(ex)
-        if problem:
-            return _rejected_row(raw, "validation_failed", {"detail": problem[0], "error": problem[1]})
-        n_tokens = 0
-        if self.tok is not None:
-            from daemon.training.data import EncodeError, encode_messages
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(self.workers))
+            yield from pool.imap(analyse_in_worker, itertools.chain(first, chunks))
+        finally:
+            set_worker_analyser(None)
 
-            try:
-                enc = encode_messages(self.tok, ex.messages, self.train_cfg.max_length, self.train_cfg.loss_on)
-            except EncodeError as exc:
-                return _rejected_row(raw, "validation_failed", {"detail": exc.detail, "error": str(exc)})
-            n_tokens = enc.full_length
-            limit = self.train_cfg.max_length
-            if enc.full_length > limit and self.cfg.on_too_long == "reject":
-                return _rejected_row(raw, "validation_failed", {
-                    "detail": "too_long", "tokens": enc.full_length, "max_length": limit})
-            if enc.trainable == 0:
-                return _rejected_row(raw, "validation_failed", {
-                    "detail": "no_trainable_tokens", "tokens": enc.full_length, "max_length": limit,
-                    "error": "no trained token is left after truncation to max_length"})
-        key = content_hash(ex)
-        if key in self.seen:
-            return _rejected_row(raw, "duplicate", {"duplicate_of_line": self.seen[key]})
-        self.seen[key] = raw.line
-        return ex, key, n_tokens
+    # -- decisions that depend on the records before, in file order -------------------------------------------------
+
+    def _decide(self, c: Candidate) -> None:
+        first = self.seen.setdefault(c.key, c.line)
+        if first != c.line:
+            self._reject(self._rejected_raw(c, "duplicate", {"duplicate_of_line": first}))
+            return
+        if c.quality_reject is not None:
+            self._reject(c.quality_reject)
+            return
+        sig = pickle.loads(c.sig)
+        if self.cfg.near_duplicates == "keep":
+            self._keep_in_cluster(c, sig)
+            return
+        match = self.near.find(sig, c.words)
+        if match is not None:
+            root = self.kept[match.key]
+            self._reject(self._rejected_raw(c, "near_duplicate", {
+                "duplicate_of": root.ident, "duplicate_of_line": root.line,
+                "similarity": round(match.similarity, 4)}))
+            return
+        split = split_of(c.split_key, self.cfg)
+        self.near.add(len(self.kept), sig, c.words)
+        self.kept.append(_Kept(c.line, c.ident, split))
+        self._accept(split, c.chars, c.row)
+
+    def _accept(self, split: str, chars: int, row: bytes) -> None:
+        self._counts[split] += 1
+        self._chars[split].append(chars)
+        self._out[split].write(row + b"\n")
+
+    # near_duplicates = "keep": clusters are only known at the end (a later record can join two), so accepted
+    # rows wait in a pending file with their record index; `_write_clusters` then puts each cluster in the split
+    # of its first record. Union-find keeps the clusters; every kept record is indexed.
+
+    def _keep_in_cluster(self, c: Candidate, sig: Any) -> None:
+        idx = len(self.kept)
+        self.kept.append(_Kept(c.line, c.ident, c.split_key))  # split_key stands in for the split until the end
+        self._parent.append(idx)
+        for m in self.near.find_all(sig, c.words):
+            a, b = self._find(idx), self._find(m.key)
+            self._parent[max(a, b)] = min(a, b)
+        self.near.add(idx, sig, c.words)
+        self._pending.write(b"%d\t%d\t" % (idx, c.chars) + c.row + b"\n")
+
+    def _find(self, i: int) -> int:
+        while self._parent[i] != i:
+            self._parent[i] = self._parent[self._parent[i]]
+            i = self._parent[i]
+        return i
+
+    def _write_clusters(self, pending: Path) -> None:
+        with open(pending, "rb") as fh:
+            for line in fh:
+                idx, chars, row = line.rstrip(b"\n").split(b"\t", 2)
+                root = self.kept[self._find(int(idx))]
+                self._accept(split_of(root.split, self.cfg), int(chars), row)
+
+    @staticmethod
+    def _rejected_raw(c: Candidate, reason: str, details: dict[str, Any]) -> Rejected:
+        obj = orjson.loads(c.raw) if isinstance(c.raw, bytes) else c.raw
+        return rejected_row(obj, "", c.line, reason, details)
+
+    def _reject(self, r: Rejected) -> None:
+        self._reasons[r.reason] += 1
+        if r.detail:
+            self._details[r.detail] += 1
+        self._by_domain[r.domain] += 1
+        if r.score is not None:
+            self._scores.append(r.score)
+        self._rejected.write(r.row + b"\n")
+
+    def _write_reports(self, src: Path, out_dir: Path, result: CurationResult, started: float) -> None:
+        scores = self._scores
+        summary: dict[str, Any] = {
+            "total_rejected": result.rejected, "by_reason": dict(self._reasons.most_common()),
+            "by_detail": dict(self._details.most_common()), "by_domain": dict(self._by_domain.most_common())}
+        if scores:
+            summary.update(avg_quality_score=round(sum(scores) / len(scores), 4),
+                           min_quality_score=min(scores), max_quality_score=max(scores))
+        write_json_atomic(out_dir / "rejection_summary.json", summary)
+        write_json_atomic(out_dir / "stats.json", {
+            "lines_read": result.lines_read, "accepted": result.total_accepted, "rejected": result.rejected,
+            "accounted_for": result.total_accepted + result.rejected == result.lines_read,
+            "splits": result.accepted,
+            "chars": {s: _length_stats(v) for s, v in self._chars.items()},
+            "tokenised_exactly": self.tokenised,
+            "seconds": round(result.seconds, 3)})
+        write_json_atomic(out_dir / "metadata.json", {
+            "source_file": src.name, "source_sha256": file_sha256(src),
+            "settings": {"curation": vars(self.cfg), "max_length": self.train_cfg.max_length,
+                         "loss_on": self.train_cfg.loss_on, "model": self.train_cfg.model},
+            "quality_components": list(self.quality.weights),
+            "started_at": _iso(started), "finished_at": _iso(time.time())})
+
+
+def _chunks(items: Iterable[Item], n: int) -> Iterator[list[Item]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, n)):
+        yield chunk
 
 
 def _length_stats(v: list[int]) -> dict[str, float]:

@@ -31,6 +31,14 @@ class RawLine:
     message: str = ""
 
 
+def _decodes(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def sniff(path: Path) -> str:
     """'jsonl' or 'array'; raises InputFileError for an empty, binary or non-UTF-8 file."""
     try:
@@ -46,10 +54,13 @@ def sniff(path: Path) -> str:
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 4:  # not just a multi-byte character cut by the sniff window
+        # One bad line is a rejected record (not_utf8); a file whose every line is undecodable is not UTF-8.
+        lines = head.split(b"\n")[:-1] or [head]
+        bad = sum(1 for ln in lines if not _decodes(ln))
+        if bad == len(lines) and exc.start < len(head) - 4:
             raise InputFileError(
                 f"{path.name} is not UTF-8 (bad byte at offset {exc.start}) — re-save it as UTF-8") from exc
-        text = head[: exc.start].decode("utf-8")
+        text = head.decode("utf-8", "replace")
     stripped = text.lstrip("\ufeff \t\r\n")
     if not stripped:
         raise InputFileError(f"{path.name} has only blank lines — write one JSON object per line")
@@ -98,3 +109,18 @@ def _read_jsonl(path: Path) -> Iterator[RawLine]:
             except json.JSONDecodeError as exc:
                 yield RawLine(line=n, error="invalid_json", detail=f"{exc.msg} at column {exc.colno}",
                               text=text.rstrip("\n")[:2000])
+
+
+def read_items(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, raw line bytes) for JSONL, (element number, parsed element) for a JSON array; blank lines
+    are skipped. Parsing JSONL lines is left to the caller (it may happen in a worker process)."""
+    if sniff(path) == "array":
+        for raw in _read_array(path):
+            yield raw.line, raw.obj
+        return
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if raw.strip():
+                yield n, raw

@@ -28,7 +28,7 @@ def check(ex: Example) -> tuple[str, str] | None:
         if cur.role == "tool" and prev.role not in ("assistant", "tool"):
             return "bad_role_order", "a tool result that follows no assistant call"
     for m in msgs:
-        hit = _PLACEHOLDER.search(m.content)
+        hit = _PLACEHOLDER.search(m.content) if "{{" in m.content else None
         if hit:
             return "unfilled_placeholder", f"unfilled template placeholder {hit.group(0)} in a {m.role} turn"
     return None

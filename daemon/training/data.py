@@ -42,7 +42,8 @@ def _render(tok: Any, msgs: list[dict[str, str]], gen: bool = False) -> str:
     return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
 
 
-def _trains(m: Message, loss_on: str) -> bool:
+def trains_on(m: Message, loss_on: str) -> bool:
+    """Whether message `m` carries loss."""
     if m.train is not None:
         return m.train
     return m.role == "assistant" or loss_on == "all"
@@ -54,7 +55,7 @@ def encode_messages(tok: Any, messages: list[Message], max_length: int, loss_on:
     full = _render(tok, rows)
     spans: list[tuple[int, int]] = []  # character ranges [start, end) of `full` that carry loss
     for k, m in enumerate(messages):
-        if not _trains(m, loss_on):
+        if not trains_on(m, loss_on):
             continue
         # An assistant turn's loss starts after its generation prompt (the role marker); other turns at their start.
         before = _render(tok, rows[:k], gen=m.role == "assistant")
@@ -70,6 +71,27 @@ def encode_messages(tok: Any, messages: list[Message], max_length: int, loss_on:
         if any(a <= s < b for a, b in spans) and e > s:
             labels[i] = ids[i]
     return Encoded(input_ids=ids[:max_length], labels=labels[:max_length], full_length=len(ids))
+
+
+def count_tokens(tok: Any, texts: list[str]) -> list[int]:
+    """Token counts of many texts in one batched call into the fast tokenizer."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        return [len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False)]
+    return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+
+
+def length_and_first_trained(tok: Any, conversations: list[list[Message]], loss_on: str) -> list[tuple[int, int]]:
+    """(tokens of the whole conversation, tokens before the first trained one) for each conversation, batched.
+    After right truncation to L a conversation keeps a trained token iff the second number is < L."""
+    fulls, prefixes = [], []
+    for msgs in conversations:
+        rows = [{"role": m.role, "content": m.content} for m in msgs]
+        fulls.append(_render(tok, rows))
+        k = next((i for i, m in enumerate(msgs) if trains_on(m, loss_on)), len(msgs))
+        prefixes.append(_render(tok, rows[:k], gen=k < len(msgs) and msgs[k].role == "assistant"))
+    counts = count_tokens(tok, fulls + prefixes)
+    return list(zip(counts[: len(fulls)], counts[len(fulls):]))
 
 
 def prompt_text(tok: Any, messages: list[Message]) -> str:

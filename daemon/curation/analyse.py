@@ -1,0 +1,215 @@
+"""Per-record curation work that needs no other record: parse, recognise, validate, length, quality, MinHash.
+
+`Analyser.chunk(items)` turns a chunk of raw lines into outcomes: `Rejected` (final) or `Candidate` (left for the
+curator's in-order decisions: exact duplicate, quality verdict, near duplicate). Outcomes carry their output rows
+already serialised, so that chunks can be analysed in worker processes (the curator forks a pool on large files)
+and the parent only decides and writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from typing import Any, NamedTuple
+
+import orjson
+
+from daemon.config import CurationConfig, TrainConfig
+from daemon.curation import validate
+from daemon.curation.formats import Example, FormatError, normalise
+from daemon.curation.neardup import NearDupIndex, shingles
+from daemon.curation.quality import Quality, QualityScorer
+from daemon.training.data import length_and_first_trained, trains_on
+
+Item = tuple[int, Any]
+"""(line number, raw bytes of a JSONL line | an already parsed element of a JSON array)."""
+
+
+class Rejected(NamedTuple):
+    line: int
+    row: bytes
+    """The rejected.jsonl line (JSON, no newline)."""
+    reason: str
+    detail: str | None
+    domain: str
+    score: float | None
+
+
+class Candidate(NamedTuple):
+    line: int
+    key: bytes
+    """Exact-duplicate key: 16 bytes of the sha256 of the normalised conversation."""
+    raw: Any
+    """The record as read (bytes or object), to build a duplicate's rejected row."""
+    quality_reject: Rejected | None
+    """The low_quality / low_diversity verdict, applied only if the record is not an exact duplicate."""
+    sig: bytes
+    """Pickled rensa MinHash of the word 3-gram shingles."""
+    words: str
+    """Normalised text (lower-cased words) for the exact Jaccard check."""
+    row: bytes
+    """The train/val/test line (JSON, no newline)."""
+    chars: int
+    ident: str
+    split_key: str
+
+
+def content_hash(ex: Example) -> str:
+    """Hash of the normalised conversation (case- and whitespace-insensitive): the exact-duplicate key."""
+    return _hash_words([(m.role, m.content.lower().split()) for m in ex.messages])
+
+
+def _hash_words(turns: list[tuple[str, list[str]]]) -> str:
+    norm = "\x1e".join(f"{role}\x1f{' '.join(words)}" for role, words in turns)
+    return hashlib.sha256(norm.encode("utf-8")).hexdigest()
+
+
+def rejected_row(obj: Any, text: str, line: int, reason: str, details: dict[str, Any],
+                 quality: Quality | None = None) -> Rejected:
+    # Keep the record's own fields (Alpaca rows stay Alpaca-shaped); unparsable lines keep their raw text.
+    row = dict(obj) if isinstance(obj, dict) else {"raw": text}
+    row["line"] = line
+    row["rejection_reason"] = reason
+    score = None
+    if quality is not None:
+        score = row["quality_score"] = quality.score
+        details = {"threshold": quality.threshold, **quality.components, **details}
+    row["rejection_details"] = details
+    domain = row.get("domain", "default")
+    return Rejected(line, orjson.dumps(row, default=str), reason, details.get("detail"),
+                    domain if isinstance(domain, str) else str(domain), score)
+
+
+def _ident(ex: Example) -> str:
+    """How a record is named in another record's rejection: its `id`, else its line."""
+    rid = ex.meta.get("id")
+    return str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else f"line {ex.line}"
+
+
+class Analyser:
+    """The per-record checks, configured once (in the parent, inherited by forked workers)."""
+
+    def __init__(self, cfg: CurationConfig, train_cfg: TrainConfig, tokenizer: Any, quality: QualityScorer):
+        self.cfg = cfg
+        self.train_cfg = train_cfg
+        self.tok = tokenizer
+        self.quality = quality
+        self._overheads: dict[tuple[str, ...], int] = {}
+
+    def chunk(self, items: list[Item]) -> tuple[list[Rejected | Candidate], int]:
+        """Outcomes in input order, and how many records needed exact tokenisation."""
+        parsed = [self._parse(line, payload) for line, payload in items]
+        tokenised = self._check_lengths(parsed)
+        out: list[Rejected | Candidate] = []
+        for p in parsed:
+            out.append(p if isinstance(p, Rejected) else self._finish(*p))
+        return out, tokenised
+
+    def _parse(self, line: int, payload: Any) -> Rejected | tuple[int, Any, Example]:
+        text = ""
+        if isinstance(payload, bytes):
+            try:
+                text = payload.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return rejected_row(None, payload.decode("utf-8", "replace").rstrip("\n")[:2000], line,
+                                    "validation_failed",
+                                    {"detail": "not_utf8", "error": f"invalid UTF-8 byte at column {exc.start + 1}"})
+            try:
+                obj = orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:
+                return rejected_row(None, text.rstrip("\n")[:2000], line, "invalid_json", {"error": str(exc)})
+        else:
+            obj = payload
+        try:
+            ex = normalise(obj, line)
+        except FormatError as exc:
+            return rejected_row(obj, text, line, "validation_failed", {"detail": exc.detail, "error": str(exc)})
+        if ex is None:
+            keys = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+            return rejected_row(obj, text, line, "unknown_format",
+                                {"error": f"no known format has these fields: {keys}"})
+        problem = validate.check(ex)
+        if problem:
+            return rejected_row(obj, text, line, "validation_failed", {"detail": problem[0], "error": problem[1]})
+        return line, payload, ex
+
+    def _check_lengths(self, parsed: list[Any]) -> int:
+        """too_long / no_trainable_tokens, in place; returns how many records were tokenised.
+
+        A token covers at least one byte (byte-level BPE, SentencePiece with byte fallback), so byte counts bound
+        token counts: a record whose rendered size fits max_length cannot be too long, and one whose prompt (up to
+        the first trained turn) fits keeps a trained token after truncation. Only records these bounds cannot
+        settle are tokenised, in one batch for the chunk."""
+        if self.tok is None:
+            return 0
+        limit = self.train_cfg.max_length
+        reject_long = self.cfg.on_too_long == "reject"
+        unsure = []
+        for i, p in enumerate(parsed):
+            if isinstance(p, Rejected):
+                continue
+            msgs = p[2].messages
+            if reject_long:
+                size = sum(len(m.content.encode("utf-8")) for m in msgs)
+                if size + self._overhead(tuple(m.role for m in msgs)) > limit:
+                    unsure.append(i)
+                continue
+            k = next((j for j, m in enumerate(msgs) if trains_on(m, self.train_cfg.loss_on)), len(msgs))
+            prompt = msgs[: k + 1]  # the first trained turn's role marker counts too
+            size = sum(len(m.content.encode("utf-8")) for m in msgs[:k])
+            if size + self._overhead(tuple(m.role for m in prompt)) > limit:
+                unsure.append(i)
+        if not unsure:
+            return 0
+        lengths = length_and_first_trained(self.tok, [parsed[i][2].messages for i in unsure], self.train_cfg.loss_on)
+        for i, (full, first_trained) in zip(unsure, lengths):
+            line, payload, ex = parsed[i]
+            if full > limit and reject_long:
+                parsed[i] = rejected_row(ex.raw, "", line, "validation_failed", {
+                    "detail": "too_long", "tokens": full, "max_length": limit})
+            elif first_trained >= limit:
+                parsed[i] = rejected_row(ex.raw, "", line, "validation_failed", {
+                    "detail": "no_trainable_tokens", "tokens": full, "max_length": limit,
+                    "error": "no trained token is left after truncation to max_length"})
+        return len(unsure)
+
+    def _overhead(self, roles: tuple[str, ...]) -> int:
+        """Bytes the chat template adds around the contents for this sequence of roles (+ a safety margin)."""
+        if roles not in self._overheads:
+            try:
+                rendered = self.tok.apply_chat_template([{"role": r, "content": ""} for r in roles], tokenize=False)
+                self._overheads[roles] = len(rendered.encode("utf-8")) + 8
+            except Exception:  # a template that rejects this shape: always tokenise exactly
+                self._overheads[roles] = 1 << 30
+        return self._overheads[roles]
+
+    def _finish(self, line: int, payload: Any, ex: Example) -> Candidate:
+        turns = [(m.role, m.content.lower().split()) for m in ex.messages]
+        key = _hash_words(turns)
+        q = self.quality.score(ex)
+        verdict = None
+        if not ex.meta.get("quality_override"):
+            if q.components["diversity"] < self.cfg.min_diversity:
+                verdict = rejected_row(ex.raw, "", line, "low_diversity", {"min_diversity": self.cfg.min_diversity}, q)
+            elif q.score < q.threshold:
+                verdict = rejected_row(ex.raw, "", line, "low_quality", {}, q)
+        words = [w for _, ws in turns for w in ws]
+        sig = pickle.dumps(NearDupIndex.signature(shingles(words)))
+        row = ex.to_record()
+        row["quality_score"] = q.score
+        return Candidate(line, bytes.fromhex(key[:32]), payload, verdict, sig, " ".join(words),
+                         orjson.dumps(row, default=str), sum(len(m.content) for m in ex.messages), _ident(ex), key)
+
+
+# -- worker-process plumbing: the analyser is handed to forked workers through this global ------------------------
+_WORKER: Analyser | None = None
+
+
+def set_worker_analyser(a: Analyser | None) -> None:
+    global _WORKER
+    _WORKER = a
+
+
+def analyse_in_worker(items: list[Item]) -> tuple[list[Rejected | Candidate], int]:
+    assert _WORKER is not None, "set_worker_analyser() before forking the pool"
+    return _WORKER.chunk(items)
