@@ -69,12 +69,14 @@ def test_bad_settings_are_reported_all_at_once_by_the_cli(tmp_path):
     assert "2 problem(s)" in r.output and "train.lr" in r.output and "train.batch_size" in r.output
 
 
-def test_read_only_commands_import_no_torch(tmp_path):
+def test_read_only_commands_import_no_torch(curated_home):
+    tmp_path = curated_home.root
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
         "from cli.app import app\n"
-        "for cmd in (['status'], ['status', '--json'], ['queue']):\n"
+        "for cmd in (['status'], ['status', '--json'], ['queue'], ['rejected', '--latest'],\n"
+        "            ['rejected', '--latest', '--json']):\n"
         f"    r = CliRunner().invoke(app, cmd + ['--home', {str(tmp_path)!r}])\n"
         "    assert r.exit_code == 0, r.output\n"
         "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]\n"
@@ -82,3 +84,70 @@ def test_read_only_commands_import_no_torch(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.fixture
+def curated_home(tmp_path):
+    """A home with one curated dataset whose rejects cover quality, duplicates and validation."""
+    from daemon.config import CurationConfig, TrainConfig
+    from daemon.curation.curator import Curator
+
+    good = "The river carries fresh water from the mountains down to the green valley below."
+    rows = [{"prompt": f"q{i}", "completion": f"{good} Item {i}.", "domain": "geo"} for i in range(6)]
+    rows += [{"prompt": "noise", "completion": "%$#@ ^&*! ~~~ ||| <<>> ;;; ### @@@", "domain": "junk"},
+             {"prompt": "short", "completion": "ok ok ok ok ok fine", "domain": "geo"},
+             {"prompt": "q0", "completion": f"{good} Item 0."}, '{"prompt": broken']
+    src = tmp_path / "mixed.jsonl"
+    src.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    h = Home.open(tmp_path)
+    Curator(CurationConfig(min_quality=0.7), TrainConfig()).run(src, h.datasets / "mixed_20260101_000000")
+    return h
+
+
+def test_rejected_shows_reasons_closest_histogram_and_advice(curated_home):
+    r = runner.invoke(app, ["rejected", "--latest", "--home", str(curated_home.root)])
+    assert r.exit_code == 0, r.output
+    out = r.output
+    assert "4 of 10 records rejected (40.0%)" in out
+    for piece in ("low_quality", "duplicate", "invalid_json", "closest to passing", "by domain", "junk",
+                  "recommendations", "0.0–0.1"):
+        assert piece in out, piece
+    assert "trainctl rejected accept --min-score" in out or "weakest component" in out
+    r = runner.invoke(app, ["rejected", "--latest", "--reason", "duplicate", "--json", "--home",
+                            str(curated_home.root)])
+    data = json.loads(r.output)
+    assert data["by_reason"] == {"duplicate": 1} and data["shown"] == 1 and data["total_rejected"] == 4
+
+
+def test_rejected_accept_recovers_into_the_inbox_and_they_pass_next_time(curated_home):
+    from daemon.config import CurationConfig, TrainConfig
+    from daemon.curation.curator import Curator
+
+    h = curated_home
+    r = runner.invoke(app, ["rejected", "accept", "--min-score", "0.3", "--latest", "--to-inbox", "--home",
+                            str(h.root)])
+    assert r.exit_code == 0, r.output
+    files = list(h.inbox.glob("*.jsonl"))
+    assert len(files) == 1 and "recovered" in files[0].name
+    recs = [json.loads(x) for x in files[0].read_text().splitlines()]
+    assert recs and all(x["quality_override"] is True and "rejection_reason" not in x for x in recs)
+    res = Curator(CurationConfig(min_quality=0.7, val_fraction=0, test_fraction=0), TrainConfig()).run(
+        files[0], h.datasets / "again")
+    assert res.total_accepted == len(recs)
+    # A second accept does not overwrite the first file.
+    ds = h.datasets / "mixed_20260101_000000"
+    r = runner.invoke(app, ["rejected", "accept", str(ds), "--min-score", "0.3", "--to-inbox", "--home", str(h.root)])
+    assert r.exit_code == 0, r.output
+    assert len(list(h.inbox.glob("*.jsonl"))) == 2
+
+
+@pytest.mark.parametrize("args, says", [
+    (["rejected", "accept", "--latest"], "needs --min-score"),
+    (["rejected", "accept", "--min-score", "0.99", "--latest"], "no quality reject"),
+    (["rejected", "--latest", "--min-score", "0.3"], "belong to `trainctl rejected accept`"),
+    (["rejected", "nowhere"], "not a curated dataset"),
+    (["rejected"], "pass its PATH or --latest"),
+])
+def test_rejected_mistakes_are_one_red_line(curated_home, args, says):
+    r = runner.invoke(app, args + ["--home", str(curated_home.root)])
+    assert r.exit_code == 1 and says in r.output and "Traceback" not in r.output, r.output

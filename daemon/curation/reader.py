@@ -1,34 +1,20 @@
-"""Read an input file as a stream of (line number, parsed object | problem).
+"""Read an input file as a stream of (line number, raw line | parsed element).
 
-JSONL is streamed line by line (memory does not grow with the file). A file whose first non-blank byte is `[` is a
-JSON array and is parsed whole; its elements are numbered from 1. A file that cannot be read at all raises
-InputFileError, which sends it to inbox/failed/ with an explanation.
+JSONL is streamed line by line (memory does not grow with the file); lines are parsed by the curator's workers.
+A file whose first non-blank byte is `[` is a JSON array and is parsed whole; its elements are numbered from 1.
+A file that cannot be read at all raises InputFileError, which sends it to inbox/failed/ with an explanation.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from daemon.errors import InputFileError
 
 _SNIFF = 8192
-
-
-@dataclass
-class RawLine:
-    line: int
-    obj: Any = None
-    error: str | None = None
-    """`invalid_json` or `not_utf8` when the line could not be parsed."""
-    detail: str = ""
-    """For errors: the validation code (`not_utf8`) or the JSON parser's message."""
-    text: str = ""
-    """The raw line (for rejected rows that could not be parsed)."""
-    message: str = ""
 
 
 def _decodes(b: bytes) -> bool:
@@ -67,15 +53,7 @@ def sniff(path: Path) -> str:
     return "array" if stripped.startswith("[") else "jsonl"
 
 
-def read_records(path: Path) -> Iterator[RawLine]:
-    kind = sniff(path)
-    if kind == "array":
-        yield from _read_array(path)
-    else:
-        yield from _read_jsonl(path)
-
-
-def _read_array(path: Path) -> Iterator[RawLine]:
+def _read_array(path: Path) -> list[Any]:
     try:
         data = json.loads(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
@@ -86,37 +64,14 @@ def _read_array(path: Path) -> Iterator[RawLine]:
             f"column {exc.colno}) — fix it, or write JSONL so that one bad record does not spoil the file") from exc
     if not isinstance(data, list):
         raise InputFileError(f"{path.name} is JSON but not an array of records")
-    for i, obj in enumerate(data, 1):
-        yield RawLine(line=i, obj=obj)
-
-
-def _read_jsonl(path: Path) -> Iterator[RawLine]:
-    with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, 1):
-            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield RawLine(line=n, error="validation_failed", detail="not_utf8",
-                              text=raw.decode("utf-8", "replace").rstrip("\n")[:2000],
-                              message=f"invalid UTF-8 byte at column {exc.start + 1}")
-                continue
-            try:
-                yield RawLine(line=n, obj=json.loads(text), text=text)
-            except json.JSONDecodeError as exc:
-                yield RawLine(line=n, error="invalid_json", detail=f"{exc.msg} at column {exc.colno}",
-                              text=text.rstrip("\n")[:2000])
+    return data
 
 
 def read_items(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, raw line bytes) for JSONL, (element number, parsed element) for a JSON array; blank lines
     are skipped. Parsing JSONL lines is left to the caller (it may happen in a worker process)."""
     if sniff(path) == "array":
-        for raw in _read_array(path):
-            yield raw.line, raw.obj
+        yield from enumerate(_read_array(path), 1)
         return
     with open(path, "rb") as fh:
         for n, raw in enumerate(fh, 1):
