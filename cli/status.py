@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -12,7 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from cli.app import HomeOpt, JsonOpt, app, command, console
-from cli.render import bar, dash, duration
+from cli.render import bar, dash, duration, sparkline
 from daemon.atomic import read_json
 from daemon.home import Home
 from daemon.jobs import JobQueue, pid_alive
@@ -47,9 +48,36 @@ def queue_view(home: Home) -> dict[str, Any]:
         return {"counts": counts, "current": active[0].to_dict() if active else None}
 
 
+def loss_history(run_dir: str | None, points: int = 40) -> list[float]:
+    """The last smoothed-loss values from the run's metrics.jsonl (read from its tail only)."""
+    if not run_dir:
+        return []
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, 2) - 64 * 1024))
+            lines = fh.read().splitlines()[1:]
+    except OSError:
+        return []
+    out = []
+    for line in lines[-points:]:
+        try:
+            v = json.loads(line).get("streaming_ce")
+        except ValueError:
+            continue
+        if isinstance(v, (int, float)):
+            out.append(float(v))
+    return out
+
+
 def gather(home: Home) -> dict[str, Any]:
-    return {"daemon": daemon_view(home), "queue": queue_view(home),
-            "training": read_json(home.training_status) or {}}
+    training = read_json(home.training_status) or {}
+    return {"daemon": daemon_view(home), "queue": queue_view(home), "training": training,
+            "loss_history": loss_history(training.get("run_dir"))}
+
+
+def _spark(values: list[float] | None) -> str:
+    return f"   {sparkline(values)}" if values and len(values) > 1 else ""
 
 
 def _num(v: Any, fmt: str) -> str:
@@ -77,14 +105,49 @@ def render(s: dict[str, Any]) -> Group:
         if t.get("streaming_ce") is not None:
             loss += f"   smoothed {_num(t.get('streaming_ce'), '{:.4f}')} ({t.get('loss_trend', '?')})"
         g.add_row("loss", loss)
+        g.add_row("", f"variance {_num(t.get('loss_variance'), '{:.2e}')}   token entropy "
+                      f"{_num(t.get('token_entropy'), '{:.3f}')} nats" + _spark(s.get("loss_history")))
         g.add_row("learning rate", _num(t.get("learning_rate"), "{:.2e}"))
-        g.add_row("tokens/s", f"{_num(t.get('tokens_per_sec'), '{:.0f}')} now, "
-                              f"{_num(t.get('tokens_per_sec_avg'), '{:.0f}')} avg")
-        g.add_row("ETA", duration(t.get("eta_seconds")) if t.get("state") == "training" else "—")
+        tps = (f"{_num(t.get('tokens_per_sec'), '{:.0f}')} now, {_num(t.get('tokens_per_sec_avg'), '{:.0f}')} avg "
+               f"({t.get('throughput_trend', '?')})")
+        if t.get("mfu") is not None:
+            tps += f"   MFU {t['mfu']:.1%}"
+        g.add_row("tokens/s", tps)
+        g.add_row("ETA", (duration(t.get("eta_seconds")) + " (incl. evaluations)")
+                  if t.get("state") == "training" else "—")
+        if t.get("fixed_eval_em") is not None:
+            g.add_row("fixed eval", f"EM {t['fixed_eval_em']:.0%}  CE {_num(t.get('fixed_eval_ce'), '{:.3f}')}  "
+                                    f"ECE {_num(t.get('fixed_eval_ece'), '{:.3f}')}  ({t.get('fixed_eval_trend')}, "
+                                    f"step {t.get('fixed_eval_step')})  accuracy last 20 "
+                                    f"{_num(t.get('accuracy_last_20'), '{:.0%}')}, last 50 "
+                                    f"{_num(t.get('accuracy_last_50'), '{:.0%}')}")
+        ls = t.get("lora_summary")
+        if ls:
+            flags = [f"[red]{k} {', '.join(ls[k][:3])}[/red]" for k in ("dead", "vanishing", "exploding") if ls.get(k)]
+            if ls.get("imbalanced"):
+                flags.append(f"[yellow]imbalance {ls.get('imbalance')}x[/yellow]")
+            g.add_row("LoRA", f"{ls.get('layers')} layers  grad norm {_num(ls.get('grad_norm_min'), '{:.2e}')}.."
+                              f"{_num(ls.get('grad_norm_max'), '{:.2e}')}  update/weight "
+                              f"{_num(ls.get('update_ratio'), '{:.1e}')}  " + ("  ".join(flags) or "[green]ok[/green]"))
         if t.get("train_exact_match") is not None:
             g.add_row("exact match (train)", f"{t['train_exact_match']:.0%}")
         g.add_row("updated", dash(t.get("updated_at")))
         parts.append(Panel(g, title="training", expand=False))
+        alerts = t.get("active_alerts") or []
+        if alerts:
+            a = Table(title="active alerts", show_header=True)
+            for col in ("severity", "alert", "since step", "what to do"):
+                a.add_column(col, overflow="fold")
+            sev_colour = {"critical": "red", "warning": "yellow", "info": "cyan"}
+            for al in alerts:
+                c = sev_colour.get(al.get("severity"), "white")
+                a.add_row(f"[{c}]{al.get('severity')}[/{c}]", f"{al.get('id')}: {al.get('message')}",
+                          str(al.get("since_step")), al.get("recommendation", ""))
+            parts.append(a)
+        elif t.get("alert_summary") is not None:
+            fired = t["alert_summary"].get("fired_total", 0)
+            parts.append(f"alerts: none active ({fired} fired and resolved during the run)" if fired
+                         else "alerts: none")
     return Group(*parts)
 
 

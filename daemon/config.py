@@ -59,7 +59,13 @@ class TrainConfig:
     save_total_limit: int = 2
     """Checkpoints kept per run."""
     eval_steps: int = 0
-    """Evaluate on the validation split every N steps; 0 = only at the end."""
+    """Run the fixed evaluation every N steps; 0 = about ten times over the run; -1 = never."""
+    fixed_eval_examples: int = 32
+    """Validation examples in the fixed evaluation set (training examples if the val split is empty)."""
+    ema_alpha: float = 0.1
+    """Weight of the newest step in the smoothed loss (streaming_ce)."""
+    monitor_every: int = 1
+    """Measure LoRA gradient norms and updates every N optimizer steps."""
     logging_steps: int = 1
     """Log (and update the status file) every N steps."""
     seed: int = 42
@@ -192,7 +198,10 @@ def _validate(s: Settings) -> list[str]:
     need(t.loss_on in ("assistant", "all"), f"train.loss_on must be 'assistant' or 'all', not {t.loss_on!r}")
     need(t.save_steps >= 1, "train.save_steps must be >= 1")
     need(t.save_total_limit >= 2, "train.save_total_limit must be >= 2 (so a complete checkpoint survives a kill)")
-    need(t.eval_steps >= 0, "train.eval_steps must be >= 0")
+    need(t.eval_steps >= -1, "train.eval_steps must be >= 0 (or -1 = never)")
+    need(t.fixed_eval_examples >= 0, "train.fixed_eval_examples must be >= 0")
+    need(0 < t.ema_alpha <= 1, "train.ema_alpha must be in (0, 1]")
+    need(t.monitor_every >= 1, "train.monitor_every must be >= 1")
     need(t.logging_steps >= 1, "train.logging_steps must be >= 1")
     need(t.device in ("auto", "cuda", "cpu", "mps"), f"train.device must be auto, cuda, cpu or mps, not {t.device!r}")
     need(t.dtype in ("auto", "bf16", "fp16", "fp32"), f"train.dtype must be auto, bf16, fp16 or fp32, not {t.dtype!r}")

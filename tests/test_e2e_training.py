@@ -57,6 +57,20 @@ def test_demo_job_learns_and_leaves_adapter_config_and_metrics(home):
     st = status(home)
     assert st["state"] == "done" and st["current_step"] == st["total_steps"] == result["steps"]
     assert st["tokens_per_sec_avg"] > 0
+    # Every status field of SPEC section 5 is there (flagged_count comes with flagged examples).
+    for f in ("state", "job_id", "dataset", "current_step", "total_steps", "epoch", "loss", "learning_rate",
+              "streaming_ce", "loss_variance", "token_entropy", "loss_trend", "tokens_per_sec", "tokens_per_sec_avg",
+              "throughput_trend", "eta_seconds", "lora_stats", "lora_summary", "active_alerts", "alert_summary",
+              "fixed_eval_em", "fixed_eval_ce", "fixed_eval_ece", "fixed_eval_trend", "accuracy_last_20",
+              "accuracy_last_50", "updated_at"):
+        assert f in st, f
+    assert st["fixed_eval_em"] >= 0.9 and st["fixed_eval_ece"] < 0.3 and st["lora_summary"]["dead"] == []
+    assert len(st["lora_stats"]) == 21 and st["token_entropy"] > 0
+    # A healthy run raises no warning or critical alert at any point.
+    events = [json.loads(x) for x in (run / "alerts.jsonl").read_text().splitlines()] \
+        if (run / "alerts.jsonl").exists() else []
+    assert [e for e in events if e["severity"] != "info"] == []
+    assert "streaming_ce" in rows[-1] and "fixed_eval_em" in rows[-1]
     # The same content again is refused unless forced.
     again = runner.invoke(app, ["train", str(DEMO), "--home", str(home)])
     assert again.exit_code == 1 and "same content as job 1" in again.output and "--force" in again.output
@@ -165,3 +179,25 @@ def test_daemon_queues_a_dropped_file_and_status_shows_it(home, daemons):
     assert t["total_steps"] == 150
     d.kill(signal.SIGTERM)
     assert d.wait(60) == 0
+
+
+def test_nan_loss_stops_the_job_keeps_its_checkpoint_and_the_daemon_moves_on(home, daemons):
+    """TRAINCTL_FAULT poisons the loss of the job on bad.jsonl from step 30; good.jsonl trains normally."""
+    os.environ["TRAINCTL_FAULT"] = "nan_at_step=30@bad"
+    try:
+        d = daemons(home, "--epochs", "2", "--save-steps", "10", "--once")
+    finally:
+        del os.environ["TRAINCTL_FAULT"]
+    _drop(home, "bad.jsonl")
+    (home / "inbox" / "good.jsonl").write_bytes(DEMO.read_bytes() + b'{"text": "one more record"}\n')
+    assert d.wait(300) == 0, d.output()
+    by_file = {j.file_name: j for j in jobs(home)}
+    bad, good = by_file["bad.jsonl"], by_file["good.jsonl"]
+    assert bad.state == JobState.FAILED and "nan_loss (critical) at step 30" in bad.error, bad.error
+    assert "checkpoint kept" in bad.error
+    assert complete_checkpoints(home, bad.id)[-1] == 20  # the last good one; nothing saved after the NaN
+    events = [json.loads(x) for x in (home / "data" / "runs" / f"job-{bad.id:05d}" / "alerts.jsonl")
+              .read_text().splitlines()]
+    assert [e["id"] for e in events if e["severity"] == "critical"] == ["nan_loss"]
+    assert good.state == JobState.DONE
+    assert (home / "inbox" / "failed" / "bad.jsonl.error.txt").exists()

@@ -6,6 +6,7 @@ checkpoint in data/runs/<job>/checkpoints/. Returns what happened; the caller re
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.atomic import write_json_atomic
-from daemon.config import Settings
+from daemon.config import BUILTIN_TINY, Settings
 from daemon.errors import TrainingError
 from daemon.home import Home
 
@@ -83,8 +84,11 @@ def _model(ctx: RunContext) -> Any:
     cfg = ctx.settings.train
     base = load_model(cfg.model, ctx.home.models, cfg.device, cfg.dtype, cfg.trust_remote_code)
     targets: Any = "all-linear" if cfg.target_modules == ["all-linear"] else cfg.target_modules
+    # builtin:tiny's output head is random: frozen, it caps the loss near 2.0 and leaves the model badly calibrated
+    # even when every answer is right, so it is trained in full (50k parameters, saved with the adapter).
+    head = ["lm_head"] if cfg.model == BUILTIN_TINY else None
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
+                      target_modules=targets, task_type="CAUSAL_LM", modules_to_save=head)
     return get_peft_model(base, lora)
 
 
@@ -154,12 +158,47 @@ def exact_match(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens
                        for r, g, a, h in zip(rows, golden, answers, hits) if not h][:10]}
 
 
+def total_steps(cfg: Any, n_examples: int) -> int:
+    per_epoch = math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum))
+    return cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(per_epoch * cfg.epochs))
+
+
+def eval_interval(cfg: Any, steps: int) -> int:
+    """train.eval_steps resolved: 0 = about ten evaluations over the run (at least 10 steps apart), -1 = none."""
+    if cfg.eval_steps < 0:
+        return 0
+    return cfg.eval_steps or max(10, steps // 10)
+
+
+def _collectors(ctx: RunContext, tok: Any, rows: list[dict[str, Any]], run_dir: Path, steps: int) -> dict[str, Any]:
+    """Every collector of SPEC section 5, wired together; each is an ordinary TrainerCallback."""
+    from daemon.training.collectors.alerts import Alerts
+    from daemon.training.collectors.fixed_eval import FixedEval
+    from daemon.training.collectors.lora_monitor import LoRAMonitor
+    from daemon.training.collectors.streaming import StreamingMetrics
+    from daemon.training.collectors.throughput import ThroughputCollector
+    from daemon.training.data import read_split
+
+    cfg = ctx.settings.train
+    throughput = ThroughputCollector()
+    streaming = StreamingMetrics(alpha=cfg.ema_alpha)
+    lora = LoRAMonitor(every=cfg.monitor_every)
+    out: dict[str, Any] = {"throughput": throughput, "streaming": streaming, "lora": lora}
+    interval = eval_interval(cfg, steps)
+    if interval and cfg.fixed_eval_examples:
+        probe = read_split(ctx.dataset_dir / "val.jsonl")[: cfg.fixed_eval_examples] or rows[: cfg.fixed_eval_examples]
+        out["fixed_eval"] = FixedEval(tok, probe, interval, cfg.max_length, cfg.max_new_tokens, cfg.loss_on,
+                                      throughput=throughput)
+    out["alerts"] = Alerts(streaming, lora, out.get("fixed_eval"), log_path=run_dir / "alerts.jsonl")
+    return out
+
+
 def train(ctx: RunContext) -> TrainOutcome:
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from daemon.models import load_tokenizer
-    from daemon.training.collectors.throughput import ThroughputCollector
+    from daemon.training import faults
     from daemon.training.control import RunControl, newest_complete_checkpoint
     from daemon.training.data import PadCollator
     from daemon.training.status import StatusWriter
@@ -176,13 +215,15 @@ def train(ctx: RunContext) -> TrainOutcome:
     args = _training_args(ctx, run_dir, config["train"]["lr"], model)
     control = RunControl(run_dir / "checkpoints", watch_parent=ctx.watch_parent)
     control.install_signal_handlers()
-    throughput = ThroughputCollector()
+    collectors = _collectors(ctx, tok, rows, run_dir, total_steps(cfg, len(train_set)))
+    alerts = collectors["alerts"]
     status = StatusWriter(ctx.home.training_status, run_dir / "metrics.jsonl",
                           base={"job_id": ctx.job_id, "dataset": ctx.dataset_dir.name, "model": cfg.model,
                                 "run_dir": str(run_dir)},
-                          collectors=[throughput], echo=ctx.echo)
+                          collectors=list(collectors.values()), echo=ctx.echo)
+    # Order matters: the measuring collectors update before the alerts read them, and the status is written last.
     trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=PadCollator(tok.pad_token_id),
-                      callbacks=[control, throughput, status])
+                      callbacks=[*faults.from_env(ctx.dataset_dir.name), control, *collectors.values(), status])
     for noisy in (PrinterCallback, ProgressCallback):  # the StatusWriter reports progress instead
         trainer.remove_callback(noisy)
     resume = newest_complete_checkpoint(run_dir / "checkpoints")
@@ -192,6 +233,13 @@ def train(ctx: RunContext) -> TrainOutcome:
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     steps = trainer.state.global_step
+    if alerts.critical is not None:
+        kept = newest_complete_checkpoint(run_dir / "checkpoints")
+        status.set(state="failed", message=alerts.critical.message)
+        status.write(trainer.state, force=True)
+        raise TrainingError(f"{alerts.critical.id} (critical) at step {steps}: {alerts.critical.message} — "
+                            f"{alerts.critical.recommendation}"
+                            + (f"; last complete checkpoint kept: {kept}" if kept else ""))
     if control.stop_requested and steps < trainer.state.max_steps:
         status.set(state="interrupted", message=f"stopped at step {steps} ({control.stop_reason}); resumes on restart")
         status.write(trainer.state, force=True)

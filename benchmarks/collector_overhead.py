@@ -1,0 +1,119 @@
+"""Wall-time cost of the collectors: the same LoRA training with a bare transformers Trainer + peft, and with every
+collector on, runs interleaved in one process; the cost of the default fixed-evaluation schedule is printed apart.
+
+Target: all collectors (evaluation off) / bare <= 1.03.
+Usage: python benchmarks/collector_overhead.py [--steps 120] [--rounds 3] [--model builtin:tiny]
+On a GPU pass a bigger random-init model, e.g. --model random:llama-150m (built locally, no download).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _random_llama(spec: str, models_dir: Path):
+    """random:llama-150m -> a random-init Llama of about that size (for GPU measurements without downloads)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    size = spec.split("-")[-1]
+    hidden, layers = {"150m": (768, 12), "400m": (1024, 24), "1b": (2048, 16)}[size]
+    cfg = LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=hidden * 8 // 3, num_hidden_layers=layers,
+                      num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, max_position_embeddings=1024)
+    torch.manual_seed(0)
+    path = models_dir / spec.replace(":", "_")
+    if not path.exists():
+        LlamaForCausalLM(cfg).save_pretrained(path)
+    return str(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--model", default="builtin:tiny")
+    ap.add_argument("--batch-size", type=int, default=8)
+    a = ap.parse_args()
+
+    import torch
+    from transformers import Trainer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from daemon.config import Settings
+    from daemon.curation.curator import Curator
+    from daemon.home import Home
+    from daemon.models import load_tokenizer
+    from daemon.training.recipe import RunContext, _collectors, _data, _model, _training_args
+    from daemon.training.status import StatusWriter
+
+    home = Home.open(Path(tempfile.mkdtemp(prefix="trainctl-overhead-")))
+    s = Settings()
+    s.train.max_steps = a.steps
+    s.train.batch_size = a.batch_size
+    s.train.save_steps = 10**6  # no checkpoints inside the timed runs
+    s.train.final_eval_examples = 0
+    tok_model = "builtin:tiny"
+    if a.model.startswith("random:"):
+        s.train.model = _random_llama(a.model, home.models)
+        tok_model = "builtin:tiny"  # any tokenizer works for timing: its 262 ids fit the 32k vocabulary
+    else:
+        s.train.model = a.model
+        tok_model = a.model
+    tok = load_tokenizer(tok_model, home.models)
+    ds = home.datasets / "overhead"
+    Curator(s.curation, s.train, tokenizer=tok).run(ROOT / "examples" / "demo_uppercase.jsonl", ds)
+    ctx = RunContext(home=home, job_id=1, dataset_dir=ds, settings=s, echo=lambda m: None)
+    rows, train_set = _data(ctx, tok)
+
+    def run(kind: str) -> float:
+        s.train.eval_steps = 0 if kind == "all+eval" else -1
+        model = _model(ctx)
+        run_dir = home.run_dir(hash(kind) % 1000)
+        args = _training_args(ctx, run_dir, 3e-3, model)
+        from daemon.training.data import PadCollator
+
+        callbacks = []
+        if kind != "bare":
+            cols = _collectors(ctx, tok, rows, run_dir, a.steps)
+            callbacks = [*cols.values(), StatusWriter(run_dir / "status.json", run_dir / "metrics.jsonl", {},
+                                                      list(cols.values()))]
+        trainer = Trainer(model=model, args=args, train_dataset=train_set,
+                          data_collator=PadCollator(tok.pad_token_id), callbacks=callbacks)
+        for noisy in (PrinterCallback, ProgressCallback):
+            trainer.remove_callback(noisy)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        trainer.train()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    times: dict[str, list[float]] = {"bare": [], "all": [], "all+eval": []}
+    run("bare")  # warm-up: first-run costs (allocator, kernels) must not count against either side
+    for r in range(a.rounds):
+        order = ["bare", "all", "all+eval"] if r % 2 == 0 else ["all+eval", "all", "bare"]
+        for kind in order:
+            times[kind].append(run(kind))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    dev = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(f"model {a.model}, {a.steps} steps x batch {a.batch_size}, {a.rounds} interleaved rounds, {dev}")
+    for k, v in times.items():
+        print(f"  {k:9s} median {med[k]:.2f}s  runs {', '.join(f'{x:.2f}' for x in v)}")
+    ratio = med["all"] / med["bare"]
+    print(f"all collectors, evaluation off / bare Trainer: {ratio:.3f}  (target <= 1.03: "
+          f"{'PASS' if ratio <= 1.03 else 'FAIL'})")
+    print(f"default evaluation schedule (about 10 fixed evaluations): +{med['all+eval'] - med['all']:.2f}s "
+          f"= {(med['all+eval'] / med['all'] - 1):.1%} of the training time")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Fixed evaluation: the same validation examples at every eval step: exact match, cross-entropy, ECE, trend.
+
+Exact match: batched greedy generation, compared with the golden answer (whitespace-normalised).
+Cross-entropy and ECE: one teacher-forced pass over the golden answers; each answer token contributes the model's
+top-1 confidence and whether the top-1 token is the golden one; ECE = sum over 15 equal-width confidence bins of
+|accuracy - confidence| weighted by the bin's share of tokens. Runs in eval mode without gradients; a failure is
+recorded and training goes on. Its wall time is reported to the throughput collector so the ETA includes it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from daemon.training.collectors import Collector
+
+ECE_BINS = 15
+
+
+def expected_calibration_error(confidences: list[float], correct: list[bool], bins: int = ECE_BINS) -> float:
+    if not confidences:
+        return 0.0
+    total = len(confidences)
+    sums = [[0.0, 0.0, 0] for _ in range(bins)]  # confidence sum, correct count, n
+    for c, ok in zip(confidences, correct):
+        b = sums[min(bins - 1, int(c * bins))]
+        b[0] += c
+        b[1] += ok
+        b[2] += 1
+    return sum(abs(b[1] / b[2] - b[0] / b[2]) * b[2] / total for b in sums if b[2])
+
+
+class FixedEval(Collector):
+    name = "fixed_eval"
+
+    def __init__(self, tokenizer: Any, rows: list[dict[str, Any]], eval_steps: int, max_length: int = 512,
+                 max_new_tokens: int = 64, loss_on: str = "assistant", throughput: Any = None, batch_size: int = 16):
+        from daemon.training.data import messages_of
+
+        self.tok = tokenizer
+        self.rows = rows
+        self.messages = [messages_of(r) for r in rows]
+        self.eval_steps = eval_steps
+        self.max_length = max_length
+        self.max_new_tokens = max_new_tokens
+        self.loss_on = loss_on
+        self.throughput = throughput
+        self.batch_size = batch_size
+        self.history: deque[dict[str, Any]] = deque(maxlen=50)
+        self.last: dict[str, Any] | None = None
+        self.last_results: list[dict[str, Any]] = []
+        """Per example of the last evaluation: prompt, golden, output, loss, matches (for flagged examples)."""
+        self.errors: list[str] = []
+        self.listeners: list[Any] = []
+        """Called as fn(step, results) after each evaluation (e.g. flagged-example storage)."""
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        step = state.global_step
+        due = self.eval_steps > 0 and step % self.eval_steps == 0
+        if (due or step == state.max_steps) and model is not None and self.rows and \
+                (self.last is None or self.last["step"] != step):
+            self.evaluate(model, step)
+
+    def evaluate(self, model: Any, step: int) -> dict[str, Any] | None:
+        if self.throughput is not None:
+            self.throughput.begin_eval()
+        t0 = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        try:
+            result = self._run(model, step)
+        except Exception as exc:  # an evaluation must never stop training
+            self.errors.append(f"step {step}: {type(exc).__name__}: {exc}")
+            return None
+        finally:
+            if was_training:
+                model.train()
+            if self.throughput is not None:
+                self.throughput.end_eval()
+        result["seconds"] = round(time.perf_counter() - t0, 3)
+        self.last = result
+        self.history.append(result)
+        for fn in self.listeners:
+            try:
+                fn(step, self.last_results)
+            except Exception as exc:
+                self.errors.append(f"step {step} listener: {type(exc).__name__}: {exc}")
+        return result
+
+    def _run(self, model: Any, step: int) -> dict[str, Any]:
+        import torch
+
+        from daemon.generation import generate_texts, normalise_answer
+        from daemon.training.data import encode_messages, prompt_text
+
+        golden = [[m for m in msgs if m.role == "assistant"][-1].content for msgs in self.messages]
+        prompts = [prompt_text(self.tok, msgs) for msgs in self.messages]
+        longest = max(len(self.tok(g, add_special_tokens=False)["input_ids"]) for g in golden)
+        outputs = generate_texts(model, self.tok, prompts, max_new_tokens=min(self.max_new_tokens, longest + 2),
+                                 batch_size=self.batch_size)
+        matches = [normalise_answer(o["text"]) == normalise_answer(g) for o, g in zip(outputs, golden)]
+        device = next(model.parameters()).device
+        confs: list[float] = []
+        correct: list[bool] = []
+        losses: list[float] = []
+        with torch.no_grad():
+            for i in range(0, len(self.messages), self.batch_size):
+                encs = [encode_messages(self.tok, m, self.max_length, self.loss_on)
+                        for m in self.messages[i:i + self.batch_size]]
+                width = max(len(e.input_ids) for e in encs)
+                pad = self.tok.pad_token_id or 0
+                ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in encs], device=device)
+                labels = torch.tensor([e.labels + [-100] * (width - len(e.labels)) for e in encs], device=device)
+                attn = (torch.arange(width, device=device)[None, :] <
+                        torch.tensor([len(e.input_ids) for e in encs], device=device)[:, None]).long()
+                logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()  # (b, t-1, vocab)
+                target = labels[:, 1:]  # (b, t-1): the token each position predicts
+                mask = target != -100
+                logp = torch.log_softmax(logits, dim=-1)
+                gold = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (b, t-1)
+                top_p, top_i = logp.max(-1)
+                for row in range(len(encs)):
+                    m = mask[row]
+                    n = int(m.sum())
+                    losses.append(float(-(gold[row][m]).sum() / max(1, n)))
+                    confs += top_p[row][m].exp().tolist()
+                    correct += (top_i[row][m] == target[row][m]).tolist()
+        self.last_results = [
+            {"prompt": p, "golden": g, "output": o["text"], "loss": round(loss, 4), "matches": ok,
+             "line": r.get("line"), "id": r.get("id")}
+            for p, g, o, loss, ok, r in zip(prompts, golden, outputs, losses, matches, self.rows)]
+        n_tok = len(confs)
+        ce = sum(losses) / len(losses) if losses else None
+        return {"step": step, "exact_match": round(sum(matches) / len(matches), 4),
+                "cross_entropy": round(ce, 4) if ce is not None else None,
+                "ece": round(expected_calibration_error(confs, correct), 4), "tokens": n_tok,
+                "examples": len(matches)}
+
+    @property
+    def trend(self) -> str:
+        if len(self.history) < 2:
+            return "stable"
+        prev = [h["exact_match"] for h in list(self.history)[-4:-1]]
+        now = self.history[-1]["exact_match"]
+        base = sum(prev) / len(prev)
+        return "improving" if now > base + 0.02 else "degrading" if now < base - 0.02 else "stable"
+
+    def _accuracy_last(self, n: int) -> float | None:
+        hist = list(self.history)[-n:]
+        return round(sum(h["exact_match"] for h in hist) / len(hist), 4) if hist else None
+
+    def summary(self) -> dict[str, Any]:
+        if self.last is None:
+            return {"fixed_eval_errors": self.errors[-3:]} if self.errors else {}
+        out = {"fixed_eval_em": self.last["exact_match"], "fixed_eval_ce": self.last["cross_entropy"],
+               "fixed_eval_ece": self.last["ece"], "fixed_eval_trend": self.trend,
+               "fixed_eval_step": self.last["step"], "fixed_eval_examples": self.last["examples"],
+               "accuracy_last_20": self._accuracy_last(20), "accuracy_last_50": self._accuracy_last(50),
+               "evaluations": len(self.history)}
+        if self.errors:
+            out["fixed_eval_errors"] = self.errors[-3:]
+        return out
