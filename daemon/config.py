@@ -64,8 +64,8 @@ class TrainConfig:
     """Validation examples in the fixed evaluation set (training examples if the val split is empty)."""
     ema_alpha: float = 0.1
     """Weight of the newest step in the smoothed loss (streaming_ce)."""
-    monitor_every: int = 1
-    """Measure LoRA gradient norms and updates every N optimizer steps."""
+    monitor_every: int = 5
+    """Measure LoRA gradient norms and updates every N optimizer steps (1 = every step, ~3% slower on builtin:tiny)."""
     logging_steps: int = 1
     """Log (and update the status file) every N steps."""
     seed: int = 42

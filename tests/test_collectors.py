@@ -52,7 +52,7 @@ def _trainer(tmp_path, tiny_models, demo_rows, lr: float, steps: int, callbacks,
 
 
 def test_frozen_lora_layer_is_named_dead(tmp_path, tiny_models, demo_rows):
-    streaming, lora = StreamingMetrics(), LoRAMonitor(dead_after=10)
+    streaming, lora = StreamingMetrics(), LoRAMonitor(every=1, dead_after=10)
     alerts = Alerts(streaming, lora, log_path=tmp_path / "alerts.jsonl")
     _trainer(tmp_path, tiny_models, demo_rows, 3e-3, 25, [streaming, lora, alerts],
              freeze="layers.1.self_attn.q_proj").train()

@@ -92,4 +92,5 @@ class StatusWriter(TrainerCallback):
                       + (f"  eta {eta:.0f}s" if eta is not None else ""))
 
     def on_step_end(self, args, state, control, **kw):
-        self.write(state)
+        if not (args.logging_steps and state.global_step % args.logging_steps == 0):
+            self.write(state)  # on logging steps on_log writes, right after

@@ -1,11 +1,13 @@
 """LoRA monitor: per-layer gradient norm and update magnitude, and the layers that are dead, vanishing, exploding
 or out of balance.
 
-Gradients are read where they exist: a post-accumulate-grad hook on each LoRA parameter keeps the squared norm of
-its accumulated gradient as backward finishes (before the Trainer clips it, so an exploding gradient is seen even
-when clipping hides it from the optimizer), and `on_pre_optimizer_step` collects them; by `on_step_end` they are
-zeroed. The update magnitude is the real change of a layer's LoRA weights across `optimizer.step()`: a copy is
-taken in `on_pre_optimizer_step` and compared in `on_optimizer_step`.
+Gradients are read where they still exist: `on_pre_optimizer_step`, after backward and before `optimizer.step()`
+and `zero_grad()` (by `on_step_end` they are gone). The Trainer clips them just before; clipping scales every
+gradient by the same factor, so the norms are scaled back up by the clip factor of the last logged step
+(`grad_norm` / `max_grad_norm`), and an exploding gradient is seen even when clipping hides it from the optimizer.
+The update magnitude is the real change of a layer's LoRA weights across `optimizer.step()`: a copy is taken in
+`on_pre_optimizer_step` and compared in `on_optimizer_step`. All of it is a few fused `torch._foreach_*` calls and one
+host sync per measured step.
 
 A "layer" is one adapted module (e.g. `layers.0.self_attn.q_proj`): its lora_A and lora_B together. LoRA B starts
 at zero, so A's gradient is zero at first; a layer is only called dead after `dead_after` steps with neither a
@@ -34,58 +36,54 @@ def layer_of(param_name: str) -> str | None:
 class LoRAMonitor(Collector):
     name = "lora"
 
-    def __init__(self, every: int = 1, dead_after: int = 10):
+    def __init__(self, every: int = 5, dead_after: int = 10):
         self.every = every
-        """Measure every N optimizer steps (1 = each step)."""
+        """Measure every N optimizer steps (1 = each step). `dead_after` counts measured steps."""
         self.dead_after = dead_after
         self.layers: dict[str, list[tuple[str, Any]]] = {}
         self.grad_norm: dict[str, float] = {}
         self.update: dict[str, float] = {}
         self.weight_norm: dict[str, float] = {}
         self._silent_steps: dict[str, int] = defaultdict(int)  # consecutive measured steps with no grad, no update
-        self._before: dict[str, Any] = {}
-        self._sq: dict[str, Any] = {}  # parameter name -> squared norm of its latest accumulated gradient
-        self._hooks: list[Any] = []
+        self._params: list[Any] = []
+        self._layer_index: Any = None  # parameter i belongs to layer _layer_index[i]
+        self._before: list[Any] = []
+        self._grad_vec: Any = None
+        self._max_grad_norm = 0.0
+        self._clip_scale = 1.0
         self._measuring = False
         self.steps = 0
-        self._step = 0
 
     def on_train_begin(self, args, state, control, model=None, **kw):
         if model is None:
             return
+        import torch
+
         layers: dict[str, list[tuple[str, Any]]] = defaultdict(list)
         for name, p in model.named_parameters():
             layer = layer_of(name)
             if layer is not None:
                 # Frozen LoRA parameters are watched too: a layer frozen by mistake is exactly a dead layer.
                 layers[layer].append((name, p))
-                if p.requires_grad and not self._hooks_on(name):
-                    self._hooks.append(p.register_post_accumulate_grad_hook(self._grad_hook(name)))
         self.layers = dict(layers)
+        self._params = [p for params in self.layers.values() for _, p in params]
+        if self._params:
+            device = self._params[0].device
+            self._layer_index = torch.tensor([i for i, params in enumerate(self.layers.values()) for _ in params],
+                                             device=device)
+        self._max_grad_norm = float(getattr(args, "max_grad_norm", 0) or 0)
 
-    def _hooks_on(self, name: str) -> bool:
-        return name in self._sq
+    def on_log(self, args, state, control, logs=None, **kw):
+        g = (logs or {}).get("grad_norm")
+        if isinstance(g, (int, float)) and self._max_grad_norm > 0:
+            self._clip_scale = max(1.0, float(g) / self._max_grad_norm)
 
-    def _grad_hook(self, name: str):
-        self._sq[name] = None
+    def _per_layer(self, norms: list[Any]) -> Any:
+        """Per-parameter norms (tensors) -> per-layer norms, shape (layers,)."""
+        import torch
 
-        def hook(p):
-            if self._measuring_next:
-                self._sq[name] = p.grad.detach().float().pow(2).sum()
-        return hook
-
-    @property
-    def _measuring_next(self) -> bool:
-        return self._step % self.every == 0
-
-    def on_step_begin(self, args, state, control, **kw):
-        self._step = state.global_step
-
-    def on_train_end(self, args, state, control, **kw):
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
-        self._sq.clear()
+        sq = torch.stack([n.float() for n in norms]).pow(2)
+        return torch.zeros(len(self.layers), device=sq.device).index_add_(0, self._layer_index, sq).sqrt()
 
     def on_pre_optimizer_step(self, args, state, control, **kw):
         self._measuring = bool(self.layers) and (state.global_step % self.every == 0)
@@ -94,15 +92,9 @@ class LoRAMonitor(Collector):
         import torch
 
         with torch.no_grad():
-            norms = []
-            for params in self.layers.values():
-                sq = [self._sq[name] for name, _ in params if self._sq.get(name) is not None]
-                norms.append(torch.stack(sq).sum().sqrt() if sq else torch.zeros((), device=params[0][1].device))
-            for name in self._sq:
-                self._sq[name] = None
-            values = torch.stack([n.to(norms[0].device) for n in norms]).cpu().tolist()
-            self.grad_norm = dict(zip(self.layers, values))
-            self._before = {layer: [p.detach().clone() for _, p in params] for layer, params in self.layers.items()}
+            grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for p in self._params]
+            self._grad_vec = self._per_layer(torch._foreach_norm(grads)) * self._clip_scale
+            self._before = torch._foreach_mul([p.detach() for p in self._params], 1.0)
 
     def on_optimizer_step(self, args, state, control, **kw):
         if not self._measuring:
@@ -110,20 +102,18 @@ class LoRAMonitor(Collector):
         import torch
 
         with torch.no_grad():
-            deltas, weights = [], []
-            for layer, params in self.layers.items():
-                before = self._before[layer]
-                deltas.append(torch.stack([(p.detach().float() - b.float()).pow(2).sum()
-                                           for (_, p), b in zip(params, before)]).sum().sqrt())
-                weights.append(torch.stack([p.detach().float().pow(2).sum() for _, p in params]).sum().sqrt())
-            d = torch.stack([x.to(deltas[0].device) for x in deltas]).cpu().tolist()
-            w = torch.stack([x.to(weights[0].device) for x in weights]).cpu().tolist()
-        self._before = {}
-        self.update = dict(zip(self.layers, d))
-        self.weight_norm = dict(zip(self.layers, w))
+            now = [p.detach() for p in self._params]
+            deltas = self._per_layer(torch._foreach_norm(torch._foreach_sub(now, self._before)))
+            weights = self._per_layer(torch._foreach_norm(now))
+            g, d, w = torch.stack([self._grad_vec, deltas, weights]).cpu().tolist()
+        self._before = []
+        names = list(self.layers)
+        self.grad_norm = dict(zip(names, g))
+        self.update = dict(zip(names, d))
+        self.weight_norm = dict(zip(names, w))
         self.steps += 1
-        for layer in self.layers:
-            silent = self.grad_norm.get(layer, 0.0) == 0.0 and self.update[layer] == 0.0
+        for layer in names:
+            silent = self.grad_norm[layer] == 0.0 and self.update[layer] == 0.0
             self._silent_steps[layer] = self._silent_steps[layer] + 1 if silent else 0
 
     # -- verdicts ------------------------------------------------------------------------------------------------

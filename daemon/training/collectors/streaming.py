@@ -5,7 +5,7 @@ the model itself returns, through a forward hook it puts on the model at `on_tra
 only, so evaluation passes are not counted). Values stay on the device until the step ends: one host sync a step.
 
 Token entropy (nats) is the mean entropy of the predicted distribution over the trained positions of a step,
-computed on at most `entropy_positions` of them so a large vocabulary costs little.
+computed every `entropy_every` steps on at most `entropy_positions` of them, so a large vocabulary costs little.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ from daemon.training.collectors import Collector
 class StreamingMetrics(Collector):
     name = "streaming"
 
-    def __init__(self, alpha: float = 0.1, trend_window: int = 50, entropy_positions: int = 256):
+    def __init__(self, alpha: float = 0.1, trend_window: int = 50, entropy_positions: int = 256,
+                 entropy_every: int = 5):
         self.alpha = alpha
         """EMA weight of the newest step (higher = reacts faster)."""
         self.trend_window = trend_window
         self.entropy_positions = entropy_positions
+        self.entropy_every = entropy_every
         self.ema: float | None = None
         self.var = 0.0
         self.last_loss: float | None = None
@@ -59,7 +61,7 @@ class StreamingMetrics(Collector):
         self._losses.append(loss.detach().float())
         logits = getattr(output, "logits", None)
         labels = kwargs.get("labels")
-        if logits is not None and labels is not None:
+        if logits is not None and labels is not None and self.steps % self.entropy_every == 0:
             with torch.no_grad():
                 # logits: (batch, seq, vocab); the prediction at t is for the token at t+1.
                 mask = labels[:, 1:] != -100
