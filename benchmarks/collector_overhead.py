@@ -105,7 +105,7 @@ def main() -> None:
         callbacks = []
         clock = CallbackClock()
         if kind != "bare":
-            cols = _collectors(ctx, tok, rows, run_dir, a.steps)
+            cols = _collectors(ctx, tok, rows, run_dir, a.steps, model)
             callbacks = [*cols.values(), StatusWriter(run_dir / "status.json", run_dir / "metrics.jsonl", {},
                                                       list(cols.values()))]
             if kind == "all":

@@ -130,3 +130,13 @@ def test_fixed_eval_measures_em_ce_ece(tmp_path, tiny_models, demo_rows):
     assert res["cross_entropy"] > 3 and 0 <= res["ece"] <= 1
     assert len(ev.last_results) == 8 and {"prompt", "golden", "output", "loss", "matches"} <= set(ev.last_results[0])
     assert ev.summary()["fixed_eval_em"] == 0.0 and ev.summary()["accuracy_last_20"] == 0.0
+
+
+def test_mfu_only_where_the_peak_is_known():
+    from daemon.training.collectors.throughput import peak_flops
+
+    assert peak_flops("NVIDIA H100 80GB HBM3", True) == 989e12
+    assert peak_flops("NVIDIA H100 PCIe", True) == 756e12
+    assert peak_flops("NVIDIA A100-SXM4-40GB", True) == 312e12
+    assert peak_flops("NVIDIA H100 80GB HBM3", False) is None  # fp32: tensor-core peaks do not apply
+    assert peak_flops("Some Future GPU", True) is None

@@ -170,7 +170,21 @@ def eval_interval(cfg: Any, steps: int) -> int:
     return cfg.eval_steps or max(10, steps // 10)
 
 
-def _collectors(ctx: RunContext, tok: Any, rows: list[dict[str, Any]], run_dir: Path, steps: int) -> dict[str, Any]:
+def _peak_flops(cfg: Any, model: Any) -> float | None:
+    import torch
+
+    from daemon.training.collectors.throughput import peak_flops
+
+    if cfg.peak_tflops:
+        return cfg.peak_tflops * 1e12
+    p = next(model.parameters())
+    if p.device.type != "cuda":
+        return None
+    return peak_flops(torch.cuda.get_device_name(p.device), p.dtype in (torch.bfloat16, torch.float16))
+
+
+def _collectors(ctx: RunContext, tok: Any, rows: list[dict[str, Any]], run_dir: Path, steps: int,
+                model: Any) -> dict[str, Any]:
     """Every collector of SPEC section 5, wired together; each is an ordinary TrainerCallback."""
     from daemon.training.collectors.alerts import Alerts
     from daemon.training.collectors.fixed_eval import FixedEval
@@ -180,7 +194,7 @@ def _collectors(ctx: RunContext, tok: Any, rows: list[dict[str, Any]], run_dir: 
     from daemon.training.data import read_split
 
     cfg = ctx.settings.train
-    throughput = ThroughputCollector()
+    throughput = ThroughputCollector(peak_flops=_peak_flops(cfg, model), n_params=model.num_parameters())
     streaming = StreamingMetrics(alpha=cfg.ema_alpha)
     lora = LoRAMonitor(every=cfg.monitor_every)
     out: dict[str, Any] = {"throughput": throughput, "streaming": streaming, "lora": lora}
@@ -215,7 +229,7 @@ def train(ctx: RunContext) -> TrainOutcome:
     args = _training_args(ctx, run_dir, config["train"]["lr"], model)
     control = RunControl(run_dir / "checkpoints", watch_parent=ctx.watch_parent)
     control.install_signal_handlers()
-    collectors = _collectors(ctx, tok, rows, run_dir, total_steps(cfg, len(train_set)))
+    collectors = _collectors(ctx, tok, rows, run_dir, total_steps(cfg, len(train_set)), model)
     alerts = collectors["alerts"]
     status = StatusWriter(ctx.home.training_status, run_dir / "metrics.jsonl",
                           base={"job_id": ctx.job_id, "dataset": ctx.dataset_dir.name, "model": cfg.model,

@@ -92,3 +92,18 @@ class ThroughputCollector(Collector):
             # ~6 FLOPs per parameter per token for forward + backward (Kaplan et al.).
             out["mfu"] = round(6 * self.n_params * windowed / self.peak_flops, 4)
         return out
+
+
+# Dense bf16/fp16 tensor-core peaks (vendor data sheets), by a substring of torch.cuda.get_device_name().
+PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "V100": 125.0}
+
+
+def peak_flops(device_name: str, half_precision: bool) -> float | None:
+    """Peak FLOP/s of a known GPU in bf16/fp16; None when unknown (or in fp32, where tensor-core peaks do not
+    apply)."""
+    if not half_precision:
+        return None
+    for key, tflops in PEAK_TFLOPS.items():
+        if key in device_name:
+            return tflops * 1e12
+    return None
