@@ -41,6 +41,7 @@ def main() -> None:
 
 
 # Register the command modules (each imports only light code at module level).
+from cli import flags as _flags  # noqa: E402,F401
 from cli import queue as _queue  # noqa: E402,F401
 from cli import rejected as _rejected  # noqa: E402,F401
 from cli import status as _status  # noqa: E402,F401

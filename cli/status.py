@@ -129,6 +129,9 @@ def render(s: dict[str, Any]) -> Group:
             g.add_row("LoRA", f"{ls.get('layers')} layers  grad norm {_num(ls.get('grad_norm_min'), '{:.2e}')}.."
                               f"{_num(ls.get('grad_norm_max'), '{:.2e}')}  update/weight "
                               f"{_num(ls.get('update_ratio'), '{:.1e}')}  " + ("  ".join(flags) or "[green]ok[/green]"))
+        if t.get("flagged_count") is not None:
+            g.add_row("flagged", f"{t['flagged_count']} open flags ({t.get('flagged_this_run', 0)} this run) — "
+                                 "`trainctl flags`")
         if t.get("train_exact_match") is not None:
             g.add_row("exact match (train)", f"{t['train_exact_match']:.0%}")
         g.add_row("updated", dash(t.get("updated_at")))

@@ -64,6 +64,10 @@ class TrainConfig:
     """Validation examples in the fixed evaluation set (training examples if the val split is empty)."""
     ema_alpha: float = 0.1
     """Weight of the newest step in the smoothed loss (streaming_ce)."""
+    flag_loss_threshold: float = 3.0
+    """At each fixed evaluation, an example whose golden-answer loss is above this is flagged `high_loss`."""
+    flags_keep: int = 1000
+    """Flagged examples kept in data/flagged_examples/ (the most recent)."""
     peak_tflops: float = 0.0
     """The device's peak TFLOP/s for MFU; 0 = known GPUs are recognised (H100, H200, A100, L4, V100), else no MFU."""
     monitor_every: int = 5
@@ -205,6 +209,8 @@ def _validate(s: Settings) -> list[str]:
     need(0 < t.ema_alpha <= 1, "train.ema_alpha must be in (0, 1]")
     need(t.monitor_every >= 1, "train.monitor_every must be >= 1")
     need(t.peak_tflops >= 0, "train.peak_tflops must be >= 0")
+    need(t.flag_loss_threshold > 0, "train.flag_loss_threshold must be > 0")
+    need(t.flags_keep >= 1, "train.flags_keep must be >= 1")
     need(t.logging_steps >= 1, "train.logging_steps must be >= 1")
     need(t.device in ("auto", "cuda", "cpu", "mps"), f"train.device must be auto, cuda, cpu or mps, not {t.device!r}")
     need(t.dtype in ("auto", "bf16", "fp16", "fp32"), f"train.dtype must be auto, bf16, fp16 or fp32, not {t.dtype!r}")

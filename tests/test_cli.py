@@ -76,7 +76,7 @@ def test_read_only_commands_import_no_torch(curated_home):
         "from typer.testing import CliRunner\n"
         "from cli.app import app\n"
         "for cmd in (['status'], ['status', '--json'], ['queue'], ['rejected', '--latest'],\n"
-        "            ['rejected', '--latest', '--json']):\n"
+        "            ['rejected', '--latest', '--json'], ['flags'], ['flags', 'trend'], ['flags', '--stats']):\n"
         f"    r = CliRunner().invoke(app, cmd + ['--home', {str(tmp_path)!r}])\n"
         "    assert r.exit_code == 0, r.output\n"
         "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]\n"

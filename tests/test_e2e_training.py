@@ -71,6 +71,10 @@ def test_demo_job_learns_and_leaves_adapter_config_and_metrics(home):
         if (run / "alerts.jsonl").exists() else []
     assert [e for e in events if e["severity"] != "info"] == []
     assert "streaming_ce" in rows[-1] and "fixed_eval_em" in rows[-1]
+    # Early evaluations, before the model has learned, flag what it got wrong.
+    flags = json.loads((home / "data" / "flagged_examples" / "flagged_examples.json").read_text())["flags"]
+    assert flags and {f["reason"] for f in flags} <= {"mismatch", "high_loss"}
+    assert st["flagged_count"] == len(flags) and all(f["file"] == st["dataset"] for f in flags)
     # The same content again is refused unless forced.
     again = runner.invoke(app, ["train", str(DEMO), "--home", str(home)])
     assert again.exit_code == 1 and "same content as job 1" in again.output and "--force" in again.output

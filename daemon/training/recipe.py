@@ -203,6 +203,12 @@ def _collectors(ctx: RunContext, tok: Any, rows: list[dict[str, Any]], run_dir: 
         probe = read_split(ctx.dataset_dir / "val.jsonl")[: cfg.fixed_eval_examples] or rows[: cfg.fixed_eval_examples]
         out["fixed_eval"] = FixedEval(tok, probe, interval, cfg.max_length, cfg.max_new_tokens, cfg.loss_on,
                                       throughput=throughput)
+    if "fixed_eval" in out:
+        from daemon.flags import FlagStore
+        from daemon.training.collectors.flagged import FlaggedExamples
+
+        out["flagged"] = FlaggedExamples(FlagStore(ctx.home.flagged_file, cfg.flags_keep), out["fixed_eval"],
+                                         file=ctx.dataset_dir.name, loss_threshold=cfg.flag_loss_threshold)
     out["alerts"] = Alerts(streaming, lora, out.get("fixed_eval"), log_path=run_dir / "alerts.jsonl")
     return out
 

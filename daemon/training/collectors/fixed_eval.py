@@ -71,7 +71,9 @@ class FixedEval(Collector):
         try:
             result = self._run(model, step)
         except Exception as exc:  # an evaluation must never stop training
-            self.errors.append(f"step {step}: {type(exc).__name__}: {exc}")
+            msg = f"{type(exc).__name__}: {exc}"
+            self.errors.append(f"step {step}: {msg}")
+            self._notify(step, [{**self._describe(i), "error": msg} for i in range(len(self.rows))])
             return None
         finally:
             if was_training:
@@ -81,12 +83,24 @@ class FixedEval(Collector):
         result["seconds"] = round(time.perf_counter() - t0, 3)
         self.last = result
         self.history.append(result)
+        self._notify(step, self.last_results)
+        return result
+
+    def _notify(self, step: int, results: list[dict[str, Any]]) -> None:
         for fn in self.listeners:
             try:
-                fn(step, self.last_results)
+                fn(step, results)
             except Exception as exc:
                 self.errors.append(f"step {step} listener: {type(exc).__name__}: {exc}")
-        return result
+
+    def _describe(self, i: int) -> dict[str, Any]:
+        """Example i as people read it: the prompt turns, the last user turn, the golden answer."""
+        msgs = self.messages[i]
+        last = max(j for j, m in enumerate(msgs) if m.role == "assistant")
+        user = [m.content for m in msgs[:last] if m.role == "user"]
+        return {"prompt": user[-1] if user else "", "golden": msgs[last].content,
+                "messages": [{"role": m.role, "content": m.content} for m in msgs[:last]],
+                "line": self.rows[i].get("line"), "id": self.rows[i].get("id")}
 
     def _run(self, model: Any, step: int) -> dict[str, Any]:
         import torch
@@ -127,9 +141,8 @@ class FixedEval(Collector):
                     confs += top_p[row][m].exp().tolist()
                     correct += (top_i[row][m] == target[row][m]).tolist()
         self.last_results = [
-            {"prompt": p, "golden": g, "output": o["text"], "loss": round(loss, 4), "matches": ok,
-             "line": r.get("line"), "id": r.get("id")}
-            for p, g, o, loss, ok, r in zip(prompts, golden, outputs, losses, matches, self.rows)]
+            {**self._describe(i), "output": o["text"], "loss": round(loss, 4), "matches": ok}
+            for i, (o, loss, ok) in enumerate(zip(outputs, losses, matches))]
         n_tok = len(confs)
         ce = sum(losses) / len(losses) if losses else None
         return {"step": step, "exact_match": round(sum(matches) / len(matches), 4),

@@ -1,0 +1,133 @@
+"""`trainctl flags`: flagged examples (filter, sort, statistics, golden beside model output), `flags add`,
+`flags resolve ID`, `flags export OUT [--to-inbox]`, `flags trend`. Reads and writes JSON only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from cli.app import HomeOpt, JsonOpt, app, command, console, err_console
+from cli.render import bar, dash
+from daemon.atomic import write_text_atomic
+from daemon.errors import TrainctlError
+from daemon.flags import REASONS, SORTS, FlagStore, to_training_record
+from daemon.home import Home
+
+flags_app = typer.Typer(help="Flagged examples: what the model gets wrong at each evaluation.",
+                        invoke_without_command=True, no_args_is_help=False)
+app.add_typer(flags_app, name="flags")
+
+
+def _store(home: str | None, create: bool = False) -> tuple[Home, FlagStore]:
+    h = Home.open(home, create=create)
+    return h, FlagStore(h.flagged_file)
+
+
+@flags_app.callback()
+def flags_list(ctx: typer.Context,
+               reason: Optional[str] = typer.Option(None, "--reason", help=f"Only one reason: {', '.join(REASONS)}."),
+               sort: str = typer.Option("recent", "--sort", help=f"{', '.join(SORTS)}."),
+               limit: int = typer.Option(20, "--limit", help="Show at most N (0 = all)."),
+               stats: bool = typer.Option(False, "--stats", help="Only the statistics."),
+               all_: bool = typer.Option(False, "--all", help="Include resolved flags."),
+               home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """Flagged examples, newest first: reason, step, loss, golden answer beside the model's output."""
+    if ctx.invoked_subcommand is not None:
+        return
+    try:
+        _, store = _store(home)
+        rows = store.query(reason, sort.replace("-", "_"), limit or None, include_resolved=all_)
+        st = store.stats()
+    except TrainctlError as exc:
+        err_console.print(f"[red]Error[/red]: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    if json_out:
+        console.print_json(json.dumps(st if stats else {"stats": st, "flags": rows}))
+        return
+    console.print(f"[bold]flags[/bold]: {st['open']} open, {st['resolved']} resolved; by reason: "
+                  + (", ".join(f"{k} {v}" for k, v in st["by_reason"].items()) or "none")
+                  + f"; average loss {dash(st['avg_loss'], '{:.3f}')}")
+    if stats:
+        return
+    if not rows:
+        console.print("No flags" + (f" with reason {reason!r}" if reason else "") + ". They appear after the fixed "
+                      "evaluations of a training job (or `trainctl flags add`).")
+        return
+    t = Table()
+    for col in ("id", "reason", "step", "loss", "file", "prompt", "golden", "model output", "time", "notes"):
+        t.add_column(col, overflow="fold")
+    for f in rows:
+        colour = "green" if f.get("matches") else "red"
+        t.add_row(str(f["id"]) + (" ✓" if f.get("resolved") else ""), f["reason"], dash(f.get("step")),
+                  dash(f.get("loss"), "{:.3f}"), dash(f.get("file")), f.get("prompt", "")[:60],
+                  f.get("golden", "")[:60], f"[{colour}]{(f.get('output') or '')[:60]}[/{colour}]",
+                  (f.get("timestamp") or "")[:19], f.get("notes", "")[:40])
+    console.print(t)
+
+
+@command(flags_app, "add")
+def flags_add(prompt: str = typer.Option(..., "--prompt", help="The question or prompt."),
+              golden: str = typer.Option(..., "--golden", help="The right answer."),
+              output: str = typer.Option("", "--output", help="What the model said."),
+              notes: str = typer.Option("", "--notes"), home: HomeOpt = None) -> None:
+    """Add a manual flag."""
+    _, store = _store(home, create=True)
+    (fid,) = store.add([{"reason": "manual", "prompt": prompt, "golden": golden, "output": output, "notes": notes,
+                         "matches": output.strip() == golden.strip() if output else None}])
+    console.print(f"flag {fid} added")
+
+
+@command(flags_app, "resolve")
+def flags_resolve(flag_id: int = typer.Argument(..., metavar="ID"), notes: str = typer.Option("", "--notes"),
+                  home: HomeOpt = None) -> None:
+    """Mark a flag resolved (it stays in the file; `flags --all` shows it)."""
+    _, store = _store(home)
+    store.resolve(flag_id, notes or None)
+    console.print(f"flag {flag_id} resolved")
+
+
+@command(flags_app, "export")
+def flags_export(out: Optional[Path] = typer.Argument(None, metavar="OUT", help="JSONL file to write."),
+                 to_inbox: bool = typer.Option(False, "--to-inbox", help="Write it into inbox/ to re-train now."),
+                 reason: Optional[str] = typer.Option(None, "--reason"), home: HomeOpt = None,
+                 json_out: JsonOpt = False) -> None:
+    """Open flags as training records (prompt + golden answer), to a file or straight into the inbox."""
+    h, store = _store(home)
+    if (out is None) == (not to_inbox):
+        raise TrainctlError("give OUT or --to-inbox (one of them) — e.g. `trainctl flags export fixes.jsonl`")
+    rows = store.query(reason, "oldest")
+    if not rows:
+        raise TrainctlError("no open flag to export — `trainctl flags --all` lists resolved ones too")
+    dest = h.unique_path(h.inbox, "flagged_examples.jsonl") if to_inbox else out
+    assert dest is not None
+    # Atomic (hidden temp name, then rename): the daemon never picks up half a file.
+    write_text_atomic(dest, "".join(json.dumps(to_training_record(f), ensure_ascii=False) + "\n" for f in rows))
+    if json_out:
+        console.print_json(json.dumps({"exported": len(rows), "file": str(dest)}))
+    else:
+        console.print(f"exported {len(rows)} flags -> {dest}")
+
+
+@command(flags_app, "trend")
+def flags_trend(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """Flags per evaluation step over the run."""
+    _, store = _store(home)
+    trend = store.trend()
+    if json_out:
+        console.print_json(json.dumps([{"step": s, **c} for s, c in trend]))
+        return
+    if not trend:
+        console.print("No evaluation flags yet.")
+        return
+    top = max(sum(c.values()) for _, c in trend) or 1
+    t = Table(title="flags per evaluation step")
+    for col in ("step", "flags", "", *REASONS[:3]):
+        t.add_column(col)
+    for step, c in trend:
+        n = sum(c.values())
+        t.add_row(str(step), str(n), bar(n, top, 30), *(str(c.get(r, 0)) for r in REASONS[:3]))
+    console.print(t)
