@@ -34,6 +34,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/cli_latency.py
+	$(PY) benchmarks/collector_overhead.py
+	$(PY) benchmarks/curate_throughput.py --compare-minhash
 
 # Empty the runtime folders of this checkout (inbox/, status/, data/), keeping their placeholders.
 clean-runtime:
