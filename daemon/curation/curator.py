@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import pickle
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -162,7 +162,14 @@ class Curator:
         set_worker_analyser(self.analyser)  # forked workers inherit it (and the plugin scorers) as they are
         try:
             pool = stack.enter_context(multiprocessing.get_context("fork").Pool(self.workers))
-            yield from pool.imap(analyse_in_worker, itertools.chain(first, chunks))
+            # A bounded window of chunks in flight (Pool.imap would read the whole file ahead into its queue).
+            window: deque[Any] = deque()
+            for chunk in itertools.chain(first, chunks):
+                window.append(pool.apply_async(analyse_in_worker, (chunk,)))
+                if len(window) >= 2 * self.workers:
+                    yield window.popleft().get()
+            while window:
+                yield window.popleft().get()
         finally:
             set_worker_analyser(None)
 
