@@ -22,16 +22,21 @@ HomeOpt = Annotated[Optional[str], typer.Option("--home", envvar="TRAINCTL_HOME"
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print as JSON for scripts.")]
 
 
+def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A TrainctlError from `fn` becomes one red line on stderr and exit code 1."""
+    @functools.wraps(fn)
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        try:
+            return fn(*a, **kw)
+        except TrainctlError as exc:
+            err_console.print(f"[red]Error[/red]: {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+    return wrapper
+
+
 def command(group: typer.Typer, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def wrapper(*a: Any, **kw: Any) -> Any:
-            try:
-                return fn(*a, **kw)
-            except TrainctlError as exc:
-                err_console.print(f"[red]Error[/red]: {exc}", highlight=False, soft_wrap=True)
-                raise typer.Exit(1) from None
-        group.command(*args, **kwargs)(wrapper)
+        group.command(*args, **kwargs)(reports_errors(fn))
         return fn
     return deco
 

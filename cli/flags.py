@@ -10,9 +10,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cli.app import HomeOpt, JsonOpt, app, command, console, err_console
+from cli.app import HomeOpt, JsonOpt, app, command, console, reports_errors
 from cli.render import bar, dash
-from daemon.atomic import write_text_atomic
+from daemon.atomic import write_jsonl_atomic
 from daemon.errors import TrainctlError
 from daemon.flags import REASONS, SORTS, FlagStore, to_training_record
 from daemon.home import Home
@@ -28,6 +28,7 @@ def _store(home: str | None, create: bool = False) -> tuple[Home, FlagStore]:
 
 
 @flags_app.callback()
+@reports_errors
 def flags_list(ctx: typer.Context,
                reason: Optional[str] = typer.Option(None, "--reason", help=f"Only one reason: {', '.join(REASONS)}."),
                sort: str = typer.Option("recent", "--sort", help=f"{', '.join(SORTS)}."),
@@ -38,13 +39,9 @@ def flags_list(ctx: typer.Context,
     """Flagged examples, newest first: reason, step, loss, golden answer beside the model's output."""
     if ctx.invoked_subcommand is not None:
         return
-    try:
-        _, store = _store(home)
-        rows = store.query(reason, sort.replace("-", "_"), limit or None, include_resolved=all_)
-        st = store.stats()
-    except TrainctlError as exc:
-        err_console.print(f"[red]Error[/red]: {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+    _, store = _store(home)
+    rows = store.query(reason, sort.replace("-", "_"), limit or None, include_resolved=all_)
+    st = store.stats()
     if json_out:
         console.print_json(json.dumps(st if stats else {"stats": st, "flags": rows}))
         return
@@ -105,7 +102,7 @@ def flags_export(out: Optional[Path] = typer.Argument(None, metavar="OUT", help=
     dest = h.unique_path(h.inbox, "flagged_examples.jsonl") if to_inbox else out
     assert dest is not None
     # Atomic (hidden temp name, then rename): the daemon never picks up half a file.
-    write_text_atomic(dest, "".join(json.dumps(to_training_record(f), ensure_ascii=False) + "\n" for f in rows))
+    write_jsonl_atomic(dest, (to_training_record(f) for f in rows))
     if json_out:
         console.print_json(json.dumps({"exported": len(rows), "file": str(dest)}))
     else:

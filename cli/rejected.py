@@ -11,7 +11,7 @@ from rich.table import Table
 
 from cli.app import HomeOpt, JsonOpt, app, command, console
 from cli.render import bar
-from daemon.atomic import write_text_atomic
+from daemon.atomic import write_jsonl_atomic
 from daemon.curation.rejects import BINS, analyse, find_dataset, recover
 from daemon.errors import TrainctlError
 from daemon.home import Home
@@ -108,7 +108,7 @@ def _accept(h: Home, ds: Path, min_score: float, to_inbox: bool, json_out: bool)
     name = f"{ds.name}_recovered_{min_score:.2f}.jsonl"
     out = h.unique_path(h.inbox if to_inbox else ds, name)
     # Written under a hidden temp name and renamed: the daemon never sees half a file in the inbox.
-    write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_jsonl_atomic(out, rows)
     if json_out:
         console.print_json(json.dumps({"recovered": len(rows), "file": str(out)}))
         return

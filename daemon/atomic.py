@@ -46,6 +46,11 @@ def write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> None:
     write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=str) + "\n")
 
 
+def write_jsonl_atomic(path: Path, rows: Any) -> None:
+    """A whole JSONL file at once (e.g. a new file for the inbox: the daemon never sees half of it)."""
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
 def read_json(path: Path, default: Any = None) -> Any:
     """Read a JSON file; `default` when it does not exist."""
     try:

@@ -54,12 +54,9 @@ class Candidate(NamedTuple):
     split_key: str
 
 
-def content_hash(ex: Example) -> str:
-    """Hash of the normalised conversation (case- and whitespace-insensitive): the exact-duplicate key."""
-    return _hash_words([(m.role, m.content.lower().split()) for m in ex.messages])
-
-
-def _hash_words(turns: list[tuple[str, list[str]]]) -> str:
+def content_hash(turns: list[tuple[str, list[str]]]) -> str:
+    """Hash of the normalised conversation, given as (role, lower-cased words) per turn: case- and
+    whitespace-insensitive, the exact-duplicate key."""
     norm = "\x1e".join(f"{role}\x1f{' '.join(words)}" for role, words in turns)
     return hashlib.sha256(norm.encode("utf-8")).hexdigest()
 
@@ -185,7 +182,7 @@ class Analyser:
 
     def _finish(self, line: int, payload: Any, ex: Example) -> Candidate:
         turns = [(m.role, m.content.lower().split()) for m in ex.messages]
-        key = _hash_words(turns)
+        key = content_hash(turns)
         q = self.quality.score(ex)
         verdict = None
         if not ex.meta.get("quality_override"):

@@ -32,7 +32,6 @@ from daemon.curation.analyse import (
     Item,
     Rejected,
     analyse_in_worker,
-    content_hash,
     rejected_row,
     set_worker_analyser,
 )
@@ -42,7 +41,6 @@ from daemon.curation.reader import read_items
 from daemon.errors import InputFileError
 
 SPLITS = ("train", "val", "test")
-__all__ = ["Curator", "CurationResult", "content_hash", "split_of", "file_sha256", "dataset_stamp"]
 
 
 @dataclass
@@ -80,9 +78,11 @@ def file_sha256(path: Path) -> str:
 
 @dataclass
 class _Kept:
+    """An accepted record in the near-duplicate index: how to name it, and its content key (for its split)."""
+
     line: int
     ident: str
-    split: str
+    key: str
 
 
 class Curator:
@@ -194,10 +194,9 @@ class Curator:
                 "duplicate_of": root.ident, "duplicate_of_line": root.line,
                 "similarity": round(match.similarity, 4)}))
             return
-        split = split_of(c.split_key, self.cfg)
         self.near.add(len(self.kept), sig, c.words)
-        self.kept.append(_Kept(c.line, c.ident, split))
-        self._accept(split, c.chars, c.row)
+        self.kept.append(_Kept(c.line, c.ident, c.split_key))
+        self._accept(split_of(c.split_key, self.cfg), c.chars, c.row)
 
     def _accept(self, split: str, chars: int, row: bytes) -> None:
         self._counts[split] += 1
@@ -210,7 +209,7 @@ class Curator:
 
     def _keep_in_cluster(self, c: Candidate, sig: Any) -> None:
         idx = len(self.kept)
-        self.kept.append(_Kept(c.line, c.ident, c.split_key))  # split_key stands in for the split until the end
+        self.kept.append(_Kept(c.line, c.ident, c.split_key))
         self._parent.append(idx)
         for m in self.near.find_all(sig, c.words):
             a, b = self._find(idx), self._find(m.key)
@@ -229,7 +228,7 @@ class Curator:
             for line in fh:
                 idx, chars, row = line.rstrip(b"\n").split(b"\t", 2)
                 root = self.kept[self._find(int(idx))]
-                self._accept(split_of(root.split, self.cfg), int(chars), row)
+                self._accept(split_of(root.key, self.cfg), int(chars), row)
 
     @staticmethod
     def _rejected_raw(c: Candidate, reason: str, details: dict[str, Any]) -> Rejected:

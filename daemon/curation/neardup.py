@@ -20,10 +20,6 @@ _SLACK = 0.15  # estimates this far below the threshold still get the exact chec
 SEED = 1234
 
 
-def words_of(text: str) -> list[str]:
-    return text.lower().split()
-
-
 def shingles(words: Sequence[str]) -> list[str]:
     """Word 3-grams; texts shorter than three words are one shingle (the whole text)."""
     if len(words) < 3:

@@ -140,10 +140,10 @@ class QualityScorer:
     def threshold(self, domain: str | None) -> float:
         return self.cfg.domain_min_quality.get(domain or "", self.cfg.min_quality)
 
-    def score(self, ex: Example, answer_words: list[str] | None = None) -> Quality:
+    def score(self, ex: Example) -> Quality:
         answer = ex.answer
         tokens = answer.split()
-        words = answer_words if answer_words is not None else answer.lower().split()
+        words = answer.lower().split()
         comps: dict[str, float] = {
             "diversity": diversity(words),
             "coherence": coherence(answer, tokens),
