@@ -98,7 +98,7 @@ def main() -> None:
     def run(kind: str) -> float:
         s.train.eval_steps = 0 if kind == "all+eval" else -1
         model = _model(ctx)
-        run_dir = home.run_dir(hash(kind) % 1000)
+        run_dir = home.run_dir({"bare": 1, "all": 2, "all+eval": 3}[kind])
         args = _training_args(ctx, run_dir, 3e-3, model)
         from daemon.training.data import PadCollator
 

@@ -52,6 +52,7 @@ class FixedEval(Collector):
         self.last_results: list[dict[str, Any]] = []
         """Per example of the last evaluation: prompt, golden, output, loss, matches (for flagged examples)."""
         self.errors: list[str] = []
+        self._fixed: tuple[list[str], list[str], int, list[Any]] | None = None
         self.listeners: list[Any] = []
         """Called as fn(step, results) after each evaluation (e.g. flagged-example storage)."""
 
@@ -106,11 +107,8 @@ class FixedEval(Collector):
         import torch
 
         from daemon.generation import generate_texts, normalise_answer
-        from daemon.training.data import encode_messages, prompt_text
 
-        golden = [[m for m in msgs if m.role == "assistant"][-1].content for msgs in self.messages]
-        prompts = [prompt_text(self.tok, msgs) for msgs in self.messages]
-        longest = max(len(self.tok(g, add_special_tokens=False)["input_ids"]) for g in golden)
+        prompts, golden, longest, encoded = self._prepare()
         outputs = generate_texts(model, self.tok, prompts, max_new_tokens=min(self.max_new_tokens, longest + 2),
                                  batch_size=self.batch_size)
         matches = [normalise_answer(o["text"]) == normalise_answer(g) for o, g in zip(outputs, golden)]
@@ -120,8 +118,7 @@ class FixedEval(Collector):
         losses: list[float] = []
         with torch.no_grad():
             for i in range(0, len(self.messages), self.batch_size):
-                encs = [encode_messages(self.tok, m, self.max_length, self.loss_on)
-                        for m in self.messages[i:i + self.batch_size]]
+                encs = encoded[i:i + self.batch_size]
                 width = max(len(e.input_ids) for e in encs)
                 pad = self.tok.pad_token_id or 0
                 ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in encs], device=device)
@@ -149,6 +146,19 @@ class FixedEval(Collector):
                 "cross_entropy": round(ce, 4) if ce is not None else None,
                 "ece": round(expected_calibration_error(confs, correct), 4), "tokens": n_tok,
                 "examples": len(matches)}
+
+    def _prepare(self) -> tuple[list[str], list[str], int, list[Any]]:
+        """What stays the same at every evaluation, computed at the first: rendered prompts, golden answers, the
+        longest golden answer in tokens, the teacher-forced encodings."""
+        if self._fixed is None:
+            from daemon.training.data import encode_messages, prompt_text
+
+            golden = [[m for m in msgs if m.role == "assistant"][-1].content for msgs in self.messages]
+            prompts = [prompt_text(self.tok, msgs) for msgs in self.messages]
+            longest = max(len(self.tok(g, add_special_tokens=False)["input_ids"]) for g in golden)
+            encoded = [encode_messages(self.tok, m, self.max_length, self.loss_on) for m in self.messages]
+            self._fixed = (prompts, golden, longest, encoded)
+        return self._fixed
 
     @property
     def trend(self) -> str:
