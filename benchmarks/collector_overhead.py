@@ -63,9 +63,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--model", default="builtin:tiny")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (0 = torch's default). 1 steadies the wall times on a small shared VM.")
     a = ap.parse_args()
 
     import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -135,7 +140,8 @@ def main() -> None:
         for kind in order:
             times[kind].append(run(kind))
     med = {k: statistics.median(v) for k, v in times.items()}
-    dev = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    dev = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else \
+        f"cpu, {torch.get_num_threads()} torch threads"
     print(f"model {a.model}, {a.steps} steps x batch {a.batch_size}, {a.rounds} interleaved rounds, {dev}")
     for k, v in times.items():
         print(f"  {k:9s} median {med[k]:.2f}s  runs {', '.join(f'{x:.2f}' for x in v)}")

@@ -12,7 +12,6 @@ from rich.table import Table
 from cli.app import HomeOpt, JsonOpt, app, command, console
 from cli.render import bar
 from daemon.atomic import write_jsonl_atomic
-from daemon.curation.rejects import BINS, analyse, find_dataset, recover
 from daemon.errors import TrainctlError
 from daemon.home import Home
 
@@ -33,6 +32,8 @@ def rejected(
     `trainctl rejected accept --min-score X [PATH | --latest] [--to-inbox]` writes the quality rejects scoring at
     least X as a new file (marked to pass the quality gate when curated again).
     """
+    from daemon.curation.rejects import analyse, find_dataset  # only this command needs them
+
     h = Home.open(home, create=False)
     if target == "accept":
         if min_score is None:
@@ -52,6 +53,7 @@ def rejected(
 
 
 def _show(rep, reason: str | None) -> None:
+    from daemon.curation.rejects import BINS
     n = max(1, rep.lines_read)
     title = f"{rep.dataset}: {rep.total_rejected} of {rep.lines_read} records rejected ({rep.total_rejected / n:.1%})"
     console.print(f"[bold]{title}[/bold]")
@@ -101,6 +103,8 @@ def _show(rep, reason: str | None) -> None:
 def _accept(h: Home, ds: Path, min_score: float, to_inbox: bool, json_out: bool) -> None:
     if not 0 <= min_score <= 1:
         raise TrainctlError(f"--min-score {min_score} is outside [0, 1] — quality scores are between 0 and 1")
+    from daemon.curation.rejects import recover
+
     rows = recover(ds, min_score)
     if not rows:
         raise TrainctlError(f"no quality reject in {ds.name} scores >= {min_score} — run `trainctl rejected {ds}` "
