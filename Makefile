@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/cli_latency.py
 	$(PY) benchmarks/collector_overhead.py
 	$(PY) benchmarks/curate_throughput.py --compare-minhash
+	$(PY) benchmarks/bench_overhead.py
 
 # Empty the runtime folders of this checkout (inbox/, status/, data/), keeping their placeholders.
 clean-runtime:

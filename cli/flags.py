@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -88,7 +87,8 @@ def flags_resolve(flag_id: int = typer.Argument(..., metavar="ID"), notes: str =
 
 
 @command(flags_app, "export")
-def flags_export(out: Optional[Path] = typer.Argument(None, metavar="OUT", help="JSONL file to write."),
+def flags_export(out: Optional[str] = typer.Argument(None, metavar="OUT", help="JSONL file to write (relative to "
+                                                   "the home folder; it must stay inside it)."),
                  to_inbox: bool = typer.Option(False, "--to-inbox", help="Write it into inbox/ to re-train now."),
                  reason: Optional[str] = typer.Option(None, "--reason"), home: HomeOpt = None,
                  json_out: JsonOpt = False) -> None:
@@ -99,8 +99,7 @@ def flags_export(out: Optional[Path] = typer.Argument(None, metavar="OUT", help=
     rows = store.query(reason, "oldest")
     if not rows:
         raise TrainctlError("no open flag to export — `trainctl flags --all` lists resolved ones too")
-    dest = h.unique_path(h.inbox, "flagged_examples.jsonl") if to_inbox else out
-    assert dest is not None
+    dest = h.unique_path(h.inbox, "flagged_examples.jsonl") if to_inbox else h.inside(out or "")
     # Atomic (hidden temp name, then rename): the daemon never picks up half a file.
     write_jsonl_atomic(dest, (to_training_record(f) for f in rows))
     if json_out:

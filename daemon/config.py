@@ -136,18 +136,52 @@ class DaemonConfig:
 
 
 @dataclass
+class BenchConfig:
+    """How `trainctl bench run` generates and `bench compare` compares. `[bench]` in trainctl.toml."""
+
+    backend: str = "hf"
+    """`hf` (transformers generate, batched; CPU or GPU) or `vllm` (needs the vllm extra and a GPU)."""
+    batch_size: int = 16
+    """hf backend: prompts generated together in one batch."""
+    max_in_flight: int = 256
+    """vllm backend: requests kept in the engine at once (it schedules them; results are written as each ends)."""
+    max_tokens: int = 256
+    """Longest answer, unless a prompt's `body.max_tokens` says otherwise."""
+    temperature: float = 0.0
+    """Sampling temperature unless a prompt sets its own; 0 = greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass unless a prompt sets its own."""
+    seed: int = 0
+    """Run seed; each request samples with a seed derived from it and its custom_id, so a resumed request samples
+    the same tokens."""
+    fsync_seconds: float = 1.0
+    """Results are flushed to the OS as each finishes (a kill loses none); they are also fsynced at most this often
+    (a power cut loses at most this long)."""
+    label_regex: str = ""
+    """`bench compare`: compare only what this regular expression extracts from each answer (its first group, or the
+    whole match), e.g. `(Strong Yes|Yes|No|Strong No)`; empty = the whole answer, whitespace-normalised."""
+    name_field: str = ""
+    """`bench compare`: show each row under this field of the prompt record (e.g. `name`, or `metadata.name`)."""
+    name_regex: str = ""
+    """`bench compare`: else show each row under what this regular expression extracts from the prompt's last user
+    message."""
+
+
+@dataclass
 class Settings:
     """All settings of one home folder."""
 
     train: TrainConfig = field(default_factory=TrainConfig)
     curation: CurationConfig = field(default_factory=CurationConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-_SECTIONS: dict[str, type] = {"train": TrainConfig, "curation": CurationConfig, "daemon": DaemonConfig}
+_SECTIONS: dict[str, type] = {"train": TrainConfig, "curation": CurationConfig, "daemon": DaemonConfig,
+                              "bench": BenchConfig}
 
 
 def _check_type(value: Any, hint: Any) -> Any:
@@ -182,7 +216,7 @@ def _check_type(value: Any, hint: Any) -> Any:
 
 
 def _validate(s: Settings) -> list[str]:
-    t, c, d = s.train, s.curation, s.daemon
+    t, c, d, b = s.train, s.curation, s.daemon, s.bench
     problems: list[str] = []
 
     def need(ok: bool, msg: str) -> None:
@@ -239,7 +273,28 @@ def _validate(s: Settings) -> list[str]:
     need(d.poll_seconds > 0, "daemon.poll_seconds must be > 0")
     need(d.stable_seconds >= 0, "daemon.stable_seconds must be >= 0")
     need(d.heartbeat_seconds > 0, "daemon.heartbeat_seconds must be > 0")
+    need(b.backend in ("hf", "vllm"), f"bench.backend must be hf or vllm, not {b.backend!r}")
+    need(b.batch_size >= 1, "bench.batch_size must be >= 1")
+    need(b.max_in_flight >= 1, "bench.max_in_flight must be >= 1")
+    need(b.max_tokens >= 1, "bench.max_tokens must be >= 1")
+    need(b.temperature >= 0, "bench.temperature must be >= 0 (0 = greedy)")
+    need(0 < b.top_p <= 1, "bench.top_p must be in (0, 1]")
+    need(b.fsync_seconds >= 0, "bench.fsync_seconds must be >= 0")
+    for key in ("label_regex", "name_regex"):
+        problem = regex_problem(getattr(b, key))
+        need(problem is None, f"bench.{key} is not a valid regular expression: {problem}")
     return problems
+
+
+def regex_problem(pattern: str) -> str | None:
+    """Why `pattern` does not compile, or None (an empty pattern is fine: the option is off)."""
+    import re
+
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return str(exc)
+    return None
 
 
 def _apply(section_obj: Any, section: str, values: dict[str, Any], problems: list[str]) -> None:

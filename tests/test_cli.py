@@ -69,14 +69,36 @@ def test_bad_settings_are_reported_all_at_once_by_the_cli(tmp_path):
     assert "2 problem(s)" in r.output and "train.lr" in r.output and "train.batch_size" in r.output
 
 
+def _bench_run_on_disk(home: Home, name: str, answers: list[str]) -> None:
+    """A finished bench run written directly (no model): what `bench list` and `bench compare` read."""
+    from daemon.bench.backends import Completion
+    from daemon.bench.prompts import BenchPrompt
+    from daemon.bench.runner import result_row
+    from daemon.bench.state import BenchState, RunInfo
+
+    d = home.bench_dir(name)
+    d.mkdir(parents=True)
+    with open(d / "results.jsonl", "w") as fh:
+        for i, text in enumerate(answers):
+            c = Completion(f"q{i}", text, 5, 3, "stop", 100.0, 100.5)
+            fh.write(json.dumps(result_row(name, "m", BenchPrompt(f"q{i}", i + 1), c, None)) + "\n")
+    info = RunInfo(name=name, fingerprint={"model": "m", "backend": "hf"}, prompts_path="p.jsonl",
+                   total=len(answers), state=BenchState.COMPLETED)
+    info.save(d / "run.json")
+
+
 def test_read_only_commands_import_no_torch(curated_home):
     tmp_path = curated_home.root
+    _bench_run_on_disk(curated_home, "a", ["Yes", "No", "Yes"])
+    _bench_run_on_disk(curated_home, "b", ["Yes", "Yes", "Yes"])
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
         "from cli.app import app\n"
         "for cmd in (['status'], ['status', '--json'], ['queue'], ['rejected', '--latest'],\n"
-        "            ['rejected', '--latest', '--json'], ['flags'], ['flags', 'trend'], ['flags', '--stats']):\n"
+        "            ['rejected', '--latest', '--json'], ['flags'], ['flags', 'trend'], ['flags', '--stats'],\n"
+        "            ['bench', 'list'], ['bench', 'list', '--json'], ['bench', 'compare', 'a', 'b'],\n"
+        "            ['bench', 'compare', 'a', 'b', '--label-regex', '(Yes|No)', '--json']):\n"
         f"    r = CliRunner().invoke(app, cmd + ['--home', {str(tmp_path)!r}])\n"
         "    assert r.exit_code == 0, r.output\n"
         "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]\n"

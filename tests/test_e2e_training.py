@@ -75,6 +75,20 @@ def test_demo_job_learns_and_leaves_adapter_config_and_metrics(home):
     flags = json.loads((home / "data" / "flagged_examples" / "flagged_examples.json").read_text())["flags"]
     assert flags and {f["reason"] for f in flags} <= {"mismatch", "high_loss"}
     assert st["flagged_count"] == len(flags) and all(f["file"] == st["dataset"] for f in flags)
+    # The job's adapter and its base model on the job's held-out test split, then compared side by side.
+    for extra in ([], ["--base"]):
+        r = runner.invoke(app, ["bench", "run", "--home", str(home), "--job", "1", "--max-tokens", "64", *extra])
+        assert r.exit_code == 0, r.output
+
+    def exact(name: str) -> float:
+        rows = [json.loads(x) for x in (home / "data" / "bench" / name / "results.jsonl").read_text().splitlines()]
+        assert rows and all(x["reference"] for x in rows)
+        return sum(" ".join(x["response"]["body"]["choices"][0]["message"]["content"].split()) == x["reference"]
+                   for x in rows) / len(rows)
+    assert exact("job-1") >= 0.8 and exact("job-1-base") == 0.0  # the adapter learned the task; the base did not
+    cmp = json.loads(runner.invoke(app, ["bench", "compare", "job-1-base", "job-1", "--home", str(home),
+                                         "--json"]).output)
+    assert cmp["pairs"][0]["agree"] == 0 and all(row["disagree"] for row in cmp["rows"])
     # The same content again is refused unless forced.
     again = runner.invoke(app, ["train", str(DEMO), "--home", str(home)])
     assert again.exit_code == 1 and "same content as job 1" in again.output and "--force" in again.output

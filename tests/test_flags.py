@@ -98,8 +98,11 @@ def test_flags_cli_views_resolve_and_export(tmp_path):
     (f,) = (tmp_path / "inbox").glob("*.jsonl")
     recs = [json.loads(x) for x in f.read_text().splitlines()]
     assert len(recs) == 3 and recs[0]["messages"][-1] == {"role": "assistant", "content": "A2"}
+    r = runner.invoke(app, ["flags", "export", "fixes.jsonl", *home])  # relative to the home folder
+    assert r.exit_code == 0 and len((tmp_path / "fixes.jsonl").read_text().splitlines()) == 3
     # Mistakes: one red line, exit 1.
     for args, says in ((["flags", "resolve", "99"], "no flag with id 99"), (["flags", "--sort", "x"], "unknown sort"),
-                       (["flags", "export"], "give OUT or --to-inbox")):
+                       (["flags", "export"], "give OUT or --to-inbox"),
+                       (["flags", "export", "../escape.jsonl"], "outside the home folder")):
         r = runner.invoke(app, [*args, *home])
         assert r.exit_code == 1 and says in r.output and "Traceback" not in r.output, r.output

@@ -1,0 +1,275 @@
+"""`trainctl bench run | list | compare` (SPEC section 8). `list` and `compare` read JSON only (no torch); `run`
+imports the backends inside the command."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from cli.app import HomeOpt, JsonOpt, app, command, console, err_console
+from cli.render import dash, duration
+from daemon.atomic import read_json, write_jsonl_atomic
+from daemon.bench.state import count_lines, list_runs, load_run
+from daemon.errors import BenchError
+from daemon.home import Home, safe_name
+
+bench_app = typer.Typer(help="Batch generation that survives kills, and side-by-side model comparison.",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+# ---------------------------------------------------------------- run
+
+def _job_target(h: Home, job_id: int, base: bool) -> tuple[str, Path, Path | None]:
+    """(model, prompts, adapter) of a finished training job: its base model, its test split, its adapter."""
+    from daemon.jobs import JobQueue, JobState
+
+    if not h.jobs_db.exists():
+        raise BenchError("there are no training jobs yet — `trainctl train FILE` or the daemon makes one")
+    with JobQueue(h.jobs_db, readonly=True) as q:
+        job = q.get(job_id)
+    if job.state is not JobState.DONE or not job.adapter_dir or not job.dataset_dir:
+        raise BenchError(f"job {job_id} is {job.state.value}, not done with an adapter — `trainctl queue` shows "
+                         "the finished jobs")
+    test = Path(job.dataset_dir) / "test.jsonl"
+    if not test.exists() or test.stat().st_size == 0:
+        raise BenchError(f"job {job_id}'s test split ({test}) is empty — pass --prompts FILE instead")
+    adapter = Path(job.adapter_dir)
+    return _adapter_base(adapter) or "builtin:tiny", test, None if base else adapter
+
+
+def _adapter_base(adapter: Path) -> str | None:
+    """The base model an adapter was trained from (trainctl saves its resolved settings beside it)."""
+    cfg = read_json(adapter / "trainctl_config.json") or {}
+    return (cfg.get("train") or {}).get("model")
+
+
+def _spec(h: Home, name: str | None, model: str | None, prompts: str | None, adapter: str | None,
+          job: int | None, base: bool, resume: bool, bench_flags: dict[str, Any]) -> Any:
+    from daemon.bench.runner import BenchSpec
+    from daemon.config import load_settings
+
+    stored = load_run(h.bench_dir(name)) if (resume and name) else None
+    if resume and name and stored is None:
+        raise BenchError(f"there is no bench run {safe_name(name)!r} to resume — drop --resume to start it "
+                         "(`trainctl bench list` shows the runs)")
+    job_id = job
+    if job is not None:
+        if model or prompts or adapter:
+            raise BenchError("--job takes the job's model, test split and adapter — drop --model/--prompts/--adapter")
+        jm, jp, ja = _job_target(h, job, base)
+        model, prompts, adapter = jm, str(jp), (str(ja) if ja else None)
+        name = name or (f"job-{job}-base" if base else f"job-{job}")
+    elif base:
+        raise BenchError("--base goes with --job (the job's base model without its adapter)")
+    if stored is not None:
+        # A resume keeps the run's own settings; only what is passed again explicitly is compared (and refused
+        # if it differs). trainctl.toml edits since the start do not leak into an old run.
+        fp = stored.fingerprint
+        model = model or fp["model"]
+        prompts = prompts or stored.prompts_path
+        if adapter is None and fp.get("adapter"):
+            adapter = fp["adapter"]
+        for key in ("backend", "max_tokens", "temperature", "top_p", "seed"):
+            bench_flags.setdefault(key, fp[key])
+        job_id = stored.job_id
+    if not prompts:
+        raise BenchError("give --prompts FILE (OpenAI batch lines or any training format), or --job ID")
+    prompts_path = Path(prompts).expanduser().resolve()
+    if not prompts_path.is_file():
+        raise BenchError(f"prompt file {prompts} does not exist — check the path")
+    adapter_path = Path(adapter).expanduser().resolve() if adapter else None
+    if adapter_path is not None and not (adapter_path / "adapter_config.json").exists():
+        raise BenchError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json) — pass the adapter/ "
+                         "folder of a job, or --job ID")
+    if not model:
+        model = (_adapter_base(adapter_path) if adapter_path else None) or "builtin:tiny"
+    settings = load_settings(h.settings_file, {"bench": bench_flags})
+    if not name:
+        tail = safe_name(model.rstrip("/").split("/")[-1].replace(":", "-"))
+        name = f"{safe_name(prompts_path.stem)}-{tail}" + ("-lora" if adapter_path else "")
+    name = safe_name(name)
+    return BenchSpec(name=name, model=model, prompts=prompts_path, adapter=adapter_path, cfg=settings.bench,
+                     job_id=job_id)
+
+
+@command(bench_app, "run")
+def bench_run(model: Optional[str] = typer.Option(None, "--model", help="builtin:tiny, a hub id or a model folder."),
+              prompts: Optional[str] = typer.Option(None, "--prompts", help="OpenAI batch JSONL or any training "
+                                                    "format (the answer, if present, is kept as the reference)."),
+              adapter: Optional[str] = typer.Option(None, "--adapter", help="A LoRA adapter folder."),
+              job: Optional[int] = typer.Option(None, "--job", help="A finished job: its adapter on its test split."),
+              base: bool = typer.Option(False, "--base", help="With --job: the job's base model, no adapter."),
+              backend: Optional[str] = typer.Option(None, "--backend", help="hf or vllm."),
+              name: Optional[str] = typer.Option(None, "--name", help="Run name (data/bench/<name>/)."),
+              resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
+              retry_errors: bool = typer.Option(False, "--retry-errors", help="With --resume: redo error lines."),
+              max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+              temperature: Optional[float] = typer.Option(None, "--temperature"),
+              top_p: Optional[float] = typer.Option(None, "--top-p"),
+              seed: Optional[int] = typer.Option(None, "--seed"),
+              batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+              home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """Generate an answer for every prompt, each appended to results.jsonl as it finishes; --resume after a kill."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import TimeRemainingColumn as Eta
+
+    from daemon.bench.runner import BenchRunner, load_backend_for
+    from daemon.bench.state import BenchState
+
+    if retry_errors and not resume:
+        raise BenchError("--retry-errors goes with --resume (it redoes the error lines of an existing run)")
+    h = Home.open(home)
+    flags = {k: v for k, v in dict(backend=backend, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                   seed=seed, batch_size=batch_size).items() if v is not None}
+    spec = _spec(h, name, model, prompts, adapter, job, base, resume, flags)
+    out = err_console if json_out else console
+    out.print(f"bench run [bold]{spec.name}[/bold]: {spec.model}" + (f" + {spec.adapter}" if spec.adapter else "")
+              + f" on {spec.prompts.name} ({spec.cfg.backend}) → {h.bench_dir(spec.name)}", highlight=False)
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"), Eta())
+    with Progress(*columns, console=out, transient=False) as bar:
+        task = bar.add_task("generating", total=None, rate="")
+
+        def on_progress(info: Any) -> None:
+            p = info.progress
+            bar.update(task, total=info.total, completed=p.done,
+                       rate=f"{info.output_tokens_per_s:,.0f} tok/s, {p.errors} err")
+
+        runner = BenchRunner(h, spec, resume=resume, retry_errors=retry_errors, on_progress=on_progress,
+                             log=lambda m: out.print(f"[yellow]{m}[/yellow]", highlight=False))
+        outcome = runner.run(load_backend_for(h))
+        bar.update(task, total=outcome.info.total, completed=outcome.info.progress.done)
+    info = outcome.info
+    summary = {"name": info.name, "state": info.state.value, "done": info.progress.done, "total": info.total,
+               "errors": info.progress.errors, "written_now": outcome.written, "skipped_done": outcome.skipped,
+               "repaired_bytes": outcome.repaired_bytes, "output_tokens_per_s": round(info.output_tokens_per_s, 1),
+               "results": str(outcome.results)}
+    if json_out:
+        console.print_json(json.dumps(summary))
+    else:
+        console.print(f"{info.state.value}: {info.progress.done}/{info.total} results ({info.progress.errors} errors; "
+                      f"{outcome.written} this session, {outcome.skipped} from before), "
+                      f"{info.output_tokens_per_s:,.0f} output tok/s → {outcome.results}", highlight=False)
+    if info.state is not BenchState.COMPLETED:
+        console.print(f"resume with: trainctl bench run --name {info.name} --resume", highlight=False)
+        raise typer.Exit(128 + signal.SIGINT)
+
+
+# ---------------------------------------------------------------- list
+
+@command(bench_app, "list")
+def bench_list(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """Bench runs: state, progress, errors, output tokens/s, duration."""
+    h = Home.open(home, create=False)
+    rows = []
+    for d, info in list_runs(h.bench_root):
+        done = count_lines(d / "results.jsonl")  # the results file is the truth, also for a killed run
+        rows.append({"name": info.name, "state": info.shown_state, "done": done, "total": info.total,
+                     "errors": info.progress.errors, "output_tokens_per_s": round(info.output_tokens_per_s, 1),
+                     "active_seconds": round(info.progress.active_seconds, 1), "model": info.fingerprint["model"],
+                     "adapter": info.fingerprint.get("adapter"), "backend": info.fingerprint["backend"],
+                     "updated_at": info.updated_at, "message": info.message})
+    if json_out:
+        console.print_json(json.dumps(rows))
+        return
+    if not rows:
+        console.print("No bench runs yet — `trainctl bench run --model M --prompts FILE` starts one.")
+        return
+    t = Table(title=f"bench runs in {h.bench_root}")
+    for col in ("name", "state", "progress", "errors", "out tok/s", "duration", "model", "backend"):
+        t.add_column(col, overflow="fold")
+    colour = {"completed": "green", "running": "cyan", "killed": "red", "failed": "red", "stopped": "yellow"}
+    for r in rows:
+        pct = 100 * r["done"] / r["total"] if r["total"] else 0
+        t.add_row(r["name"], f"[{colour.get(r['state'], 'white')}]{r['state']}[/]", f"{r['done']}/{r['total']} "
+                  f"({pct:.0f}%)", str(r["errors"]), f"{r['output_tokens_per_s']:,.0f}",
+                  duration(r["active_seconds"]), r["model"] + (" + adapter" if r["adapter"] else ""), r["backend"])
+    console.print(t)
+
+
+# ---------------------------------------------------------------- compare
+
+def _clip(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+@command(bench_app, "compare")
+def bench_compare(runs: list[str] = typer.Argument(..., help="Two or more run names."),
+                  diff_only: bool = typer.Option(False, "--diff-only", help="Only rows where the runs disagree."),
+                  label_regex: Optional[str] = typer.Option(None, "--label-regex", help="Compare only what this "
+                                                            "extracts (first group, or the whole match)."),
+                  name_field: Optional[str] = typer.Option(None, "--name-field", help="Row name from this prompt "
+                                                           "field (e.g. name or metadata.name)."),
+                  name_regex: Optional[str] = typer.Option(None, "--name-regex", help="Row name from this regex on "
+                                                           "the prompt's last user message."),
+                  limit: int = typer.Option(50, "--limit", help="Rows shown (0 = all)."),
+                  width: int = typer.Option(60, "--width", help="Characters of each answer shown."),
+                  export: Optional[str] = typer.Option(None, "--export", help="Write the joined rows as JSONL "
+                                                       "(a path inside the home folder)."),
+                  home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """Join runs by custom_id: answers side by side, disagreements marked, agreement for every pair of runs."""
+    from daemon.bench.compare import compare_runs, comparison_rows_json
+    from daemon.config import load_settings
+
+    h = Home.open(home, create=False)
+    cfg = load_settings(h.settings_file).bench
+    label = cfg.label_regex if label_regex is None else label_regex
+    c = compare_runs(h.bench_root, [safe_name(r) for r in runs], label,
+                     cfg.name_field if name_field is None else name_field,
+                     cfg.name_regex if name_regex is None else name_regex)
+    if export:
+        dest = h.inside(export)
+        write_jsonl_atomic(dest, comparison_rows_json(c, diff_only))
+    pairs = [{"a": p.a, "b": p.b, "both": p.both, "agree": p.agree, "agreement": round(p.agreement, 4),
+              "kappa": None if p.kappa is None else round(p.kappa, 4)} for p in c.pairs]
+    if json_out:
+        console.print_json(json.dumps({"runs": c.runs, "label_regex": c.label_regex, "per_run": c.per_run,
+                                       "pairs": pairs, "rows": comparison_rows_json(c, diff_only)}))
+        return
+    shown = [r for r in c.rows if r.disagree or not diff_only]
+    what = f"label /{c.label_regex}/" if c.label_regex else "whole answers (whitespace-normalised)"
+    console.print(f"[bold]{len(c.rows)}[/bold] prompts, [bold]{c.disagreements}[/bold] with disagreement; "
+                  f"comparing {what}", highlight=False)
+    t = Table(title="answers" + (" (disagreements only)" if diff_only else ""))
+    t.add_column("", width=1)
+    t.add_column("prompt", overflow="fold", max_width=24)
+    has_ref = any(r.reference is not None for r in shown)
+    if has_ref:
+        t.add_column("reference", overflow="fold")
+    for run in c.runs:
+        t.add_column(run, overflow="fold")
+    for r in shown[: limit or None]:
+        cells = []
+        for cell in r.cells:
+            if cell is None:
+                cells.append("[dim]—[/dim]")
+            elif c.label_regex:
+                cells.append(f"[bold]{cell.value}[/bold] {_clip(cell.text, width)}")
+            else:
+                cells.append(_clip(cell.text, width))
+        mark = "[red]≠[/red]" if r.disagree else "[green]=[/green]"
+        t.add_row(mark, r.name, *([_clip(r.reference or "", width)] if has_ref else []), *cells)
+    if shown:
+        console.print(t)
+    if limit and len(shown) > limit:
+        console.print(f"… {len(shown) - limit} more rows (--limit 0 shows all, --export writes them)")
+    pt = Table(title="agreement per pair of runs")
+    for col in ("run A", "run B", "answered by both", "agree", "agreement", "Cohen's kappa"):
+        pt.add_column(col)
+    for p in pairs:
+        pt.add_row(p["a"], p["b"], str(p["both"]), str(p["agree"]), f"{100 * p['agreement']:.1f}%",
+                   dash(p["kappa"], "{:.3f}"))
+    console.print(pt)
+    for pr in c.per_run:
+        extra = f", no label in {pr['no_label']}" if pr["no_label"] else ""
+        console.print(f"{pr['run']}: {pr['results']} results, {pr['errors']} errors{extra}", highlight=False)
+    if export:
+        console.print(f"exported {len([r for r in c.rows if r.disagree or not diff_only])} rows → {h.inside(export)}")
+

@@ -1,0 +1,365 @@
+"""`trainctl bench run`: stream a prompt file through a backend, appending each answer to results.jsonl the moment
+it finishes, so that a kill at any instant loses only the requests in flight.
+
+Read top to bottom: open (fingerprint, lock, resume bookkeeping) → load the backend → stream the prompts that
+have no result yet → write each completion → close (state, progress). results.jsonl is the truth: on resume its
+torn last line is cut, its custom_ids are skipped, and a run only ever appends, so every prompt ends with exactly
+one result line.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from daemon.atomic import repair_torn_tail, write_bytes_atomic
+from daemon.bench.backends import Backend, Completion, Request
+from daemon.bench.prompts import BenchPrompt, iter_prompts, scan_prompt_file
+from daemon.bench.state import BenchState, Progress, RunInfo, fingerprint_changes, load_run
+from daemon.config import BenchConfig
+from daemon.errors import BenchError
+from daemon.home import Home
+
+
+@dataclass
+class BenchSpec:
+    """One `bench run` as asked (resolved from flags, trainctl.toml, a job or the stored run)."""
+
+    name: str
+    model: str
+    prompts: Path
+    adapter: Path | None
+    cfg: BenchConfig
+    job_id: int | None = None
+
+
+@dataclass
+class Outcome:
+    info: RunInfo
+    results: Path
+    written: int
+    """Result lines written by this session."""
+    skipped: int
+    """Prompts that already had a result from an earlier session."""
+    repaired_bytes: int
+
+
+class Stop(Exception):
+    """A second SIGINT/SIGTERM: leave now, abandoning the requests in flight (they are redone on resume)."""
+
+
+def request_seed(run_seed: int, custom_id: str) -> int:
+    """The per-request sampling seed: the same for a request whatever session or batch it runs in."""
+    return int.from_bytes(hashlib.sha256(f"{run_seed}:{custom_id}".encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def adapter_sha256(adapter: Path | None) -> str | None:
+    if adapter is None:
+        return None
+    digest = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        f = adapter / name
+        if not f.exists():
+            raise BenchError(f"{adapter} has no {name} — point --adapter at a saved LoRA adapter folder")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(spec: BenchSpec, prompts_sha256: str) -> dict[str, Any]:
+    c = spec.cfg
+    return {"model": spec.model, "adapter": str(spec.adapter) if spec.adapter else None,
+            "adapter_sha256": adapter_sha256(spec.adapter), "prompts_sha256": prompts_sha256, "backend": c.backend,
+            "max_tokens": c.max_tokens, "temperature": c.temperature, "top_p": c.top_p, "seed": c.seed}
+
+
+# ---------------------------------------------------------------- results.jsonl
+
+def scan_results(path: Path) -> tuple[set[str], set[str], Progress]:
+    """(answered ids, errored ids, token totals) of an existing results file."""
+    ok: set[str] = set()
+    bad: set[str] = set()
+    prog = Progress()
+    if not path.exists():
+        return ok, bad, prog
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if not raw.strip():
+                continue
+            row = json.loads(raw)
+            cid = row["custom_id"]
+            if row.get("error"):
+                bad.add(cid)
+            else:
+                ok.add(cid)
+                usage = row["response"]["body"]["usage"]
+                prog.prompt_tokens += usage["prompt_tokens"]
+                prog.completion_tokens += usage["completion_tokens"]
+    prog.done, prog.errors = len(ok) + len(bad), len(bad)
+    return ok, bad, prog
+
+
+def drop_error_lines(path: Path) -> int:
+    """Rewrite results.jsonl without its error lines (atomically), so that retried prompts still end with one
+    line each. Returns how many were dropped."""
+    kept, dropped = [], 0
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if raw.strip() and json.loads(raw).get("error"):
+                dropped += 1
+            elif raw.strip():
+                kept.append(raw)
+    write_bytes_atomic(path, b"".join(kept))
+    return dropped
+
+
+def result_row(run: str, model: str, prompt: BenchPrompt, c: Completion | None, error: str | None) -> dict[str, Any]:
+    """One line of results.jsonl: the OpenAI batch output shape, plus timing, the prompt's line, reference and
+    metadata."""
+    rid = hashlib.sha256(f"{run}:{prompt.custom_id}".encode()).hexdigest()[:24]
+    row: dict[str, Any] = {"id": f"batch_req_{rid}", "custom_id": prompt.custom_id, "response": None, "error": None}
+    if error is None and c is not None:
+        created = int(c.finished_at)
+        row["response"] = {"status_code": 200, "request_id": f"req_{rid}", "body": {
+            "id": f"chatcmpl-{rid}", "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
+                         "finish_reason": c.finish_reason}],
+            "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                      "total_tokens": c.prompt_tokens + c.completion_tokens}}}
+    else:
+        code, _, message = (error or "error").partition(": ")
+        row["error"] = {"code": code, "message": message or code}
+    if c is not None:
+        latency = max(c.finished_at - c.started_at, 1e-9)
+        row["timing"] = {"started_at": round(c.started_at, 3), "finished_at": round(c.finished_at, 3),
+                         "latency_s": round(latency, 4),
+                         "output_tokens_per_s": round(c.completion_tokens / latency, 2)}
+    row["line"] = prompt.line
+    if prompt.reference is not None:
+        row["reference"] = prompt.reference
+    if prompt.metadata:
+        row["metadata"] = prompt.metadata
+    return row
+
+
+class ResultsWriter:
+    """Appends one line per result: written and flushed to the OS at once (a kill loses nothing written), fsynced
+    at most every `fsync_seconds` (a power cut loses at most that long)."""
+
+    def __init__(self, path: Path, fsync_seconds: float):
+        self.fh = open(path, "ab")
+        self.fsync_seconds = fsync_seconds
+        self.last_sync = time.monotonic()
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.fh.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+        self.fh.flush()
+        if time.monotonic() - self.last_sync >= self.fsync_seconds:
+            self.sync()
+
+    def sync(self) -> None:
+        os.fsync(self.fh.fileno())
+        self.last_sync = time.monotonic()
+
+    def close(self) -> None:
+        self.sync()
+        self.fh.close()
+
+
+# ---------------------------------------------------------------- the run
+
+class BenchRunner:
+    def __init__(self, home: Home, spec: BenchSpec, resume: bool = False, retry_errors: bool = False,
+                 on_progress: Callable[[RunInfo], None] | None = None, log: Callable[[str], None] = print):
+        self.home, self.spec, self.resume, self.retry_errors = home, spec, resume, retry_errors
+        self.on_progress = on_progress or (lambda info: None)
+        self.log = log
+        self.dir = home.bench_dir(spec.name)
+        self.results = self.dir / "results.jsonl"
+        self.run_json = self.dir / "run.json"
+        self.stop_requested = False
+        self._lock_fh: Any = None
+
+    # -- open: fingerprint, lock, what is already done
+    def _lock(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fh = open(self.dir / ".lock", "w")
+        try:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            info = load_run(self.dir)
+            pid = f" (pid {info.pid})" if info and info.pid else ""
+            raise BenchError(f"bench run {self.spec.name!r} is already running{pid} — wait for it or stop it") from None
+
+    def open(self) -> tuple[RunInfo, set[str], int]:
+        existing = load_run(self.dir)
+        if existing and not self.resume:
+            raise BenchError(f"bench run {self.spec.name!r} already exists ({existing.shown_state}, "
+                             f"{existing.progress.done}/{existing.total}) — add --resume to continue it, "
+                             "or choose another --name")
+        if not existing and self.resume:
+            raise BenchError(f"there is no bench run {self.spec.name!r} to resume — drop --resume to start it "
+                             "(`trainctl bench list` shows the runs)")
+        scan = scan_prompt_file(self.spec.prompts)
+        fp = fingerprint(self.spec, scan.sha256)
+        if existing:
+            changes = fingerprint_changes(existing.fingerprint, fp)
+            if changes:
+                raise BenchError(f"bench run {self.spec.name!r} cannot resume: " + "; ".join(changes)
+                                 + " — resume with the original settings, or start a new run with another --name")
+        self._lock()
+        repaired = repair_torn_tail(self.results)
+        if repaired:
+            self.log(f"cut a torn last line ({repaired} bytes) from {self.results.name}: that prompt is redone")
+        ok, bad, prog = scan_results(self.results)
+        if self.retry_errors and bad:
+            drop_error_lines(self.results)
+            self.log(f"retrying {len(bad)} prompt(s) that ended in an error")
+            prog.done -= len(bad)
+            prog.errors = 0
+            bad = set()
+        info = existing or RunInfo(name=self.spec.name, fingerprint=fp, prompts_path=str(self.spec.prompts),
+                                   total=scan.total, job_id=self.spec.job_id)
+        info.prompts_path = str(self.spec.prompts)
+        prog.active_seconds = info.progress.active_seconds
+        info.progress = prog
+        return info, ok | bad, repaired
+
+    # -- the prompt stream: skip what has a result, render the rest
+    def _requests(self, tok: Any, pending: dict[str, BenchPrompt], writer: ResultsWriter,
+                  done: set[str], info: RunInfo) -> Iterator[Request]:
+        c = self.spec.cfg
+        max_pos = _max_positions(tok)
+        for p in iter_prompts(self.spec.prompts):
+            if self.stop_requested:
+                return
+            if p.custom_id in done:
+                continue
+            error = p.error
+            ids: list[int] = []
+            max_tokens = p.max_tokens or c.max_tokens
+            if error is None:
+                ids = tok.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True)
+                ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+                if max_pos and len(ids) + max_tokens > max_pos:
+                    error = (f"prompt_too_long: {len(ids)} prompt tokens + max_tokens {max_tokens} exceed the "
+                             f"model's {max_pos} positions")
+            if error is not None:
+                self._record(writer, info, p, None, error)
+                continue
+            pending[p.custom_id] = p
+            yield Request(p.custom_id, ids, max_tokens,
+                          c.temperature if p.temperature is None else p.temperature,
+                          c.top_p if p.top_p is None else p.top_p, request_seed(c.seed, p.custom_id))
+
+    def _record(self, writer: ResultsWriter, info: RunInfo, p: BenchPrompt, c: Completion | None,
+                error: str | None) -> None:
+        writer.write(result_row(self.spec.name, self.spec.model, p, c, error))
+        prog = info.progress
+        prog.done += 1
+        if error is not None:
+            prog.errors += 1
+        elif c is not None:
+            prog.prompt_tokens += c.prompt_tokens
+            prog.completion_tokens += c.completion_tokens
+        self.written += 1
+
+    def _signals(self) -> Callable[[], None]:
+        def handler(signum: int, frame: Any) -> None:
+            if self.stop_requested:
+                raise Stop()
+            self.stop_requested = True
+            self.log(f"{signal.Signals(signum).name}: finishing the requests in flight, then stopping "
+                     "(send it again to abandon them; they are redone on resume)")
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore() -> None:
+            for s, h in old.items():
+                signal.signal(s, h)
+        return restore
+
+    def run(self, load_backend: Callable[[BenchSpec], tuple[Backend, Any]]) -> Outcome:
+        """`load_backend(spec) -> (backend, tokenizer)`; kept as an argument so tests can give a stand-in."""
+        info, done, repaired = self.open()
+        skipped = len(done)
+        self.written = 0
+        restore = self._signals()
+        writer = ResultsWriter(self.results, self.spec.cfg.fsync_seconds)
+        session_start = time.monotonic()
+        last_save = 0.0
+
+        def save(final: bool = False) -> None:
+            nonlocal session_start, last_save
+            now = time.monotonic()
+            info.progress.active_seconds += now - session_start
+            session_start = now
+            if final or now - last_save > 2.0:
+                info.save(self.run_json)
+                last_save = now
+
+        try:
+            info.pid = os.getpid()
+            info.sessions += 1
+            info.transition(BenchState.RUNNING, "")
+            info.save(self.run_json)
+            if info.progress.done < info.total:
+                try:
+                    backend, tok = load_backend(self.spec)
+                except BenchError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the model/engine failed to load: a FAILED run
+                    raise BenchError(f"cannot load {self.spec.model!r} for {self.spec.cfg.backend}: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+                session_start = time.monotonic()  # loading the model is not generation time
+                pending: dict[str, BenchPrompt] = {}
+                for c in backend.run(self._requests(tok, pending, writer, done, info)):
+                    self._record(writer, info, pending.pop(c.custom_id), c, c.error)
+                    save()
+                    self.on_progress(info)
+            complete = info.progress.done >= info.total
+            if complete:
+                info.transition(BenchState.COMPLETED, f"{info.progress.done} results, {info.progress.errors} errors")
+            else:
+                info.transition(BenchState.STOPPED, "stopped by a signal; `--resume` continues")
+        except Stop:
+            info.transition(BenchState.STOPPED, "stopped by a second signal; requests in flight are redone on resume")
+        except BaseException as exc:
+            msg = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
+            if info.state is not BenchState.FAILED:
+                info.transition(BenchState.FAILED, msg)
+            raise
+        finally:
+            writer.close()
+            save(final=True)
+            restore()
+            if self._lock_fh:
+                self._lock_fh.close()
+        return Outcome(info, self.results, self.written, skipped, repaired)
+
+
+def load_backend_for(home: Home) -> Callable[[BenchSpec], tuple[Backend, Any]]:
+    """The real loader: the model's tokenizer, then the hf or vllm backend."""
+    def load(spec: BenchSpec) -> tuple[Backend, Any]:
+        from daemon.bench.backends import load_hf_backend, load_vllm_backend
+        from daemon.models import load_tokenizer, resolve_model_path
+
+        tok = load_tokenizer(spec.model, home.models)
+        if spec.cfg.backend == "vllm":
+            path = resolve_model_path(spec.model, home.models)
+            return load_vllm_backend(path, spec.adapter, spec.cfg.max_in_flight, spec.cfg.seed), tok
+        return load_hf_backend(spec.model, home.models, spec.adapter, tok, spec.cfg.batch_size), tok
+    return load
+
+
+def _max_positions(tok: Any) -> int | None:
+    n = getattr(tok, "model_max_length", None)
+    return n if isinstance(n, int) and 0 < n < 10**8 else None
