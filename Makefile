@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/collector_overhead.py
 	$(PY) benchmarks/curate_throughput.py --compare-minhash
 	$(PY) benchmarks/bench_overhead.py
+	$(PY) benchmarks/snapshot_cost.py
 
 # Empty the runtime folders of this checkout (inbox/, status/, data/), keeping their placeholders.
 clean-runtime:

@@ -47,6 +47,7 @@ def main() -> None:
 
 # Register the command modules (each imports only light code at module level).
 from cli import bench as _bench  # noqa: E402,F401
+from cli import evolution as _evolution  # noqa: E402,F401
 from cli import flags as _flags  # noqa: E402,F401
 from cli import queue as _queue  # noqa: E402,F401
 from cli import rejected as _rejected  # noqa: E402,F401

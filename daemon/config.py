@@ -62,6 +62,9 @@ class TrainConfig:
     """Run the fixed evaluation every N steps; 0 = about ten times over the run; -1 = never."""
     fixed_eval_examples: int = 32
     """Validation examples in the fixed evaluation set (training examples if the val split is empty)."""
+    evolution_examples: int = 100
+    """Training examples in the evolution probe set (the first N of the train split), answered at the snapshot steps
+    of SPEC section 7 (0, 10, 25, 50, 100, ... then every 1000) and at the last step; 0 = no snapshots."""
     ema_alpha: float = 0.1
     """Weight of the newest step in the smoothed loss (streaming_ce)."""
     flag_loss_threshold: float = 3.0
@@ -240,6 +243,7 @@ def _validate(s: Settings) -> list[str]:
     need(t.save_total_limit >= 2, "train.save_total_limit must be >= 2 (so a complete checkpoint survives a kill)")
     need(t.eval_steps >= -1, "train.eval_steps must be >= 0 (or -1 = never)")
     need(t.fixed_eval_examples >= 0, "train.fixed_eval_examples must be >= 0")
+    need(t.evolution_examples >= 0, "train.evolution_examples must be >= 0")
     need(0 < t.ema_alpha <= 1, "train.ema_alpha must be in (0, 1]")
     need(t.monitor_every >= 1, "train.monitor_every must be >= 1")
     need(t.peak_tflops >= 0, "train.peak_tflops must be >= 0")

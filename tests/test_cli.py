@@ -91,6 +91,15 @@ def test_read_only_commands_import_no_torch(curated_home):
     tmp_path = curated_home.root
     _bench_run_on_disk(curated_home, "a", ["Yes", "No", "Yes"])
     _bench_run_on_disk(curated_home, "b", ["Yes", "Yes", "Yes"])
+    snaps = curated_home.evolution_dir("mixed_x")
+    snaps.mkdir(parents=True)
+    for step, ok in ((0, False), (10, True)):
+        ex = {"example_id": "ex_000", "input": "q", "expected_output": "a", "model_output": "a" if ok else "b",
+              "loss": 0.1, "similarity": 1.0, "exact_match": ok, "golden_prob": 0.9, "metadata": {}}
+        (snaps / f"step_{step:06d}.json").write_text(json.dumps({
+            "snapshot_id": f"mixed_x_step_{step:06d}", "training_step": step, "examples": [ex],
+            "summary": {"avg_loss": 0.1, "accuracy": float(ok), "total_examples": 1, "correct": int(ok),
+                        "incorrect": int(not ok)}}))
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
@@ -98,7 +107,8 @@ def test_read_only_commands_import_no_torch(curated_home):
         "for cmd in (['status'], ['status', '--json'], ['queue'], ['rejected', '--latest'],\n"
         "            ['rejected', '--latest', '--json'], ['flags'], ['flags', 'trend'], ['flags', '--stats'],\n"
         "            ['bench', 'list'], ['bench', 'list', '--json'], ['bench', 'compare', 'a', 'b'],\n"
-        "            ['bench', 'compare', 'a', 'b', '--label-regex', '(Yes|No)', '--json']):\n"
+        "            ['bench', 'compare', 'a', 'b', '--label-regex', '(Yes|No)', '--json'],\n"
+        "            ['evolution'], ['evolution', '--json'], ['evolution', '--example', 'ex_000']):\n"
         f"    r = CliRunner().invoke(app, cmd + ['--home', {str(tmp_path)!r}])\n"
         "    assert r.exit_code == 0, r.output\n"
         "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]\n"

@@ -209,6 +209,12 @@ def _collectors(ctx: RunContext, tok: Any, rows: list[dict[str, Any]], run_dir: 
 
         out["flagged"] = FlaggedExamples(FlagStore(ctx.home.flagged_file, cfg.flags_keep), out["fixed_eval"],
                                          file=ctx.dataset_dir.name, loss_threshold=cfg.flag_loss_threshold)
+    if cfg.evolution_examples:
+        from daemon.training.collectors.evolution import EvolutionSnapshots
+
+        out["evolution"] = EvolutionSnapshots(tok, rows[: cfg.evolution_examples],
+                                              ctx.home.evolution_dir(ctx.dataset_dir.name), ctx.dataset_dir.name,
+                                              cfg.max_length, cfg.max_new_tokens, cfg.loss_on, throughput=throughput)
     out["alerts"] = Alerts(streaming, lora, out.get("fixed_eval"), log_path=run_dir / "alerts.jsonl")
     return out
 
@@ -268,6 +274,12 @@ def train(ctx: RunContext) -> TrainOutcome:
     adapter_dir = _save_adapter(model, tok, run_dir, config)
     # 6. final check: does it answer its own training examples? (the demo's "it learns" figure)
     metrics: dict[str, Any] = {"train_runtime_s": round(time.time() - t0, 2), "train_loss": result.training_loss}
+    # Where the run's wall time went besides training steps (benchmarks/snapshot_cost.py reads these).
+    if "fixed_eval" in collectors:
+        metrics["fixed_eval_seconds"] = round(collectors["fixed_eval"].seconds, 3)
+    if "evolution" in collectors:
+        metrics["snapshot_seconds"] = round(collectors["evolution"].seconds, 3)
+        metrics["snapshots"] = collectors["evolution"].taken
     if cfg.final_eval_examples:
         status.set(state="evaluating")
         status.write(trainer.state, force=True)

@@ -1,10 +1,12 @@
 """Fixed evaluation: the same validation examples at every eval step: exact match, cross-entropy, ECE, trend.
 
-Exact match: batched greedy generation, compared with the golden answer (whitespace-normalised).
-Cross-entropy and ECE: one teacher-forced pass over the golden answers; each answer token contributes the model's
-top-1 confidence and whether the top-1 token is the golden one; ECE = sum over 15 equal-width confidence bins of
-|accuracy - confidence| weighted by the bin's share of tokens. Runs in eval mode without gradients; a failure is
-recorded and training goes on. Its wall time is reported to the throughput collector so the ETA includes it.
+One teacher-forced pass over the golden answers (daemon.training.scoring) gives cross-entropy, ECE and, per example,
+whether greedy decoding reproduces the answer; only the others are generated (batched, greedy), so that their
+output can be shown and compared with the golden answer (whitespace-normalised) for exact match. For ECE each
+answer token contributes the model's top-1 confidence and whether the top-1 token is the golden one; ECE = sum
+over 15 equal-width confidence bins of |accuracy - confidence| weighted by the bin's share of tokens. Runs in eval
+mode without gradients; a failure is recorded and training goes on. Its wall time is reported to the throughput
+collector so the ETA includes it.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class FixedEval(Collector):
         self.throughput = throughput
         self.batch_size = batch_size
         self.history: deque[dict[str, Any]] = deque(maxlen=50)
+        self.seconds = 0.0
+        """Wall time of every evaluation so far (failed ones included)."""
         self.last: dict[str, Any] | None = None
         self.last_results: list[dict[str, Any]] = []
         """Per example of the last evaluation: prompt, golden, output, loss, matches (for flagged examples)."""
@@ -81,6 +85,7 @@ class FixedEval(Collector):
                 model.train()
             if self.throughput is not None:
                 self.throughput.end_eval()
+            self.seconds += time.perf_counter() - t0
         result["seconds"] = round(time.perf_counter() - t0, 3)
         self.last = result
         self.history.append(result)
@@ -104,48 +109,28 @@ class FixedEval(Collector):
                 "line": self.rows[i].get("line"), "id": self.rows[i].get("id")}
 
     def _run(self, model: Any, step: int) -> dict[str, Any]:
-        import torch
-
         from daemon.generation import generate_texts, normalise_answer
+        from daemon.training.scoring import score_golden
 
         prompts, golden, longest, encoded = self._prepare()
-        outputs = generate_texts(model, self.tok, prompts, max_new_tokens=min(self.max_new_tokens, longest + 2),
-                                 batch_size=self.batch_size)
-        matches = [normalise_answer(o["text"]) == normalise_answer(g) for o, g in zip(outputs, golden)]
-        device = next(model.parameters()).device
-        confs: list[float] = []
-        correct: list[bool] = []
-        losses: list[float] = []
-        with torch.no_grad():
-            for i in range(0, len(self.messages), self.batch_size):
-                encs = encoded[i:i + self.batch_size]
-                width = max(len(e.input_ids) for e in encs)
-                pad = self.tok.pad_token_id or 0
-                ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in encs], device=device)
-                labels = torch.tensor([e.labels + [-100] * (width - len(e.labels)) for e in encs], device=device)
-                attn = (torch.arange(width, device=device)[None, :] <
-                        torch.tensor([len(e.input_ids) for e in encs], device=device)[:, None]).long()
-                logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()  # (b, t-1, vocab)
-                target = labels[:, 1:]  # (b, t-1): the token each position predicts
-                mask = target != -100
-                logp = torch.log_softmax(logits, dim=-1)
-                gold = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (b, t-1)
-                top_p, top_i = logp.max(-1)
-                for row in range(len(encs)):
-                    m = mask[row]
-                    n = int(m.sum())
-                    losses.append(float(-(gold[row][m]).sum() / max(1, n)))
-                    confs += top_p[row][m].exp().tolist()
-                    correct += (top_i[row][m] == target[row][m]).tolist()
+        sc = score_golden(model, self.tok.pad_token_id or 0, encoded, self.batch_size)
+        # Greedy decoding reproduces an answer whose every token is the argmax: generate only the others.
+        outputs = [golden[i] if ok else None for i, ok in enumerate(sc.greedy_match)]
+        todo = [i for i, o in enumerate(outputs) if o is None]
+        if todo:
+            texts = generate_texts(model, self.tok, [prompts[i] for i in todo],
+                                   max_new_tokens=min(self.max_new_tokens, longest + 2), batch_size=self.batch_size)
+            for i, t in zip(todo, texts):
+                outputs[i] = t["text"]
+        matches = [normalise_answer(o or "") == normalise_answer(g) for o, g in zip(outputs, golden)]
         self.last_results = [
-            {**self._describe(i), "output": o["text"], "loss": round(loss, 4), "matches": ok}
-            for i, (o, loss, ok) in enumerate(zip(outputs, losses, matches))]
-        n_tok = len(confs)
-        ce = sum(losses) / len(losses) if losses else None
+            {**self._describe(i), "output": o, "loss": round(loss, 4), "matches": ok}
+            for i, (o, loss, ok) in enumerate(zip(outputs, sc.loss, matches))]
+        ce = sum(sc.loss) / len(sc.loss) if sc.loss else None
         return {"step": step, "exact_match": round(sum(matches) / len(matches), 4),
                 "cross_entropy": round(ce, 4) if ce is not None else None,
-                "ece": round(expected_calibration_error(confs, correct), 4), "tokens": n_tok,
-                "examples": len(matches)}
+                "ece": round(expected_calibration_error(sc.token_conf, sc.token_correct), 4),
+                "tokens": len(sc.token_conf), "examples": len(matches), "generated": len(todo)}
 
     def _prepare(self) -> tuple[list[str], list[str], int, list[Any]]:
         """What stays the same at every evaluation, computed at the first: rendered prompts, golden answers, the

@@ -1,0 +1,133 @@
+"""Evolution snapshots (SPEC section 7): at steps 0, 10, 25, 50, 100, ... the model answers a fixed probe set of
+training examples, and each snapshot lands in data/evolution_snapshots/<dataset>/step_NNNNNN.json.
+
+A snapshot is one teacher-forced pass over the probe set (loss, mean golden-token probability, greedy
+reproduction; see daemon.training.scoring) plus batched greedy generation for the examples the model does not
+reproduce, so that `model_output` is what the model really writes. Eval mode, no gradients. The last step is
+snapshotted too, so the final state is always in the record. A failing snapshot is logged and training goes on.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from daemon.atomic import write_json_atomic
+from daemon.training.collectors import Collector
+
+_EARLY = (0, 10, 25, 50, 100, 150, 200, 250, 500, 750, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 7500, 10000,
+          15000, 20000)
+
+
+def is_snapshot_step(step: int) -> bool:
+    """SPEC section 7's schedule: the listed steps, then every 1000."""
+    return step in _EARLY or (step > 20000 and step % 1000 == 0)
+
+
+def snapshot_path(folder: Path, step: int) -> Path:
+    return folder / f"step_{step:06d}.json"
+
+
+class EvolutionSnapshots(Collector):
+    name = "evolution"
+
+    def __init__(self, tokenizer: Any, rows: list[dict[str, Any]], folder: Path, dataset: str, max_length: int = 512,
+                 max_new_tokens: int = 64, loss_on: str = "assistant", throughput: Any = None, batch_size: int = 128):
+        self.tok, self.rows, self.folder, self.dataset = tokenizer, rows, folder, dataset
+        self.max_length, self.max_new_tokens, self.loss_on = max_length, max_new_tokens, loss_on
+        self.throughput, self.batch_size = throughput, batch_size
+        self.taken: list[int] = []
+        self.seconds = 0.0
+        self.errors: list[str] = []
+        self._fixed: tuple[list[Any], list[str], list[str], list[str], int] | None = None
+
+    # -- when
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        if state.global_step == 0 and model is not None:
+            self.snapshot(model, 0)
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        step = state.global_step
+        if model is not None and (is_snapshot_step(step) or step == state.max_steps) and step not in self.taken:
+            self.snapshot(model, step)
+
+    # -- what
+    def _prepare(self) -> tuple[list[Any], list[str], list[str], list[str], int]:
+        """Fixed across snapshots, computed once: encodings, rendered prompts, shown inputs, golden answers."""
+        if self._fixed is None:
+            from daemon.training.data import encode_messages, messages_of, prompt_text
+
+            msgs = [messages_of(r) for r in self.rows]
+            encoded = [encode_messages(self.tok, m, self.max_length, self.loss_on) for m in msgs]
+            prompts = [prompt_text(self.tok, m) for m in msgs]
+            golden = [[x for x in m if x.role == "assistant"][-1].content for m in msgs]
+            inputs = []
+            for m in msgs:
+                last = max(j for j, x in enumerate(m) if x.role == "assistant")
+                users = [x.content for x in m[:last] if x.role == "user"]
+                inputs.append(users[-1] if users else "")
+            longest = max(len(self.tok(g, add_special_tokens=False)["input_ids"]) for g in golden)
+            self._fixed = (encoded, prompts, inputs, golden, longest)
+        return self._fixed
+
+    def snapshot(self, model: Any, step: int) -> dict[str, Any] | None:
+        if not self.rows:
+            return None
+        if self.throughput is not None:
+            self.throughput.begin_eval()
+        t0 = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        try:
+            doc = self._take(model, step)
+            write_json_atomic(snapshot_path(self.folder, step), doc, indent=None)
+            self.taken.append(step)
+            return doc
+        except Exception as exc:  # a snapshot must never stop training
+            self.errors.append(f"step {step}: {type(exc).__name__}: {exc}")
+            return None
+        finally:
+            if was_training:
+                model.train()
+            self.seconds += time.perf_counter() - t0
+            if self.throughput is not None:
+                self.throughput.end_eval()
+
+    def _take(self, model: Any, step: int) -> dict[str, Any]:
+        from daemon.generation import generate_texts, normalise_answer
+        from daemon.training.scoring import score_golden
+
+        encoded, prompts, inputs, golden, longest = self._prepare()
+        sc = score_golden(model, self.tok.pad_token_id or 0, encoded, self.batch_size)
+        outputs: list[str | None] = [golden[i] if ok else None for i, ok in enumerate(sc.greedy_match)]
+        todo = [i for i, o in enumerate(outputs) if o is None]
+        if todo:
+            texts = generate_texts(model, self.tok, [prompts[i] for i in todo],
+                                   max_new_tokens=min(self.max_new_tokens, longest + 2), batch_size=self.batch_size)
+            for i, t in zip(todo, texts):
+                outputs[i] = t["text"]
+        examples = []
+        for i, row in enumerate(self.rows):
+            out = outputs[i] or ""
+            em = normalise_answer(out) == normalise_answer(golden[i])
+            meta = {k: row[k] for k in ("id", "line", "domain") if k in row}
+            examples.append({"example_id": f"ex_{i:03d}", "input": inputs[i], "expected_output": golden[i],
+                             "model_output": out, "loss": round(sc.loss[i], 4),
+                             "similarity": round(difflib.SequenceMatcher(None, out, golden[i]).ratio(), 4),
+                             "exact_match": em, "golden_prob": round(sc.golden_prob[i], 4), "metadata": meta})
+        correct = sum(e["exact_match"] for e in examples)
+        return {"snapshot_id": f"{self.dataset}_step_{step:06d}", "training_step": step,
+                "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model_version": "training",
+                "examples": examples,
+                "summary": {"avg_loss": round(sum(sc.loss) / len(sc.loss), 4),
+                            "accuracy": round(correct / len(examples), 4), "total_examples": len(examples),
+                            "correct": correct, "incorrect": len(examples) - correct}}
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"evolution_snapshots": len(self.taken)} if self.taken else {}
+        if self.errors:
+            out["evolution_errors"] = self.errors[-3:]
+        return out

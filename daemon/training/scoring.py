@@ -1,0 +1,55 @@
+"""Teacher-forced scoring of golden answers: one forward pass per batch, no generation.
+
+Per example: the mean cross-entropy of its golden answer tokens, the mean probability the model gives them
+(dataset cartography's confidence), and whether greedy decoding would reproduce the answer token for token (every
+answer position's argmax is the golden token, end token included: then greedy generation writes exactly the golden
+answer, so generating it is needed only for the examples where this is false). Per token: top-1 confidence and
+whether top-1 is golden (for ECE). Used by the fixed evaluation and the evolution snapshots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Scores:
+    loss: list[float] = field(default_factory=list)
+    golden_prob: list[float] = field(default_factory=list)
+    greedy_match: list[bool] = field(default_factory=list)
+    token_conf: list[float] = field(default_factory=list)
+    token_correct: list[bool] = field(default_factory=list)
+
+
+def score_golden(model: Any, pad_id: int, encoded: list[Any], batch_size: int = 32) -> Scores:
+    """`encoded`: objects with `input_ids` and `labels` (-100 outside the answer), as data.encode_messages makes.
+    The model must already be in eval mode."""
+    import torch
+
+    device = next(model.parameters()).device
+    out = Scores()
+    with torch.no_grad():
+        for i in range(0, len(encoded), batch_size):
+            encs = encoded[i:i + batch_size]
+            width = max(len(e.input_ids) for e in encs)
+            ids = torch.tensor([e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in encs], device=device)
+            labels = torch.tensor([e.labels + [-100] * (width - len(e.labels)) for e in encs], device=device)
+            lengths = torch.tensor([len(e.input_ids) for e in encs], device=device)
+            attn = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()  # [b, t]
+            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()  # [b, t-1, vocab]
+            target = labels[:, 1:]  # [b, t-1]: the token each position predicts
+            mask = target != -100
+            logp = torch.log_softmax(logits, dim=-1)
+            gold = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [b, t-1]
+            top_logp, top_i = logp.max(-1)  # [b, t-1]
+            hit = top_i == target
+            for row in range(len(encs)):
+                m = mask[row]
+                n = max(1, int(m.sum()))
+                out.loss.append(float(-gold[row][m].sum() / n))
+                out.golden_prob.append(float(gold[row][m].exp().sum() / n))
+                out.greedy_match.append(bool(hit[row][m].all()) and bool(m.any()))
+                out.token_conf += top_logp[row][m].exp().tolist()
+                out.token_correct += hit[row][m].tolist()
+    return out

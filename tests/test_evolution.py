@@ -1,0 +1,117 @@
+"""Evolution snapshots and `trainctl evolution`: the SPEC schedule and file format, and a signal-quality test —
+the examples evolution ranks hardest are the ones whose answers were planted wrong."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app, console, err_console
+from daemon.evolution import load
+from daemon.training.collectors.evolution import is_snapshot_step
+
+runner = CliRunner()
+WORDS = ["apple", "river", "stone", "cloud", "tiger", "maple", "orbit", "piano", "lemon", "candle",
+         "forest", "silver", "rocket", "garden", "window", "planet", "bridge", "coffee", "dragon", "mirror"]
+
+
+@pytest.fixture(autouse=True)
+def wide_console():
+    console.width = err_console.width = 200
+
+
+def test_snapshot_schedule_is_the_specs():
+    steps = [s for s in range(0, 26001) if is_snapshot_step(s)]
+    assert steps[:12] == [0, 10, 25, 50, 100, 150, 200, 250, 500, 750, 1000, 1500]
+    assert steps[-8:] == [15000, 20000, 21000, 22000, 23000, 24000, 25000, 26000]
+
+
+def planted_dataset(path: Path, n: int = 200, wrong_share: float = 0.1, seed: int = 3) -> set[str]:
+    """Upper-case two words (a rule builtin:tiny learns); `wrong_share` of the answers are another pair's."""
+    rng = random.Random(seed)
+    pairs = list(itertools.permutations(WORDS, 2))
+    rng.shuffle(pairs)
+    wrong = set(rng.sample(range(n), int(n * wrong_share)))
+    with open(path, "w") as fh:
+        for i, (a, b) in enumerate(pairs[:n]):
+            answer = f"{a.upper()} {b.upper()}"
+            if i in wrong:
+                c, d = rng.choice([p for p in pairs if a not in p and b not in p])
+                answer = f"{c.upper()} {d.upper()}"
+            fh.write(json.dumps({"prompt": f"Uppercase: {a} {b}", "completion": answer, "id": f"r{i:03d}"}) + "\n")
+    return {f"r{i:03d}" for i in wrong}
+
+
+@pytest.mark.slow
+def test_lowest_confidence_examples_are_the_planted_wrong_answers(home, tmp_path):
+    planted = planted_dataset(tmp_path / "planted.jsonl")
+    # Keep every record (the quality check would catch some planted answers, which is another story) and probe all.
+    (home / "trainctl.toml").write_text("[curation]\nmin_quality = 0\nmin_diversity = 0\nval_fraction = 0\n"
+                                        "test_fraction = 0\n[train]\nevolution_examples = 1000\neval_steps = -1\n")
+    r = runner.invoke(app, ["train", str(tmp_path / "planted.jsonl"), "--home", str(home), "--epochs", "6"])
+    assert r.exit_code == 0, r.output
+    (folder,) = (home / "data" / "evolution_snapshots").iterdir()
+    steps = sorted(int(p.stem.split("_")[1]) for p in folder.glob("step_*.json"))
+    assert steps[:6] == [0, 10, 25, 50, 100, 150]
+    snap = json.loads((folder / "step_000100.json").read_text())
+    assert snap["snapshot_id"] == f"{folder.name}_step_000100" and snap["training_step"] == 100
+    assert snap["model_version"] == "training" and snap["summary"]["total_examples"] == 200
+    ex = snap["examples"][0]
+    assert set(ex) >= {"example_id", "input", "expected_output", "model_output", "loss", "similarity",
+                       "exact_match", "metadata"} and ex["example_id"] == "ex_000"
+    assert snap["summary"]["correct"] + snap["summary"]["incorrect"] == 200
+
+    evo = load(folder)
+    ranked = evo.hardest()
+    top = ranked[: int(0.15 * len(ranked))]
+    caught = {e.metadata["id"] for e in top} & planted
+    recall, precision = len(caught) / len(planted), len(caught) / len(top)
+    print(f"planted wrong answers in the hardest 15%: recall {recall:.2f}, precision {precision:.2f}")
+    assert recall >= 0.8, (recall, precision)
+    # The rule-following examples are learned; the planted ones are the ones it fails on or learns last.
+    assert evo.curve[-1]["accuracy"] >= 0.85 and evo.curve[0]["accuracy"] == 0.0
+
+    r = runner.invoke(app, ["evolution", "--home", str(home), "--json", "--limit", "0"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert [c["step"] for c in doc["curve"]] == steps and sum(doc["classes"].values()) == 200
+    assert doc["examples"][0]["confidence"] <= doc["examples"][-1]["confidence"]
+    r = runner.invoke(app, ["evolution", "--home", str(home), "--limit", "5"])
+    assert r.exit_code == 0 and "accuracy and loss over snapshots" in r.output and "hardest first" in r.output
+    hard_id = top[0].example_id
+    r = runner.invoke(app, ["evolution", folder.name, "--home", str(home), "--example", hard_id])
+    assert r.exit_code == 0 and "learning curve" in r.output and top[0].expected in r.output
+    r = runner.invoke(app, ["evolution", "--home", str(home), "--example", "ex_999"])
+    assert r.exit_code == 1 and "no example 'ex_999'" in r.output
+    r = runner.invoke(app, ["evolution", "nope", "--home", str(home)])
+    assert r.exit_code == 1 and "no snapshots for dataset 'nope'" in r.output
+
+
+def test_a_failing_snapshot_is_logged_and_training_goes_on(home, tmp_path):
+    from daemon.models import load_tokenizer
+    from daemon.training.collectors.evolution import EvolutionSnapshots
+
+    class Broken:
+        training = True
+
+        def parameters(self):
+            raise RuntimeError("CUDA out of memory")
+
+        def eval(self):
+            self.training = False
+
+        def train(self):
+            self.training = True
+
+    tok = load_tokenizer("builtin:tiny", home / "data" / "models")
+    rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
+    ev = EvolutionSnapshots(tok, rows, tmp_path / "snaps", "d")
+    model = Broken()
+    assert ev.snapshot(model, 10) is None  # no exception reaches the Trainer
+    assert model.training and ev.taken == [] and not (tmp_path / "snaps").exists()
+    assert ev.summary() == {"evolution_errors": ["step 10: RuntimeError: CUDA out of memory"]}
