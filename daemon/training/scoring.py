@@ -9,6 +9,8 @@ whether top-1 is golden (for ECE). Used by the fixed evaluation and the evolutio
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,3 +55,37 @@ def score_golden(model: Any, pad_id: int, encoded: list[Any], batch_size: int = 
                 out.token_conf += top_logp[row][m].exp().tolist()
                 out.token_correct += hit[row][m].tolist()
     return out
+
+
+def answer(model: Any, tok: Any, encoded: list[Any], prompts: list[str], golden: list[str], max_new_tokens: int,
+           batch_size: int) -> tuple[Scores, list[str], int]:
+    """Scores, and what greedy decoding answers to each prompt: the golden answer where the scoring shows greedy
+    decoding reproduces it, a batched greedy generation for the others. Returns (scores, outputs, generated)."""
+    from daemon.generation import generate_texts
+
+    sc = score_golden(model, tok.pad_token_id or 0, encoded, batch_size)
+    outputs = [g if ok else "" for g, ok in zip(golden, sc.greedy_match)]
+    todo = [i for i, ok in enumerate(sc.greedy_match) if not ok]
+    if todo:
+        texts = generate_texts(model, tok, [prompts[i] for i in todo], max_new_tokens=max_new_tokens,
+                               batch_size=batch_size)
+        for i, t in zip(todo, texts):
+            outputs[i] = t["text"]
+    return sc, outputs, len(todo)
+
+
+@contextmanager
+def evaluating(model: Any, throughput: Any = None) -> Iterator[None]:
+    """Eval mode for the block and training mode after it; its time is reported to the throughput collector (so
+    the ETA counts evaluations and tokens/s does not)."""
+    if throughput is not None:
+        throughput.begin_eval()
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+        if throughput is not None:
+            throughput.end_eval()

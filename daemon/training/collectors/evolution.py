@@ -74,15 +74,14 @@ class EvolutionSnapshots(Collector):
         return self._fixed
 
     def snapshot(self, model: Any, step: int) -> dict[str, Any] | None:
+        from daemon.training.scoring import evaluating
+
         if not self.rows:
             return None
-        if self.throughput is not None:
-            self.throughput.begin_eval()
         t0 = time.perf_counter()
-        was_training = model.training
-        model.eval()
         try:
-            doc = self._take(model, step)
+            with evaluating(model, self.throughput):
+                doc = self._take(model, step)
             write_json_atomic(snapshot_path(self.folder, step), doc, indent=None)
             self.taken.append(step)
             return doc
@@ -90,28 +89,18 @@ class EvolutionSnapshots(Collector):
             self.errors.append(f"step {step}: {type(exc).__name__}: {exc}")
             return None
         finally:
-            if was_training:
-                model.train()
             self.seconds += time.perf_counter() - t0
-            if self.throughput is not None:
-                self.throughput.end_eval()
 
     def _take(self, model: Any, step: int) -> dict[str, Any]:
-        from daemon.generation import generate_texts, normalise_answer
-        from daemon.training.scoring import score_golden
+        from daemon.generation import normalise_answer
+        from daemon.training.scoring import answer
 
         encoded, prompts, inputs, golden, longest = self._prepare()
-        sc = score_golden(model, self.tok.pad_token_id or 0, encoded, self.batch_size)
-        outputs: list[str | None] = [golden[i] if ok else None for i, ok in enumerate(sc.greedy_match)]
-        todo = [i for i, o in enumerate(outputs) if o is None]
-        if todo:
-            texts = generate_texts(model, self.tok, [prompts[i] for i in todo],
-                                   max_new_tokens=min(self.max_new_tokens, longest + 2), batch_size=self.batch_size)
-            for i, t in zip(todo, texts):
-                outputs[i] = t["text"]
+        sc, outputs, _ = answer(model, self.tok, encoded, prompts, golden, min(self.max_new_tokens, longest + 2),
+                                self.batch_size)
         examples = []
         for i, row in enumerate(self.rows):
-            out = outputs[i] or ""
+            out = outputs[i]
             em = normalise_answer(out) == normalise_answer(golden[i])
             meta = {k: row[k] for k in ("id", "line", "domain") if k in row}
             examples.append({"example_id": f"ex_{i:03d}", "input": inputs[i], "expected_output": golden[i],

@@ -68,23 +68,18 @@ class FixedEval(Collector):
             self.evaluate(model, step)
 
     def evaluate(self, model: Any, step: int) -> dict[str, Any] | None:
-        if self.throughput is not None:
-            self.throughput.begin_eval()
+        from daemon.training.scoring import evaluating
+
         t0 = time.perf_counter()
-        was_training = model.training
-        model.eval()
         try:
-            result = self._run(model, step)
+            with evaluating(model, self.throughput):
+                result = self._run(model, step)
         except Exception as exc:  # an evaluation must never stop training
             msg = f"{type(exc).__name__}: {exc}"
             self.errors.append(f"step {step}: {msg}")
             self._notify(step, [{**self._describe(i), "error": msg} for i in range(len(self.rows))])
             return None
         finally:
-            if was_training:
-                model.train()
-            if self.throughput is not None:
-                self.throughput.end_eval()
             self.seconds += time.perf_counter() - t0
         result["seconds"] = round(time.perf_counter() - t0, 3)
         self.last = result
@@ -109,20 +104,13 @@ class FixedEval(Collector):
                 "line": self.rows[i].get("line"), "id": self.rows[i].get("id")}
 
     def _run(self, model: Any, step: int) -> dict[str, Any]:
-        from daemon.generation import generate_texts, normalise_answer
-        from daemon.training.scoring import score_golden
+        from daemon.generation import normalise_answer
+        from daemon.training.scoring import answer
 
         prompts, golden, longest, encoded = self._prepare()
-        sc = score_golden(model, self.tok.pad_token_id or 0, encoded, self.batch_size)
-        # Greedy decoding reproduces an answer whose every token is the argmax: generate only the others.
-        outputs = [golden[i] if ok else None for i, ok in enumerate(sc.greedy_match)]
-        todo = [i for i, o in enumerate(outputs) if o is None]
-        if todo:
-            texts = generate_texts(model, self.tok, [prompts[i] for i in todo],
-                                   max_new_tokens=min(self.max_new_tokens, longest + 2), batch_size=self.batch_size)
-            for i, t in zip(todo, texts):
-                outputs[i] = t["text"]
-        matches = [normalise_answer(o or "") == normalise_answer(g) for o, g in zip(outputs, golden)]
+        sc, outputs, generated = answer(model, self.tok, encoded, prompts, golden,
+                                        min(self.max_new_tokens, longest + 2), self.batch_size)
+        matches = [normalise_answer(o) == normalise_answer(g) for o, g in zip(outputs, golden)]
         self.last_results = [
             {**self._describe(i), "output": o, "loss": round(loss, 4), "matches": ok}
             for i, (o, loss, ok) in enumerate(zip(outputs, sc.loss, matches))]
@@ -130,7 +118,7 @@ class FixedEval(Collector):
         return {"step": step, "exact_match": round(sum(matches) / len(matches), 4),
                 "cross_entropy": round(ce, 4) if ce is not None else None,
                 "ece": round(expected_calibration_error(sc.token_conf, sc.token_correct), 4),
-                "tokens": len(sc.token_conf), "examples": len(matches), "generated": len(todo)}
+                "tokens": len(sc.token_conf), "examples": len(matches), "generated": generated}
 
     def _prepare(self) -> tuple[list[str], list[str], int, list[Any]]:
         """What stays the same at every evaluation, computed at the first: rendered prompts, golden answers, the
