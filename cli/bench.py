@@ -14,7 +14,6 @@ from rich.table import Table
 from cli.app import HomeOpt, JsonOpt, app, command, console, err_console
 from cli.render import dash, duration
 from daemon.atomic import read_json, write_jsonl_atomic
-from daemon.bench.state import count_lines, list_runs, load_run
 from daemon.errors import BenchError
 from daemon.home import Home, safe_name
 
@@ -52,6 +51,7 @@ def _adapter_base(adapter: Path) -> str | None:
 def _spec(h: Home, name: str | None, model: str | None, prompts: str | None, adapter: str | None,
           job: int | None, base: bool, resume: bool, bench_flags: dict[str, Any]) -> Any:
     from daemon.bench.runner import BenchSpec
+    from daemon.bench.state import load_run
     from daemon.config import load_settings
 
     stored = load_run(h.bench_dir(name)) if (resume and name) else None
@@ -166,6 +166,8 @@ def bench_run(model: Optional[str] = typer.Option(None, "--model", help="builtin
 @command(bench_app, "list")
 def bench_list(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
     """Bench runs: state, progress, errors, output tokens/s, duration."""
+    from daemon.bench.state import count_lines, list_runs
+
     h = Home.open(home, create=False)
     rows = []
     for d, info in list_runs(h.bench_root):

@@ -4,7 +4,7 @@ cartography classes, one example's learning curve. Reads JSON only."""
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.table import Table
@@ -12,8 +12,10 @@ from rich.table import Table
 from cli.app import HomeOpt, JsonOpt, app, command, console
 from cli.render import bar, sparkline
 from daemon.errors import TrainctlError
-from daemon.evolution import Evolution, datasets, load
 from daemon.home import Home
+
+if TYPE_CHECKING:
+    from daemon.evolution import Evolution
 
 CLASSES = ("easy", "ambiguous", "hard")
 
@@ -24,6 +26,8 @@ def _clip(text: str, n: int = 40) -> str:
 
 
 def _pick(h: Home, dataset: str | None) -> Evolution:
+    from daemon.evolution import datasets, load  # (statistics is slow to import: only when the command runs)
+
     found = datasets(h.evolution_root)
     if not found:
         raise TrainctlError("no evolution snapshots yet — they are written while a job trains "
