@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from cli.app import HomeOpt, JsonOpt, app, command, console, err_console
-from cli.render import dash, duration
+from cli.render import clip, dash, duration
 from daemon.atomic import read_json, write_jsonl_atomic
 from daemon.errors import BenchError
 from daemon.home import Home, safe_name
@@ -197,11 +197,6 @@ def bench_list(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
 
 # ---------------------------------------------------------------- compare
 
-def _clip(text: str, n: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
 @command(bench_app, "compare")
 def bench_compare(runs: list[str] = typer.Argument(..., help="Two or more run names."),
                   diff_only: bool = typer.Option(False, "--diff-only", help="Only rows where the runs disagree."),
@@ -253,11 +248,11 @@ def bench_compare(runs: list[str] = typer.Argument(..., help="Two or more run na
             if cell is None:
                 cells.append("[dim]—[/dim]")
             elif c.label_regex:
-                cells.append(f"[bold]{cell.value}[/bold] {_clip(cell.text, width)}")
+                cells.append(f"[bold]{cell.value}[/bold] {clip(cell.text, width)}")
             else:
-                cells.append(_clip(cell.text, width))
+                cells.append(clip(cell.text, width))
         mark = "[red]≠[/red]" if r.disagree else "[green]=[/green]"
-        t.add_row(mark, r.name, *([_clip(r.reference or "", width)] if has_ref else []), *cells)
+        t.add_row(mark, r.name, *([clip(r.reference or "", width)] if has_ref else []), *cells)
     if shown:
         console.print(t)
     if limit and len(shown) > limit:

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from cli.app import HomeOpt, JsonOpt, app, command, console
-from cli.render import bar, sparkline
+from cli.render import bar, clip, sparkline
 from daemon.errors import TrainctlError
 from daemon.home import Home
 
@@ -18,11 +18,6 @@ if TYPE_CHECKING:
     from daemon.evolution import Evolution
 
 CLASSES = ("easy", "ambiguous", "hard")
-
-
-def _clip(text: str, n: int = 40) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _pick(h: Home, dataset: str | None) -> Evolution:
@@ -85,8 +80,8 @@ def evolution(dataset: Optional[str] = typer.Argument(None, help="Dataset folder
     for e in rows[: limit or None]:
         first = e.first_learned
         et.add_row(e.example_id, f"[{colour[e.cls]}]{e.cls}[/]", f"{e.confidence:.3f}", f"{e.variability:.3f}",
-                   "never" if first is None else f"step {first}", str(e.forgetting_events), _clip(e.input),
-                   _clip(e.expected, 30), _clip(e.outputs[-1] if e.outputs else "", 30))
+                   "never" if first is None else f"step {first}", str(e.forgetting_events), clip(e.input),
+                   clip(e.expected, 30), clip(e.outputs[-1] if e.outputs else "", 30))
     console.print(et)
     if limit and len(rows) > limit:
         console.print(f"… {len(rows) - limit} more (--limit 0 shows all); --example ID shows one learning curve")
@@ -108,5 +103,5 @@ def _one(evo: Evolution, example: str, json_out: bool) -> None:
         t.add_column(col, overflow="fold")
     for s, ok, lo, p, o in zip(e.steps, e.correct, e.loss, e.prob, e.outputs):
         t.add_row(str(s), "[green]yes[/green]" if ok else "[red]no[/red]", f"{lo:.3f}", f"{p:.3f}",
-                  bar(int(1000 * p), 1000, 20), _clip(o, 60))
+                  bar(int(1000 * p), 1000, 20), clip(o, 60))
     console.print(t)

@@ -52,3 +52,9 @@ def bar(done: int, total: int, width: int = 30) -> str:
         return ""
     filled = int(width * min(1.0, done / total))
     return "█" * filled + "░" * (width - filled)
+
+
+def clip(text: Any, n: int = 40) -> str:
+    """One line of at most n characters: whitespace collapsed, an ellipsis where it was cut."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
