@@ -44,17 +44,14 @@ def write_prompts(path: Path, n: int) -> None:
 def throughput(args, home, prompts: Path) -> None:
     from daemon.bench.backends import HfBackend
     from daemon.bench.prompts import iter_prompts
-    from daemon.bench.runner import BenchRunner, BenchSpec
+    from daemon.bench.runner import BenchRunner, BenchSpec, prompt_ids
     from daemon.config import BenchConfig
     from daemon.generation import RowSampling, generate_batch
     from daemon.models import load_model, load_tokenizer
 
     tok = load_tokenizer(args.model, home.models)
     model = load_model(args.model, home.models).eval()
-    ids = []
-    for p in iter_prompts(prompts):
-        enc = tok.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True)
-        ids.append(list(enc["input_ids"] if hasattr(enc, "keys") else enc))
+    ids = [prompt_ids(tok, p.messages) for p in iter_prompts(prompts)]
     rows = [RowSampling(args.max_tokens)] * args.batch_size
 
     def plain() -> tuple[float, int, list[str]]:

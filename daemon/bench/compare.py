@@ -6,7 +6,6 @@ Reads results.jsonl files only; no torch. Each run's answers are held in memory 
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from daemon.atomic import iter_jsonl
 from daemon.bench.prompts import iter_prompts
 from daemon.bench.state import load_run
 from daemon.errors import BenchError
@@ -109,21 +109,15 @@ def _load(run_dir: Path, pattern: re.Pattern[str] | None) -> tuple[dict[str, Cel
     path = run_dir / "results.jsonl"
     if not path.exists():
         raise BenchError(f"{run_dir.name} has no results.jsonl yet — run `trainctl bench run` first")
-    with open(path, "rb") as fh:
-        for raw in fh:
-            if not raw.endswith(b"\n"):
-                break  # a torn last line (the run was killed mid-write)
-            if not raw.strip():
-                continue
-            row = json.loads(raw)
-            cid = row["custom_id"]
-            if row.get("error"):
-                err = row["error"]
-                cells[cid] = Cell(f"{err.get('code')}: {err.get('message')}", ERROR)
-            else:
-                text = row["response"]["body"]["choices"][0]["message"]["content"]
-                cells[cid] = Cell(text, extract(text, pattern))
-            extra[cid] = {"reference": row.get("reference"), "metadata": row.get("metadata") or {}}
+    for row in iter_jsonl(path):  # skips a torn last line (a run killed mid-write)
+        cid = row["custom_id"]
+        if row.get("error"):
+            err = row["error"]
+            cells[cid] = Cell(f"{err.get('code')}: {err.get('message')}", ERROR)
+        else:
+            text = row["response"]["body"]["choices"][0]["message"]["content"]
+            cells[cid] = Cell(text, extract(text, pattern))
+        extra[cid] = {"reference": row.get("reference"), "metadata": row.get("metadata") or {}}
     return cells, extra
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.atomic import repair_torn_tail, write_bytes_atomic
+from daemon.atomic import iter_jsonl, repair_torn_tail, write_bytes_atomic
 from daemon.bench.backends import Backend, Completion, Request
 from daemon.bench.prompts import BenchPrompt, iter_prompts, scan_prompt_file
 from daemon.bench.state import BenchState, Progress, RunInfo, fingerprint_changes, load_run
@@ -56,6 +56,13 @@ class Stop(Exception):
     """A second SIGINT/SIGTERM: leave now, abandoning the requests in flight (they are redone on resume)."""
 
 
+def prompt_ids(tok: Any, messages: list[dict[str, str]]) -> list[int]:
+    """The chat rendered with the model's template and the generation prompt, as token ids (what both backends
+    take; transformers returns a list or, in newer versions, an encoding)."""
+    enc = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+
+
 def request_seed(run_seed: int, custom_id: str) -> int:
     """The per-request sampling seed: the same for a request whatever session or batch it runs in."""
     return int.from_bytes(hashlib.sha256(f"{run_seed}:{custom_id}".encode()).digest()[:4], "big") & 0x7FFFFFFF
@@ -89,21 +96,15 @@ def scan_results(path: Path) -> tuple[set[str], set[str], Progress]:
     ok: set[str] = set()
     bad: set[str] = set()
     prog = Progress()
-    if not path.exists():
-        return ok, bad, prog
-    with open(path, "rb") as fh:
-        for raw in fh:
-            if not raw.strip():
-                continue
-            row = json.loads(raw)
-            cid = row["custom_id"]
-            if row.get("error"):
-                bad.add(cid)
-            else:
-                ok.add(cid)
-                usage = row["response"]["body"]["usage"]
-                prog.prompt_tokens += usage["prompt_tokens"]
-                prog.completion_tokens += usage["completion_tokens"]
+    for row in iter_jsonl(path):
+        cid = row["custom_id"]
+        if row.get("error"):
+            bad.add(cid)
+        else:
+            ok.add(cid)
+            usage = row["response"]["body"]["usage"]
+            prog.prompt_tokens += usage["prompt_tokens"]
+            prog.completion_tokens += usage["completion_tokens"]
     prog.done, prog.errors = len(ok) + len(bad), len(bad)
     return ok, bad, prog
 
@@ -248,8 +249,7 @@ class BenchRunner:
             ids: list[int] = []
             max_tokens = p.max_tokens or c.max_tokens
             if error is None:
-                ids = tok.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True)
-                ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+                ids = prompt_ids(tok, p.messages)
                 if max_pos and len(ids) + max_tokens > max_pos:
                     error = (f"prompt_too_long: {len(ids)} prompt tokens + max_tokens {max_tokens} exceed the "
                              f"model's {max_pos} positions")
