@@ -103,6 +103,14 @@ def prompt_text(tok: Any, messages: list[Message]) -> str:
     return _render(tok, rows, gen=True)
 
 
+def question_and_answer(messages: list[Message]) -> tuple[str, str]:
+    """What people read as the question (the last user turn before the last assistant turn, "" if none) and the
+    golden answer (that assistant turn)."""
+    last = max(i for i, m in enumerate(messages) if m.role == "assistant")
+    users = [m.content for m in messages[:last] if m.role == "user"]
+    return (users[-1] if users else ""), messages[last].content
+
+
 def messages_of(row: dict[str, Any]) -> list[Message]:
     return [Message(m["role"], m["content"], m.get("train")) for m in row["messages"]]
 

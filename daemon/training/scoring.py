@@ -1,6 +1,7 @@
 """Teacher-forced scoring of golden answers: one forward pass per batch, no generation.
 
-Per example: the mean cross-entropy of its golden answer tokens, the mean probability the model gives them
+A `Probe` is a fixed set of examples prepared once (encodings, prompts, golden answers) for answering again and
+again. Per example: the mean cross-entropy of its golden answer tokens, the mean probability the model gives them
 (dataset cartography's confidence), and whether greedy decoding would reproduce the answer token for token (every
 answer position's argmax is the golden token, end token included: then greedy generation writes exactly the golden
 answer, so generating it is needed only for the examples where this is false). Per token: top-1 confidence and
@@ -57,18 +58,42 @@ def score_golden(model: Any, pad_id: int, encoded: list[Any], batch_size: int = 
     return out
 
 
-def answer(model: Any, tok: Any, encoded: list[Any], prompts: list[str], golden: list[str], max_new_tokens: int,
-           batch_size: int) -> tuple[Scores, list[str], int]:
+@dataclass
+class Probe:
+    """A fixed set of examples answered again and again (fixed evaluation, evolution snapshots), prepared once."""
+
+    encoded: list[Any]
+    """Teacher-forced encodings (labels only on the answer)."""
+    prompts: list[str]
+    """Rendered prompts with the generation prompt appended."""
+    questions: list[str]
+    """The last user turn of each example, as people read it."""
+    golden: list[str]
+    longest: int
+    """The longest golden answer, in tokens (generation never needs more than this + 2)."""
+
+
+def prepare_probe(tok: Any, messages: list[list[Any]], max_length: int, loss_on: str) -> Probe:
+    from daemon.training.data import encode_messages, prompt_text, question_and_answer
+
+    qa = [question_and_answer(m) for m in messages]
+    golden = [a for _, a in qa]
+    return Probe(encoded=[encode_messages(tok, m, max_length, loss_on) for m in messages],
+                 prompts=[prompt_text(tok, m) for m in messages], questions=[q for q, _ in qa], golden=golden,
+                 longest=max(len(tok(g, add_special_tokens=False)["input_ids"]) for g in golden))
+
+
+def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: int) -> tuple[Scores, list[str], int]:
     """Scores, and what greedy decoding answers to each prompt: the golden answer where the scoring shows greedy
     decoding reproduces it, a batched greedy generation for the others. Returns (scores, outputs, generated)."""
     from daemon.generation import generate_texts
 
-    sc = score_golden(model, tok.pad_token_id or 0, encoded, batch_size)
-    outputs = [g if ok else "" for g, ok in zip(golden, sc.greedy_match)]
+    sc = score_golden(model, tok.pad_token_id or 0, probe.encoded, batch_size)
+    outputs = [g if ok else "" for g, ok in zip(probe.golden, sc.greedy_match)]
     todo = [i for i, ok in enumerate(sc.greedy_match) if not ok]
     if todo:
-        texts = generate_texts(model, tok, [prompts[i] for i in todo], max_new_tokens=max_new_tokens,
-                               batch_size=batch_size)
+        texts = generate_texts(model, tok, [probe.prompts[i] for i in todo],
+                               max_new_tokens=min(max_new_tokens, probe.longest + 2), batch_size=batch_size)
         for i, t in zip(todo, texts):
             outputs[i] = t["text"]
     return sc, outputs, len(todo)

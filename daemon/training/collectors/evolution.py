@@ -42,7 +42,7 @@ class EvolutionSnapshots(Collector):
         self.taken: list[int] = []
         self.seconds = 0.0
         self.errors: list[str] = []
-        self._fixed: tuple[list[Any], list[str], list[str], list[str], int] | None = None
+        self._probe: Any = None
 
     # -- when
     def on_train_begin(self, args, state, control, model=None, **kw):
@@ -55,24 +55,6 @@ class EvolutionSnapshots(Collector):
             self.snapshot(model, step)
 
     # -- what
-    def _prepare(self) -> tuple[list[Any], list[str], list[str], list[str], int]:
-        """Fixed across snapshots, computed once: encodings, rendered prompts, shown inputs, golden answers."""
-        if self._fixed is None:
-            from daemon.training.data import encode_messages, messages_of, prompt_text
-
-            msgs = [messages_of(r) for r in self.rows]
-            encoded = [encode_messages(self.tok, m, self.max_length, self.loss_on) for m in msgs]
-            prompts = [prompt_text(self.tok, m) for m in msgs]
-            golden = [[x for x in m if x.role == "assistant"][-1].content for m in msgs]
-            inputs = []
-            for m in msgs:
-                last = max(j for j, x in enumerate(m) if x.role == "assistant")
-                users = [x.content for x in m[:last] if x.role == "user"]
-                inputs.append(users[-1] if users else "")
-            longest = max(len(self.tok(g, add_special_tokens=False)["input_ids"]) for g in golden)
-            self._fixed = (encoded, prompts, inputs, golden, longest)
-        return self._fixed
-
     def snapshot(self, model: Any, step: int) -> dict[str, Any] | None:
         from daemon.training.scoring import evaluating
 
@@ -93,11 +75,15 @@ class EvolutionSnapshots(Collector):
 
     def _take(self, model: Any, step: int) -> dict[str, Any]:
         from daemon.generation import normalise_answer
-        from daemon.training.scoring import answer
+        from daemon.training.scoring import answer, prepare_probe
 
-        encoded, prompts, inputs, golden, longest = self._prepare()
-        sc, outputs, _ = answer(model, self.tok, encoded, prompts, golden, min(self.max_new_tokens, longest + 2),
-                                self.batch_size)
+        if self._probe is None:  # the same at every snapshot: prepared at the first
+            from daemon.training.data import messages_of
+
+            self._probe = prepare_probe(self.tok, [messages_of(r) for r in self.rows], self.max_length, self.loss_on)
+        probe = self._probe
+        inputs, golden = probe.questions, probe.golden
+        sc, outputs, _ = answer(model, self.tok, probe, self.max_new_tokens, self.batch_size)
         examples = []
         for i, row in enumerate(self.rows):
             out = outputs[i]

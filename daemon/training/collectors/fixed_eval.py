@@ -56,7 +56,7 @@ class FixedEval(Collector):
         self.last_results: list[dict[str, Any]] = []
         """Per example of the last evaluation: prompt, golden, output, loss, matches (for flagged examples)."""
         self.errors: list[str] = []
-        self._fixed: tuple[list[str], list[str], int, list[Any]] | None = None
+        self._probe: Any = None
         self.listeners: list[Any] = []
         """Called as fn(step, results) after each evaluation (e.g. flagged-example storage)."""
 
@@ -96,20 +96,23 @@ class FixedEval(Collector):
 
     def _describe(self, i: int) -> dict[str, Any]:
         """Example i as people read it: the prompt turns, the last user turn, the golden answer."""
+        from daemon.training.data import question_and_answer
+
         msgs = self.messages[i]
+        question, golden = question_and_answer(msgs)
         last = max(j for j, m in enumerate(msgs) if m.role == "assistant")
-        user = [m.content for m in msgs[:last] if m.role == "user"]
-        return {"prompt": user[-1] if user else "", "golden": msgs[last].content,
+        return {"prompt": question, "golden": golden,
                 "messages": [{"role": m.role, "content": m.content} for m in msgs[:last]],
                 "line": self.rows[i].get("line"), "id": self.rows[i].get("id")}
 
     def _run(self, model: Any, step: int) -> dict[str, Any]:
         from daemon.generation import normalise_answer
-        from daemon.training.scoring import answer
+        from daemon.training.scoring import answer, prepare_probe
 
-        prompts, golden, longest, encoded = self._prepare()
-        sc, outputs, generated = answer(model, self.tok, encoded, prompts, golden,
-                                        min(self.max_new_tokens, longest + 2), self.batch_size)
+        if self._probe is None:  # the same at every evaluation: prepared at the first
+            self._probe = prepare_probe(self.tok, self.messages, self.max_length, self.loss_on)
+        golden = self._probe.golden
+        sc, outputs, generated = answer(model, self.tok, self._probe, self.max_new_tokens, self.batch_size)
         matches = [normalise_answer(o) == normalise_answer(g) for o, g in zip(outputs, golden)]
         self.last_results = [
             {**self._describe(i), "output": o, "loss": round(loss, 4), "matches": ok}
@@ -119,19 +122,6 @@ class FixedEval(Collector):
                 "cross_entropy": round(ce, 4) if ce is not None else None,
                 "ece": round(expected_calibration_error(sc.token_conf, sc.token_correct), 4),
                 "tokens": len(sc.token_conf), "examples": len(matches), "generated": generated}
-
-    def _prepare(self) -> tuple[list[str], list[str], int, list[Any]]:
-        """What stays the same at every evaluation, computed at the first: rendered prompts, golden answers, the
-        longest golden answer in tokens, the teacher-forced encodings."""
-        if self._fixed is None:
-            from daemon.training.data import encode_messages, prompt_text
-
-            golden = [[m for m in msgs if m.role == "assistant"][-1].content for msgs in self.messages]
-            prompts = [prompt_text(self.tok, msgs) for msgs in self.messages]
-            longest = max(len(self.tok(g, add_special_tokens=False)["input_ids"]) for g in golden)
-            encoded = [encode_messages(self.tok, m, self.max_length, self.loss_on) for m in self.messages]
-            self._fixed = (prompts, golden, longest, encoded)
-        return self._fixed
 
     @property
     def trend(self) -> str:
