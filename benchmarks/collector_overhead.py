@@ -87,6 +87,7 @@ def main() -> None:
     s.train.batch_size = a.batch_size
     s.train.save_steps = 10**6  # no checkpoints inside the timed runs
     s.train.final_eval_examples = 0
+    s.train.evolution_examples = 0  # evolution snapshots are an evaluation pass too: benchmarks/snapshot_cost.py
     tok_model = "builtin:tiny"
     if a.model.startswith("random:"):
         s.train.model = _random_llama(a.model, home.models)

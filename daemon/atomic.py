@@ -15,15 +15,20 @@ from typing import IO, Any
 
 
 @contextmanager
-def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file beside `path`; on a clean exit fsync it and rename it over `path`."""
+def atomic_open(path: Path, mode: str = "wb", durable: bool = True) -> Iterator[IO[Any]]:
+    """Open a temporary file beside `path`; on a clean exit fsync it (if `durable`) and rename it over `path`.
+
+    The rename alone makes the write atomic against a killed process; the fsync makes it survive a power cut too.
+    `durable=False` is for live views rewritten every moment (the training status), where that costs more than it
+    saves."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -33,17 +38,17 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
         raise
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    with atomic_open(path, "wb") as fh:
+def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    with atomic_open(path, "wb", durable) as fh:
         fh.write(data)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
+def write_text_atomic(path: Path, text: str, durable: bool = True) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"), durable)
 
 
-def write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=str) + "\n")
+def write_json_atomic(path: Path, obj: Any, indent: int | None = 2, durable: bool = True) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=str) + "\n", durable)
 
 
 def write_jsonl_atomic(path: Path, rows: Any) -> None:

@@ -257,7 +257,10 @@ def train(ctx: RunContext) -> TrainOutcome:
         ctx.echo(f"resuming job {ctx.job_id} from {resume.name}")
     status.set(state="training", resumed_from=resume.name if resume else None)
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        status.close()  # the metrics file (on_train_end closes it too, but not when training raised)
     steps = trainer.state.global_step
     if alerts.critical is not None:
         kept = newest_complete_checkpoint(run_dir / "checkpoints")

@@ -46,12 +46,14 @@ class LoRAMonitor(Collector):
         self.weight_norm: dict[str, float] = {}
         self._silent_steps: dict[str, int] = defaultdict(int)  # consecutive measured steps with no grad, no update
         self._params: list[Any] = []
+        self._weights: list[Any] = []
         self._layer_index: Any = None  # parameter i belongs to layer _layer_index[i]
         self._before: list[Any] = []
         self._grad_vec: Any = None
         self._max_grad_norm = 0.0
         self._clip_scale = 1.0
         self._measuring = False
+        self._summary: tuple[int, dict[str, Any]] | None = None  # (self.steps when built, the summary)
         self.steps = 0
 
     def on_train_begin(self, args, state, control, model=None, **kw):
@@ -67,6 +69,7 @@ class LoRAMonitor(Collector):
                 layers[layer].append((name, p))
         self.layers = dict(layers)
         self._params = [p for params in self.layers.values() for _, p in params]
+        self._weights = [p.detach() for p in self._params]  # views: they follow the optimizer's in-place updates
         if self._params:
             device = self._params[0].device
             self._layer_index = torch.tensor([i for i, params in enumerate(self.layers.values()) for _ in params],
@@ -82,7 +85,7 @@ class LoRAMonitor(Collector):
         """Per-parameter norms (tensors) -> per-layer norms, shape (layers,)."""
         import torch
 
-        sq = torch.stack([n.float() for n in norms]).pow(2)
+        sq = torch.stack(norms).float().pow(2)
         return torch.zeros(len(self.layers), device=sq.device).index_add_(0, self._layer_index, sq).sqrt()
 
     def on_pre_optimizer_step(self, args, state, control, **kw):
@@ -94,7 +97,7 @@ class LoRAMonitor(Collector):
         with torch.no_grad():
             grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for p in self._params]
             self._grad_vec = self._per_layer(torch._foreach_norm(grads)) * self._clip_scale
-            self._before = torch._foreach_mul([p.detach() for p in self._params], 1.0)
+            self._before = torch._foreach_mul(self._weights, 1.0)
 
     def on_optimizer_step(self, args, state, control, **kw):
         if not self._measuring:
@@ -102,7 +105,7 @@ class LoRAMonitor(Collector):
         import torch
 
         with torch.no_grad():
-            now = [p.detach() for p in self._params]
+            now = self._weights
             deltas = self._per_layer(torch._foreach_norm(torch._foreach_sub(now, self._before)))
             weights = self._per_layer(torch._foreach_norm(now))
             g, d, w = torch.stack([self._grad_vec, deltas, weights]).cpu().tolist()
@@ -143,6 +146,12 @@ class LoRAMonitor(Collector):
         return sum(ratios) / len(ratios) if ratios else None
 
     def summary(self) -> dict[str, Any]:
+        # Read every logged step but new only every `every` steps: built once per measurement.
+        if self._summary is None or self._summary[0] != self.steps:
+            self._summary = (self.steps, self._build_summary())
+        return self._summary[1]
+
+    def _build_summary(self) -> dict[str, Any]:
         if not self.grad_norm:
             return {}
         g = list(self.grad_norm.values())
