@@ -31,6 +31,20 @@ def test_snapshot_schedule_is_the_specs():
     assert steps[-8:] == [15000, 20000, 21000, 22000, 23000, 24000, 25000, 26000]
 
 
+@pytest.mark.parametrize("max_steps, last", [(252, 250), (300, 300), (1000, 1000), (7, 7)])
+def test_last_step_is_snapshotted_unless_a_scheduled_one_is_near(tmp_path, max_steps, last):
+    from types import SimpleNamespace
+
+    from daemon.training.collectors.evolution import EvolutionSnapshots
+
+    ev = EvolutionSnapshots(None, [{"messages": []}], tmp_path, "d")
+    ev.snapshot = lambda model, step: ev.taken.append(step)  # when, not what: no model needed
+    for step in range(1, max_steps + 1):
+        ev.on_step_end(None, SimpleNamespace(global_step=step, max_steps=max_steps), None, model=object())
+    assert ev.taken[-1] == last and ev.taken == sorted(set(ev.taken))
+    assert all(is_snapshot_step(s) for s in ev.taken[:-1])
+
+
 def planted_dataset(path: Path, n: int = 200, wrong_share: float = 0.1, seed: int = 3) -> set[str]:
     """Upper-case two words (a rule builtin:tiny learns); `wrong_share` of the answers are another pair's."""
     rng = random.Random(seed)

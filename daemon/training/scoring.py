@@ -1,11 +1,17 @@
-"""Teacher-forced scoring of golden answers: one forward pass per batch, no generation.
+"""Teacher-forced scoring of golden answers, and greedy answers that reuse that pass.
 
 A `Probe` is a fixed set of examples prepared once (encodings, prompts, golden answers) for answering again and
-again. Per example: the mean cross-entropy of its golden answer tokens, the mean probability the model gives them
-(dataset cartography's confidence), and whether greedy decoding would reproduce the answer token for token (every
-answer position's argmax is the golden token, end token included: then greedy generation writes exactly the golden
-answer, so generating it is needed only for the examples where this is false). Per token: top-1 confidence and
-whether top-1 is golden (for ECE). Used by the fixed evaluation and the evolution snapshots.
+again: the fixed evaluation and the evolution snapshots. `answer()` does one teacher-forced forward pass per batch
+and gets from it, per example: the mean cross-entropy of the golden answer tokens, the mean probability the model
+gives them (dataset cartography's confidence), and, per token, top-1 confidence and whether top-1 is golden (ECE).
+
+The same pass says what greedy decoding would write, without generating from scratch. Greedy decoding follows the
+golden answer for as long as every position's argmax is the golden token; where the first one is not, greedy
+writes that argmax instead. So an example whose argmaxes are golden all the way to the end token is answered
+exactly by its golden answer, and any other one by its golden prefix, the first wrong argmax, and a continuation
+decoded from the pass's own key/value cache (the context is already in it). No prompt is processed twice; only
+models whose cache cannot be used this way (sliding windows, linear attention, flash-attention's own padding
+handling) go through `generate` from the prompt instead.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+TOKEN_BUDGET = 8192
+"""Tokens per scoring batch (rows x padded width): bounds the logits and the key/value cache a batch holds."""
+
 
 @dataclass
 class Scores:
@@ -23,39 +32,6 @@ class Scores:
     greedy_match: list[bool] = field(default_factory=list)
     token_conf: list[float] = field(default_factory=list)
     token_correct: list[bool] = field(default_factory=list)
-
-
-def score_golden(model: Any, pad_id: int, encoded: list[Any], batch_size: int = 32) -> Scores:
-    """`encoded`: objects with `input_ids` and `labels` (-100 outside the answer), as data.encode_messages makes.
-    The model must already be in eval mode."""
-    import torch
-
-    device = next(model.parameters()).device
-    out = Scores()
-    with torch.no_grad():
-        for i in range(0, len(encoded), batch_size):
-            encs = encoded[i:i + batch_size]
-            width = max(len(e.input_ids) for e in encs)
-            ids = torch.tensor([e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in encs], device=device)
-            labels = torch.tensor([e.labels + [-100] * (width - len(e.labels)) for e in encs], device=device)
-            lengths = torch.tensor([len(e.input_ids) for e in encs], device=device)
-            attn = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()  # [b, t]
-            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()  # [b, t-1, vocab]
-            target = labels[:, 1:]  # [b, t-1]: the token each position predicts
-            mask = target != -100
-            logp = torch.log_softmax(logits, dim=-1)
-            gold = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [b, t-1]
-            top_logp, top_i = logp.max(-1)  # [b, t-1]
-            hit = top_i == target
-            for row in range(len(encs)):
-                m = mask[row]
-                n = max(1, int(m.sum()))
-                out.loss.append(float(-gold[row][m].sum() / n))
-                out.golden_prob.append(float(gold[row][m].exp().sum() / n))
-                out.greedy_match.append(bool(hit[row][m].all()) and bool(m.any()))
-                out.token_conf += top_logp[row][m].exp().tolist()
-                out.token_correct += hit[row][m].tolist()
-    return out
 
 
 @dataclass
@@ -71,6 +47,10 @@ class Probe:
     golden: list[str]
     longest: int
     """The longest golden answer, in tokens (generation never needs more than this + 2)."""
+    answer_start: list[int | None]
+    """Where the last answer starts in `encoded[i].input_ids`: the encoding's tokens before it are exactly the
+    prompt's tokens, so greedy decoding can continue from the scoring pass. None where they differ (a tokenizer
+    that merges across the turn boundary) or truncation cut the answer: that example is generated from its prompt."""
 
 
 def prepare_probe(tok: Any, messages: list[list[Any]], max_length: int, loss_on: str) -> Probe:
@@ -78,25 +58,168 @@ def prepare_probe(tok: Any, messages: list[list[Any]], max_length: int, loss_on:
 
     qa = [question_and_answer(m) for m in messages]
     golden = [a for _, a in qa]
-    return Probe(encoded=[encode_messages(tok, m, max_length, loss_on) for m in messages],
-                 prompts=[prompt_text(tok, m) for m in messages], questions=[q for q, _ in qa], golden=golden,
-                 longest=max(len(tok(g, add_special_tokens=False)["input_ids"]) for g in golden))
+    encoded = [encode_messages(tok, m, max_length, loss_on) for m in messages]
+    prompts = [prompt_text(tok, m) for m in messages]
+    starts: list[int | None] = []
+    for enc, p_ids in zip(encoded, tok(prompts, add_special_tokens=False)["input_ids"]):
+        a = len(p_ids)
+        whole = enc.input_ids[:a] == p_ids and tok.eos_token_id in enc.input_ids[a:]
+        starts.append(a if whole and a > 0 else None)
+    return Probe(encoded=encoded, prompts=prompts, questions=[q for q, _ in qa], golden=golden,
+                 longest=max(len(tok(g, add_special_tokens=False)["input_ids"]) for g in golden),
+                 answer_start=starts)
 
 
-def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: int) -> tuple[Scores, list[str], int]:
-    """Scores, and what greedy decoding answers to each prompt: the golden answer where the scoring shows greedy
-    decoding reproduces it, a batched greedy generation for the others. Returns (scores, outputs, generated)."""
+def _batches(encoded: list[Any], batch_size: int, budget: int) -> Iterator[list[int]]:
+    """Consecutive index ranges of at most `batch_size` rows and `budget` padded tokens (at least one row)."""
+    batch: list[int] = []
+    width = 0
+    for i, e in enumerate(encoded):
+        w = max(width, len(e.input_ids))
+        if batch and (len(batch) >= batch_size or w * (len(batch) + 1) > budget):
+            yield batch
+            batch, w = [], len(e.input_ids)
+        batch.append(i)
+        width = w
+    if batch:
+        yield batch
+
+
+def _cache_continues(model: Any) -> bool:
+    """Whether greedy decoding may continue from a right-padded pass's cache: a plain full-attention cache, with
+    an attention implementation that reads a padding mask with holes."""
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "_attn_implementation", "eager") not in ("eager", "sdpa"):
+        return False
+    kinds = set(getattr(cfg, "layer_types", None) or ["full_attention"])
+    return kinds == {"full_attention"} and not getattr(cfg, "sliding_window", None)
+
+
+def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: int,
+           token_budget: int = TOKEN_BUDGET) -> tuple[Scores, list[str], int]:
+    """Scores, and what greedy decoding answers to each prompt (see the module docstring). The model must be in
+    eval mode. Returns (scores, outputs, how many examples needed decoding beyond their golden answer)."""
+    import torch
+
     from daemon.generation import generate_texts
 
-    sc = score_golden(model, tok.pad_token_id or 0, probe.encoded, batch_size)
-    outputs = [g if ok else "" for g, ok in zip(probe.golden, sc.greedy_match)]
-    todo = [i for i, ok in enumerate(sc.greedy_match) if not ok]
-    if todo:
-        texts = generate_texts(model, tok, [probe.prompts[i] for i in todo],
-                               max_new_tokens=min(max_new_tokens, probe.longest + 2), batch_size=batch_size)
-        for i, t in zip(todo, texts):
+    device = next(model.parameters()).device
+    pad = tok.pad_token_id or 0
+    cap = min(max_new_tokens, probe.longest + 2)  # answer tokens, end token included, as generate counts them
+    continues = _cache_continues(model)
+    sc = Scores()
+    outputs = [""] * len(probe.encoded)
+    from_prompt: list[int] = []  # examples generated from scratch
+    decoded = 0
+    with torch.no_grad():
+        for idx in _batches(probe.encoded, batch_size, token_budget):
+            encs = [probe.encoded[i] for i in idx]
+            width = max(len(e.input_ids) for e in encs)
+            ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in encs], device=device)
+            labels = torch.tensor([e.labels + [-100] * (width - len(e.labels)) for e in encs], device=device)
+            lengths = torch.tensor([len(e.input_ids) for e in encs], device=device)
+            attn = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()  # [b, t]
+            out = model(input_ids=ids, attention_mask=attn, use_cache=continues)
+            top = _score_batch(out.logits, labels, sc)  # [b, t]: argmax at t, the prediction of token t+1
+            n_before = len(sc.greedy_match) - len(idx)
+            plans = []
+            for row, i in enumerate(idx):
+                if sc.greedy_match[n_before + row]:
+                    outputs[i] = probe.golden[i]
+                    continue
+                decoded += 1
+                plan = _plan(probe.encoded[i].input_ids, probe.answer_start[i], top[row], tok.eos_token_id, cap)
+                if plan is None or (not plan.done and not continues):
+                    from_prompt.append(i)
+                elif plan.done:
+                    outputs[i] = tok.decode(plan.tokens, skip_special_tokens=True)
+                else:
+                    plans.append((row, i, plan))
+            if plans:
+                _continue(model, out.past_key_values, attn, plans, tok.eos_token_id, cap, device)
+                for _, i, plan in plans:
+                    outputs[i] = tok.decode(plan.tokens, skip_special_tokens=True)
+            del out
+    if from_prompt:
+        texts = generate_texts(model, tok, [probe.prompts[i] for i in from_prompt], max_new_tokens=cap,
+                               batch_size=batch_size)
+        for i, t in zip(from_prompt, texts):
             outputs[i] = t["text"]
-    return sc, outputs, len(todo)
+    return sc, outputs, decoded
+
+
+def _score_batch(logits: Any, labels: Any, sc: Scores) -> Any:
+    """Append one batch's scores to `sc`; return the argmax tokens [b, t] for greedy continuation."""
+    import torch
+
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [b, t-1, vocab]
+    target = labels[:, 1:]  # [b, t-1]: the token each position predicts
+    mask = target != -100
+    gold = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [b, t-1]
+    top_logp, top_i = logp.max(-1)  # [b, t-1]
+    hit = top_i == target
+    n = mask.sum(1).clamp(min=1)
+    zero = torch.zeros_like(gold)
+    sc.loss += (-torch.where(mask, gold, zero).sum(1) / n).tolist()
+    sc.golden_prob += (torch.where(mask, gold.exp(), zero).sum(1) / n).tolist()
+    sc.greedy_match += ((hit | ~mask).all(1) & mask.any(1)).tolist()
+    sc.token_conf += top_logp.exp()[mask].tolist()  # row-major: each row's tokens in order
+    sc.token_correct += hit[mask].tolist()
+    return top_i.cpu()
+
+
+@dataclass
+class _Plan:
+    tokens: list[int]
+    """The greedy answer so far: the golden prefix, then decoded tokens."""
+    position: int
+    """Position of the last token of `tokens` in the sequence; the cache holds everything before it."""
+    done: bool
+
+
+def _plan(input_ids: list[int], start: int | None, top: Any, eos: int, cap: int) -> _Plan | None:
+    """Follow the golden answer while the argmax agrees; None when the pass cannot say (continue from the prompt)."""
+    if start is None:
+        return None
+    preds = top[start - 1:].tolist()  # preds[j]: the argmax for answer token j
+    for j, golden in enumerate(input_ids[start:]):
+        if j >= cap:
+            return _Plan(input_ids[start:start + cap], start + cap - 1, True)
+        if j >= len(preds):
+            return None
+        if preds[j] != golden:
+            tokens = input_ids[start:start + j] + [preds[j]]
+            return _Plan(tokens, start + j, preds[j] == eos or len(tokens) >= cap)
+        if golden == eos:
+            return _Plan(input_ids[start:start + j + 1], start + j, True)
+    return None
+
+
+def _continue(model: Any, cache: Any, attn: Any, plans: list[tuple[int, int, _Plan]], eos: int, cap: int,
+              device: Any) -> None:
+    """Greedy decoding of the unfinished plans from the scoring pass's cache, batched; extends plan.tokens."""
+    import torch
+
+    rows = torch.tensor([row for row, _, _ in plans], device=device)
+    cache.reorder_cache(rows)  # keep only the rows still decoding: [n, heads, width, head_dim]
+    width = attn.shape[1]
+    pos = torch.tensor([p.position for _, _, p in plans], device=device)  # [n]
+    # Each row sees its context (positions before its last token), not the golden tokens after it, then what it
+    # decodes: a padding mask with a hole, and explicit positions so rotary embeddings stay right.
+    mask = (torch.arange(width, device=device)[None, :] < pos[:, None]).long()  # [n, width]
+    cur = torch.tensor([p.tokens[-1] for _, _, p in plans], device=device)  # [n]
+    active = [not p.done for _, _, p in plans]
+    while any(active):
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        logits = model(input_ids=cur[:, None], attention_mask=mask, position_ids=pos[:, None],
+                       past_key_values=cache, use_cache=True).logits[:, -1]  # [n, vocab]
+        cur = logits.argmax(-1)
+        pos = pos + 1
+        for k, token in enumerate(cur.tolist()):
+            if active[k]:
+                plan = plans[k][2]
+                plan.tokens.append(token)
+                active[k] = token != eos and len(plan.tokens) < cap
 
 
 @contextmanager

@@ -2,9 +2,10 @@
 training examples, and each snapshot lands in data/evolution_snapshots/<dataset>/step_NNNNNN.json.
 
 A snapshot is one teacher-forced pass over the probe set (loss, mean golden-token probability, greedy
-reproduction; see daemon.training.scoring) plus batched greedy generation for the examples the model does not
-reproduce, so that `model_output` is what the model really writes. Eval mode, no gradients. The last step is
-snapshotted too, so the final state is always in the record. A failing snapshot is logged and training goes on.
+reproduction; see daemon.training.scoring), with greedy decoding continued from that pass for the examples the
+model does not reproduce, so that `model_output` is what the model really writes. Eval mode, no gradients. The
+last step is snapshotted too (unless a scheduled snapshot lies within the last 5% of the run), so the final state
+is in the record. A failing snapshot is logged and training goes on.
 """
 
 from __future__ import annotations
@@ -51,8 +52,14 @@ class EvolutionSnapshots(Collector):
 
     def on_step_end(self, args, state, control, model=None, **kw):
         step = state.global_step
-        if model is not None and (is_snapshot_step(step) or step == state.max_steps) and step not in self.taken:
+        if model is not None and step not in self.taken and (is_snapshot_step(step) or self._final(step, state)):
             self.snapshot(model, step)
+
+    def _final(self, step: int, state: Any) -> bool:
+        """The last step gets a snapshot too, unless a scheduled one was taken within the last 5% of the run (a
+        250-step snapshot already shows where a 252-step job ended)."""
+        near = max(1, state.max_steps // 20)
+        return step == state.max_steps and not (self.taken and step - self.taken[-1] <= near)
 
     # -- what
     def snapshot(self, model: Any, step: int) -> dict[str, Any] | None:

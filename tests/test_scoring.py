@@ -1,0 +1,69 @@
+"""The fixed evaluation and the evolution snapshots read greedy answers off the teacher-forced pass (and continue
+decoding from its cache) instead of generating from the prompt: the answers must be exactly what generation
+writes, at every stage of training."""
+
+from __future__ import annotations
+
+import json
+
+from daemon.curation.formats import Message
+from tests.conftest import DEMO
+
+
+def _conversations() -> list[list[Message]]:
+    rows = [json.loads(line) for line in DEMO.read_text().splitlines()[:40]]
+    convs = []
+    for r in rows:
+        if "messages" in r:
+            convs.append([Message(m["role"], m["content"]) for m in r["messages"]])
+        else:
+            q = r.get("instruction") or r.get("prompt")
+            convs.append([Message("user", q), Message("assistant", r.get("output") or r.get("completion"))])
+    # Multi-turn: the answer that counts is the last assistant turn, with earlier turns as context.
+    convs.append([Message("system", "Answer in capitals."), Message("user", "Uppercase: stone"),
+                  Message("assistant", "STONE"), Message("user", "Uppercase: river tiger"),
+                  Message("assistant", "RIVER TIGER")])
+    convs.append([Message("user", "Uppercase: a b"), Message("assistant", "A B"), Message("user", "again"),
+                  Message("assistant", "A B A B A B A B A B A B A B A B")])
+    return convs
+
+
+def test_answers_equal_generation_at_every_stage_of_training(tiny_models):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from daemon.generation import generate_texts
+    from daemon.models import load_tokenizer, resolve_model_path
+    from daemon.training.data import PadCollator, encode_messages
+    from daemon.training.scoring import answer, prepare_probe
+
+    tok = load_tokenizer("builtin:tiny", tiny_models)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path("builtin:tiny", tiny_models))
+    convs = _conversations()
+    probe = prepare_probe(tok, convs, 512, "assistant")
+    assert all(a is not None for a in probe.answer_start)
+    train = [vars(encode_messages(tok, c, 512)) for c in convs]
+    collate = PadCollator(tok.pad_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    kinds = set()
+    for stage in range(6):  # untrained, then more and more right
+        model.eval()
+        reference = [t["text"] for t in generate_texts(model, tok, probe.prompts,
+                                                       max_new_tokens=min(64, probe.longest + 2), batch_size=16)]
+        for batch_size in (128, 7):  # one scoring batch, and several (the cache of each is its own)
+            sc, outputs, decoded = answer(model, tok, probe, 64, batch_size)
+            assert outputs == reference, f"stage {stage}, batch size {batch_size}"
+        assert len(sc.loss) == len(sc.golden_prob) == len(convs)
+        kinds |= {"reproduced" if ok else "decoded" for ok in sc.greedy_match}
+        kinds.add("partly right" if any(o and g.startswith(o[:1]) and o != g
+                                        for o, g in zip(outputs, probe.golden)) else "")
+        model.train()
+        for step in range(30):
+            batch = collate([{"input_ids": t["input_ids"], "labels": t["labels"]}
+                             for t in train[(step * 8) % 40:(step * 8) % 40 + 8]])
+            model(**batch).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    # The stages covered both roads: answers read off the pass, and answers decoded after a wrong token.
+    assert {"reproduced", "decoded", "partly right"} <= kinds
