@@ -145,7 +145,7 @@ def curate_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of 
         raise TrainctlError(f"{file} is not a file — pass the path of a .jsonl or .json file")
     h = Home.open(home)
     s = _settings(h, overrides(model=model, max_length=max_length))
-    tok = load_tokenizer(s.train.model, h.models, s.train.trust_remote_code)
+    tok = load_tokenizer(s.train.model, h.models, s.train.trust_remote_code, light=True)
     out = h.unique_path(h.datasets, h.dataset_dir(file.stem, dataset_stamp()).name)
     total = _count_lines(file)
     with Progress(TextColumn("curating"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),

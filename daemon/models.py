@@ -7,6 +7,7 @@ machine. Hub ids go through transformers' normal `from_pretrained` (network or H
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -143,11 +144,33 @@ def pick_dtype(dtype: str, device: str) -> Any:
     return torch.float32
 
 
-def load_tokenizer(model: str, models_dir: Path, trust_remote_code: bool = False) -> Any:
-    from transformers import AutoTokenizer
+# Tokenizer classes that are the generic fast (tokenizers-backed) tokenizer itself: loading them directly gives the
+# same tokenizer as AutoTokenizer without importing AutoTokenizer's model registry (and torch with it, ~3 s).
+_GENERIC_FAST = {"PreTrainedTokenizerFast", "TokenizersBackend"}
 
+
+def _generic_fast(path: str) -> bool:
+    cfg = Path(path) / "tokenizer_config.json"
+    if not (Path(path) / "tokenizer.json").is_file() or not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text(encoding="utf-8")).get("tokenizer_class") in _GENERIC_FAST
+    except (OSError, ValueError):
+        return False
+
+
+def load_tokenizer(model: str, models_dir: Path, trust_remote_code: bool = False, light: bool = False) -> Any:
+    """The model's tokenizer with a pad token and a chat template. `light`: a caller that only counts tokens and
+    renders the chat template (curation) may skip torch's import when the tokenizer is the generic fast one."""
     path = resolve_model_path(model, models_dir)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if light and not trust_remote_code and _generic_fast(path):
+        from transformers import PreTrainedTokenizerFast
+
+        tok = PreTrainedTokenizerFast.from_pretrained(path)
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not getattr(tok, "chat_template", None):

@@ -71,3 +71,28 @@ def test_formats_are_normalised_to_messages():
     assert normalise({"prompt": "p", "completion": "c"}, 4).fmt == "prompt_completion"
     assert normalise({"text": "t"}, 5).messages[0].role == "assistant"
     assert normalise({"foo": 1}, 6) is None
+
+
+def test_curation_tokenizer_is_the_training_tokenizer_without_torch(tmp_path, tiny_models):
+    """`trainctl curate` loads builtin:tiny's tokenizer the light way (no torch import, ~3 s less start-up); it
+    must count and render exactly as the tokenizer training uses, or too_long verdicts would disagree."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from daemon.models import load_tokenizer; "
+            f"t = load_tokenizer('builtin:tiny', Path({str(tiny_models)!r}), light=True); "
+            "print(type(t).__name__, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[1] == "False", "the light tokenizer imported torch"
+    light = load_tokenizer("builtin:tiny", tiny_models, light=True)
+    full = load_tokenizer("builtin:tiny", tiny_models)
+    convs = [[{"role": "user", "content": "Uppercase: ünïcode ✓ 😀"}, {"role": "assistant", "content": "ÜNÏCODE"}],
+             [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
+              {"role": "assistant", "content": "a"}, {"role": "tool", "content": '{"x": 1}'}]]
+    for conv in convs:
+        for gen in (False, True):
+            text = full.apply_chat_template(conv, tokenize=False, add_generation_prompt=gen)
+            assert light.apply_chat_template(conv, tokenize=False, add_generation_prompt=gen) == text
+            ids = full(text, add_special_tokens=False)["input_ids"]
+            assert light(text, add_special_tokens=False)["input_ids"] == ids
+    assert (light.pad_token_id, light.eos_token_id) == (full.pad_token_id, full.eos_token_id)

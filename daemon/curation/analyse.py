@@ -9,7 +9,6 @@ and the parent only decides and writes.
 from __future__ import annotations
 
 import hashlib
-import pickle
 from typing import Any, NamedTuple
 
 import orjson
@@ -43,8 +42,8 @@ class Candidate(NamedTuple):
     """The record as read (bytes or object), to build a duplicate's rejected row."""
     quality_reject: Rejected | None
     """The low_quality / low_diversity verdict, applied only if the record is not an exact duplicate."""
-    sig: bytes
-    """Pickled rensa MinHash of the word 3-gram shingles."""
+    sig: Any
+    """rensa MinHash of the word 3-gram shingles (pickled once, with the outcome, on its way from a worker)."""
     words: str
     """Normalised text (lower-cased words) for the exact Jaccard check."""
     row: bytes
@@ -52,6 +51,19 @@ class Candidate(NamedTuple):
     chars: int
     ident: str
     split_key: str
+    split: str
+    """train / val / test, from split_key (a near-duplicate cluster's records take their root's instead)."""
+
+
+def split_of(key: str, cfg: CurationConfig) -> str:
+    """Deterministic split from a hash: the same content lands in the same split on every run."""
+    h = hashlib.sha256(f"{cfg.seed}:{key}".encode()).digest()
+    u = int.from_bytes(h[:8], "big") / 2**64
+    if u < cfg.val_fraction:
+        return "val"
+    if u < cfg.val_fraction + cfg.test_fraction:
+        return "test"
+    return "train"
 
 
 def content_hash(turns: list[tuple[str, list[str]]]) -> str:
@@ -191,11 +203,12 @@ class Analyser:
             elif q.score < q.threshold:
                 verdict = rejected_row(ex.raw, "", line, "low_quality", {}, q)
         words = [w for _, ws in turns for w in ws]
-        sig = pickle.dumps(NearDupIndex.signature(shingles(words)))
+        sig = NearDupIndex.signature(shingles(words))
         row = ex.to_record()
         row["quality_score"] = q.score
         return Candidate(line, bytes.fromhex(key[:32]), payload, verdict, sig, " ".join(words),
-                         orjson.dumps(row, default=str), sum(len(m.content) for m in ex.messages), _ident(ex), key)
+                         orjson.dumps(row, default=str), sum(len(m.content) for m in ex.messages), _ident(ex), key,
+                         split_of(key, self.cfg))
 
 
 # -- worker-process plumbing: the analyser is handed to forked workers through this global ------------------------

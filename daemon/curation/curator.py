@@ -12,7 +12,6 @@ import hashlib
 import itertools
 import multiprocessing
 import os
-import pickle
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -34,6 +33,7 @@ from daemon.curation.analyse import (
     analyse_in_worker,
     rejected_row,
     set_worker_analyser,
+    split_of,
 )
 from daemon.curation.neardup import NearDupIndex
 from daemon.curation.quality import QualityScorer
@@ -55,17 +55,6 @@ class CurationResult:
     @property
     def total_accepted(self) -> int:
         return sum(self.accepted.values())
-
-
-def split_of(key: str, cfg: CurationConfig) -> str:
-    """Deterministic split from a hash: the same content lands in the same split on every run."""
-    h = hashlib.sha256(f"{cfg.seed}:{key}".encode()).digest()
-    u = int.from_bytes(h[:8], "big") / 2**64
-    if u < cfg.val_fraction:
-        return "val"
-    if u < cfg.val_fraction + cfg.test_fraction:
-        return "test"
-    return "train"
 
 
 def file_sha256(path: Path) -> str:
@@ -183,7 +172,7 @@ class Curator:
         if c.quality_reject is not None:
             self._reject(c.quality_reject)
             return
-        sig = pickle.loads(c.sig)
+        sig = c.sig
         if self.cfg.near_duplicates == "keep":
             self._keep_in_cluster(c, sig)
             return
@@ -196,7 +185,7 @@ class Curator:
             return
         self.near.add(len(self.kept), sig, c.words)
         self.kept.append(_Kept(c.line, c.ident, c.split_key))
-        self._accept(split_of(c.split_key, self.cfg), c.chars, c.row)
+        self._accept(c.split, c.chars, c.row)
 
     def _accept(self, split: str, chars: int, row: bytes) -> None:
         self._counts[split] += 1
