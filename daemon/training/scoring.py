@@ -135,7 +135,9 @@ def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: 
                     outputs[i] = tok.decode(plan.tokens, skip_special_tokens=True)
                 else:
                     plans.append((row, i, plan))
-            if plans:
+            if plans and getattr(out, "past_key_values", None) is None:  # a model that returned no cache
+                from_prompt += [i for _, i, _ in plans]
+            elif plans:
                 _continue(model, out.past_key_values, attn, plans, tok.eos_token_id, cap, device)
                 for _, i, plan in plans:
                     outputs[i] = tok.decode(plan.tokens, skip_special_tokens=True)

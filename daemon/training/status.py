@@ -19,6 +19,8 @@ from transformers import TrainerCallback
 
 from daemon.atomic import write_bytes_atomic
 
+_INDENTED = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -67,7 +69,7 @@ class StatusWriter(TrainerCallback):
             return {}
         self._last_write = t
         doc = self.snapshot(state)
-        write_bytes_atomic(self.status_path, orjson.dumps(doc, default=str, option=orjson.OPT_INDENT_2) + b"\n",
+        write_bytes_atomic(self.status_path, orjson.dumps(doc, default=str, option=_INDENTED) + b"\n",
                            durable=force)
         return doc
 
@@ -75,7 +77,7 @@ class StatusWriter(TrainerCallback):
         if self._metrics is None:
             self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
             self._metrics = open(self.metrics_path, "ab")
-        self._metrics.write(orjson.dumps(row, default=str) + b"\n")
+        self._metrics.write(orjson.dumps(row, default=str, option=orjson.OPT_NON_STR_KEYS) + b"\n")
         self._metrics.flush()
 
     def close(self) -> None:
