@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -81,6 +82,38 @@ def iter_jsonl(path: Path):
                 if line.endswith("\n"):
                     raise
                 return  # a torn last line: the writer was killed mid-append
+
+
+def _json_line(row: Any) -> bytes:
+    return json.dumps(row, ensure_ascii=False, default=str).encode("utf-8")
+
+
+class JsonlAppender:
+    """Appends JSON lines to a file kept open for many rows (training metrics, bench results). Each line is written
+    and flushed to the OS at once, so a reader or a killed process never sees half of one; it is fsynced at most
+    every `fsync_seconds` and at close (None: never, left to the OS). `dumps` turns a row into bytes."""
+
+    def __init__(self, path: Path, fsync_seconds: float | None = None, dumps: Callable[[Any], bytes] = _json_line):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(path, "ab")
+        self.fsync_seconds = fsync_seconds
+        self.dumps = dumps
+        self.last_sync = time.monotonic()
+
+    def write(self, row: Any) -> None:
+        self.fh.write(self.dumps(row) + b"\n")
+        self.fh.flush()
+        if self.fsync_seconds is not None and time.monotonic() - self.last_sync >= self.fsync_seconds:
+            self.sync()
+
+    def sync(self) -> None:
+        os.fsync(self.fh.fileno())
+        self.last_sync = time.monotonic()
+
+    def close(self) -> None:
+        if self.fsync_seconds is not None:
+            self.sync()
+        self.fh.close()
 
 
 def append_jsonl(path: Path, row: Any, fsync: bool = False) -> None:

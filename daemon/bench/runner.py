@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.atomic import iter_jsonl, repair_torn_tail, write_bytes_atomic
+from daemon.atomic import JsonlAppender, iter_jsonl, repair_torn_tail, write_bytes_atomic
 from daemon.bench.backends import Backend, Completion, Request
 from daemon.bench.prompts import BenchPrompt, iter_prompts, scan_prompt_file
 from daemon.bench.state import BenchState, Progress, RunInfo, fingerprint_changes, load_run
@@ -152,30 +152,6 @@ def result_row(run: str, model: str, prompt: BenchPrompt, c: Completion | None, 
     return row
 
 
-class ResultsWriter:
-    """Appends one line per result: written and flushed to the OS at once (a kill loses nothing written), fsynced
-    at most every `fsync_seconds` (a power cut loses at most that long)."""
-
-    def __init__(self, path: Path, fsync_seconds: float):
-        self.fh = open(path, "ab")
-        self.fsync_seconds = fsync_seconds
-        self.last_sync = time.monotonic()
-
-    def write(self, row: dict[str, Any]) -> None:
-        self.fh.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
-        self.fh.flush()
-        if time.monotonic() - self.last_sync >= self.fsync_seconds:
-            self.sync()
-
-    def sync(self) -> None:
-        os.fsync(self.fh.fileno())
-        self.last_sync = time.monotonic()
-
-    def close(self) -> None:
-        self.sync()
-        self.fh.close()
-
-
 # ---------------------------------------------------------------- the run
 
 class BenchRunner:
@@ -236,7 +212,7 @@ class BenchRunner:
         return info, ok | bad, repaired
 
     # -- the prompt stream: skip what has a result, render the rest
-    def _requests(self, tok: Any, pending: dict[str, BenchPrompt], writer: ResultsWriter,
+    def _requests(self, tok: Any, pending: dict[str, BenchPrompt], writer: JsonlAppender,
                   done: set[str], info: RunInfo) -> Iterator[Request]:
         c = self.spec.cfg
         max_pos = _max_positions(tok)
@@ -261,7 +237,7 @@ class BenchRunner:
                           c.temperature if p.temperature is None else p.temperature,
                           c.top_p if p.top_p is None else p.top_p, request_seed(c.seed, p.custom_id))
 
-    def _record(self, writer: ResultsWriter, info: RunInfo, p: BenchPrompt, c: Completion | None,
+    def _record(self, writer: JsonlAppender, info: RunInfo, p: BenchPrompt, c: Completion | None,
                 error: str | None) -> None:
         writer.write(result_row(self.spec.name, self.spec.model, p, c, error))
         prog = info.progress
@@ -293,7 +269,7 @@ class BenchRunner:
         skipped = len(done)
         self.written = 0
         restore = self._signals()
-        writer = ResultsWriter(self.results, self.spec.cfg.fsync_seconds)
+        writer = JsonlAppender(self.results, self.spec.cfg.fsync_seconds)  # a power cut loses at most that long
         session_start = time.monotonic()
         last_save = 0.0
 

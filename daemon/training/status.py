@@ -17,9 +17,13 @@ from typing import Any
 import orjson
 from transformers import TrainerCallback
 
-from daemon.atomic import write_bytes_atomic
+from daemon.atomic import JsonlAppender, write_bytes_atomic
 
 _INDENTED = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+
+
+def _metrics_line(row: dict[str, Any]) -> bytes:
+    return orjson.dumps(row, default=str, option=orjson.OPT_NON_STR_KEYS)
 
 
 def now_iso() -> str:
@@ -43,7 +47,7 @@ class StatusWriter(TrainerCallback):
         self.echo = echo
         self._last_write = 0.0
         self._last_echo = 0.0
-        self._metrics: Any = None  # the open metrics.jsonl
+        self._metrics: JsonlAppender | None = None  # metrics.jsonl, open from the first row
         self.fields: dict[str, Any] = {}
 
     def set(self, **fields: Any) -> None:
@@ -75,10 +79,8 @@ class StatusWriter(TrainerCallback):
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         if self._metrics is None:
-            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            self._metrics = open(self.metrics_path, "ab")
-        self._metrics.write(orjson.dumps(row, default=str, option=orjson.OPT_NON_STR_KEYS) + b"\n")
-        self._metrics.flush()
+            self._metrics = JsonlAppender(self.metrics_path, dumps=_metrics_line)
+        self._metrics.write(row)
 
     def close(self) -> None:
         if self._metrics is not None:
