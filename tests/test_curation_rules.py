@@ -3,6 +3,7 @@ quality thresholds per domain, plugin scorers, near-duplicate clusters kept in o
 
 from __future__ import annotations
 
+import gc
 import json
 from collections import defaultdict
 
@@ -228,3 +229,4 @@ def test_curation_in_worker_processes_matches_in_process(tmp_path):
     b = _curate(tmp_path, rows, name="two.jsonl", workers=2)
     assert a[0].accepted == b[0].accepted and a[2] == b[2] and a[3] == b[3]
     assert a[0].total_accepted + a[0].rejected == 5000 and a[0].total_accepted > 0  # 3 chunks: the pool ran
+    assert gc.isenabled()  # paused for each chunk only, on again afterwards

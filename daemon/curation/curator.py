@@ -31,6 +31,7 @@ from daemon.curation.analyse import (
     Item,
     Rejected,
     analyse_in_worker,
+    gc_paused,
     rejected_row,
     set_worker_analyser,
     split_of,
@@ -117,14 +118,15 @@ class Curator:
             if self.cfg.near_duplicates == "keep":
                 self._pending = stack.enter_context(open(pending, "wb"))
                 stack.callback(pending.unlink, missing_ok=True)
-            for outcomes, tokenised in self._analysed(_chunks(read_items(src), self.CHUNK), stack):
+            for items, (outcomes, tokenised) in self._analysed(_chunks(read_items(src), self.CHUNK), stack):
                 self.tokenised += tokenised
                 lines_read += len(outcomes)
-                for o in outcomes:
-                    if isinstance(o, Rejected):
-                        self._reject(o)
-                    else:
-                        self._decide(o)
+                with gc_paused():
+                    for o, (_, payload) in zip(outcomes, items):
+                        if isinstance(o, Rejected):
+                            self._reject(o)
+                        else:
+                            self._decide(o, payload)
                 if self.progress:
                     self.progress(lines_read)
             if self.cfg.near_duplicates == "keep":
@@ -141,33 +143,36 @@ class Curator:
                                  f"see {out_dir / 'rejected.jsonl'} or run `trainctl rejected {out_dir}`")
         return result
 
-    def _analysed(self, chunks: Iterator[list[Item]], stack: ExitStack) -> Iterator[tuple[list, int]]:
-        """Analysed chunks in order: the first two here, the rest through a forked pool if there are more."""
+    def _analysed(self, chunks: Iterator[list[Item]], stack: ExitStack) -> Iterator[tuple[list[Item], Any]]:
+        """(chunk, its analysis) in order: the first two here, the rest through a forked pool if there are more.
+        The chunk's raw records stay in this process (a duplicate's rejected row is built from them), so that
+        workers send back only what the decisions need."""
         first = list(itertools.islice(chunks, 2))
         if self.workers <= 1 or len(first) < 2 or "fork" not in multiprocessing.get_all_start_methods():
             for chunk in itertools.chain(first, chunks):
-                yield self.analyser.chunk(chunk)
+                yield chunk, self.analyser.chunk(chunk)
             return
         set_worker_analyser(self.analyser)  # forked workers inherit it (and the plugin scorers) as they are
         try:
             pool = stack.enter_context(multiprocessing.get_context("fork").Pool(self.workers))
             # A bounded window of chunks in flight (Pool.imap would read the whole file ahead into its queue).
-            window: deque[Any] = deque()
+            window: deque[tuple[list[Item], Any]] = deque()
             for chunk in itertools.chain(first, chunks):
-                window.append(pool.apply_async(analyse_in_worker, (chunk,)))
+                window.append((chunk, pool.apply_async(analyse_in_worker, (chunk,))))
                 if len(window) >= 2 * self.workers:
-                    yield window.popleft().get()
+                    yield _received(*window.popleft())
             while window:
-                yield window.popleft().get()
+                yield _received(*window.popleft())
         finally:
             set_worker_analyser(None)
 
     # -- decisions that depend on the records before, in file order -------------------------------------------------
 
-    def _decide(self, c: Candidate) -> None:
+    def _decide(self, c: Candidate, payload: Any) -> None:
+        """payload: the record as read (line bytes or parsed array element), for a duplicate's rejected row."""
         first = self.seen.setdefault(c.key, c.line)
         if first != c.line:
-            self._reject(self._rejected_raw(c, "duplicate", {"duplicate_of_line": first}))
+            self._reject(_rejected_raw(payload, c.line, "duplicate", {"duplicate_of_line": first}))
             return
         if c.quality_reject is not None:
             self._reject(c.quality_reject)
@@ -179,7 +184,7 @@ class Curator:
         match = self.near.find(sig, c.words)
         if match is not None:
             root = self.kept[match.key]
-            self._reject(self._rejected_raw(c, "near_duplicate", {
+            self._reject(_rejected_raw(payload, c.line, "near_duplicate", {
                 "duplicate_of": root.ident, "duplicate_of_line": root.line,
                 "similarity": round(match.similarity, 4)}))
             return
@@ -219,11 +224,6 @@ class Curator:
                 root = self.kept[self._find(int(idx))]
                 self._accept(split_of(root.key, self.cfg), int(chars), row)
 
-    @staticmethod
-    def _rejected_raw(c: Candidate, reason: str, details: dict[str, Any]) -> Rejected:
-        obj = orjson.loads(c.raw) if isinstance(c.raw, bytes) else c.raw
-        return rejected_row(obj, "", c.line, reason, details)
-
     def _reject(self, r: Rejected) -> None:
         self._reasons[r.reason] += 1
         if r.detail:
@@ -255,6 +255,16 @@ class Curator:
                          "loss_on": self.train_cfg.loss_on, "model": self.train_cfg.model},
             "quality_components": list(self.quality.weights),
             "started_at": _iso(started), "finished_at": _iso(time.time())})
+
+
+def _rejected_raw(payload: Any, line: int, reason: str, details: dict[str, Any]) -> Rejected:
+    return rejected_row(orjson.loads(payload) if isinstance(payload, bytes) else payload, "", line, reason, details)
+
+
+def _received(chunk: list[Item], result: Any) -> tuple[list[Item], Any]:
+    """A chunk and its analysis from a worker; unpickling it builds thousands of objects, so the collector waits."""
+    with gc_paused():
+        return chunk, result.get()
 
 
 def _chunks(items: Iterable[Item], n: int) -> Iterator[list[Item]]:

@@ -50,7 +50,9 @@ class NearDupIndex:
         self._words: dict[int, str] = {}  # key -> normalised text, for the exact Jaccard check
 
     @staticmethod
-    def signature(shingle_set: list[str]):
+    def signature(shingle_set: list[str]) -> Any:
+        """The rensa MinHash of one shingle set. (Not rensa's faster bulk `from_token_sets`: it runs on a rayon
+        thread pool, and a process that has started one deadlocks the workers it forks later.)"""
         from rensa import RMinHash
 
         m = RMinHash(NUM_PERM, SEED)

@@ -140,26 +140,32 @@ class QualityScorer:
     def threshold(self, domain: str | None) -> float:
         return self.cfg.domain_min_quality.get(domain or "", self.cfg.min_quality)
 
-    def score(self, ex: Example) -> Quality:
+    def score(self, ex: Example, words: list[str] | None = None) -> Quality:
+        """`words`: the answer lower-cased and split on whitespace, when the caller has it already."""
         answer = ex.answer
-        tokens = answer.split()
-        words = answer.lower().split()
+        if words is None:
+            words = answer.lower().split()
         comps: dict[str, float] = {
             "diversity": diversity(words),
-            "coherence": coherence(answer, tokens),
+            "coherence": coherence(answer, answer.split()),
             "repetition": repetition(words),
             "length_fitness": length_fitness(len(answer), self.lo, self.hi),
         }
-        g = grounding(words, context_of(ex))
-        if g is not None:
-            comps["grounding"] = g
+        context = context_of(ex)
+        if context:
+            g = grounding(words, context)
+            if g is not None:
+                comps["grounding"] = g
         for name, fn in self.plugins:
             comps.update(self._plugin(name, fn, ex))
         # Weighted geometric mean: one component near 0 (noise, say) pulls the score down as a weak link should,
-        # where an arithmetic mean would let three good components carry it.
-        total = sum(self.weights[k] for k in comps)
-        overall = math.exp(sum(self.weights[k] * math.log(max(v, _FLOOR)) for k, v in comps.items()) / total) \
-            if total else 1.0
+        # where an arithmetic mean would let three good components carry it. (A plain loop: this runs per record.)
+        total = logs = 0.0
+        for k, v in comps.items():
+            w = self.weights[k]
+            total += w
+            logs += w * math.log(v if v > _FLOOR else _FLOOR)
+        overall = math.exp(logs / total) if total else 1.0
         domain = ex.meta.get("domain")
         return Quality(round(overall, 4), {k: round(v, 4) for k, v in comps.items()},
                        self.threshold(domain if isinstance(domain, str) else None))
