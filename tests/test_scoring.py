@@ -67,3 +67,54 @@ def test_answers_equal_generation_at_every_stage_of_training(tiny_models):
             opt.zero_grad()
     # The stages covered both roads: answers read off the pass, and answers decoded after a wrong token.
     assert {"reproduced", "decoded", "partly right"} <= kinds
+
+
+def test_lora_model_answers_merged_as_it_generates_unmerged(tiny_models, monkeypatch):
+    """Scoring merges LoRA into copies of the base weights (a faster pass): answers must still be what the
+    unmerged adapter generates, losses the same to float rounding, and the base weights untouched after."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForCausalLM
+
+    from daemon.generation import generate_texts
+    from daemon.models import load_tokenizer, resolve_model_path
+    from daemon.training import scoring
+    from daemon.training.data import PadCollator, encode_messages
+
+    tok = load_tokenizer("builtin:tiny", tiny_models)
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_path("builtin:tiny", tiny_models))
+    model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
+                                            modules_to_save=["lm_head"], task_type="CAUSAL_LM"))
+    convs = _conversations()
+    probe = scoring.prepare_probe(tok, convs, 512, "assistant")
+    train = [vars(encode_messages(tok, c, 512)) for c in convs]
+    collate = PadCollator(tok.pad_token_id)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    lora_layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    seen = set()
+    for stage in range(4):
+        model.eval()
+        reference = [t["text"] for t in generate_texts(model, tok, probe.prompts,
+                                                       max_new_tokens=min(64, probe.longest + 2), batch_size=16)]
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        with scoring.lora_merged(model):
+            assert all(m.disable_adapters for m in lora_layers)  # merged: the adapter's own path is off
+        sc, outputs, _ = scoring.answer(model, tok, probe, 64, 128)
+        assert outputs == reference, f"stage {stage}"
+        assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # put back bit for bit
+        assert not any(m.disable_adapters for m in lora_layers)
+        monkeypatch.setattr(scoring, "MERGE_BUDGET_BYTES", 0)  # too big to merge: the adapter's own path
+        sc_unmerged, outputs_unmerged, _ = scoring.answer(model, tok, probe, 64, 128)
+        monkeypatch.undo()
+        assert outputs_unmerged == outputs
+        assert max(abs(a - b) for a, b in zip(sc.loss, sc_unmerged.loss)) < 1e-4
+        seen |= {"reproduced" if ok else "decoded" for ok in sc.greedy_match}
+        model.train()
+        for _ in range(15):  # the first 8 examples only, so that some are learned word for word early
+            batch = collate([{"input_ids": t["input_ids"], "labels": t["labels"]} for t in train[:8]])
+            model(**batch).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    assert seen == {"reproduced", "decoded"}
