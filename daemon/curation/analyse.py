@@ -58,12 +58,12 @@ class Candidate(NamedTuple):
 
 @contextmanager
 def gc_paused() -> Iterator[None]:
-    """Cyclic garbage collection off for one chunk of records.
+    """Cyclic garbage collection off for the block (a chunk of records in a worker; the curator's whole run).
 
     A chunk allocates some 30 containers a record (parsed JSON, messages, word lists) and builds no reference
-    cycles; left on, the collector keeps re-scanning the chunk's survivors and the curator's growing dedup index,
-    which measured 40% of the analysis time. Refcounting frees everything as usual; whatever a plugin scorer
-    leaves in a cycle is collected once the collector is back on, after the chunk."""
+    cycles; left on, the collector keeps re-scanning the chunk's survivors and the curator's growing dedup index.
+    Refcounting frees everything as usual; whatever a plugin scorer leaves in a cycle is collected once the
+    collector is back on."""
     was_on = gc.isenabled()
     gc.disable()
     try:

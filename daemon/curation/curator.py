@@ -111,6 +111,10 @@ class Curator:
         self._chars: dict[str, list[int]] = {s: [] for s in SPLITS}
         lines_read = 0
         with ExitStack() as stack:  # the four files appear whole at the end, or not at all
+            # No cyclic GC in this process for the run: the dedup index grows to hundreds of thousands of objects
+            # that every full collection would walk again, and nothing here builds reference cycles (the pool's
+            # result thread unpickles the workers' outcomes under the same pause). Refcounting frees as usual.
+            stack.enter_context(gc_paused())
             self._out = {s: stack.enter_context(atomic_open(out_dir / f"{s}.jsonl", "wb")) for s in SPLITS}
             self._rejected = stack.enter_context(atomic_open(out_dir / "rejected.jsonl", "wb"))
             pending = out_dir / ".pending-clusters.jsonl"
@@ -121,12 +125,11 @@ class Curator:
             for items, (outcomes, tokenised) in self._analysed(_chunks(read_items(src), self.CHUNK), stack):
                 self.tokenised += tokenised
                 lines_read += len(outcomes)
-                with gc_paused():
-                    for o, (_, payload) in zip(outcomes, items):
-                        if isinstance(o, Rejected):
-                            self._reject(o)
-                        else:
-                            self._decide(o, payload)
+                for o, (_, payload) in zip(outcomes, items):
+                    if isinstance(o, Rejected):
+                        self._reject(o)
+                    else:
+                        self._decide(o, payload)
                 if self.progress:
                     self.progress(lines_read)
             if self.cfg.near_duplicates == "keep":
@@ -160,9 +163,11 @@ class Curator:
             for chunk in itertools.chain(first, chunks):
                 window.append((chunk, pool.apply_async(analyse_in_worker, (chunk,))))
                 if len(window) >= 2 * self.workers:
-                    yield _received(*window.popleft())
+                    chunk_done, result = window.popleft()
+                    yield chunk_done, result.get()
             while window:
-                yield _received(*window.popleft())
+                chunk_done, result = window.popleft()
+                yield chunk_done, result.get()
         finally:
             set_worker_analyser(None)
 
@@ -259,12 +264,6 @@ class Curator:
 
 def _rejected_raw(payload: Any, line: int, reason: str, details: dict[str, Any]) -> Rejected:
     return rejected_row(orjson.loads(payload) if isinstance(payload, bytes) else payload, "", line, reason, details)
-
-
-def _received(chunk: list[Item], result: Any) -> tuple[list[Item], Any]:
-    """A chunk and its analysis from a worker; unpickling it builds thousands of objects, so the collector waits."""
-    with gc_paused():
-        return chunk, result.get()
 
 
 def _chunks(items: Iterable[Item], n: int) -> Iterator[list[Item]]:
