@@ -63,7 +63,7 @@ def gc_paused() -> Iterator[None]:
     A chunk allocates some 30 containers a record (parsed JSON, messages, word lists) and builds no reference
     cycles; left on, the collector keeps re-scanning the chunk's survivors and the curator's growing dedup index.
     Refcounting frees everything as usual; whatever a plugin scorer leaves in a cycle is collected once the
-    collector is back on."""
+    collector is back on: between chunks in a worker, after the run in the curator's process."""
     was_on = gc.isenabled()
     gc.disable()
     try:

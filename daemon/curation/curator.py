@@ -8,6 +8,7 @@ exact duplicate, then the quality verdict, then near duplicate. Only the dedup i
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import multiprocessing
@@ -157,7 +158,9 @@ class Curator:
             return
         set_worker_analyser(self.analyser)  # forked workers inherit it (and the plugin scorers) as they are
         try:
-            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(self.workers))
+            # Workers are forked from this run, where the collector is paused; each turns it back on for the time
+            # between its chunks (Analyser.chunk pauses it again while it analyses one).
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(self.workers, initializer=gc.enable))
             # A bounded window of chunks in flight (Pool.imap would read the whole file ahead into its queue).
             window: deque[tuple[list[Item], Any]] = deque()
             for chunk in itertools.chain(first, chunks):
