@@ -28,14 +28,19 @@ def _conversations() -> list[list[Message]]:
     return convs
 
 
-def test_answers_equal_generation_at_every_stage_of_training(tiny_models):
+def test_answers_equal_generation_at_every_stage_of_training(tiny_models, monkeypatch):
     import torch
     from transformers import AutoModelForCausalLM
 
     from daemon.generation import generate_texts
     from daemon.models import load_tokenizer, resolve_model_path
+    from daemon.training import scoring
     from daemon.training.data import PadCollator, encode_messages
     from daemon.training.scoring import answer, prepare_probe
+
+    shared = []  # the shared prefix of every scoring batch
+    find_prefix = scoring._shared_prefix
+    monkeypatch.setattr(scoring, "_shared_prefix", lambda encs: shared.append(find_prefix(encs)) or shared[-1])
 
     tok = load_tokenizer("builtin:tiny", tiny_models)
     torch.manual_seed(0)
@@ -54,6 +59,14 @@ def test_answers_equal_generation_at_every_stage_of_training(tiny_models):
         for batch_size in (128, 7):  # one scoring batch, and several (the cache of each is its own)
             sc, outputs, decoded = answer(model, tok, probe, 64, batch_size)
             assert outputs == reference, f"stage {stage}, batch size {batch_size}"
+        # Batches of 7 demo rows share "<|user|>Uppercase: ", processed once; the same scores without sharing.
+        assert 12 in shared and 0 in shared  # (the batch of all rows, a system prompt among them, shares nothing)
+        whole, whole_outputs, _ = answer(model, tok, probe, 64, 7, share_prefix=False)
+        sc7, outputs7, _ = answer(model, tok, probe, 64, 7)
+        assert whole_outputs == outputs7 == reference
+        assert whole.greedy_match == sc7.greedy_match
+        assert max(abs(a - b) for a, b in zip(whole.loss, sc7.loss)) < 1e-5
+        assert max(abs(a - b) for a, b in zip(whole.golden_prob, sc7.golden_prob)) < 1e-5
         assert len(sc.loss) == len(sc.golden_prob) == len(convs)
         kinds |= {"reproduced" if ok else "decoded" for ok in sc.greedy_match}
         kinds.add("partly right" if any(o and g.startswith(o[:1]) and o != g

@@ -12,6 +12,10 @@ exactly by its golden answer, and any other one by its golden prefix, the first 
 decoded from the pass's own key/value cache (the context is already in it). No prompt is processed twice; only
 models whose cache cannot be used this way (sliding windows, linear attention, flash-attention's own padding
 handling) go through `generate` from the prompt instead.
+
+The tokens every row of a batch begins with (a system prompt, a chat template's opening, an instruction's fixed
+wording) are processed once: one row's pass over that shared prefix fills the key/value cache, which is repeated
+for every row, and the batch's pass covers only what follows it. With a long system prompt that is most of the work.
 """
 
 from __future__ import annotations
@@ -21,8 +25,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+BATCH_ROWS = 128
+"""Rows per scoring batch (the token budget may make it fewer). Decoding costs about the same per step whatever
+the batch, so the fewer batches the fewer steps."""
 TOKEN_BUDGET = 8192
 """Tokens per scoring batch (rows x padded width): bounds the logits and the key/value cache a batch holds."""
+MIN_SHARED_PREFIX = 4
+"""Shared leading tokens worth a pass of their own (below this the extra forward call costs more than it saves)."""
 MERGE_BUDGET_BYTES = 256 << 20
 """Largest total size of the LoRA-targeted weights that `lora_merged` copies; bigger models answer unmerged."""
 
@@ -97,10 +106,37 @@ def _cache_continues(model: Any) -> bool:
     return kinds == {"full_attention"} and not getattr(cfg, "sliding_window", None)
 
 
+def _shared_prefix(encs: list[Any]) -> int:
+    """How many leading tokens every row shares and none is scored on (a row's first labelled token is predicted
+    by the position before it, which must lie in the batch's own pass); 0 when too few to be worth a pass."""
+    first = encs[0].input_ids
+    n = min(min(len(e.input_ids) for e in encs) - 1,
+            min(next((t for t, label in enumerate(e.labels) if label != -100), len(e.labels)) for e in encs) - 1)
+    for e in encs[1:]:
+        ids = e.input_ids
+        k = 0
+        while k < n and ids[k] == first[k]:
+            k += 1
+        n = k
+    return n if n >= MIN_SHARED_PREFIX and len(encs) > 1 else 0
+
+
+def _forward(model: Any, ids: Any, attn: Any, prefix: int, use_cache: bool) -> Any:
+    """The batch's teacher-forced pass. With a shared prefix, one row's pass over it fills the cache, repeated
+    for every row, and the batch's pass covers only the rest: logits [b, t - prefix, vocab]."""
+    if not prefix:
+        return model(input_ids=ids, attention_mask=attn, use_cache=use_cache)
+    cache = model(input_ids=ids[:1, :prefix], use_cache=True).past_key_values  # [1, heads, prefix, head_dim]
+    cache.batch_repeat_interleave(ids.shape[0])
+    # Positions continue from the cache's length; right padding keeps every row's real tokens at their positions.
+    return model(input_ids=ids[:, prefix:], attention_mask=attn, past_key_values=cache, use_cache=True)
+
+
 def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: int,
-           token_budget: int = TOKEN_BUDGET) -> tuple[Scores, list[str], int]:
+           token_budget: int = TOKEN_BUDGET, share_prefix: bool = True) -> tuple[Scores, list[str], int]:
     """Scores, and what greedy decoding answers to each prompt (see the module docstring). The model must be in
-    eval mode. Returns (scores, outputs, how many examples needed decoding beyond their golden answer)."""
+    eval mode. Returns (scores, outputs, how many examples needed decoding beyond their golden answer).
+    `share_prefix=False` runs every row's whole sequence (the same results, to float rounding)."""
     import torch
 
     from daemon.generation import generate_texts
@@ -121,8 +157,12 @@ def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: 
             labels = torch.tensor([e.labels + [-100] * (width - len(e.labels)) for e in encs], device=device)
             lengths = torch.tensor([len(e.input_ids) for e in encs], device=device)
             attn = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()  # [b, t]
-            out = model(input_ids=ids, attention_mask=attn, use_cache=continues)
-            top = _score_batch(out.logits, labels, sc)  # [b, t]: argmax at t, the prediction of token t+1
+            # The cache API that repeats a prefix goes with models whose cache decoding may continue from.
+            prefix = _shared_prefix(encs) if share_prefix and continues else 0
+            out = _forward(model, ids, attn, prefix, continues)
+            top = _score_batch(out.logits, labels[:, prefix:], sc)  # [b, t - prefix]: argmax, token t+1's prediction
+            if prefix:  # absolute positions again (the shared ones are never read: no answer token is predicted there)
+                top = torch.cat([torch.full((len(idx), prefix), -1, dtype=top.dtype), top], dim=1)
             n_before = len(sc.greedy_match) - len(idx)
             plans = []
             for row, i in enumerate(idx):
@@ -206,8 +246,12 @@ def _continue(model: Any, cache: Any, attn: Any, plans: list[tuple[int, int, _Pl
 
     rows = torch.tensor([row for row, _, _ in plans], device=device)
     cache.reorder_cache(rows)  # keep only the rows still decoding: [n, heads, width, head_dim]
-    width = attn.shape[1]
     pos = torch.tensor([p.position for _, _, p in plans], device=device)  # [n]
+    # Columns at and after the last row's position hold golden tokens no row reads any more (each row's context
+    # ends before its position): cropped, so that each step's cache update copies and attends to less.
+    width = max(p.position for _, _, p in plans)
+    if width < attn.shape[1]:
+        cache.crop(width - attn.shape[1])  # a negative count removes that many: [n, heads, width, head_dim]
     # Each row sees its context (positions before its last token), not the golden tokens after it, then what it
     # decodes: a padding mask with a hole, and explicit positions so rotary embeddings stay right.
     mask = (torch.arange(width, device=device)[None, :] < pos[:, None]).long()  # [n, width]

@@ -18,6 +18,7 @@ from typing import Any
 
 from daemon.atomic import write_json_atomic
 from daemon.training.collectors import Collector
+from daemon.training.scoring import BATCH_ROWS
 
 _EARLY = (0, 10, 25, 50, 100, 150, 200, 250, 500, 750, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 7500, 10000,
           15000, 20000)
@@ -36,7 +37,8 @@ class EvolutionSnapshots(Collector):
     name = "evolution"
 
     def __init__(self, tokenizer: Any, rows: list[dict[str, Any]], folder: Path, dataset: str, max_length: int = 512,
-                 max_new_tokens: int = 64, loss_on: str = "assistant", throughput: Any = None, batch_size: int = 128):
+                 max_new_tokens: int = 64, loss_on: str = "assistant", throughput: Any = None,
+                 batch_size: int = BATCH_ROWS):
         self.tok, self.rows, self.folder, self.dataset = tokenizer, rows, folder, dataset
         self.max_length, self.max_new_tokens, self.loss_on = max_length, max_new_tokens, loss_on
         self.throughput, self.batch_size = throughput, batch_size

@@ -16,6 +16,7 @@ from collections import deque
 from typing import Any
 
 from daemon.training.collectors import Collector
+from daemon.training.scoring import BATCH_ROWS
 
 ECE_BINS = 15
 
@@ -37,7 +38,8 @@ class FixedEval(Collector):
     name = "fixed_eval"
 
     def __init__(self, tokenizer: Any, rows: list[dict[str, Any]], eval_steps: int, max_length: int = 512,
-                 max_new_tokens: int = 64, loss_on: str = "assistant", throughput: Any = None, batch_size: int = 16):
+                 max_new_tokens: int = 64, loss_on: str = "assistant", throughput: Any = None,
+                 batch_size: int = BATCH_ROWS):
         from daemon.training.data import messages_of
 
         self.tok = tokenizer
