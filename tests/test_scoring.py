@@ -68,6 +68,7 @@ def test_answers_equal_generation_at_every_stage_of_training(tiny_models, monkey
         assert max(abs(a - b) for a, b in zip(whole.loss, sc7.loss)) < 1e-5
         assert max(abs(a - b) for a, b in zip(whole.golden_prob, sc7.golden_prob)) < 1e-5
         assert len(sc.loss) == len(sc.golden_prob) == len(convs)
+        assert (sc.decode_seconds > 0) == (decoded > 0)  # decoding is timed apart from the pass
         kinds |= {"reproduced" if ok else "decoded" for ok in sc.greedy_match}
         kinds.add("partly right" if any(o and g.startswith(o[:1]) and o != g
                                         for o, g in zip(outputs, probe.golden)) else "")

@@ -280,8 +280,10 @@ def train(ctx: RunContext) -> TrainOutcome:
     # Where the run's wall time went besides training steps (benchmarks/snapshot_cost.py reads these).
     if "fixed_eval" in collectors:
         metrics["fixed_eval_seconds"] = round(collectors["fixed_eval"].seconds, 3)
+        metrics["fixed_eval_decode_seconds"] = round(collectors["fixed_eval"].decode_seconds, 3)
     if "evolution" in collectors:
         metrics["snapshot_seconds"] = round(collectors["evolution"].seconds, 3)
+        metrics["snapshot_decode_seconds"] = round(collectors["evolution"].decode_seconds, 3)
         metrics["snapshots"] = collectors["evolution"].taken
     if cfg.final_eval_examples:
         status.set(state="evaluating")

@@ -20,6 +20,7 @@ for every row, and the batch's pass covers only what follows it. With a long sys
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ class Scores:
     greedy_match: list[bool] = field(default_factory=list)
     token_conf: list[float] = field(default_factory=list)
     token_correct: list[bool] = field(default_factory=list)
+    decode_seconds: float = 0.0
+    """Wall time spent decoding the answers the pass could not read off (benchmarks/snapshot_cost.py reports it)."""
 
 
 @dataclass
@@ -180,15 +183,19 @@ def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: 
             if plans and getattr(out, "past_key_values", None) is None:  # a model that returned no cache
                 from_prompt += [i for _, i, _ in plans]
             elif plans:
+                t0 = time.perf_counter()
                 _continue(model, out.past_key_values, attn, plans, tok.eos_token_id, cap, device)
+                sc.decode_seconds += time.perf_counter() - t0
                 for _, i, plan in plans:
                     outputs[i] = tok.decode(plan.tokens, skip_special_tokens=True)
             del out
     if from_prompt:
+        t0 = time.perf_counter()
         texts = generate_texts(model, tok, [probe.prompts[i] for i in from_prompt], max_new_tokens=cap,
                                batch_size=batch_size)
         for i, t in zip(from_prompt, texts):
             outputs[i] = t["text"]
+        sc.decode_seconds += time.perf_counter() - t0
     return sc, outputs, decoded
 
 

@@ -44,6 +44,8 @@ class EvolutionSnapshots(Collector):
         self.throughput, self.batch_size = throughput, batch_size
         self.taken: list[int] = []
         self.seconds = 0.0
+        self.decode_seconds = 0.0
+        """Of `seconds`, the part spent decoding answers the model does not reproduce."""
         self.errors: list[str] = []
         self._probe: Any = None
 
@@ -93,6 +95,7 @@ class EvolutionSnapshots(Collector):
         probe = self._probe
         inputs, golden = probe.questions, probe.golden
         sc, outputs, _ = answer(model, self.tok, probe, self.max_new_tokens, self.batch_size)
+        self.decode_seconds += sc.decode_seconds
         examples = []
         for i, row in enumerate(self.rows):
             out = outputs[i]

@@ -54,6 +54,8 @@ class FixedEval(Collector):
         self.history: deque[dict[str, Any]] = deque(maxlen=50)
         self.seconds = 0.0
         """Wall time of every evaluation so far (failed ones included)."""
+        self.decode_seconds = 0.0
+        """Of `seconds`, the part spent decoding answers the model does not reproduce."""
         self.last: dict[str, Any] | None = None
         self.last_results: list[dict[str, Any]] = []
         """Per example of the last evaluation: prompt, golden, output, loss, matches (for flagged examples)."""
@@ -115,6 +117,7 @@ class FixedEval(Collector):
             self._probe = prepare_probe(self.tok, self.messages, self.max_length, self.loss_on)
         golden = self._probe.golden
         sc, outputs, generated = answer(model, self.tok, self._probe, self.max_new_tokens, self.batch_size)
+        self.decode_seconds += sc.decode_seconds
         matches = [normalise_answer(o) == normalise_answer(g) for o, g in zip(outputs, golden)]
         self.last_results = [
             {**self._describe(i), "output": o, "loss": round(loss, 4), "matches": ok}
