@@ -132,3 +132,43 @@ def test_lora_model_answers_merged_as_it_generates_unmerged(tiny_models, monkeyp
             opt.step()
             opt.zero_grad()
     assert seen == {"reproduced", "decoded"}
+
+
+def test_a_model_without_a_reusable_cache_is_answered_whole_and_generated(tiny_models, monkeypatch):
+    """A model whose forward hands back no transformers Cache (remote code with its own cache, say) can neither
+    share a batch's prefix nor continue decoding from the pass: it gets whole passes and generation from the
+    prompt, with the same answers and scores."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from daemon.generation import generate_texts
+    from daemon.models import load_tokenizer, resolve_model_path
+    from daemon.training import scoring
+
+    tok = load_tokenizer("builtin:tiny", tiny_models)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path("builtin:tiny", tiny_models)).eval()
+    probe = scoring.prepare_probe(tok, _conversations()[:12], 512, "assistant")
+    reference = [t["text"] for t in generate_texts(model, tok, probe.prompts, max_new_tokens=probe.longest + 2)]
+    sc, outputs, decoded = scoring.answer(model, tok, probe, 64, 128)
+
+    forward = model.forward
+
+    def no_cache_back(*args, **kwargs):  # passes that start without a cache get none back (generate's keep theirs)
+        out = forward(*args, **kwargs)
+        if kwargs.get("past_key_values") is None:
+            out.past_key_values = None
+        return out
+
+    monkeypatch.setattr(model, "forward", no_cache_back)
+    from_prompt = []
+
+    def spy(model_, tok_, prompts, **kw):
+        from_prompt.extend(prompts)
+        return generate_texts(model_, tok_, prompts, **kw)
+
+    monkeypatch.setattr("daemon.generation.generate_texts", spy)  # answer() imports it when it runs
+    sc2, outputs2, decoded2 = scoring.answer(model, tok, probe, 64, 128)
+    assert decoded == decoded2 == len(from_prompt) == 12  # untrained: every answer decoded, here from its prompt
+    assert outputs == outputs2 == reference
+    assert max(abs(a - b) for a, b in zip(sc.loss, sc2.loss)) < 1e-5

@@ -124,15 +124,17 @@ def _shared_prefix(encs: list[Any]) -> int:
     return n if n >= MIN_SHARED_PREFIX and len(encs) > 1 else 0
 
 
-def _forward(model: Any, ids: Any, attn: Any, prefix: int, use_cache: bool) -> Any:
-    """The batch's teacher-forced pass. With a shared prefix, one row's pass over it fills the cache, repeated
-    for every row, and the batch's pass covers only the rest: logits [b, t - prefix, vocab]."""
-    if not prefix:
-        return model(input_ids=ids, attention_mask=attn, use_cache=use_cache)
-    cache = model(input_ids=ids[:1, :prefix], use_cache=True).past_key_values  # [1, heads, prefix, head_dim]
-    cache.batch_repeat_interleave(ids.shape[0])
-    # Positions continue from the cache's length; right padding keeps every row's real tokens at their positions.
-    return model(input_ids=ids[:, prefix:], attention_mask=attn, past_key_values=cache, use_cache=True)
+def _forward(model: Any, ids: Any, attn: Any, prefix: int, use_cache: bool) -> tuple[Any, int]:
+    """The batch's teacher-forced pass, and the prefix it shared. With a shared prefix, one row's pass over it
+    fills the cache, repeated for every row, and the batch's pass covers only the rest: logits [b, t - prefix,
+    vocab]. A model whose cache cannot be repeated (no transformers Cache) gets the whole pass: prefix 0."""
+    if prefix:
+        cache = model(input_ids=ids[:1, :prefix], use_cache=True).past_key_values  # [1, heads, prefix, head_dim]
+        if hasattr(cache, "batch_repeat_interleave"):
+            cache.batch_repeat_interleave(ids.shape[0])
+            # Positions continue from the cache's length; right padding keeps each row's tokens at their positions.
+            return model(input_ids=ids[:, prefix:], attention_mask=attn, past_key_values=cache, use_cache=True), prefix
+    return model(input_ids=ids, attention_mask=attn, use_cache=use_cache), 0
 
 
 def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: int,
@@ -161,8 +163,8 @@ def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: 
             lengths = torch.tensor([len(e.input_ids) for e in encs], device=device)
             attn = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()  # [b, t]
             # The cache API that repeats a prefix goes with models whose cache decoding may continue from.
-            prefix = _shared_prefix(encs) if share_prefix and continues else 0
-            out = _forward(model, ids, attn, prefix, continues)
+            out, prefix = _forward(model, ids, attn, _shared_prefix(encs) if share_prefix and continues else 0,
+                                   continues)
             top = _score_batch(out.logits, labels[:, prefix:], sc)  # [b, t - prefix]: argmax, token t+1's prediction
             if prefix:  # absolute positions again (the shared ones are never read: no answer token is predicted there)
                 top = torch.cat([torch.full((len(idx), prefix), -1, dtype=top.dtype), top], dim=1)
@@ -180,15 +182,16 @@ def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: 
                     outputs[i] = tok.decode(plan.tokens, skip_special_tokens=True)
                 else:
                     plans.append((row, i, plan))
-            if plans and getattr(out, "past_key_values", None) is None:  # a model that returned no cache
+            cache = getattr(out, "past_key_values", None)
+            if plans and not all(hasattr(cache, m) for m in ("reorder_cache", "crop")):  # no reusable cache
                 from_prompt += [i for _, i, _ in plans]
             elif plans:
                 t0 = time.perf_counter()
-                _continue(model, out.past_key_values, attn, plans, tok.eos_token_id, cap, device)
+                _continue(model, cache, attn, plans, tok.eos_token_id, cap, device)
                 sc.decode_seconds += time.perf_counter() - t0
                 for _, i, plan in plans:
                     outputs[i] = tok.decode(plan.tokens, skip_special_tokens=True)
-            del out
+            del out, cache
     if from_prompt:
         t0 = time.perf_counter()
         texts = generate_texts(model, tok, [probe.prompts[i] for i in from_prompt], max_new_tokens=cap,
