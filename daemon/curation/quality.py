@@ -151,11 +151,9 @@ class QualityScorer:
             "repetition": repetition(words),
             "length_fitness": length_fitness(len(answer), self.lo, self.hi),
         }
-        context = context_of(ex)
-        if context:
-            g = grounding(words, context)
-            if g is not None:
-                comps["grounding"] = g
+        g = grounding(words, context_of(ex))
+        if g is not None:
+            comps["grounding"] = g
         for name, fn in self.plugins:
             comps.update(self._plugin(name, fn, ex))
         # Weighted geometric mean: one component near 0 (noise, say) pulls the score down as a weak link should,
