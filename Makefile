@@ -16,10 +16,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet $(TORCH_CONSTRAINT) -e ".[dev]"
 	touch $(STAMP)
 
-# The main job: the daemon picks up the sample file from inbox/, curates it, fine-tunes builtin:tiny, then exits.
+# The main job: the daemon picks up the sample file from inbox/, curates it, fine-tunes builtin:smollm2-135m (fetched
+# once per machine into ~/.cache/trainctl/), then exits; the base model and the tuned one answer the held-out test
+# split side by side.
 demo: $(STAMP)
-	cp examples/demo_uppercase.jsonl inbox/demo_uppercase.jsonl
-	$(VENV)/bin/trainctl daemon --once --train-duplicates --epochs 6
+	cp examples/demo_reverse.jsonl inbox/demo_reverse.jsonl
+	$(VENV)/bin/trainctl daemon --once --train-duplicates --epochs 1
+	job=$$($(VENV)/bin/trainctl queue --json --limit 1 | $(PY) -c "import json,sys; print(json.load(sys.stdin)[0]['id'])") && \
+	$(VENV)/bin/trainctl bench run --job $$job --base --max-tokens 24 && \
+	$(VENV)/bin/trainctl bench run --job $$job --max-tokens 24 && \
+	$(VENV)/bin/trainctl bench compare job-$$job-base job-$$job
 	$(VENV)/bin/trainctl queue --limit 5
 	$(VENV)/bin/trainctl status
 

