@@ -135,9 +135,10 @@ def render(s: dict[str, Any]) -> Group:
         if t.get("train_exact_match") is not None:
             g.add_row("exact match (train)", f"{t['train_exact_match']:.0%}")
         if t.get("test_exact_match") is not None:
+            base = _num(t.get("base_test_exact_match"), "{:.0%}")
             g.add_row("exact match (held-out test)",
-                      f"[bold]{t['test_exact_match']:.0%}[/bold] tuned vs {_num(t.get('base_test_exact_match'), '{:.0%}')}"
-                      f" base model — `trainctl bench run --job {t.get('job_id')}` (and `--base`) for every answer")
+                      f"[bold]{t['test_exact_match']:.0%}[/bold] tuned vs {base} base model — "
+                      f"`trainctl bench run --job {t.get('job_id')}` (and `--base`) for every answer")
         g.add_row("updated", dash(t.get("updated_at")))
         parts.append(Panel(g, title="training", expand=False))
         alerts = t.get("active_alerts") or []
