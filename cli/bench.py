@@ -39,13 +39,22 @@ def _job_target(h: Home, job_id: int, base: bool) -> tuple[str, Path, Path | Non
     if not test.exists() or test.stat().st_size == 0:
         raise BenchError(f"job {job_id}'s test split ({test}) is empty — pass --prompts FILE instead")
     adapter = Path(job.adapter_dir)
-    return _adapter_base(adapter) or "builtin:tiny", test, None if base else adapter
+    return _adapter_base(adapter) or _home_model(h), test, None if base else adapter
 
 
 def _adapter_base(adapter: Path) -> str | None:
-    """The base model an adapter was trained from (trainctl saves its resolved settings beside it)."""
+    """The base model an adapter was trained from: trainctl saves its resolved settings beside it; peft's own
+    config names the folder it was loaded from."""
     cfg = read_json(adapter / "trainctl_config.json") or {}
-    return (cfg.get("train") or {}).get("model")
+    return (cfg.get("train") or {}).get("model") or \
+        (read_json(adapter / "adapter_config.json") or {}).get("base_model_name_or_path")
+
+
+def _home_model(h: Home) -> str:
+    """The home's training model (trainctl.toml, else the default)."""
+    from daemon.config import load_settings
+
+    return load_settings(h.settings_file).train.model
 
 
 def _spec(h: Home, name: str | None, model: str | None, prompts: str | None, adapter: str | None,
@@ -88,7 +97,7 @@ def _spec(h: Home, name: str | None, model: str | None, prompts: str | None, ada
         raise BenchError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json) — pass the adapter/ "
                          "folder of a job, or --job ID")
     if not model:
-        model = (_adapter_base(adapter_path) if adapter_path else None) or "builtin:tiny"
+        model = (_adapter_base(adapter_path) if adapter_path else None) or _home_model(h)
     settings = load_settings(h.settings_file, {"bench": bench_flags})
     if not name:
         tail = safe_name(model.rstrip("/").split("/")[-1].replace(":", "-"))
