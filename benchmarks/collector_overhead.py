@@ -2,7 +2,7 @@
 collector on, runs interleaved in one process; the cost of the default fixed-evaluation schedule is printed apart.
 
 Target: all collectors (evaluation off) / bare <= 1.03.
-Usage: python benchmarks/collector_overhead.py [--steps 120] [--rounds 3] [--model builtin:tiny]
+Usage: python benchmarks/collector_overhead.py [--steps 120] [--rounds 3] [--model builtin:smollm2-135m]
 On a GPU pass a bigger random-init model, e.g. --model random:llama-150m (built locally, no download).
 """
 
@@ -61,7 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--model", default="builtin:tiny")
+    ap.add_argument("--model", default="builtin:smollm2-135m")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (0 = torch's default). 1 steadies the wall times on a small shared VM.")
@@ -74,38 +74,24 @@ def main() -> None:
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from daemon.config import Settings
-    from daemon.curation.curator import Curator
-    from daemon.home import Home
-    from daemon.models import load_tokenizer
-    from daemon.training.recipe import RunContext, _collectors, _data, _model, _training_args
+    from benchmarks.prepared_job import prepare
+    from daemon.training.recipe import _collectors, _model, _training_args, resolved_config
     from daemon.training.status import StatusWriter
 
-    home = Home.open(Path(tempfile.mkdtemp(prefix="trainctl-overhead-")))
-    s = Settings()
-    s.train.max_steps = a.steps
-    s.train.batch_size = a.batch_size
-    s.train.save_steps = 10**6  # no checkpoints inside the timed runs
-    s.train.final_eval_examples = 0
-    s.train.evolution_examples = 0  # evolution snapshots are an evaluation pass too: benchmarks/snapshot_cost.py
-    tok_model = "builtin:tiny"
     if a.model.startswith("random:"):
-        s.train.model = _random_llama(a.model, home.models)
-        tok_model = "builtin:tiny"  # any tokenizer works for timing: its 262 ids fit the 32k vocabulary
+        model_path = _random_llama(a.model, Path(tempfile.mkdtemp(prefix="trainctl-random-")))
+        # any tokenizer works for timing: builtin:tiny's 262 ids fit the 32k vocabulary
+        job = prepare(model_path, a.steps, a.batch_size, tok_model="builtin:tiny")
     else:
-        s.train.model = a.model
-        tok_model = a.model
-    tok = load_tokenizer(tok_model, home.models)
-    ds = home.datasets / "overhead"
-    Curator(s.curation, s.train, tokenizer=tok).run(ROOT / "examples" / "demo_uppercase.jsonl", ds)
-    ctx = RunContext(home=home, job_id=1, dataset_dir=ds, settings=s, echo=lambda m: None)
-    rows, train_set = _data(ctx, tok)
+        job = prepare(a.model, a.steps, a.batch_size)
+    ctx, tok, rows, train_set, s, home = job.ctx, job.tok, job.rows, job.train_set, job.ctx.settings, job.ctx.home
+    print(f"precision: {resolved_config(ctx)['precision']}")
 
     def run(kind: str) -> float:
         s.train.eval_steps = 0 if kind == "all+eval" else -1
         model = _model(ctx)
         run_dir = home.run_dir({"bare": 1, "all": 2, "all+eval": 3}[kind])
-        args = _training_args(ctx, run_dir, 3e-3, model)
+        args = _training_args(ctx, run_dir, resolved_config(ctx), model)
         from daemon.training.data import PadCollator
 
         callbacks = []

@@ -16,7 +16,8 @@ from daemon.errors import TrainctlError
 from daemon.home import Home
 from daemon.jobs import pid_alive
 
-Model = Annotated[Optional[str], typer.Option("--model", help="builtin:smollm2-135m (default), builtin:tiny, a hub id or a model folder.")]
+Model = Annotated[Optional[str], typer.Option(
+    "--model", help="builtin:smollm2-135m (default), builtin:tiny, a hub id or a model folder.")]
 Epochs = Annotated[Optional[float], typer.Option("--epochs")]
 MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N steps (0 = use epochs).")]
 Lr = Annotated[Optional[float], typer.Option("--lr")]

