@@ -80,6 +80,8 @@ def ensure_packaged(spec: PackagedModel, echo: Callable[[str], None] | None = No
     with _locked(target.parent / f".{spec.folder}.lock", say, spec):
         if (target / MARKER).exists():  # another process converted it while we waited
             return target
+        for stale in target.parent.glob(f".{spec.folder}-*"):  # a conversion killed half-way (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         t0 = time.time()
         with tempfile.TemporaryDirectory(prefix=f".{spec.folder}-", dir=target.parent) as tmp:
             say(f"builtin:{spec.name}: first use on this machine — fetching {spec.package}=={spec.version} "

@@ -109,12 +109,16 @@ def _cache_continues(model: Any) -> bool:
     return kinds == {"full_attention"} and not getattr(cfg, "sliding_window", None)
 
 
+def _first_scored(encs: list[Any]) -> int:
+    """The first position whose logits any row of the batch reads: the one before its first labelled token."""
+    return max(0, min(next((t for t, label in enumerate(e.labels) if label != -100), len(e.labels)) for e in encs) - 1)
+
+
 def _shared_prefix(encs: list[Any]) -> int:
     """How many leading tokens every row shares and none is scored on (a row's first labelled token is predicted
     by the position before it, which must lie in the batch's own pass); 0 when too few to be worth a pass."""
     first = encs[0].input_ids
-    n = min(min(len(e.input_ids) for e in encs) - 1,
-            min(next((t for t, label in enumerate(e.labels) if label != -100), len(e.labels)) for e in encs) - 1)
+    n = min(min(len(e.input_ids) for e in encs) - 1, _first_scored(encs))
     for e in encs[1:]:
         ids = e.input_ids
         k = 0
@@ -122,11 +126,6 @@ def _shared_prefix(encs: list[Any]) -> int:
             k += 1
         n = k
     return n if n >= MIN_SHARED_PREFIX and len(encs) > 1 else 0
-
-
-def _first_scored(encs: list[Any]) -> int:
-    """The first position whose logits any row of the batch reads: the one before its first labelled token."""
-    return max(0, min(next((t for t, label in enumerate(e.labels) if label != -100), len(e.labels)) for e in encs) - 1)
 
 
 def _keeps_logits(model: Any) -> bool:
