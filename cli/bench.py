@@ -24,8 +24,9 @@ app.add_typer(bench_app, name="bench")
 
 # ---------------------------------------------------------------- run
 
-def _job_target(h: Home, job_id: int, base: bool) -> tuple[str, Path, Path | None]:
-    """(model, prompts, adapter) of a finished training job: its base model, its test split, its adapter."""
+def _job_target(h: Home, job_id: int, base: bool, best: bool = False) -> tuple[str, Path, Path | None]:
+    """(model, prompts, adapter) of a finished training job: its base model, its test split, its adapter (with
+    `best`: adapter-best/, or the final adapter when the last step was the best)."""
     from daemon.jobs import JobQueue, JobState
 
     if not h.jobs_db.exists():
@@ -39,7 +40,13 @@ def _job_target(h: Home, job_id: int, base: bool) -> tuple[str, Path, Path | Non
     if not test.exists() or test.stat().st_size == 0:
         raise BenchError(f"job {job_id}'s test split ({test}) is empty — pass --prompts FILE instead")
     adapter = Path(job.adapter_dir)
-    return _adapter_base(adapter) or _home_model(h), test, None if base else adapter
+    model = _adapter_base(adapter) or _home_model(h)
+    if best:
+        report = (read_json(Path(job.run_dir or h.run_dir(job_id)) / "result.json") or {}).get("best")
+        if not report:
+            raise BenchError(f"job {job_id} has no best checkpoint (no fixed evaluation ran) — drop --best")
+        adapter = Path(report["adapter_dir"])
+    return model, test, None if base else adapter
 
 
 def _adapter_base(adapter: Path) -> str | None:
@@ -58,7 +65,7 @@ def _home_model(h: Home) -> str:
 
 
 def _spec(h: Home, name: str | None, model: str | None, prompts: str | None, adapter: str | None,
-          job: int | None, base: bool, resume: bool, bench_flags: dict[str, Any]) -> Any:
+          job: int | None, base: bool, resume: bool, bench_flags: dict[str, Any], best: bool = False) -> Any:
     from daemon.bench.runner import BenchSpec
     from daemon.bench.state import load_run
     from daemon.config import load_settings
@@ -71,11 +78,13 @@ def _spec(h: Home, name: str | None, model: str | None, prompts: str | None, ada
     if job is not None:
         if model or prompts or adapter:
             raise BenchError("--job takes the job's model, test split and adapter — drop --model/--prompts/--adapter")
-        jm, jp, ja = _job_target(h, job, base)
+        if base and best:
+            raise BenchError("--base and --best do not go together — --base runs the job's model without an adapter")
+        jm, jp, ja = _job_target(h, job, base, best)
         model, prompts, adapter = jm, str(jp), (str(ja) if ja else None)
-        name = name or (f"job-{job}-base" if base else f"job-{job}")
-    elif base:
-        raise BenchError("--base goes with --job (the job's base model without its adapter)")
+        name = name or (f"job-{job}-base" if base else f"job-{job}-best" if best else f"job-{job}")
+    elif base or best:
+        raise BenchError("--base and --best go with --job (the job's base model, or its best checkpoint)")
     if stored is not None:
         # A resume keeps the run's own settings; only what is passed again explicitly is compared (and refused
         # if it differs). trainctl.toml edits since the start do not leak into an old run.
@@ -114,6 +123,7 @@ def bench_run(model: Optional[str] = typer.Option(None, "--model", help="builtin
               adapter: Optional[str] = typer.Option(None, "--adapter", help="A LoRA adapter folder."),
               job: Optional[int] = typer.Option(None, "--job", help="A finished job: its adapter on its test split."),
               base: bool = typer.Option(False, "--base", help="With --job: the job's base model, no adapter."),
+              best: bool = typer.Option(False, "--best", help="With --job: its best checkpoint's adapter."),
               backend: Optional[str] = typer.Option(None, "--backend", help="hf or vllm."),
               name: Optional[str] = typer.Option(None, "--name", help="Run name (data/bench/<name>/)."),
               resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
@@ -136,7 +146,7 @@ def bench_run(model: Optional[str] = typer.Option(None, "--model", help="builtin
     h = Home.open(home)
     flags = {k: v for k, v in dict(backend=backend, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                    seed=seed, batch_size=batch_size).items() if v is not None}
-    spec = _spec(h, name, model, prompts, adapter, job, base, resume, flags)
+    spec = _spec(h, name, model, prompts, adapter, job, base, resume, flags, best)
     out = err_console if json_out else console
     out.print(f"bench run [bold]{spec.name}[/bold]: {spec.model}" + (f" + {spec.adapter}" if spec.adapter else "")
               + f" on {spec.prompts.name} ({spec.cfg.backend}) → {h.bench_dir(spec.name)}", highlight=False)

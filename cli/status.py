@@ -132,6 +132,15 @@ def render(s: dict[str, Any]) -> Group:
         if t.get("flagged_count") is not None:
             g.add_row("flagged", f"{t['flagged_count']} open flags ({t.get('flagged_this_run', 0)} this run) — "
                                  "`trainctl flags`")
+        if t.get("best_step") is not None:
+            best = t.get("best") or {}
+            value = t.get("best_value")
+            shown = f"{value:.0%}" if t.get("best_metric") == "exact_match" else _num(value, "{:.4f}")
+            where = best.get("adapter_dir") or t.get("best_checkpoint")
+            g.add_row("best checkpoint", f"step {t['best_step']} ({t.get('best_metric')} {shown}), "
+                                         f"{t.get('evaluations_since_best', 0)} evaluations since — {where}")
+        if t.get("message"):
+            g.add_row("note", str(t["message"]))
         if t.get("train_exact_match") is not None:
             g.add_row("exact match (train)", f"{t['train_exact_match']:.0%}")
         if t.get("test_exact_match") is not None:

@@ -69,6 +69,16 @@ class TrainConfig:
     evolution_examples: int = 100
     """Training examples in the evolution probe set (the first N of the train split), answered at the snapshot steps
     of SPEC section 7 (0, 10, 25, 50, 100, ... then every 1000) and at the last step; 0 = no snapshots."""
+    best_metric: str = "exact_match"
+    """What makes a checkpoint the best: `exact_match` (fixed evaluation, ties broken by its cross-entropy),
+    `fixed_eval_ce` (lowest) or `loss` (lowest smoothed training loss). Every checkpoint is scored at its step; the
+    best is never rotated away and is saved as adapter-best/ when it is not the last step."""
+    early_stop_patience: int = 0
+    """Stop the run (done, with a complete checkpoint) after this many evaluations without improvement of the best
+    metric; 0 = never stop early."""
+    regression_threshold: float = 0.1
+    """The `regression` alert fires when fixed-eval exact match stays this far (0.1 = 10 points) below the best seen
+    for two evaluations in a row."""
     ema_alpha: float = 0.1
     """Weight of the newest step in the smoothed loss (streaming_ce)."""
     flag_loss_threshold: float = 3.0
@@ -249,6 +259,10 @@ def _validate(s: Settings) -> list[str]:
     need(t.eval_steps >= -1, "train.eval_steps must be >= 0 (or -1 = never)")
     need(t.fixed_eval_examples >= 0, "train.fixed_eval_examples must be >= 0")
     need(t.evolution_examples >= 0, "train.evolution_examples must be >= 0")
+    need(t.best_metric in ("exact_match", "fixed_eval_ce", "loss"),
+         f"train.best_metric must be exact_match, fixed_eval_ce or loss, not {t.best_metric!r}")
+    need(t.early_stop_patience >= 0, "train.early_stop_patience must be >= 0 (0 = off)")
+    need(0 < t.regression_threshold <= 1, "train.regression_threshold must be in (0, 1]")
     need(0 < t.ema_alpha <= 1, "train.ema_alpha must be in (0, 1]")
     need(t.monitor_every >= 1, "train.monitor_every must be >= 1")
     need(t.peak_tflops >= 0, "train.peak_tflops must be >= 0")

@@ -15,6 +15,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from daemon.atomic import read_json
 from daemon.config import Settings, load_settings, settings_from_dict
@@ -23,6 +24,19 @@ from daemon.home import Home
 from daemon.jobs import Job, JobQueue, JobState
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 75
+
+
+def best_checkpoint_note(best: dict[str, Any] | None) -> str:
+    """', best: checkpoint-N (EM 90%, +20 points over the last evaluation) in adapter-best/' for the queue."""
+    if not best:
+        return ""
+    if best["metric"] == "exact_match":
+        fig, gain = f"EM {best['value']:.0%}", f"{100 * best['gain_over_last']:+.0f} points over"
+    else:
+        fig, gain = f"{best['metric']} {best['value']:.4f}", f"{best['gain_over_last']:.4f} lower than"
+    if best["is_last"]:
+        return f", best: the last step ({fig})"
+    return f", best: {best['checkpoint']} ({fig}, {gain} the last evaluation) in adapter-best/"
 
 
 def job_settings(home: Home, job: Job) -> Settings:
@@ -86,6 +100,9 @@ def run_job(home: Home, job_id: int, echo: Callable[[str], None] = print, in_chi
                 msg += f", exact match on training examples {em['train_eval']:.0%}"
             if em["test_eval"] is not None:
                 msg += f", held-out test {em['test_eval']:.0%} (base model {em['base_test_eval']:.0%})"
+            msg += best_checkpoint_note(outcome.metrics.get("best"))
+            if outcome.metrics.get("stopped_early"):
+                msg += f"; {outcome.metrics['stopped_early']}"
             if outcome.resumed_from:
                 msg += f", resumed from {outcome.resumed_from}"
             q.transition(job.id, JobState.DONE, adapter_dir=str(outcome.adapter_dir), worker_pid=None, message=msg)

@@ -1,6 +1,7 @@
 """Fault injection for tests and drills: `TRAINCTL_FAULT=nan_at_step=N` makes the model's loss NaN from optimizer
-step N on (gradients and weights follow, as with a real numerical blow-up); `nan_at_step=N@NAME` only in jobs whose
-dataset folder starts with NAME. Unset, nothing is installed."""
+step N on (gradients and weights follow, as with a real numerical blow-up); `lr_jump_at_step=N` multiplies the
+learning rate by 100 from step N on (`lr_jump_at_step=NxF` by F), so that a run learns, peaks and then degrades;
+`...@NAME` only in jobs whose dataset folder starts with NAME. Unset, nothing is installed."""
 
 from __future__ import annotations
 
@@ -29,10 +30,27 @@ class NaNLossFault(TrainerCallback):
         return output
 
 
+class LearningRateJump(TrainerCallback):
+    """From optimizer step `at_step` on, every step runs at `factor` times the scheduled learning rate (the
+    scheduler sets the rate again after each step, so it is scaled again before the next)."""
+
+    def __init__(self, at_step: int, factor: float):
+        self.at_step, self.factor = at_step, factor
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kw):
+        if optimizer is not None and state.global_step + 1 >= self.at_step:
+            for group in optimizer.param_groups:
+                group["lr"] *= self.factor
+
+
 def from_env(dataset: str = "") -> list[TrainerCallback]:
-    spec = os.environ.get("TRAINCTL_FAULT", "")
-    if spec.startswith("nan_at_step="):
-        step, _, only = spec.split("=", 1)[1].partition("@")
-        if not only or dataset.startswith(only):
-            return [NaNLossFault(int(step))]
+    kind, _, rest = os.environ.get("TRAINCTL_FAULT", "").partition("=")
+    value, _, only = rest.partition("@")
+    if not kind or (only and not dataset.startswith(only)):
+        return []
+    if kind == "nan_at_step":
+        return [NaNLossFault(int(value))]
+    if kind == "lr_jump_at_step":
+        step, _, factor = value.partition("x")
+        return [LearningRateJump(int(step), float(factor or 100))]
     return []

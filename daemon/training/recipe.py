@@ -148,6 +148,24 @@ def _save_adapter(model: Any, tok: Any, run_dir: Path, config: dict[str, Any]) -
     return final
 
 
+def _save_best_adapter(run_dir: Path, best: dict[str, Any], adapter_dir: Path) -> Path | None:
+    """adapter-best/: the best checkpoint's adapter files beside the final adapter's tokenizer and config, written to
+    a temporary folder and renamed. None when the best checkpoint is gone (it never is, unless removed by hand)."""
+    ckpt = run_dir / "checkpoints" / best["checkpoint"]
+    if not (ckpt / "adapter_model.safetensors").exists():
+        return None
+    final, tmp = run_dir / "adapter-best", run_dir / ".adapter-best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(adapter_dir, tmp)  # tokenizer, trainctl_config.json
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        shutil.copy2(ckpt / name, tmp / name)
+    write_json_atomic(tmp / "trainctl_best.json", best)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return final
+
+
 def exact_match(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens: int) -> dict[str, Any]:
     """Greedy answers to `rows`; share whose answer equals the golden one (whitespace-normalised)."""
     from daemon.generation import generate_texts, normalise_answer
@@ -237,7 +255,12 @@ def _collectors(ctx: RunContext, tok: Any, rows: list[dict[str, Any]], run_dir: 
         out["evolution"] = EvolutionSnapshots(tok, rows[: cfg.evolution_examples],
                                               ctx.home.evolution_dir(ctx.dataset_dir.name), ctx.dataset_dir.name,
                                               cfg.max_length, cfg.max_new_tokens, cfg.loss_on, throughput=throughput)
-    out["alerts"] = Alerts(streaming, lora, out.get("fixed_eval"), log_path=run_dir / "alerts.jsonl")
+    if cfg.best_metric == "loss" or "fixed_eval" in out:
+        from daemon.training.collectors.best_checkpoint import BestCheckpoint
+
+        out["best"] = BestCheckpoint(out.get("fixed_eval"), streaming, cfg.best_metric, cfg.early_stop_patience)
+    out["alerts"] = Alerts(streaming, lora, out.get("fixed_eval"), log_path=run_dir / "alerts.jsonl",
+                           best=out.get("best"), regression_threshold=cfg.regression_threshold, job_id=ctx.job_id)
     return out
 
 
@@ -295,8 +318,16 @@ def train(ctx: RunContext) -> TrainOutcome:
         status.set(state="interrupted", message=f"stopped at step {steps} ({control.stop_reason}); resumes on restart")
         status.write(trainer.state, force=True)
         return TrainOutcome(interrupted=True, steps=steps, resumed_from=resume.name if resume else None)
-    # 5. save: the final adapter in safetensors with the resolved config beside it
+    # 5. save: the final adapter in safetensors with the resolved config beside it; the best checkpoint's adapter as
+    # adapter-best/ when the best step is not the last
     adapter_dir = _save_adapter(model, tok, run_dir, config)
+    best = collectors["best"].report(steps) if "best" in collectors else None
+    if best is not None:
+        best_dir = None if best["is_last"] else _save_best_adapter(run_dir, best, adapter_dir)
+        best["adapter_dir"] = str(best_dir or adapter_dir)
+        config["best"] = best
+        write_json_atomic(run_dir / "config.json", config)
+    stopped_early = collectors["best"].stopped_early if "best" in collectors else None
     # 6. final check: does it answer its own training examples? (the demo's "it learns" figure)
     metrics: dict[str, Any] = {"train_runtime_s": round(time.time() - t0, 2), "train_loss": result.training_loss}
     # Where the run's wall time went besides training steps (benchmarks/snapshot_cost.py reads these).
@@ -312,10 +343,11 @@ def train(ctx: RunContext) -> TrainOutcome:
         status.write(trainer.state, force=True)
         metrics.update(_final_checks(ctx, model, tok, rows))
     final_loss = next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)
+    metrics.update(best=best, stopped_early=stopped_early)
     write_json_atomic(run_dir / "result.json", {"job_id": ctx.job_id, "steps": steps, "final_loss": final_loss,
                                                 "adapter_dir": str(adapter_dir), **metrics,
                                                 "resumed_from": resume.name if resume else None})
-    status.set(state="done", adapter_dir=str(adapter_dir),
+    status.set(state="done", adapter_dir=str(adapter_dir), best=best, message=stopped_early,
                **{f"{k.removesuffix('_eval')}_exact_match": (metrics.get(k) or {}).get("exact_match")
                   for k in ("train_eval", "test_eval", "base_test_eval")})
     status.write(trainer.state, force=True)

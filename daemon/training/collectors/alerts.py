@@ -14,8 +14,10 @@ Rules (checked after every optimizer step, and after every evaluation for calibr
   gradient_imbalance   info      largest / smallest layer gradient norm > 1000
   lr_too_high          warning   the EMA loss climbed 50% above its best (divergence)
   lr_too_low           warning   updates move the adapter by < 1e-6 of its norm a step
-  plateau              info      the EMA improved < 1% over the last 50 steps
+  plateau              info      the EMA improved < 1% over the last 50 steps (the advice names the best checkpoint)
   poor_calibration     warning   fixed-eval ECE > 0.3
+  regression           warning   fixed-eval exact match stayed `regression_threshold` below the best checkpoint's for
+                                 the last two evaluations (the advice: use that checkpoint)
 """
 
 from __future__ import annotations
@@ -47,10 +49,14 @@ class Alerts(Collector):
     name = "alerts"
 
     def __init__(self, streaming: Any = None, lora: Any = None, fixed_eval: Any = None, log_path: Path | None = None,
-                 ece_threshold: float = 0.3, plateau_steps: int = 50):
+                 ece_threshold: float = 0.3, plateau_steps: int = 50, best: Any = None,
+                 regression_threshold: float = 0.1, job_id: int | None = None):
         self.streaming = streaming
         self.lora = lora
         self.fixed_eval = fixed_eval
+        self.best = best
+        self.regression_threshold = regression_threshold
+        self.job_id = job_id
         self.log_path = log_path
         self.ece_threshold = ece_threshold
         self.plateau_steps = plateau_steps
@@ -101,7 +107,7 @@ class Alerts(Collector):
             improvement = s.improvement()
             conditions["plateau"] = (
                 "info", f"the smoothed loss improved {improvement:.2%} over the last {s.trend_window} steps",
-                "learning has levelled off: more epochs will not help much; stop early or change lr/data") \
+                "learning has levelled off: more epochs will not help much; " + self._stop_advice()) \
                 if improvement is not None and abs(improvement) < 0.01 else None
         if lo is not None and lo.grad_norm:
             exploding = lo.exploding()
@@ -133,7 +139,38 @@ class Alerts(Collector):
                 "warning", f"expected calibration error {ece:.2f} on the fixed eval set (> {self.ece_threshold})",
                 "the model's confidence does not match its accuracy; more data or epochs, or lower lr") \
                 if ece > self.ece_threshold else None
+        conditions["regression"] = self._regression()
         self._apply(conditions, step)
+
+    def _use_best(self) -> str:
+        """'use checkpoint-N (best, EM x%)' and how to run it, or '' before any checkpoint is scored."""
+        b = self.best.best if self.best is not None else None
+        if b is None:
+            return ""
+        job = f"--job {self.job_id} " if self.job_id is not None else ""
+        return f"use checkpoint-{b['step']} (best, {self.best.describe(b)}): `trainctl bench run {job}--best`"
+
+    def _stop_advice(self) -> str:
+        """Whether stopping now would lose anything measured (the best checkpoint is always kept)."""
+        ev = self.fixed_eval
+        if ev is not None and ev.last is not None and ev.trend == "improving":
+            return "but the fixed evaluation is still improving, so stopping now would lose that"
+        use = self._use_best()
+        return ("stopping now loses nothing measured: " + use) if use else "stop early or change lr/data"
+
+    def _regression(self) -> tuple[str, str, str] | None:
+        """Fixed-eval EM clearly below the best checkpoint's, for the last two evaluations after it."""
+        ev, bc = self.fixed_eval, self.best
+        if ev is None or bc is None or bc.best is None or bc.best.get("exact_match") is None or len(ev.history) < 2:
+            return None
+        best_em = bc.best["exact_match"]
+        recent = list(ev.history)[-2:]
+        if not all(h["step"] > bc.best["step"] and h["exact_match"] <= best_em - self.regression_threshold
+                   for h in recent):
+            return None
+        return ("warning", f"fixed-eval exact match fell to {recent[-1]['exact_match']:.0%} (best {best_em:.0%} at "
+                           f"step {bc.best['step']}) for two evaluations",
+                self._use_best() + "; lower train.lr if the run keeps degrading")
 
     def _apply(self, conditions: dict[str, tuple[str, str, str] | None], step: int) -> None:
         for alert_id, cond in conditions.items():

@@ -66,7 +66,8 @@ class FixedEval(Collector):
 
     def on_step_end(self, args, state, control, model=None, **kw):
         step = state.global_step
-        due = self.eval_steps > 0 and step % self.eval_steps == 0
+        # Every checkpoint is evaluated at its step too, so that it can be scored (best_checkpoint.BestCheckpoint).
+        due = self.eval_steps > 0 and (step % self.eval_steps == 0 or control.should_save)
         if (due or step == state.max_steps) and model is not None and self.rows and \
                 (self.last is None or self.last["step"] != step):
             self.evaluate(model, step)

@@ -1,0 +1,133 @@
+"""Best checkpoint, early stopping and the regression alert, on builtin:tiny runs engineered to peak and degrade
+(TRAINCTL_FAULT=lr_jump_at_step multiplies the learning rate late in the run) or to plateau (a tiny learning rate)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
+from daemon.jobs import JobQueue, JobState
+from daemon.training.control import COMPLETE_MARKER
+from tests.conftest import DEMO, TINY_SETTINGS, wait_for
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+PEAK_THEN_DEGRADE = "lr_jump_at_step=80x30"
+RUN = Path("data") / "runs" / "job-00001"
+
+
+def _jobs(home: Path):
+    with JobQueue(home / "data" / "jobs.db") as q:
+        return q.list()
+
+
+def _checkpoints(home: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in (home / RUN / "checkpoints").glob("checkpoint-*")
+                  if (p / COMPLETE_MARKER).exists())
+
+
+def _alerts(home: Path) -> list[dict]:
+    return [json.loads(x) for x in (home / RUN / "alerts.jsonl").read_text().splitlines()]
+
+
+def _fixed_set_em(home: Path, adapter: Path) -> float:
+    """Greedy exact match of `adapter` on the run's fixed evaluation set (the validation split)."""
+    from peft import PeftModel
+
+    from daemon.models import load_model, load_tokenizer
+    from daemon.training.data import read_split
+    from daemon.training.recipe import exact_match
+
+    config = json.loads((home / RUN / "config.json").read_text())
+    rows = read_split(Path(config["dataset_dir"]) / "val.jsonl")[: config["train"]["fixed_eval_examples"]]
+    tok = load_tokenizer("builtin:tiny", home / "data" / "models")
+    model = PeftModel.from_pretrained(load_model("builtin:tiny", home / "data" / "models", "cpu"), str(adapter)).eval()
+    return exact_match(model, tok, rows, 32)["exact_match"]
+
+
+def test_the_best_checkpoint_outlives_rotation_and_the_regression_alert_names_it(home, monkeypatch):
+    (home / "trainctl.toml").write_text(TINY_SETTINGS + "evolution_examples = 0\n")
+    monkeypatch.setenv("TRAINCTL_FAULT", PEAK_THEN_DEGRADE)
+    r = runner.invoke(app, ["train", str(DEMO), "--home", str(home), "--epochs", "3", "--eval-steps", "10",
+                            "--save-steps", "10"])
+    assert r.exit_code == 0, r.output
+    result = json.loads((home / RUN / "result.json").read_text())
+    best = result["best"]
+    assert best["metric"] == "exact_match" and best["step"] < 80 < result["steps"]
+    assert best["value"] >= best["last_value"] + 0.2 and not best["is_last"]
+    # save_total_limit = 2 keeps the newest checkpoint and the best one, nothing else.
+    assert _checkpoints(home) == [best["step"], result["steps"]]
+    assert best["adapter_dir"] == str(home / RUN / "adapter-best")
+    assert json.loads((home / RUN / "config.json").read_text())["best"]["step"] == best["step"]
+    # adapter-best/ really holds the better weights.
+    assert _fixed_set_em(home, home / RUN / "adapter-best") >= _fixed_set_em(home, home / RUN / "adapter") + 0.2
+    # The regression alert fired once, after the peak, naming the checkpoint to use.
+    regressions = [a for a in _alerts(home) if a["id"] == "regression" and a["event"] == "fired"]
+    assert len(regressions) == 1 and regressions[0]["step"] > best["step"]
+    assert f"use checkpoint-{best['step']} (best, EM {best['value']:.0%})" in regressions[0]["recommendation"]
+    # The queue, the status and the bench say which one to use.
+    (job,) = _jobs(home)
+    assert f"best: checkpoint-{best['step']}" in job.message and "adapter-best/" in job.message
+    status = json.loads((home / "status" / "training_status.json").read_text())
+    assert status["best_step"] == best["step"] and status["best_checkpoint"] == f"checkpoint-{best['step']}"
+    b = runner.invoke(app, ["bench", "run", "--home", str(home), "--job", "1", "--best", "--max-tokens", "32"])
+    assert b.exit_code == 0, b.output
+    run = json.loads((home / "data" / "bench" / "job-1-best" / "run.json").read_text())
+    assert run["fingerprint"]["adapter"] == str(home / RUN / "adapter-best")
+    wrong = runner.invoke(app, ["bench", "run", "--home", str(home), "--job", "1", "--best", "--base"])
+    assert wrong.exit_code == 1 and "--base and --best do not go together" in wrong.output
+
+
+def test_early_stopping_ends_a_plateaued_run_as_done(home):
+    (home / "trainctl.toml").write_text(TINY_SETTINGS + "evolution_examples = 0\nearly_stop_patience = 3\n")
+    r = runner.invoke(app, ["train", str(DEMO), "--home", str(home), "--epochs", "10", "--eval-steps", "10",
+                            "--lr", "1e-6"])
+    assert r.exit_code == 0, r.output
+    (job,) = _jobs(home)
+    result = json.loads((home / RUN / "result.json").read_text())
+    assert job.state == JobState.DONE and result["steps"] == 40  # best at 10, then 20, 30, 40 without progress
+    assert "stopped early at step 40" in job.message and "did not improve in 3 evaluations" in job.message
+    assert result["stopped_early"].startswith("stopped early at step 40")
+    assert 40 in _checkpoints(home) and (home / RUN / "adapter" / "adapter_model.safetensors").exists()
+    status = json.loads((home / "status" / "training_status.json").read_text())
+    assert status["state"] == "done" and status["message"].startswith("stopped early")
+
+
+def test_kill_9_after_the_best_checkpoint_keeps_it_through_resume(home, daemons):
+    (home / "trainctl.toml").write_text(TINY_SETTINGS + "evolution_examples = 0\neval_steps = 10\nsave_steps = 10\n")
+    os.environ["TRAINCTL_FAULT"] = PEAK_THEN_DEGRADE
+    try:
+        d = daemons(home, "--epochs", "3")
+    finally:
+        del os.environ["TRAINCTL_FAULT"]
+
+    def status() -> dict:
+        try:
+            return json.loads((home / "status" / "training_status.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+    (home / "inbox" / "demo.jsonl").write_bytes(DEMO.read_bytes())
+    wait_for(lambda: status().get("best_step") and max(_checkpoints(home) or [0]) >= 100, 300,
+             "a best checkpoint and a complete checkpoint after the jump")
+    best_before = status()["best_step"]
+    worker = _jobs(home)[0].worker_pid
+    d.kill(signal.SIGKILL)
+    d.wait(10)
+    os.kill(worker, signal.SIGKILL)
+    os.environ["TRAINCTL_FAULT"] = PEAK_THEN_DEGRADE  # the resumed run degrades as the first one did
+    try:
+        d2 = daemons(home, "--once")
+    finally:
+        del os.environ["TRAINCTL_FAULT"]
+    assert d2.wait(300) == 0, d2.output()
+    (job,) = _jobs(home)
+    assert job.state == JobState.DONE and "resumed from checkpoint-" in job.message
+    result = json.loads((home / RUN / "result.json").read_text())
+    assert result["best"]["step"] == best_before and best_before in _checkpoints(home)
+    assert (home / RUN / "adapter-best" / "adapter_model.safetensors").exists()
