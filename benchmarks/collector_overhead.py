@@ -71,10 +71,7 @@ def main() -> None:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    from transformers import Trainer
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    from benchmarks.prepared_job import prepare
+    from benchmarks.prepared_job import prepare, timed_train
     from daemon.training.recipe import _collectors, _model, _training_args, resolved_config
     from daemon.training.status import StatusWriter
 
@@ -84,7 +81,7 @@ def main() -> None:
         job = prepare(model_path, a.steps, a.batch_size, tok_model="builtin:tiny")
     else:
         job = prepare(a.model, a.steps, a.batch_size)
-    ctx, tok, rows, train_set, s, home = job.ctx, job.tok, job.rows, job.train_set, job.ctx.settings, job.ctx.home
+    ctx, tok, rows, s, home = job.ctx, job.tok, job.rows, job.ctx.settings, job.ctx.home
     print(f"precision: {resolved_config(ctx)['precision']}")
 
     def run(kind: str) -> float:
@@ -92,8 +89,6 @@ def main() -> None:
         model = _model(ctx)
         run_dir = home.run_dir({"bare": 1, "all": 2, "all+eval": 3}[kind])
         args = _training_args(ctx, run_dir, resolved_config(ctx), model)
-        from daemon.training.data import PadCollator
-
         callbacks = []
         clock = CallbackClock()
         if kind != "bare":
@@ -103,17 +98,7 @@ def main() -> None:
             if kind == "all":
                 for cb in callbacks:
                     clock.wrap(cb)
-        trainer = Trainer(model=model, args=args, train_dataset=train_set,
-                          data_collator=PadCollator(tok.pad_token_id), callbacks=callbacks)
-        for noisy in (PrinterCallback, ProgressCallback):
-            trainer.remove_callback(noisy)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        trainer.train()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        wall = time.perf_counter() - t0
+        _, wall = timed_train(job, model, args, callbacks)
         if kind == "all":
             inside.append(clock.seconds / (wall - clock.seconds))
         return wall

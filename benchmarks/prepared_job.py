@@ -53,3 +53,27 @@ def prepare(model: str, steps: int, batch_size: int, tok_model: str | None = Non
     ctx = RunContext(home=home, job_id=1, dataset_dir=ds, settings=s, echo=lambda m: None)
     rows, train_set = _data(ctx, tok)
     return PreparedJob(ctx, tok, rows, train_set)
+
+
+def timed_train(job: PreparedJob, model: Any, args: Any, callbacks: list[Any]) -> tuple[Any, float]:
+    """Train `model` on the job's training split with the Trainer (its own progress printers removed); returns the
+    trainer and the wall time of `trainer.train()` (GPU work waited for at both ends)."""
+    import time
+
+    import torch
+    from transformers import Trainer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from daemon.training.data import PadCollator
+
+    trainer = Trainer(model=model, args=args, train_dataset=job.train_set,
+                      data_collator=PadCollator(job.tok.pad_token_id), callbacks=callbacks)
+    for noisy in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(noisy)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    trainer.train()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return trainer, time.perf_counter() - t0

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -28,11 +27,8 @@ def main() -> None:
     a = ap.parse_args()
 
     import torch
-    from transformers import Trainer
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from benchmarks.prepared_job import prepare
-    from daemon.training.data import PadCollator
+    from benchmarks.prepared_job import prepare, timed_train
     from daemon.training.recipe import _collectors, _model, _training_args, resolved_config
 
     job = prepare(a.model, a.steps, a.batch_size)
@@ -48,18 +44,8 @@ def main() -> None:
         model = _model(ctx)
         run_dir = ctx.home.run_dir(1)
         config = resolved_config(ctx)
-        trainer = Trainer(model=model, args=_training_args(ctx, run_dir, config, model), train_dataset=job.train_set,
-                          data_collator=PadCollator(job.tok.pad_token_id),
-                          callbacks=list(_collectors(ctx, job.tok, job.rows, run_dir, a.steps, model).values()))
-        for noisy in (PrinterCallback, ProgressCallback):
-            trainer.remove_callback(noisy)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        trainer.train()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        wall = time.perf_counter() - t0
+        callbacks = list(_collectors(ctx, job.tok, job.rows, run_dir, a.steps, model).values())
+        trainer, wall = timed_train(job, model, _training_args(ctx, run_dir, config, model), callbacks)
         loss = next(h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h)
         return wall, trainer.state.num_input_tokens_seen, loss
 
