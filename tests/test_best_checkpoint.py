@@ -16,7 +16,6 @@ from daemon.jobs import JobQueue, JobState
 from daemon.training.control import COMPLETE_MARKER
 from tests.conftest import DEMO, TINY_SETTINGS, wait_for
 
-pytestmark = pytest.mark.slow
 runner = CliRunner()
 PEAK_THEN_DEGRADE = "lr_jump_at_step=80x30"
 RUN = Path("data") / "runs" / "job-00001"
@@ -51,6 +50,44 @@ def _fixed_set_em(home: Path, adapter: Path) -> float:
     return exact_match(model, tok, rows, 32)["exact_match"]
 
 
+def test_best_record_tie_breaks_progress_early_stop_and_resume():
+    """The rules on made-up evaluations: EM first, CE breaks ties; progress needs a better EM or a CE 1% lower."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    from daemon.training.collectors.best_checkpoint import BestCheckpoint
+
+    ev = SimpleNamespace(last=None)
+    best = BestCheckpoint(ev, metric="exact_match", patience=2)
+    state = TrainerState(max_steps=100)
+
+    def evaluated(step: int, em: float, ce: float) -> TrainerControl:
+        state.global_step = step
+        ev.last = {"step": step, "exact_match": em, "cross_entropy": ce}
+        return best.on_step_end(None, state, TrainerControl())
+
+    assert evaluated(10, 0.0, 2.0).should_save and state.best_global_step == 10  # the best becomes a checkpoint
+    evaluated(20, 0.0, 1.5)  # same EM, clearly lower CE: a new best, and progress
+    assert state.best_global_step == 20 and best.stale == 0
+    c = evaluated(30, 0.0, 1.499)  # lower CE by less than 1%: the best moves, but it is no progress
+    assert state.best_global_step == 30 and best.stale == 1 and not c.should_training_stop
+    evaluated(40, 0.5, 3.0)  # a higher EM wins whatever the CE
+    assert state.best_global_step == 40 and state.best_metric == 0.5 and best.stale == 0
+    state.global_step = 45  # a step without an evaluation is not scored
+    assert not best.on_step_end(None, state, TrainerControl()).should_save and best.stale == 0
+    evaluated(50, 0.4, 1.0)
+    c = evaluated(60, 0.5, 3.5)
+    assert state.best_global_step == 40 and c.should_training_stop and c.should_save
+    assert best.stopped_early.startswith("stopped early at step 60: exact_match did not improve in 2 evaluations")
+    resumed = BestCheckpoint(ev, metric="exact_match", patience=2)  # the record travels in the Trainer's state
+    resumed.on_train_begin(None, state, None)
+    assert resumed.best["step"] == 40 and resumed.stale == 2
+    assert best.report(60) == {**best.report(60), "step": 40, "last_step": 60, "gain_over_last": 0.0,
+                               "checkpoint": "checkpoint-40", "is_last": False}
+
+
+@pytest.mark.slow
 def test_the_best_checkpoint_outlives_rotation_and_the_regression_alert_names_it(home, monkeypatch):
     (home / "trainctl.toml").write_text(TINY_SETTINGS + "evolution_examples = 0\n")
     monkeypatch.setenv("TRAINCTL_FAULT", PEAK_THEN_DEGRADE)
@@ -84,6 +121,7 @@ def test_the_best_checkpoint_outlives_rotation_and_the_regression_alert_names_it
     assert wrong.exit_code == 1 and "--base and --best do not go together" in wrong.output
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_a_plateaued_run_as_done(home):
     (home / "trainctl.toml").write_text(TINY_SETTINGS + "evolution_examples = 0\nearly_stop_patience = 3\n")
     r = runner.invoke(app, ["train", str(DEMO), "--home", str(home), "--epochs", "10", "--eval-steps", "10",
@@ -99,6 +137,7 @@ def test_early_stopping_ends_a_plateaued_run_as_done(home):
     assert status["state"] == "done" and status["message"].startswith("stopped early")
 
 
+@pytest.mark.slow
 def test_kill_9_after_the_best_checkpoint_keeps_it_through_resume(home, daemons):
     (home / "trainctl.toml").write_text(TINY_SETTINGS + "evolution_examples = 0\neval_steps = 10\nsave_steps = 10\n")
     os.environ["TRAINCTL_FAULT"] = PEAK_THEN_DEGRADE
