@@ -142,6 +142,11 @@ def _save_adapter(model: Any, tok: Any, run_dir: Path, config: dict[str, Any]) -
     model.save_pretrained(str(tmp), safe_serialization=True)
     tok.save_pretrained(str(tmp))
     write_json_atomic(tmp / "trainctl_config.json", config)
+    return _publish(tmp, final)
+
+
+def _publish(tmp: Path, final: Path) -> Path:
+    """Put the finished folder `tmp` in place of `final` by a rename (a kill before it leaves the old one)."""
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
@@ -160,10 +165,7 @@ def _save_best_adapter(run_dir: Path, best: dict[str, Any], adapter_dir: Path) -
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         shutil.copy2(ckpt / name, tmp / name)
     write_json_atomic(tmp / "trainctl_best.json", best)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    return final
+    return _publish(tmp, final)
 
 
 def exact_match(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens: int) -> dict[str, Any]:

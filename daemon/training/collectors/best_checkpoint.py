@@ -30,12 +30,11 @@ class BestCheckpoint(Collector):
     name = "best_checkpoint"
 
     def __init__(self, fixed_eval: Any = None, streaming: Any = None, metric: str = "exact_match",
-                 patience: int = 0, ckpt_dir: str = ""):
+                 patience: int = 0):
         self.fixed_eval = fixed_eval
         self.streaming = streaming
         self.metric = metric
         self.patience = patience
-        self.ckpt_dir = ckpt_dir
         self.best: dict[str, Any] | None = None
         """{"step", "value", "exact_match", "cross_entropy", "loss"} of the best step so far."""
         self.latest: dict[str, Any] | None = None
