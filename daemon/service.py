@@ -16,8 +16,8 @@ from pathlib import Path
 
 from daemon.atomic import read_json, write_json_atomic, write_text_atomic
 from daemon.config import Settings
-from daemon.curation.curator import file_sha256
 from daemon.errors import TrainctlError
+from daemon.hashing import file_sha256
 from daemon.home import Home
 from daemon.jobs import ACTIVE, TERMINAL, Job, JobQueue, JobState, pid_alive
 from daemon.watcher import InboxWatcher

@@ -19,6 +19,7 @@ from typing import Any
 from daemon.curation.formats import FormatError, normalise
 from daemon.curation.reader import read_items
 from daemon.errors import BenchError
+from daemon.hashing import update_from_file
 
 
 @dataclass
@@ -117,10 +118,7 @@ class PromptFileInfo:
 def scan_prompt_file(path: Path) -> PromptFileInfo:
     """One streaming pass: content hash (what a resumed run must match) and prompt count. Refuses duplicate ids,
     which would make "one result per custom_id" impossible."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    digest = update_from_file(hashlib.sha256(), path)
     seen: dict[str, int] = {}
     dups: list[str] = []
     total = 0

@@ -26,6 +26,7 @@ from daemon.bench.prompts import BenchPrompt, iter_prompts, scan_prompt_file
 from daemon.bench.state import BenchState, Progress, RunInfo, fingerprint_changes, load_run
 from daemon.config import BenchConfig
 from daemon.errors import BenchError
+from daemon.hashing import update_from_file
 from daemon.home import Home
 
 
@@ -76,9 +77,7 @@ def adapter_sha256(adapter: Path | None) -> str | None:
         f = adapter / name
         if not f.exists():
             raise BenchError(f"{adapter} has no {name} — point --adapter at a saved LoRA adapter folder")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        update_from_file(digest, f)
     return digest.hexdigest()
 
 

@@ -9,7 +9,6 @@ exact duplicate, then the quality verdict, then near duplicate. Only the dedup i
 from __future__ import annotations
 
 import gc
-import hashlib
 import itertools
 import multiprocessing
 import os
@@ -41,6 +40,7 @@ from daemon.curation.neardup import NearDupIndex
 from daemon.curation.quality import QualityScorer
 from daemon.curation.reader import read_items
 from daemon.errors import InputFileError
+from daemon.hashing import file_sha256
 
 SPLITS = ("train", "val", "test")
 
@@ -57,14 +57,6 @@ class CurationResult:
     @property
     def total_accepted(self) -> int:
         return sum(self.accepted.values())
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
