@@ -100,6 +100,8 @@ def render(s: dict[str, Any]) -> Group:
         step, total = t.get("current_step") or 0, t.get("total_steps") or 0
         g = Table.grid(padding=(0, 2))
         g.add_row("job", f"{t.get('job_id')}  {t.get('dataset', '')}  [{t.get('state', '?')}]")
+        if t.get("rendering"):
+            g.add_row("rendering", str(t["rendering"]))
         g.add_row("step", f"{step}/{total}  {bar(step, total)}  epoch {_num(t.get('epoch'), '{:.2f}')}")
         loss = _num(t.get("loss"), "{:.4f}")
         if t.get("streaming_ce") is not None:

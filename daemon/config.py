@@ -57,7 +57,11 @@ class TrainConfig:
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """Modules that get LoRA adapters; `all-linear` = every linear layer but the output head."""
     loss_on: str = "assistant"
-    """`assistant`: loss on assistant turns only (prompt masked); `all`: on every token."""
+    """`assistant`: loss on assistant turns only (their reasoning, calls and answers; the prompt masked); `all`: on
+    every turn but tool results and tool definitions."""
+    loss_on_reasoning: bool = True
+    """Train on the assistant's reasoning too; false = the answer and calls only, reasoning masked (distilling
+    answers from reasoning traces)."""
     save_steps: int = 50
     """Write a checkpoint every N steps (a killed run resumes from the newest complete one)."""
     save_total_limit: int = 2

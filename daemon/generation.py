@@ -101,7 +101,3 @@ def generate_texts(model: Any, tok: Any, prompts: list[str], max_new_tokens: int
         out += generate_batch(model, tok, ids, [RowSampling(max_new_tokens)] * len(chunk))
     return out
 
-
-def normalise_answer(text: str) -> str:
-    """What exact match compares: surrounding whitespace dropped, inner whitespace collapsed."""
-    return " ".join(text.split())

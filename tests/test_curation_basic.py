@@ -62,9 +62,11 @@ def test_formats_are_normalised_to_messages():
                      "history": [["hi", "hello"]], "domain": "d"}, 1)
     assert [m.role for m in alp.messages] == ["system", "user", "assistant", "user", "assistant"]
     assert alp.messages[3].content == "Do\n\nthis" and alp.meta == {"domain": "d"}
-    sg = normalise({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "f()"},
+    sg = normalise({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call",
+                                       "value": '{"name": "f", "arguments": {}}'},
                                       {"from": "observation", "value": "42"}, {"from": "gpt", "value": "a"}]}, 2)
     assert [m.role for m in sg.messages] == ["user", "assistant", "tool", "assistant"]
+    assert sg.messages[1].tool_calls[0].name == "f"
     oa = normalise({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
                                  {"role": "assistant", "content": "x", "loss_weight": 0}]}, 3)
     assert oa.messages[0].content == "hi" and oa.messages[1].train is False

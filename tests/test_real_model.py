@@ -40,9 +40,9 @@ def _exact(answers: dict[str, tuple[str, str]]) -> float:
 
 
 def test_masking_on_the_chatml_template_labels_only_answers_and_their_end_of_turn(smollm2):
-    from daemon.curation.formats import Message
+    from daemon.chat.messages import Message
+    from daemon.chat.render import IGNORE, encode_messages
     from daemon.models import load_tokenizer
-    from daemon.training.data import IGNORE, encode_messages
 
     tok = load_tokenizer(str(smollm2), smollm2)
     convo = [Message("user", "Reverse the word order: apple river"), Message("assistant", "river apple"),
@@ -150,9 +150,11 @@ def test_real_model_learns_what_the_base_model_cannot_and_the_adapter_reloads_wi
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from daemon.chat.messages import messages_of
+    from daemon.chat.render import prompt_text
     from daemon.generation import generate_texts
     from daemon.model_cache import SMOLLM2_135M, packaged_path
-    from daemon.training.data import messages_of, prompt_text, read_split
+    from daemon.training.data import read_split
 
     adapter = run / "adapter"
     tok = AutoTokenizer.from_pretrained(str(adapter))  # saved with the adapter

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from daemon.curation.formats import Message
+from daemon.chat.messages import Message
 from tests.conftest import DEMO
 
 
@@ -32,10 +32,11 @@ def test_answers_equal_generation_at_every_stage_of_training(tiny_models, monkey
     import torch
     from transformers import AutoModelForCausalLM
 
+    from daemon.chat.render import encode_messages
     from daemon.generation import generate_texts
     from daemon.models import load_tokenizer, resolve_model_path
     from daemon.training import scoring
-    from daemon.training.data import PadCollator, encode_messages
+    from daemon.training.data import PadCollator
     from daemon.training.scoring import answer, prepare_probe
 
     shared = []  # the shared prefix of every scoring batch
@@ -91,10 +92,11 @@ def test_lora_model_answers_merged_as_it_generates_unmerged(tiny_models, monkeyp
     from peft.tuners.lora import LoraLayer
     from transformers import AutoModelForCausalLM
 
+    from daemon.chat.render import encode_messages
     from daemon.generation import generate_texts
     from daemon.models import load_tokenizer, resolve_model_path
     from daemon.training import scoring
-    from daemon.training.data import PadCollator, encode_messages
+    from daemon.training.data import PadCollator
 
     tok = load_tokenizer("builtin:tiny", tiny_models)
     torch.manual_seed(0)

@@ -16,8 +16,8 @@ from typing import Any
 from daemon.atomic import iter_jsonl
 from daemon.bench.prompts import iter_prompts
 from daemon.bench.state import load_run
+from daemon.chat.answers import answer_of_message, normalise_answer, parse_answer
 from daemon.errors import BenchError
-from daemon.generation import normalise_answer
 
 NO_LABEL = "∅"
 """The comparable value of an answer in which --label-regex finds nothing."""
@@ -72,8 +72,8 @@ class Comparison:
 
 
 def extract(text: str, pattern: re.Pattern[str] | None) -> str:
-    if pattern is None:
-        return normalise_answer(text)
+    if pattern is None:  # the whole answer: prose and tool calls (by name and parsed arguments), not reasoning
+        return parse_answer(text).key()
     m = pattern.search(text)
     if m is None:
         return NO_LABEL
@@ -115,7 +115,7 @@ def _load(run_dir: Path, pattern: re.Pattern[str] | None) -> tuple[dict[str, Cel
             err = row["error"]
             cells[cid] = Cell(f"{err.get('code')}: {err.get('message')}", ERROR)
         else:
-            text = row["response"]["body"]["choices"][0]["message"]["content"]
+            text = answer_of_message(row["response"]["body"]["choices"][0]["message"])
             cells[cid] = Cell(text, extract(text, pattern))
         extra[cid] = {"reference": row.get("reference"), "metadata": row.get("metadata") or {}}
     return cells, extra

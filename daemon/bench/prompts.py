@@ -1,8 +1,8 @@
 """Read a bench prompt file as a stream of `BenchPrompt`s (SPEC section 8).
 
-Accepted lines: OpenAI Batch API requests (`custom_id`, `method`, `url`, `body.messages`, `body.max_tokens`,
-`body.temperature`, `body.top_p`) or any record of SPEC section 3. For a section-3 record that ends with an
-assistant turn, the prompt is everything before it and the answer is kept as the `reference`. The id is
+Accepted lines: OpenAI Batch API requests (`custom_id`, `method`, `url`, `body.messages`, `body.tools`,
+`body.max_tokens`, `body.temperature`, `body.top_p`) or any record of SPEC section 3. For a section-3 record that
+ends with an assistant turn, the prompt is everything before it and the answer is kept as the `reference`. The id is
 `custom_id`, else `id`, else `line-N`. A line that cannot be run becomes a prompt with an `error`, so that it still
 ends with exactly one (error) result.
 """
@@ -26,8 +26,10 @@ from daemon.hashing import update_from_file
 class BenchPrompt:
     custom_id: str
     line: int
-    messages: list[dict[str, str]] = field(default_factory=list)
-    """The chat to answer: the model writes the next assistant turn."""
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    """The chat to answer, as normalised rows (daemon.chat.messages): the model writes the next assistant turn."""
+    tools: list[dict[str, Any]] | None = None
+    """The tools the model may call (`body.tools` of a batch line, a record's `tools`), rendered as in training."""
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -58,7 +60,7 @@ def _from_batch_line(rec: dict[str, Any], line: int) -> BenchPrompt:
     if not isinstance(msgs, list) or not msgs:
         return BenchPrompt(cid, line, error="invalid_request: body.messages is missing or empty")
     try:
-        parsed = normalise({"messages": msgs}, line)
+        parsed = normalise({"messages": msgs, "tools": body.get("tools", body.get("functions"))}, line)
         assert parsed is not None
         max_tokens = _number(body.get("max_completion_tokens", body.get("max_tokens")), int)
         temperature = _number(body.get("temperature"), float)
@@ -66,7 +68,7 @@ def _from_batch_line(rec: dict[str, Any], line: int) -> BenchPrompt:
     except (FormatError, ValueError) as exc:
         return BenchPrompt(cid, line, error=f"invalid_request: {exc}")
     meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
-    return BenchPrompt(cid, line, [{"role": m.role, "content": m.content} for m in parsed.messages],
+    return BenchPrompt(cid, line, [m.to_row() for m in parsed.messages], parsed.tools,
                        max_tokens, temperature, top_p, metadata=dict(meta))
 
 
@@ -86,12 +88,11 @@ def _from_record(rec: Any, line: int) -> BenchPrompt:
     if ex.fmt == "text":
         msgs = [type(msgs[0])("user", msgs[0].content)]  # plain text is the prompt itself
     elif msgs and msgs[-1].role == "assistant":
-        reference, msgs = msgs[-1].content, msgs[:-1]
+        reference, msgs = msgs[-1].as_text(), msgs[:-1]
     if not msgs:
         return BenchPrompt(cid, line, error="invalid_request: no prompt before the answer")
     meta = {k: v for k, v in ex.meta.items() if k not in ("custom_id", "id")}
-    return BenchPrompt(cid, line, [{"role": m.role, "content": m.content} for m in msgs], reference=reference,
-                       metadata=meta)
+    return BenchPrompt(cid, line, [m.to_row() for m in msgs], ex.tools, reference=reference, metadata=meta)
 
 
 def iter_prompts(path: Path) -> Iterator[BenchPrompt]:

@@ -24,6 +24,9 @@ from daemon.atomic import JsonlAppender, iter_jsonl, repair_torn_tail, write_byt
 from daemon.bench.backends import Backend, Completion, Request
 from daemon.bench.prompts import BenchPrompt, iter_prompts, scan_prompt_file
 from daemon.bench.state import BenchState, Progress, RunInfo, fingerprint_changes, load_run
+from daemon.chat.answers import openai_message
+from daemon.chat.messages import message_from_row
+from daemon.chat.render import prompt_text
 from daemon.config import BenchConfig
 from daemon.errors import BenchError
 from daemon.hashing import update_from_file
@@ -57,11 +60,11 @@ class Stop(Exception):
     """A second SIGINT/SIGTERM: leave now, abandoning the requests in flight (they are redone on resume)."""
 
 
-def prompt_ids(tok: Any, messages: list[dict[str, str]]) -> list[int]:
-    """The chat rendered with the model's template and the generation prompt, as token ids (what both backends
-    take; transformers returns a list or, in newer versions, an encoding)."""
-    enc = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    return list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+def prompt_ids(tok: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+    """The chat rendered as in training (daemon.chat.render: the model's template with the tools, or the fallback)
+    with the generation prompt, as token ids (what both backends take)."""
+    text = prompt_text(tok, [message_from_row(m) for m in messages], tools)
+    return list(tok(text, add_special_tokens=False)["input_ids"])
 
 
 def request_seed(run_seed: int, custom_id: str) -> int:
@@ -129,10 +132,12 @@ def result_row(run: str, model: str, prompt: BenchPrompt, c: Completion | None, 
     row: dict[str, Any] = {"id": f"batch_req_{rid}", "custom_id": prompt.custom_id, "response": None, "error": None}
     if error is None and c is not None:
         created = int(c.finished_at)
+        message = openai_message(c.text, f"call_{rid}")
         row["response"] = {"status_code": 200, "request_id": f"req_{rid}", "body": {
             "id": f"chatcmpl-{rid}", "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
-                         "finish_reason": c.finish_reason}],
+            "choices": [{"index": 0, "message": message,
+                         "finish_reason": "tool_calls" if "tool_calls" in message and c.finish_reason == "stop"
+                         else c.finish_reason}],
             "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                       "total_tokens": c.prompt_tokens + c.completion_tokens}}}
     else:
@@ -224,7 +229,7 @@ class BenchRunner:
             ids: list[int] = []
             max_tokens = p.max_tokens or c.max_tokens
             if error is None:
-                ids = prompt_ids(tok, p.messages)
+                ids = prompt_ids(tok, p.messages, p.tools)
                 if max_pos and len(ids) + max_tokens > max_pos:
                     error = (f"prompt_too_long: {len(ids)} prompt tokens + max_tokens {max_tokens} exceed the "
                              f"model's {max_pos} positions")

@@ -16,12 +16,13 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from daemon.chat.messages import Message, text_bytes
+from daemon.chat.render import length_and_first_trained, trains_on
 from daemon.config import CurationConfig, TrainConfig
 from daemon.curation import validate
 from daemon.curation.formats import Example, FormatError, normalise
 from daemon.curation.neardup import NearDupIndex, shingles
 from daemon.curation.quality import Quality, QualityScorer
-from daemon.training.data import length_and_first_trained, trains_on
 
 Item = tuple[int, Any]
 """(line number, raw bytes of a JSONL line | an already parsed element of a JSON array)."""
@@ -54,6 +55,8 @@ class Candidate(NamedTuple):
     """train / val / test, from split_key (a near-duplicate cluster's records take their root's instead)."""
     sig: Any
     """rensa MinHash of the word 3-gram shingles."""
+    tools_key: bytes
+    """Hash of the record's tool definitions (b"" without): only records with the same tools are near duplicates."""
 
 
 @contextmanager
@@ -176,20 +179,21 @@ class Analyser:
         for i, p in enumerate(parsed):
             if isinstance(p, Rejected):
                 continue
-            msgs = p[2].messages
+            msgs, tools = p[2].messages, p[2].tools
             if reject_long:
-                size = sum(len(m.content.encode("utf-8")) for m in msgs)
+                size = text_bytes(msgs, tools)
                 if size + self._overhead(tuple(m.role for m in msgs)) > limit:
                     unsure.append(i)
                 continue
             k = next((j for j, m in enumerate(msgs) if trains_on(m, self.train_cfg.loss_on)), len(msgs))
             prompt = msgs[: k + 1]  # the first trained turn's role marker counts too
-            size = sum(len(m.content.encode("utf-8")) for m in msgs[:k])
+            size = text_bytes(msgs[:k], tools)
             if size + self._overhead(tuple(m.role for m in prompt)) > limit:
                 unsure.append(i)
         if not unsure:
             return 0
-        lengths = length_and_first_trained(self.tok, [parsed[i][2].messages for i in unsure], self.train_cfg.loss_on)
+        lengths = length_and_first_trained(self.tok, [(parsed[i][2].messages, parsed[i][2].tools) for i in unsure],
+                                           self.train_cfg.loss_on)
         for i, (full, first_trained) in zip(unsure, lengths):
             line, payload, ex = parsed[i]
             if full > limit and reject_long:
@@ -212,13 +216,16 @@ class Analyser:
         return self._overheads[roles]
 
     def _finish(self, line: int, ex: Example) -> Candidate:
-        turns = [(m.role, m.content.lower().split()) for m in ex.messages]
-        key = content_hash(turns)
-        answer_words = next(ws for role, ws in reversed(turns) if role == "assistant")
-        q = self.quality.score(ex, answer_words)
+        turns = [(m.role, _words(m)) for m in ex.messages]
+        tools_key = b""
+        if ex.tools:  # two conversations that differ only in their tools are different examples
+            canonical = orjson.dumps(ex.tools, option=orjson.OPT_SORT_KEYS)
+            tools_key = hashlib.sha256(canonical).digest()[:16]
+        key = content_hash(turns + ([("tools", [tools_key.hex()])] if tools_key else []))
+        q = self.quality.score(ex, ex.answer_message.prose.lower().split())
         verdict = None
         if not ex.meta.get("quality_override"):
-            if q.components["diversity"] < self.cfg.min_diversity:
+            if q.components.get("diversity", 1.0) < self.cfg.min_diversity:
                 verdict = rejected_row(ex.raw, "", line, "low_diversity", {"min_diversity": self.cfg.min_diversity}, q)
             elif q.score < q.threshold:
                 verdict = rejected_row(ex.raw, "", line, "low_quality", {}, q)
@@ -226,8 +233,17 @@ class Analyser:
         row = ex.to_record()
         row["quality_score"] = q.score
         return Candidate(line, bytes.fromhex(key[:32]), verdict, " ".join(words), orjson.dumps(row, default=str),
-                         sum(len(m.content) for m in ex.messages), _ident(ex), key, split_of(key, self.cfg),
-                         NearDupIndex.signature(shingles(words)))
+                         sum(len(m.content) + len(m.reasoning) for m in ex.messages), _ident(ex), key,
+                         split_of(key, self.cfg), NearDupIndex.signature(shingles(words)), tools_key)
+
+
+def _words(m: Message) -> list[str]:
+    """A turn's lower-cased words for the duplicate keys: reasoning, text, and its calls (arguments key-sorted)."""
+    text = f"{m.reasoning} {m.content}" if m.reasoning else m.content
+    for c in m.tool_calls:
+        text += " " + orjson.dumps({"name": c.name, "arguments": c.arguments}, option=orjson.OPT_SORT_KEYS,
+                                   default=str).decode()
+    return text.lower().split()
 
 
 # -- worker-process plumbing: the analyser is handed to forked workers through this global ------------------------

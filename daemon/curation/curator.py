@@ -66,6 +66,8 @@ class _Kept:
     line: int
     ident: str
     key: str
+    tools: bytes
+    """Its tool definitions' hash (b"" without): near duplicates must define the same tools."""
 
 
 class Curator:
@@ -181,7 +183,7 @@ class Curator:
         if self.cfg.near_duplicates == "keep":
             self._keep_in_cluster(c, sig)
             return
-        match = self.near.find(sig, c.words)
+        match = self.near.find(sig, c.words, lambda k: self.kept[k].tools == c.tools_key)
         if match is not None:
             root = self.kept[match.key]
             self._reject(_rejected_raw(payload, c.line, "near_duplicate", {
@@ -189,7 +191,7 @@ class Curator:
                 "similarity": round(match.similarity, 4)}))
             return
         self.near.add(len(self.kept), sig, c.words)
-        self.kept.append(_Kept(c.line, c.ident, c.split_key))
+        self.kept.append(_Kept(c.line, c.ident, c.split_key, c.tools_key))
         self._accept(c.split, c.chars, c.row)
 
     def _accept(self, split: str, chars: int, row: bytes) -> None:
@@ -203,9 +205,9 @@ class Curator:
 
     def _keep_in_cluster(self, c: Candidate, sig: Any) -> None:
         idx = len(self.kept)
-        self.kept.append(_Kept(c.line, c.ident, c.split_key))
+        self.kept.append(_Kept(c.line, c.ident, c.split_key, c.tools_key))
         self._parent.append(idx)
-        for m in self.near.find_all(sig, c.words):
+        for m in self.near.find_all(sig, c.words, lambda k: self.kept[k].tools == c.tools_key):
             a, b = self._find(idx), self._find(m.key)
             self._parent[max(a, b)] = min(a, b)
         self.near.add(idx, sig, c.words)

@@ -2,62 +2,59 @@
 
 Each format is one small function `record -> list[Message] | None`; `normalise` tries them in order. A record
 that none recognises is `unknown_format`. Metadata fields (`id`, `domain`, `source`, anything else) are kept.
+Tool definitions, tool calls, tool results and reasoning keep their structure (daemon/chat/messages.py); a call
+that cannot be read (no name, arguments that are not a JSON object) is `bad_tool_call`, tools that are not a list of
+named functions `bad_tools`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from daemon.chat.messages import Message, ToolCall, last_answer
 
 ROLES = ("system", "user", "assistant", "tool")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "chatgpt": "assistant", "bard": "assistant", "system": "system",
                    "function_call": "assistant", "observation": "tool", "tool": "tool", "function": "tool"}
-
-
-@dataclass
-class Message:
-    role: str
-    content: str
-    train: bool | None = None
-    """Explicit per-message loss flag (OpenAI `loss_weight`/`train`); None = the default rule."""
+_REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
+_REASONING_PARTS = ("reasoning", "thinking")
+_TEXT_PARTS = ("text", "output_text", "input_text")
 
 
 @dataclass
 class Example:
-    """One normalised record: its messages, where it came from, and the fields it carried."""
+    """One normalised record: its messages, the tools it defines, where it came from, and the fields it carried."""
 
     messages: list[Message]
     fmt: str
     line: int
     raw: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
+    tools: list[dict[str, Any]] | None = None
+    """Tool definitions in the OpenAI shape ({"type": "function", "function": {"name", ...}}), None when none."""
 
     @property
     def prompt_messages(self) -> list[Message]:
         """Everything before the last assistant turn."""
-        last = max(i for i, m in enumerate(self.messages) if m.role == "assistant")
-        return self.messages[:last]
+        return self.messages[:last_answer(self.messages)]
 
     @property
-    def answer(self) -> str:
+    def answer_message(self) -> Message:
         """The last assistant turn: the golden answer evaluations compare against."""
-        return [m for m in self.messages if m.role == "assistant"][-1].content
+        return self.messages[last_answer(self.messages)]
 
     def to_record(self) -> dict[str, Any]:
-        """The normalised row written to train/val/test.jsonl."""
-        row: dict[str, Any] = {"messages": [_message_row(m) for m in self.messages]}
+        """The normalised row written to train/val/test.jsonl (daemon/chat/messages.py shows one)."""
+        row: dict[str, Any] = {"messages": [m.to_row() for m in self.messages]}
+        if self.tools:
+            row["tools"] = self.tools
         row.update(self.meta)
         row["line"] = self.line
         return row
-
-
-def _message_row(m: Message) -> dict[str, Any]:
-    row: dict[str, Any] = {"role": m.role, "content": m.content}
-    if m.train is not None:
-        row["train"] = m.train
-    return row
 
 
 class FormatError(ValueError):
@@ -69,7 +66,7 @@ class FormatError(ValueError):
 
 
 def _text(content: Any) -> str:
-    """String content, or a list of parts [{"type": "text", "text"|"value": ...}] joined."""
+    """String content, or the text parts of a list of parts [{"type": "text", "text"|"value": ...}] joined."""
     if content is None:
         return ""
     if isinstance(content, str):
@@ -79,7 +76,7 @@ def _text(content: Any) -> str:
         for part in content:
             if isinstance(part, str):
                 parts.append(part)
-            elif isinstance(part, dict) and part.get("type", "text") == "text":
+            elif isinstance(part, dict) and part.get("type", "text") in _TEXT_PARTS:
                 parts.append(str(part.get("text", part.get("value", ""))))
         return "".join(parts)
     if isinstance(content, dict):
@@ -87,14 +84,94 @@ def _text(content: Any) -> str:
     return str(content)
 
 
+def _json(value: Any, what: str, detail: str) -> Any:
+    """`value` parsed when it is a JSON string, else as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value) if value.strip() else None
+    except ValueError as exc:
+        raise FormatError(detail, f"{what} is not valid JSON ({exc})") from None
+
+
+def tool_call(obj: Any, where: str) -> ToolCall:
+    """One call from any of the shapes people write: OpenAI {"id", "type", "function": {"name", "arguments"}},
+    flat {"name", "arguments"|"parameters"}, a `tool_call` content part. Arguments may be a JSON string."""
+    if not isinstance(obj, dict):
+        raise FormatError("bad_tool_call", f"{where}: a tool call is not an object")
+    fn = obj.get("function") if isinstance(obj.get("function"), dict) else obj
+    name = fn.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise FormatError("bad_tool_call", f"{where}: a tool call has no function name")
+    args = _json(fn.get("arguments", fn.get("parameters", fn.get("input"))), f"{where}: the arguments of {name}",
+                 "bad_tool_call")
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise FormatError("bad_tool_call", f"{where}: the arguments of {name} are not a JSON object")
+    cid = obj.get("id", obj.get("call_id"))
+    return ToolCall(name, args, str(cid) if cid is not None else None)
+
+
+def tool_definitions(value: Any) -> list[dict[str, Any]] | None:
+    """A record's tools as OpenAI tools: a list (or JSON string of a list) of {"type": "function", "function":
+    {...}} or of bare function definitions ({"name", "description", "parameters"})."""
+    value = _json(value, "tools", "bad_tools")
+    if value in (None, [], ""):
+        return None
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise FormatError("bad_tools", "tools must be a list of function definitions")
+    out = []
+    for t in value:
+        fn = t.get("function") if isinstance(t, dict) and isinstance(t.get("function"), dict) else t
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"].strip():
+            raise FormatError("bad_tools", "a tool definition has no function name")
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def _reasoning(m: dict[str, Any]) -> str:
+    for key in _REASONING_KEYS:
+        v = m.get(key)
+        if isinstance(v, str) and v.strip():
+            return v
+        if isinstance(v, (list, dict)):
+            return _text(v) or _part_text(v)
+    return ""
+
+
+def _part_text(v: Any) -> str:
+    parts = v if isinstance(v, list) else [v]
+    return "".join(str(p.get("text", p.get("reasoning", p.get("thinking", "")))) for p in parts if isinstance(p, dict))
+
+
+def _parts(content: Any, where: str) -> tuple[str, str, list[ToolCall]]:
+    """(text, reasoning, tool calls) of a message's content: a string, or a list of typed parts."""
+    if not isinstance(content, list):
+        return _text(content), "", []
+    text, reasoning, calls = [], [], []
+    for part in content:
+        kind = part.get("type", "text") if isinstance(part, dict) else "text"
+        if kind in _REASONING_PARTS:
+            reasoning.append(_part_text(part))
+        elif kind in ("tool_call", "function_call", "tool_use"):
+            calls.append(tool_call(part, where))
+        else:
+            text.append(_text([part]))
+    return "".join(text), "\n".join(r for r in reasoning if r), calls
+
+
 def from_openai(rec: dict[str, Any]) -> list[Message] | None:
     msgs = rec.get("messages")
     if not isinstance(msgs, list):
         return None
     out = []
-    for m in msgs:
+    for n, m in enumerate(msgs, 1):
         if not isinstance(m, dict) or "role" not in m:
             raise FormatError("bad_role_order", "a message has no role")
+        where = f"message {n}"
         role = str(m["role"])
         role = "system" if role == "developer" else role
         if role == "function":
@@ -106,12 +183,20 @@ def from_openai(rec: dict[str, Any]) -> list[Message] | None:
             train = float(m["loss_weight"] or 0) > 0
         elif "train" in m:
             train = bool(m["train"])
-        content = _text(m.get("content"))
-        if not content and m.get("tool_calls"):
-            import json
-
-            content = json.dumps(m["tool_calls"], ensure_ascii=False)
-        out.append(Message(role, content, train))
+        content, reasoning, calls = _parts(m.get("content"), where)
+        reasoning = _reasoning(m) or reasoning
+        raw_calls = m.get("tool_calls")
+        if isinstance(raw_calls, list):
+            calls += [tool_call(c, where) for c in raw_calls]
+        elif raw_calls is not None:
+            raise FormatError("bad_tool_call", f"{where}: tool_calls is not a list")
+        if isinstance(m.get("function_call"), dict):  # the pre-tools OpenAI field
+            calls.append(tool_call(m["function_call"], where))
+        if role != "assistant" and (calls or reasoning):
+            raise FormatError("bad_tool_call", f"{where}: a {role} turn carries tool calls or reasoning")
+        name = m.get("name") if role == "tool" and isinstance(m.get("name"), str) else None
+        cid = m.get("tool_call_id")
+        out.append(Message(role, content, train, reasoning, calls, str(cid) if cid is not None else None, name))
     return out
 
 
@@ -132,20 +217,36 @@ def from_alpaca(rec: dict[str, Any]) -> list[Message] | None:
 
 
 def from_sharegpt(rec: dict[str, Any]) -> list[Message] | None:
+    """ShareGPT, with the tool-use turns of LLaMA-Factory/Glaive-style sets: `function_call` turns (a JSON call, or a
+    list of calls) are assistant calls — merged into the assistant turn just before when that one made none —
+    and `observation` turns are tool results."""
     conv = rec.get("conversations")
     if not isinstance(conv, list):
         return None
-    out = []
+    out: list[Message] = []
     if rec.get("system"):
         out.append(Message("system", _text(rec["system"])))
-    for turn in conv:
+    for n, turn in enumerate(conv, 1):
         if not isinstance(turn, dict):
             raise FormatError("bad_role_order", "a conversation turn is not an object")
         who = str(turn.get("from", turn.get("role", "")))
         role = _SHAREGPT_ROLES.get(who)
         if role is None:
             raise FormatError("bad_role_order", f"unknown speaker {who!r}")
-        out.append(Message(role, _text(turn.get("value", turn.get("content")))))
+        value = turn.get("value", turn.get("content"))
+        where = f"turn {n}"
+        if who == "function_call":
+            calls = _json(value, f"{where}: the function call", "bad_tool_call")
+            calls = [tool_call(c, where) for c in (calls if isinstance(calls, list) else [calls])]
+            if out and out[-1].role == "assistant" and not out[-1].tool_calls:
+                out[-1].tool_calls = calls
+            else:
+                out.append(Message("assistant", "", tool_calls=calls))
+            continue
+        content, reasoning, calls = _parts(value, where)
+        name = turn.get("name") if role == "tool" and isinstance(turn.get("name"), str) else None
+        out.append(Message(role, content, reasoning=_reasoning(turn) or reasoning if role == "assistant" else "",
+                           tool_calls=calls, name=name))
     return out
 
 
@@ -161,6 +262,9 @@ def from_text(rec: dict[str, Any]) -> list[Message] | None:
     # Plain text trains on the whole text: one assistant turn with no prompt.
     return [Message("assistant", rec["text"], train=True)]
 
+
+TOOL_FIELDS = ("tools", "functions")
+"""Record fields holding tool definitions (any format): OpenAI `tools`, the older `functions`, ShareGPT's string."""
 
 FORMATS: list[tuple[str, Callable[[dict[str, Any]], list[Message] | None], tuple[str, ...]]] = [
     ("openai", from_openai, ("messages",)),
@@ -178,6 +282,7 @@ def normalise(rec: Any, line: int) -> Example | None:
     for name, fn, consumed in FORMATS:
         msgs = fn(rec)
         if msgs is not None:
-            meta = {k: v for k, v in rec.items() if k not in consumed and k != "line"}
-            return Example(messages=msgs, fmt=name, line=line, raw=rec, meta=meta)
+            tools = tool_definitions(rec.get("tools", rec.get("functions")))
+            meta = {k: v for k, v in rec.items() if k not in consumed and k not in TOOL_FIELDS and k != "line"}
+            return Example(messages=msgs, fmt=name, line=line, raw=rec, meta=meta, tools=tools)
     return None

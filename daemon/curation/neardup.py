@@ -9,7 +9,7 @@ signatures and the normalised text of each indexed record.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,14 +59,17 @@ class NearDupIndex:
         m.update(shingle_set)
         return m
 
-    def find(self, sig, words: str) -> Match | None:
-        """The most similar indexed record at or above the threshold; `words` is the record's normalised text."""
-        matches = self.find_all(sig, words)
+    def find(self, sig, words: str, among: Callable[[int], bool] | None = None) -> Match | None:
+        """The most similar indexed record at or above the threshold; `words` is the record's normalised text;
+        `among(key)`: only records it accepts count (the curator's: the same tool definitions)."""
+        matches = self.find_all(sig, words, among)
         return max(matches, key=lambda m: (m.similarity, -m.key)) if matches else None
 
-    def find_all(self, sig, words: str) -> list[Match]:
+    def find_all(self, sig, words: str, among: Callable[[int], bool] | None = None) -> list[Match]:
         """Indexed records at or above the threshold (among the MAX_VERIFIED best estimates)."""
         keys = self._lsh.query(sig)
+        if among is not None:
+            keys = [k for k in keys if among(k)]
         if not keys:
             return []
         floor = self.threshold - _SLACK

@@ -1,10 +1,13 @@
 """Quality scores: a few cheap components in [0, 1] and their weighted mean, judged against a per-domain threshold.
 
-Built-in components look at the answer (the text that is trained on):
+Built-in components look at the answer (the text that is trained on): its prose and reasoning, never the JSON of its
+tool calls. A turn that only calls tools has no prose: the prose components have no say on it (calls are checked
+for form by validation).
   diversity       distinct-word share, averaged over 50-word windows so long answers are not punished for length
   coherence       share of word-like tokens, and of letters among the non-space characters
   repetition      1 - share of repeated word 3-grams (1.0 = nothing repeats)
-  length_fitness  1.0 inside curation.answer_chars, decaying outside it
+  length_fitness  1.0 inside curation.answer_chars, decaying outside it (the answer text; the reasoning only when
+                  the turn has no answer text)
   grounding       share of the answer's content words found in the input, only where the record has an input
                   (an Alpaca `input`, tool / observation turns); otherwise it has no say
 The overall quality_score is their weighted geometric mean. Extra components are `module:function` paths in
@@ -141,16 +144,19 @@ class QualityScorer:
         return self.cfg.domain_min_quality.get(domain or "", self.cfg.min_quality)
 
     def score(self, ex: Example, words: list[str] | None = None) -> Quality:
-        """`words`: the answer lower-cased and split on whitespace, when the caller has it already."""
-        answer = ex.answer
+        """`words`: the answer's prose (Message.prose) lower-cased and split on whitespace, when the caller has it."""
+        answer = ex.answer_message
+        prose = answer.prose
         if words is None:
-            words = answer.lower().split()
-        comps: dict[str, float] = {
-            "diversity": diversity(words),
-            "coherence": coherence(answer, answer.split()),
-            "repetition": repetition(words),
-            "length_fitness": length_fitness(len(answer), self.lo, self.hi),
-        }
+            words = prose.lower().split()
+        comps: dict[str, float] = {}
+        if prose.strip():  # a tool-call-only turn has no prose to judge
+            comps = {
+                "diversity": diversity(words),
+                "coherence": coherence(prose, prose.split()),
+                "repetition": repetition(words),
+                "length_fitness": length_fitness(len(answer.content or answer.reasoning), self.lo, self.hi),
+            }
         g = grounding(words, context_of(ex))
         if g is not None:
             comps["grounding"] = g
@@ -170,7 +176,7 @@ class QualityScorer:
 
     @staticmethod
     def _plugin(name: str, fn: Scorer, ex: Example) -> dict[str, float]:
-        record = {"messages": [{"role": m.role, "content": m.content} for m in ex.messages], **ex.meta}
+        record = ex.to_record()
         try:
             v = fn(record)
         except Exception as exc:

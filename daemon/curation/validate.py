@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from daemon.chat.messages import tool_names
 from daemon.curation.formats import Example
 
 _PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_][\w.]*\s*\}\}")
@@ -14,8 +15,10 @@ def check(ex: Example) -> tuple[str, str] | None:
     msgs = ex.messages
     if not any(m.role == "assistant" for m in msgs):
         return "no_assistant_turn", "no assistant turn to learn from"
-    if not ex.answer.strip():
-        return "empty_output", "the assistant's answer is empty"
+    answer = ex.answer_message
+    if not answer.content.strip() and not answer.tool_calls:
+        what = "has reasoning but no answer" if answer.reasoning.strip() else "is empty"
+        return "empty_output", f"the assistant's last turn {what}"
     first_other = next(i for i, m in enumerate(msgs) if m.role != "system")
     if any(m.role == "system" for m in msgs[first_other:]):
         return "bad_role_order", "a system message after the conversation started"
@@ -27,8 +30,19 @@ def check(ex: Example) -> tuple[str, str] | None:
             return "bad_role_order", "two user turns in a row"
         if cur.role == "tool" and prev.role not in ("assistant", "tool"):
             return "bad_role_order", "a tool result that follows no assistant call"
-    for m in msgs:
-        hit = _PLACEHOLDER.search(m.content) if "{{" in m.content else None
-        if hit:
-            return "unfilled_placeholder", f"unfilled template placeholder {hit.group(0)} in a {m.role} turn"
+    if ex.fmt != "text":
+        first = next(i for i, m in enumerate(msgs) if m.role == "assistant")
+        if not any(m.content.strip() for m in msgs[:first] if m.role in ("system", "user", "tool")):
+            return "empty_prompt", "nothing before the first assistant turn: no user, system or tool content"
+    known = tool_names(ex.tools)
+    for n, m in enumerate(msgs, 1):
+        if known:
+            unknown = [c.name for c in m.tool_calls if c.name not in known]
+            if unknown:
+                return "unknown_tool", (f"message {n} calls {unknown[0]!r}, which the record's tools do not define "
+                                        f"(defined: {', '.join(sorted(known))})")
+        for text in (m.content, m.reasoning):
+            hit = _PLACEHOLDER.search(text) if "{{" in text else None
+            if hit:
+                return "unfilled_placeholder", f"unfilled template placeholder {hit.group(0)} in a {m.role} turn"
     return None

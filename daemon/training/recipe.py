@@ -74,7 +74,7 @@ def _data(ctx: RunContext, tok: Any) -> tuple[list[dict[str, Any]], list[dict[st
 
     cfg = ctx.settings.train
     rows = read_split(ctx.dataset_dir / "train.jsonl")
-    encoded = encode_rows(tok, rows, cfg.max_length, cfg.loss_on)
+    encoded = encode_rows(tok, rows, cfg.max_length, cfg.loss_on, cfg.loss_on_reasoning)
     if not encoded:
         raise TrainingError(f"{ctx.dataset_dir.name} has no training example with a trainable token")
     return rows, encoded
@@ -169,17 +169,19 @@ def _save_best_adapter(run_dir: Path, best: dict[str, Any], adapter_dir: Path) -
 
 
 def exact_match(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens: int) -> dict[str, Any]:
-    """Greedy answers to `rows`; share whose answer equals the golden one (whitespace-normalised)."""
-    from daemon.generation import generate_texts, normalise_answer
-    from daemon.training.data import messages_of, prompt_text
+    """Greedy answers to `rows`; share whose answer equals the golden one (daemon.chat.answers.same_answer)."""
+    from daemon.chat.answers import same_answer
+    from daemon.chat.messages import messages_of, question_and_answer, tools_of
+    from daemon.chat.render import prompt_text
+    from daemon.generation import generate_texts
 
     if not rows:
         return {"count": 0, "exact_match": None}
     msgs = [messages_of(r) for r in rows]
-    prompts = [prompt_text(tok, m) for m in msgs]
-    golden = [[x for x in m if x.role == "assistant"][-1].content for m in msgs]
+    prompts = [prompt_text(tok, m, tools_of(r)) for m, r in zip(msgs, rows)]
+    golden = [question_and_answer(m)[1] for m in msgs]
     answers = generate_texts(model, tok, prompts, max_new_tokens=max_new_tokens)
-    hits = [normalise_answer(a["text"]) == normalise_answer(g) for a, g in zip(answers, golden)]
+    hits = [same_answer(a["text"], g) for a, g in zip(answers, golden)]
     return {"count": len(rows), "exact_match": round(sum(hits) / len(rows), 4),
             "misses": [{"line": r.get("line"), "golden": g, "model": a["text"]}
                        for r, g, a, h in zip(rows, golden, answers, hits) if not h][:10]}
@@ -223,6 +225,11 @@ def _peak_flops(cfg: Any, model: Any) -> float | None:
     if p.device.type != "cuda":
         return None
     return peak_flops(torch.cuda.get_device_name(p.device), p.dtype in (torch.bfloat16, torch.float16))
+
+
+def _rendering_status(report: dict[str, Any]) -> dict[str, Any]:
+    """The status file's `rendering` line, for datasets that have tools, calls or reasoning at all."""
+    return {"rendering": report["summary"]} if any(report["rows_with"].values()) else {}
 
 
 def _collectors(ctx: RunContext, tok: Any, rows: list[dict[str, Any]], run_dir: Path, steps: int,
@@ -270,6 +277,7 @@ def train(ctx: RunContext) -> TrainOutcome:
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    from daemon.chat.render import rendering_report
     from daemon.models import load_tokenizer
     from daemon.training import faults
     from daemon.training.control import RunControl, newest_complete_checkpoint
@@ -282,6 +290,9 @@ def train(ctx: RunContext) -> TrainOutcome:
     # 2. data: the curated train split, tokenised with prompt tokens masked
     tok = load_tokenizer(cfg.model, ctx.home.models, cfg.trust_remote_code)
     rows, train_set = _data(ctx, tok)
+    # How tools, calls and reasoning reach the tokens: the model's template or the documented fallback
+    config["rendering"] = rendering_report(tok, rows)
+    write_json_atomic(run_dir / "config.json", config)
     # 3. model: the base model with LoRA adapters (only they train)
     model = _model(ctx)
     # 4. train: Trainer + collectors; resume from the newest complete checkpoint
@@ -292,7 +303,7 @@ def train(ctx: RunContext) -> TrainOutcome:
     alerts = collectors["alerts"]
     status = StatusWriter(ctx.home.training_status, run_dir / "metrics.jsonl",
                           base={"job_id": ctx.job_id, "dataset": ctx.dataset_dir.name, "model": cfg.model,
-                                "run_dir": str(run_dir)},
+                                "run_dir": str(run_dir), **_rendering_status(config["rendering"])},
                           collectors=list(collectors.values()), echo=ctx.echo)
     # Order matters: the measuring collectors update before the alerts read them, and the status is written last.
     trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=PadCollator(tok.pad_token_id),

@@ -67,13 +67,17 @@ class Probe:
     that merges across the turn boundary) or truncation cut the answer: that example is generated from its prompt."""
 
 
-def prepare_probe(tok: Any, messages: list[list[Any]], max_length: int, loss_on: str) -> Probe:
-    from daemon.training.data import encode_messages, prompt_text, question_and_answer
+def prepare_probe(tok: Any, messages: list[list[Any]], max_length: int, loss_on: str,
+                  tools: list[Any] | None = None) -> Probe:
+    """`tools`: each example's tool definitions (None for none)."""
+    from daemon.chat.messages import question_and_answer
+    from daemon.chat.render import encode_messages, prompt_text
 
+    tools = tools or [None] * len(messages)
     qa = [question_and_answer(m) for m in messages]
     golden = [a for _, a in qa]
-    encoded = [encode_messages(tok, m, max_length, loss_on) for m in messages]
-    prompts = [prompt_text(tok, m) for m in messages]
+    encoded = [encode_messages(tok, m, max_length, loss_on, t) for m, t in zip(messages, tools)]
+    prompts = [prompt_text(tok, m, t) for m, t in zip(messages, tools)]
     starts: list[int | None] = []
     for enc, p_ids in zip(encoded, tok(prompts, add_special_tokens=False)["input_ids"]):
         a = len(p_ids)

@@ -85,13 +85,14 @@ class EvolutionSnapshots(Collector):
             self.seconds += time.perf_counter() - t0
 
     def _take(self, model: Any, step: int) -> dict[str, Any]:
-        from daemon.generation import normalise_answer
+        from daemon.chat.answers import same_answer
         from daemon.training.scoring import answer, prepare_probe
 
         if self._probe is None:  # the same at every snapshot: prepared at the first
-            from daemon.training.data import messages_of
+            from daemon.chat.messages import messages_of, tools_of
 
-            self._probe = prepare_probe(self.tok, [messages_of(r) for r in self.rows], self.max_length, self.loss_on)
+            self._probe = prepare_probe(self.tok, [messages_of(r) for r in self.rows], self.max_length, self.loss_on,
+                                        [tools_of(r) for r in self.rows])
         probe = self._probe
         inputs, golden = probe.questions, probe.golden
         sc, outputs, _ = answer(model, self.tok, probe, self.max_new_tokens, self.batch_size)
@@ -99,7 +100,7 @@ class EvolutionSnapshots(Collector):
         examples = []
         for i, row in enumerate(self.rows):
             out = outputs[i]
-            em = normalise_answer(out) == normalise_answer(golden[i])
+            em = same_answer(out, golden[i])
             meta = {k: row[k] for k in ("id", "line", "domain") if k in row}
             examples.append({"example_id": f"ex_{i:03d}", "input": inputs[i], "expected_output": golden[i],
                              "model_output": out, "loss": round(sc.loss[i], 4),

@@ -2,7 +2,8 @@
 
 One teacher-forced pass over the golden answers (daemon.training.scoring) gives cross-entropy, ECE and, per example,
 whether greedy decoding reproduces the answer; only the others are generated (batched, greedy), so that their
-output can be shown and compared with the golden answer (whitespace-normalised) for exact match. For ECE each
+output can be shown and compared with the golden answer for exact match (daemon.chat.answers.same_answer: the
+prose whitespace-normalised, tool calls by name and parsed arguments). For ECE each
 answer token contributes the model's top-1 confidence and whether the top-1 token is the golden one; ECE = sum
 over 15 equal-width confidence bins of |accuracy - confidence| weighted by the bin's share of tokens. Runs in eval
 mode without gradients; a failure is recorded and training goes on. Its wall time is reported to the throughput
@@ -40,11 +41,12 @@ class FixedEval(Collector):
     def __init__(self, tokenizer: Any, rows: list[dict[str, Any]], eval_steps: int, max_length: int = 512,
                  max_new_tokens: int = 64, loss_on: str = "assistant", throughput: Any = None,
                  batch_size: int = BATCH_ROWS):
-        from daemon.training.data import messages_of
+        from daemon.chat.messages import messages_of, tools_of
 
         self.tok = tokenizer
         self.rows = rows
         self.messages = [messages_of(r) for r in rows]
+        self.tools = [tools_of(r) for r in rows]
         self.eval_steps = eval_steps
         self.max_length = max_length
         self.max_new_tokens = max_new_tokens
@@ -101,25 +103,26 @@ class FixedEval(Collector):
 
     def _describe(self, i: int) -> dict[str, Any]:
         """Example i as people read it: the prompt turns, the last user turn, the golden answer."""
-        from daemon.training.data import question_and_answer
+        from daemon.chat.messages import last_answer, question_and_answer
 
         msgs = self.messages[i]
         question, golden = question_and_answer(msgs)
-        last = max(j for j, m in enumerate(msgs) if m.role == "assistant")
-        return {"prompt": question, "golden": golden,
-                "messages": [{"role": m.role, "content": m.content} for m in msgs[:last]],
-                "line": self.rows[i].get("line"), "id": self.rows[i].get("id")}
+        out = {"prompt": question, "golden": golden, "messages": [m.to_row() for m in msgs[:last_answer(msgs)]],
+               "line": self.rows[i].get("line"), "id": self.rows[i].get("id")}
+        if self.tools[i]:
+            out["tools"] = self.tools[i]
+        return out
 
     def _run(self, model: Any, step: int) -> dict[str, Any]:
-        from daemon.generation import normalise_answer
+        from daemon.chat.answers import same_answer
         from daemon.training.scoring import answer, prepare_probe
 
         if self._probe is None:  # the same at every evaluation: prepared at the first
-            self._probe = prepare_probe(self.tok, self.messages, self.max_length, self.loss_on)
+            self._probe = prepare_probe(self.tok, self.messages, self.max_length, self.loss_on, self.tools)
         golden = self._probe.golden
         sc, outputs, generated = answer(model, self.tok, self._probe, self.max_new_tokens, self.batch_size)
         self.decode_seconds += sc.decode_seconds
-        matches = [normalise_answer(o) == normalise_answer(g) for o, g in zip(outputs, golden)]
+        matches = [same_answer(o, g) for o, g in zip(outputs, golden)]
         self.last_results = [
             {**self._describe(i), "output": o, "loss": round(loss, 4), "matches": ok}
             for i, (o, loss, ok) in enumerate(zip(outputs, sc.loss, matches))]
