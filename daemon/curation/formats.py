@@ -91,7 +91,7 @@ def _json(value: Any, what: str, detail: str) -> Any:
     try:
         return json.loads(value) if value.strip() else None
     except ValueError as exc:
-        raise FormatError(detail, f"{what} is not valid JSON ({exc})") from None
+        raise FormatError(detail, f"{what}: not valid JSON ({exc})") from None
 
 
 def tool_call(obj: Any, where: str) -> ToolCall:

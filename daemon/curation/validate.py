@@ -35,11 +35,11 @@ def check(ex: Example) -> tuple[str, str] | None:
         if not any(m.content.strip() for m in msgs[:first] if m.role in ("system", "user", "tool")):
             return "empty_prompt", "nothing before the first assistant turn: no user, system or tool content"
     known = tool_names(ex.tools)
-    for n, m in enumerate(msgs, 1):
+    for m in msgs:
         if known:
             unknown = [c.name for c in m.tool_calls if c.name not in known]
             if unknown:
-                return "unknown_tool", (f"message {n} calls {unknown[0]!r}, which the record's tools do not define "
+                return "unknown_tool", (f"a call to {unknown[0]!r}, which the record's tools do not define "
                                         f"(defined: {', '.join(sorted(known))})")
         for text in (m.content, m.reasoning):
             hit = _PLACEHOLDER.search(text) if "{{" in text else None
