@@ -14,6 +14,7 @@ from rich.table import Table
 from cli.app import HomeOpt, JsonOpt, app, command, console, err_console
 from cli.render import clip, dash, duration
 from daemon.atomic import read_json, write_jsonl_atomic
+from daemon.chat.answers import readable
 from daemon.errors import BenchError
 from daemon.home import Home, safe_name
 
@@ -250,7 +251,8 @@ def bench_compare(runs: list[str] = typer.Argument(..., help="Two or more run na
                                        "pairs": pairs, "rows": comparison_rows_json(c, diff_only)}))
         return
     shown = [r for r in c.rows if r.disagree or not diff_only]
-    what = f"label /{c.label_regex}/" if c.label_regex else "whole answers (whitespace-normalised)"
+    what = (f"label /{c.label_regex}/" if c.label_regex
+            else "whole answers (whitespace-normalised; tool calls by name and arguments)")
     console.print(f"[bold]{len(c.rows)}[/bold] prompts, [bold]{c.disagreements}[/bold] with disagreement; "
                   f"comparing {what}", highlight=False)
     t = Table(title="answers" + (" (disagreements only)" if diff_only else ""))
@@ -269,9 +271,9 @@ def bench_compare(runs: list[str] = typer.Argument(..., help="Two or more run na
             elif c.label_regex:
                 cells.append(f"[bold]{cell.value}[/bold] {clip(cell.text, width)}")
             else:
-                cells.append(clip(cell.text, width))
+                cells.append(clip(readable(cell.text), width))
         mark = "[red]≠[/red]" if r.disagree else "[green]=[/green]"
-        t.add_row(mark, r.name, *([clip(r.reference or "", width)] if has_ref else []), *cells)
+        t.add_row(mark, r.name, *([clip(readable(r.reference or ""), width)] if has_ref else []), *cells)
     if shown:
         console.print(t)
     if limit and len(shown) > limit:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from cli.app import HomeOpt, JsonOpt, app, command, console
 from cli.render import bar, clip, sparkline
+from daemon.chat.answers import readable
 from daemon.errors import TrainctlError
 from daemon.home import Home
 
@@ -81,7 +82,7 @@ def evolution(dataset: Optional[str] = typer.Argument(None, help="Dataset folder
         first = e.first_learned
         et.add_row(e.example_id, f"[{colour[e.cls]}]{e.cls}[/]", f"{e.confidence:.3f}", f"{e.variability:.3f}",
                    "never" if first is None else f"step {first}", str(e.forgetting_events), clip(e.input),
-                   clip(e.expected, 30), clip(e.outputs[-1] if e.outputs else "", 30))
+                   clip(readable(e.expected), 30), clip(readable(e.outputs[-1]) if e.outputs else "", 30))
     console.print(et)
     if limit and len(rows) > limit:
         console.print(f"… {len(rows) - limit} more (--limit 0 shows all); --example ID shows one learning curve")
@@ -96,12 +97,12 @@ def _one(evo: Evolution, example: str, json_out: bool) -> None:
     console.print(f"[bold]{e.example_id}[/bold] ({e.cls}; confidence {e.confidence:.3f}, variability "
                   f"{e.variability:.3f}; first learned {'never' if first is None else f'at step {first}'}; "
                   f"{e.forgetting_events} forgetting events)", highlight=False)
-    console.print(f"input: {e.input}\nexpected: {e.expected}", highlight=False)
+    console.print(f"input: {e.input}\nexpected: {readable(e.expected)}", highlight=False)
     console.print("golden probability " + sparkline(e.prob))
     t = Table(title="learning curve")
     for col in ("step", "correct", "loss", "golden prob", "", "model output"):
         t.add_column(col, overflow="fold")
     for s, ok, lo, p, o in zip(e.steps, e.correct, e.loss, e.prob, e.outputs):
         t.add_row(str(s), "[green]yes[/green]" if ok else "[red]no[/red]", f"{lo:.3f}", f"{p:.3f}",
-                  bar(int(1000 * p), 1000, 20), clip(o, 60))
+                  bar(int(1000 * p), 1000, 20), clip(readable(o), 60))
     console.print(t)

@@ -12,6 +12,7 @@ from rich.table import Table
 from cli.app import HomeOpt, JsonOpt, app, command, console, reports_errors
 from cli.render import bar, dash
 from daemon.atomic import write_jsonl_atomic
+from daemon.chat.answers import readable
 from daemon.errors import TrainctlError
 from daemon.flags import REASONS, SORTS, FlagStore, to_training_record
 from daemon.home import Home
@@ -60,7 +61,7 @@ def flags_list(ctx: typer.Context,
         colour = "green" if f.get("matches") else "red"
         t.add_row(str(f["id"]) + (" ✓" if f.get("resolved") else ""), f["reason"], dash(f.get("step")),
                   dash(f.get("loss"), "{:.3f}"), dash(f.get("file")), f.get("prompt", "")[:60],
-                  f.get("golden", "")[:60], f"[{colour}]{(f.get('output') or '')[:60]}[/{colour}]",
+                  readable(f.get("golden", ""))[:60], f"[{colour}]{readable(f.get('output') or '')[:60]}[/{colour}]",
                   (f.get("timestamp") or "")[:19], f.get("notes", "")[:40])
     console.print(t)
 

@@ -5,7 +5,8 @@ One JSON document `{"next_id": N, "flags": [...]}`, the most recent `cap` flags 
 see a whole document (old or new). No torch here: `trainctl flags` reads it.
 
 A flag: id, step, file, reason (mismatch | high_loss | error | manual), loss, matches, prompt, golden, output,
-timestamp, notes, resolved.
+timestamp, notes, resolved; from training also the prompt turns (`messages`), the golden turn as a row (`answer`,
+with its reasoning and calls) and the record's `tools`, so that `flags export` writes the example back whole.
 """
 
 from __future__ import annotations
@@ -122,15 +123,19 @@ def flags_from_eval(step: int, results: list[dict[str, Any]], file: str | None,
             out.append({"step": step, "file": file, "reason": reason, "loss": r.get("loss"),
                         "matches": r.get("matches"), "prompt": r.get("prompt", ""), "golden": r.get("golden", ""),
                         "output": r.get("output", ""), "notes": r.get("error", ""),
-                        "example_id": r.get("id"), "line": r.get("line"), "messages": r.get("messages")})
+                        "example_id": r.get("id"), "line": r.get("line"), "messages": r.get("messages"),
+                        **{k: r[k] for k in ("answer", "tools") if r.get(k)}})
     return out
 
 
 def to_training_record(flag: dict[str, Any]) -> dict[str, Any]:
-    """A flag as a record to train on: its prompt turns and the golden answer (what the model should have said)."""
+    """A flag as a record to train on: its prompt turns and the golden answer (what the model should have said),
+    with its reasoning, calls and the tools it may use where the example had them."""
     prompt = flag.get("messages") or [{"role": "user", "content": flag.get("prompt", "")}]
-    rec: dict[str, Any] = {"messages": [*prompt, {"role": "assistant", "content": flag.get("golden", "")}],
-                           "source": f"flag:{flag['id']}"}
+    answer = flag.get("answer") or {"role": "assistant", "content": flag.get("golden", "")}
+    rec: dict[str, Any] = {"messages": [*prompt, answer], "source": f"flag:{flag['id']}"}
+    if flag.get("tools"):
+        rec["tools"] = flag["tools"]
     if flag.get("notes"):
         rec["notes"] = flag["notes"]
     return rec

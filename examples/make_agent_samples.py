@@ -74,7 +74,8 @@ def broken_records() -> list[dict]:
         {**base, "id": "broken-unknown", "conversations": [
             ask, {"from": "function_call", "value": json.dumps(_call("get_forecast", "Oslo"))}]},
         {"id": "broken-noprompt", "tools": json.dumps(TOOLS), "conversations": [
-            {"from": "human", "value": " "}, {"from": "function_call", "value": json.dumps(_call("get_time", "Oslo"))}]},
+            {"from": "human", "value": " "},
+            {"from": "function_call", "value": json.dumps(_call("get_time", "Oslo"))}]},
     ]
 
 

@@ -193,8 +193,9 @@ def test_new_validation_details_name_their_line(home, tmp_path):
 
 
 def test_tools_are_part_of_the_duplicate_keys_and_calls_are_not_prose(home, tmp_path):
+    call = {"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
     convo = [{"role": "user", "content": "Weather in Oslo please, I am going out soon"},
-             {"role": "assistant", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]}]
+             {"role": "assistant", "tool_calls": [call]}]
     other = {"type": "function", "function": {**WEATHER["function"], "description": "Forecast for a city."}}
     records = [{"messages": convo, "tools": [WEATHER]}, {"messages": convo, "tools": [other]},
                {"messages": convo, "tools": [WEATHER]}]

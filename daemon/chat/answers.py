@@ -80,11 +80,11 @@ def same_answer(output: str, golden: str) -> bool:
 
 
 def readable(text: str) -> str:
-    """An answer for a terminal: reasoning marked as such, each call as `→ name(arguments)`."""
+    """An answer for a terminal: `thinking: ...`, the prose, each call as `→ name({arguments})`; plain text as is."""
     a = parse_answer(text)
     if not a.calls and not a.reasoning:
         return text
-    lines = [f"[thinking] {a.reasoning}"] if a.reasoning else []
+    lines = [f"thinking: {a.reasoning}"] if a.reasoning else []
     if a.prose:
         lines.append(a.prose)
     lines += [f"→ {n or '?'}({json.dumps(args, ensure_ascii=False)})" for n, args in a.calls]

@@ -107,8 +107,9 @@ class FixedEval(Collector):
 
         msgs = self.messages[i]
         question, golden = question_and_answer(msgs)
-        out = {"prompt": question, "golden": golden, "messages": [m.to_row() for m in msgs[:last_answer(msgs)]],
-               "line": self.rows[i].get("line"), "id": self.rows[i].get("id")}
+        last = last_answer(msgs)
+        out = {"prompt": question, "golden": golden, "messages": [m.to_row() for m in msgs[:last]],
+               "answer": msgs[last].to_row(), "line": self.rows[i].get("line"), "id": self.rows[i].get("id")}
         if self.tools[i]:
             out["tools"] = self.tools[i]
         return out
