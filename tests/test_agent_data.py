@@ -242,6 +242,32 @@ def test_bench_prompts_carry_tools_to_the_template(home, tmp_path):
     assert "<tool_call>" in tok.decode(prompt_ids(tok, second.messages, second.tools))
 
 
+def test_flags_show_calls_readably(home):
+    from typer.testing import CliRunner
+
+    from cli.app import app
+    from daemon.flags import FlagStore
+    from daemon.home import Home
+
+    ex = normalise(PARTS, 1)
+    golden = ex.answer_message.as_text()
+    FlagStore(Home.open(home).flagged_file).add([{
+        "reason": "mismatch", "prompt": "Is it cold in Kyiv?", "golden": golden, "matches": False,
+        "output": '<tool_call>{"name": "get_weather", "arguments": {"city": "Kiev"}}</tool_call>',
+        "answer": ex.answer_message.to_row(), "tools": ex.tools, "messages": [ex.messages[0].to_row()]}])
+    import cli.app
+
+    wide = cli.app.console.width
+    cli.app.console.width = 400  # no folding inside the table's cells
+    try:
+        shown = CliRunner().invoke(app, ["flags", "--home", str(home)])
+    finally:
+        cli.app.console.width = wide
+    assert shown.exit_code == 0, shown.output
+    assert 'thinking: Check Kyiv first.' in shown.output and '→ get_weather({"city": "Kyiv"})' in shown.output
+    assert '→ get_weather({"city": "Kiev"})' in shown.output
+
+
 @pytest.mark.parametrize("path", ["examples/agent_tools.jsonl", "examples/agent_reasoning.jsonl"])
 def test_sample_agent_files_curate(home, tmp_path, path):
     from tests.conftest import ROOT
@@ -255,3 +281,62 @@ def test_sample_agent_files_curate(home, tmp_path, path):
         assert all(r["tools"] for r in rows) and sum(bool(r["messages"][-1].get("tool_calls")) for r in rows) > 90
     else:
         assert reasons == {} and sum(bool(m.get("reasoning")) for r in rows for m in r["messages"]) == 50
+
+
+@pytest.mark.slow
+def test_a_tool_use_file_trains_end_to_end_on_the_real_model(real_home, tmp_path):
+    """100 ShareGPT tool-use records on builtin:smollm2-135m: the calls reach the prompt and the labels through the
+    fallback rendering (reported), and evolution, flags and the bench show them."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+    from tests.conftest import ROOT
+
+    runner = CliRunner()
+    home = real_home
+    (home / "trainctl.toml").write_text("[train]\nevolution_examples = 16\nfixed_eval_examples = 16\n"
+                                        "final_eval_examples = 16\neval_steps = 6\n")
+    src = tmp_path / "tools.jsonl"
+    src.write_text("".join((ROOT / "examples" / "agent_tools.jsonl").read_text().splitlines(True)[:100]))
+    r = runner.invoke(app, ["train", str(src), "--home", str(home), "--epochs", "1"])
+    assert r.exit_code == 0, r.output
+    run = home / "data" / "runs" / "job-00001"
+    rendering = json.loads((run / "config.json").read_text())["rendering"]
+    assert rendering["tool_calls"] == "fallback: <tool_call> blocks" and rendering["rows_with"]["tool_calls"] > 80
+    status = json.loads((home / "status" / "training_status.json").read_text())
+    assert status["rendering"] == rendering["summary"] and status["state"] == "done"
+    assert status["test_exact_match"] > status["base_test_exact_match"]
+
+    # Evolution: a call as the golden answer, and the model writing it by the last snapshot.
+    snaps = sorted((home / "data" / "evolution_snapshots").glob("*/step_*.json"))
+    last = json.loads(snaps[-1].read_text())
+    calls = [e for e in last["examples"] if "<tool_call>" in e["expected_output"]]
+    assert calls and any(e["exact_match"] for e in calls)
+    shown = runner.invoke(app, ["evolution", "--home", str(home), "--example", calls[0]["example_id"]])
+    assert shown.exit_code == 0 and "→ get_" in shown.output
+    # Flags keep the golden turn as a row and the record's tools: exported, the example comes back whole.
+    flags = json.loads((home / "data" / "flagged_examples" / "flagged_examples.json").read_text())["flags"]
+    assert flags and all(f["answer"]["role"] == "assistant" and f["tools"] for f in flags)
+    out = runner.invoke(app, ["flags", "export", "fixes.jsonl", "--home", str(home)])
+    assert out.exit_code == 0, out.output
+    back = [normalise(json.loads(x), i) for i, x in enumerate((home / "fixes.jsonl").read_text().splitlines(), 1)]
+    assert all(ex.tools and ex.tools[0]["function"]["name"] == "get_weather" for ex in back)
+
+    # The bench: OpenAI batch lines with body.tools; the tuned model's calls come back in the OpenAI shape.
+    tools = json.loads(json.loads((ROOT / "examples" / "agent_tools.jsonl").read_text().splitlines()[0])["tools"])
+    prompts = tmp_path / "ask.jsonl"
+    write_jsonl(prompts, [{"custom_id": f"t{i}", "method": "POST", "url": "/v1/chat/completions", "body": {
+        "messages": [{"role": "system", "content": "You are a helpful assistant with tools."},
+                     {"role": "user", "content": f"What time is it in {city}?"}],
+        "tools": [{"type": "function", "function": t} for t in tools]}}
+        for i, city in enumerate(["Oslo", "Lima", "Tokyo"])])
+    b = runner.invoke(app, ["bench", "run", "--prompts", str(prompts), "--adapter", str(run / "adapter"),
+                            "--name", "ask", "--home", str(home), "--max-tokens", "48"])
+    assert b.exit_code == 0, b.output
+    rows = [json.loads(x) for x in (home / "data" / "bench" / "ask" / "results.jsonl").read_text().splitlines()]
+    choices = [row["response"]["body"]["choices"][0] for row in rows]
+    made = [(c["finish_reason"], c["message"]["tool_calls"][0]["function"]) for c in choices
+            if c["message"].get("tool_calls")]
+    assert len(made) >= 2, choices
+    assert all(reason == "tool_calls" and fn["name"] == "get_time" and json.loads(fn["arguments"])["city"]
+               for reason, fn in made)

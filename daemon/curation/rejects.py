@@ -228,7 +228,13 @@ def _recommend(rep: RejectReport, settings: dict[str, Any], examples: dict[str, 
                         ("empty_output", "drop or complete them upstream"),
                         ("no_assistant_turn", "add the assistant's answer"),
                         ("bad_role_order", "start with a user turn, one system message first at most"),
-                        ("not_utf8", "re-save the file as UTF-8")):
+                        ("not_utf8", "re-save the file as UTF-8"),
+                        ("empty_prompt", "give each record the question it answers"),
+                        ("bad_tool_call", "each call needs a function name and JSON-object arguments (the "
+                                          "rejection's `error` names the turn)"),
+                        ("bad_tools", "`tools` must list function definitions, each with a name"),
+                        ("unknown_tool", "add the called functions to the records' `tools`, or fix the call "
+                                         "names")):
         if rep.by_detail.get(detail):
             out.append(f"{rep.by_detail[detail]} {detail} (lines {_lines(examples[detail])}): {fix}.")
     if not out and rep.total_rejected:
