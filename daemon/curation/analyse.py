@@ -222,7 +222,10 @@ class Analyser:
             canonical = orjson.dumps(ex.tools, option=orjson.OPT_SORT_KEYS)
             tools_key = hashlib.sha256(canonical).digest()[:16]
         key = content_hash(turns + ([("tools", [tools_key.hex()])] if tools_key else []))
-        q = self.quality.score(ex, ex.answer_message.prose.lower().split())
+        answer = ex.answer_message
+        # The answer's prose words (reasoning and text, not the calls): its turn's words when it makes no call.
+        q = self.quality.score(ex, answer.prose.lower().split() if answer.tool_calls else
+                               next(ws for role, ws in reversed(turns) if role == "assistant"))
         verdict = None
         if not ex.meta.get("quality_override"):
             if q.components.get("diversity", 1.0) < self.cfg.min_diversity:

@@ -15,7 +15,7 @@ def check(ex: Example) -> tuple[str, str] | None:
     msgs = ex.messages
     if not any(m.role == "assistant" for m in msgs):
         return "no_assistant_turn", "no assistant turn to learn from"
-    answer = ex.answer_message
+    answer = msgs[max(i for i, m in enumerate(msgs) if m.role == "assistant")]
     if not answer.content.strip() and not answer.tool_calls:
         what = "has reasoning but no answer" if answer.reasoning.strip() else "is empty"
         return "empty_output", f"the assistant's last turn {what}"
@@ -30,19 +30,19 @@ def check(ex: Example) -> tuple[str, str] | None:
             return "bad_role_order", "two user turns in a row"
         if cur.role == "tool" and prev.role not in ("assistant", "tool"):
             return "bad_role_order", "a tool result that follows no assistant call"
-    if ex.fmt != "text":
+    if ex.fmt != "text" and not turns[0].content.strip():  # the first non-system turn is a user turn (above)
         first = next(i for i, m in enumerate(msgs) if m.role == "assistant")
-        if not any(m.content.strip() for m in msgs[:first] if m.role in ("system", "user", "tool")):
+        if not any(m.content.strip() for m in msgs[:first] if m.role != "assistant"):
             return "empty_prompt", "nothing before the first assistant turn: no user, system or tool content"
     known = tool_names(ex.tools)
     for m in msgs:
-        if known:
+        if known and m.tool_calls:
             unknown = [c.name for c in m.tool_calls if c.name not in known]
             if unknown:
                 return "unknown_tool", (f"a call to {unknown[0]!r}, which the record's tools do not define "
                                         f"(defined: {', '.join(sorted(known))})")
-        for text in (m.content, m.reasoning):
-            hit = _PLACEHOLDER.search(text) if "{{" in text else None
+        if "{{" in m.content or "{{" in m.reasoning:
+            hit = _PLACEHOLDER.search(m.content) or _PLACEHOLDER.search(m.reasoning)
             if hit:
                 return "unfilled_placeholder", f"unfilled template placeholder {hit.group(0)} in a {m.role} turn"
     return None
