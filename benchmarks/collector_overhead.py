@@ -88,7 +88,8 @@ def main() -> None:
         s.train.eval_steps = 0 if kind == "all+eval" else -1
         model = _model(ctx)
         run_dir = home.run_dir({"bare": 1, "all": 2, "all+eval": 3}[kind])
-        args = _training_args(ctx, run_dir, resolved_config(ctx), model)
+        b = job.batching()
+        args = _training_args(ctx, run_dir, resolved_config(ctx), model, b.batch_size)
         callbacks = []
         clock = CallbackClock()
         if kind != "bare":
@@ -98,7 +99,7 @@ def main() -> None:
             if kind == "all":
                 for cb in callbacks:
                     clock.wrap(cb)
-        _, wall = timed_train(job, model, args, callbacks)
+        _, wall = timed_train(job, model, args, callbacks, b)
         if kind == "all":
             inside.append(clock.seconds / (wall - clock.seconds))
         return wall

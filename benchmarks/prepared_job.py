@@ -30,6 +30,12 @@ class PreparedJob:
     rows: list[dict[str, Any]]
     train_set: list[dict[str, list[int]]]
 
+    def batching(self) -> Any:
+        """The recipe's batches for the current settings (packed or padded)."""
+        from daemon.training.packing import Batching
+
+        return Batching(self.train_set, self.ctx.settings.train, self.tok.pad_token_id)
+
 
 def prepare(model: str, steps: int, batch_size: int, tok_model: str | None = None) -> PreparedJob:
     """Settings for `steps` optimizer steps with no checkpoints, final check or snapshots inside the timed runs."""
@@ -55,19 +61,16 @@ def prepare(model: str, steps: int, batch_size: int, tok_model: str | None = Non
     return PreparedJob(ctx, tok, rows, train_set)
 
 
-def timed_train(job: PreparedJob, model: Any, args: Any, callbacks: list[Any]) -> tuple[Any, float]:
+def timed_train(job: PreparedJob, model: Any, args: Any, callbacks: list[Any], b: Any) -> tuple[Any, float]:
     """Train `model` on the job's training split with the Trainer (its own progress printers removed); returns the
     trainer and the wall time of `trainer.train()` (GPU work waited for at both ends)."""
     import time
 
     import torch
-    from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from daemon.training.data import PadCollator
-
-    trainer = Trainer(model=model, args=args, train_dataset=job.train_set,
-                      data_collator=PadCollator(job.tok.pad_token_id), callbacks=callbacks)
+    trainer = b.trainer_class(model=model, args=args, train_dataset=b.dataset, data_collator=b.collator,
+                              callbacks=callbacks)
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)
     if torch.cuda.is_available():

@@ -42,6 +42,22 @@ class TrainConfig:
     """Examples per device per step."""
     grad_accum: int = 1
     """Gradient accumulation steps (effective batch = batch_size * grad_accum)."""
+    packing: bool = True
+    """Padding-free batches: each step's examples concatenated into rows (position ids restarting per example, the
+    attention kept within each example), none of the compute spent on padding; false = padded batches of batch_size
+    examples."""
+    batch_tokens: int = 0
+    """With packing, real tokens per device per step; 0 = batch_size examples' worth (batch_size x the mean
+    example length), so that a step carries what a padded one did."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of keeping them (non-reentrant; less memory, ~30% more
+    compute)."""
+    quantization: str = "none"
+    """`4bit` or `8bit`: the base weights quantised with bitsandbytes (QLoRA, prepare_model_for_kbit_training); needs a
+    CUDA GPU and `pip install bitsandbytes`; `none` keeps them in `dtype`."""
+    liger: bool = True
+    """Use Liger kernels (fused linear cross-entropy: the vocabulary's logits never materialise) where `liger-kernel`
+    is installed and training runs on a CUDA GPU; ignored elsewhere."""
     warmup_ratio: float = 0.05
     """Fraction of steps spent warming the learning rate up linearly."""
     weight_decay: float = 0.0
@@ -251,6 +267,9 @@ def _validate(s: Settings) -> list[str]:
     need(t.lr >= 0, "train.lr must be >= 0 (0 = the model's default)")
     need(t.batch_size >= 1, "train.batch_size must be >= 1")
     need(t.grad_accum >= 1, "train.grad_accum must be >= 1")
+    need(t.batch_tokens >= 0, "train.batch_tokens must be >= 0 (0 = batch_size examples' worth)")
+    need(t.quantization in ("none", "4bit", "8bit"),
+         f"train.quantization must be 'none', '4bit' or '8bit', not {t.quantization!r}")
     need(0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)")
     need(t.max_length >= 16, "train.max_length must be >= 16")
     need(t.lora_r >= 1, "train.lora_r must be >= 1")

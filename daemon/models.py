@@ -236,12 +236,41 @@ def load_tokenizer(model: str, models_dir: Path, trust_remote_code: bool = False
     return tok
 
 
+def check_quantization(quantization: str, device: str) -> None:
+    """`train.quantization` needs bitsandbytes on a CUDA GPU: say so before a job loads anything."""
+    if quantization == "none":
+        return
+    if pick_device(device) != "cuda":
+        raise ConfigError(f"train.quantization = {quantization!r} needs a CUDA GPU (bitsandbytes), and this job "
+                          f"runs on {pick_device(device)} — set train.quantization = \"none\" here")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"train.quantization = {quantization!r} needs bitsandbytes — `pip install bitsandbytes`, "
+                          "or set train.quantization = \"none\"")
+
+
 def load_model(model: str, models_dir: Path, device: str = "auto", dtype: str = "auto",
-               trust_remote_code: bool = False) -> Any:
+               trust_remote_code: bool = False, quantization: str = "none") -> Any:
+    """The base model on its device. `quantization` 4bit/8bit: bitsandbytes weights (QLoRA), prepared for k-bit
+    training (norms in fp32, input gradients on)."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(model, models_dir)
     dev = pick_device(device)
+    if quantization != "none":
+        import torch
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        check_quantization(quantization, device)
+        compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        q = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=compute) if quantization == "4bit"
+             else BitsAndBytesConfig(load_in_8bit=True))
+        m = AutoModelForCausalLM.from_pretrained(path, quantization_config=q, dtype=compute, device_map={"": 0},
+                                                 trust_remote_code=trust_remote_code)
+        return prepare_model_for_kbit_training(m, use_gradient_checkpointing=False)
     m = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, dev), trust_remote_code=trust_remote_code)
     return m.to(dev)
 

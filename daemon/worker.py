@@ -80,6 +80,9 @@ def run_job(home: Home, job_id: int, echo: Callable[[str], None] = print, in_chi
         job = q.get(job_id)
         try:
             settings = job_settings(home, job)
+            from daemon.models import check_quantization
+
+            check_quantization(settings.train.quantization, settings.train.device)  # before any work is done
             if job.dataset_dir and (Path(job.dataset_dir) / "stats.json").exists():
                 dataset = Path(job.dataset_dir)
                 q.transition(job.id, JobState.TRAINING, worker_pid=os.getpid(), attempts=job.attempts + 1)

@@ -61,6 +61,9 @@ def resolved_config(ctx: RunContext) -> dict[str, Any]:
 def _setup(ctx: RunContext) -> tuple[Path, dict[str, Any]]:
     from transformers import set_seed
 
+    from daemon.models import check_quantization
+
+    check_quantization(ctx.settings.train.quantization, ctx.settings.train.device)
     run_dir = ctx.home.run_dir(ctx.job_id)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     config = resolved_config(ctx)
@@ -86,7 +89,9 @@ def _model(ctx: RunContext) -> Any:
     from daemon.models import load_model
 
     cfg = ctx.settings.train
-    base = load_model(cfg.model, ctx.home.models, cfg.device, cfg.dtype, cfg.trust_remote_code)
+    base = load_model(cfg.model, ctx.home.models, cfg.device, cfg.dtype, cfg.trust_remote_code, cfg.quantization)
+    # Training passes no cache: transformers builds the packed (block-diagonal) mask only without one.
+    base.config.use_cache = False
     targets: Any = "all-linear" if cfg.target_modules == ["all-linear"] else cfg.target_modules
     # builtin:tiny's output head is random: frozen, it caps the loss near 2.0 and leaves the model badly calibrated
     # even when every answer is right, so it is trained in full (50k parameters, saved with the adapter).
@@ -96,7 +101,8 @@ def _model(ctx: RunContext) -> Any:
     return get_peft_model(base, lora)
 
 
-def _training_args(ctx: RunContext, run_dir: Path, config: dict[str, Any], model: Any) -> Any:
+def _training_args(ctx: RunContext, run_dir: Path, config: dict[str, Any], model: Any, batch_size: int) -> Any:
+    """`batch_size`: dataset items per device per step (examples when padded, 1 micro-batch when packed)."""
     from transformers import TrainingArguments
 
     cfg = ctx.settings.train
@@ -108,7 +114,7 @@ def _training_args(ctx: RunContext, run_dir: Path, config: dict[str, Any], model
     lr = config["train"]["lr"]
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=lr,
         num_train_epochs=cfg.epochs,
@@ -125,6 +131,10 @@ def _training_args(ctx: RunContext, run_dir: Path, config: dict[str, Any], model
         use_cpu=on_cpu,
         bf16=half == "bfloat16",
         fp16=half == "float16",
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        # Non-reentrant: works with frozen base weights (LoRA) without forcing input gradients, and under DDP.
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        use_liger_kernel=_liger(cfg, on_cpu),
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -202,8 +212,17 @@ def _final_checks(ctx: RunContext, model: Any, tok: Any, rows: list[dict[str, An
     return out
 
 
-def total_steps(cfg: Any, n_examples: int) -> int:
-    per_epoch = math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum))
+def _liger(cfg: Any, on_cpu: bool) -> bool:
+    """Liger kernels where asked for, installed, and on a CUDA GPU (they are Triton kernels)."""
+    import importlib.util
+
+    return cfg.liger and not on_cpu and importlib.util.find_spec("liger_kernel") is not None
+
+
+def total_steps(cfg: Any, items_per_epoch: int, batch_size: int) -> int:
+    """Optimizer steps of the run: `items_per_epoch` dataset items (examples, or packed micro-batches), `batch_size`
+    of them per device per micro-step."""
+    per_epoch = math.ceil(items_per_epoch / (batch_size * cfg.grad_accum))
     return cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(per_epoch * cfg.epochs))
 
 
@@ -274,14 +293,13 @@ def _collectors(ctx: RunContext, tok: Any, rows: list[dict[str, Any]], run_dir: 
 
 
 def train(ctx: RunContext) -> TrainOutcome:
-    from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from daemon.chat.render import rendering_report
     from daemon.models import load_tokenizer
     from daemon.training import faults
     from daemon.training.control import RunControl, newest_complete_checkpoint
-    from daemon.training.data import PadCollator
+    from daemon.training.packing import Batching
     from daemon.training.status import StatusWriter
 
     cfg = ctx.settings.train
@@ -295,19 +313,26 @@ def train(ctx: RunContext) -> TrainOutcome:
     write_json_atomic(run_dir / "config.json", config)
     # 3. model: the base model with LoRA adapters (only they train)
     model = _model(ctx)
+    # Batches: padding-free packed rows by default (daemon/training/packing.py), or padded ones
+    flash = str(getattr(model.config, "_attn_implementation", "")).startswith("flash")
+    batching = Batching(train_set, cfg, tok.pad_token_id, flash)
+    config["batching"] = batching.report
+    write_json_atomic(run_dir / "config.json", config)
     # 4. train: Trainer + collectors; resume from the newest complete checkpoint
-    args = _training_args(ctx, run_dir, config, model)
+    args = _training_args(ctx, run_dir, config, model, batching.batch_size)
     control = RunControl(run_dir / "checkpoints", watch_parent=ctx.watch_parent)
     control.install_signal_handlers()
-    collectors = _collectors(ctx, tok, rows, run_dir, total_steps(cfg, len(train_set)), model)
+    collectors = _collectors(ctx, tok, rows, run_dir,
+                             total_steps(cfg, batching.items_per_epoch, batching.batch_size), model)
     alerts = collectors["alerts"]
     status = StatusWriter(ctx.home.training_status, run_dir / "metrics.jsonl",
                           base={"job_id": ctx.job_id, "dataset": ctx.dataset_dir.name, "model": cfg.model,
                                 "run_dir": str(run_dir), **_rendering_status(config["rendering"])},
                           collectors=list(collectors.values()), echo=ctx.echo)
     # Order matters: the measuring collectors update before the alerts read them, and the status is written last.
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=PadCollator(tok.pad_token_id),
-                      callbacks=[*faults.from_env(ctx.dataset_dir.name), control, *collectors.values(), status])
+    callbacks = [*faults.from_env(ctx.dataset_dir.name), control, *collectors.values(), status]
+    trainer = batching.trainer_class(model=model, args=args, train_dataset=batching.dataset,
+                                     data_collator=batching.collator, callbacks=callbacks)
     for noisy in (PrinterCallback, ProgressCallback):  # the StatusWriter reports progress instead
         trainer.remove_callback(noisy)
     resume = newest_complete_checkpoint(run_dir / "checkpoints")
