@@ -47,8 +47,8 @@ class TrainConfig:
     attention kept within each example), none of the compute spent on padding; false = padded batches of batch_size
     examples."""
     batch_tokens: int = 0
-    """With packing, real tokens per device per step; 0 = batch_size examples' worth (batch_size x the mean
-    example length), so that a step carries what a padded one did."""
+    """With packing, about this many real tokens per device per step (a whole number of rows); 0 = batch_size
+    examples' worth (batch_size x the mean example length), so that a step carries what a padded one did."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass instead of keeping them (non-reentrant; less memory, ~30% more
     compute)."""

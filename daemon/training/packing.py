@@ -1,10 +1,12 @@
 """Padding-free batches: no compute spent on padding.
 
 **The plan** (`plan_batches`, once per run, reproducible by seed). The examples are shuffled; within windows of
-`WINDOW` examples they are packed first-fit decreasing into rows of at most `row_tokens` tokens (max_length, or the
-token budget when that is smaller); the rows, shuffled, are grouped into micro-batches of at most `batch_tokens` real
-tokens (at least one row each). The Trainer's own sampler then shuffles the micro-batches every epoch and skips the
-ones already trained when a run resumes mid-epoch (each micro-batch is one item of the dataset, batch size 1).
+`WINDOW` examples they are packed first-fit decreasing into rows of at most max_length tokens (precisely: of
+batch_tokens / ceil(batch_tokens / max_length) tokens, so that a micro-batch is a whole number of full rows; a
+longer example is a row of its own). The rows, shuffled, are grouped into micro-batches of about `batch_tokens`
+real tokens (a row joins when at least half of it fits), so an epoch has about total tokens / batch_tokens steps.
+The Trainer's own sampler then shuffles the micro-batches every epoch and skips the ones already trained when a run
+resumes mid-epoch (each micro-batch is one item of the dataset, batch size 1).
 
 **A micro-batch** (`PackedCollator`): rows [rows, longest row] of concatenated examples with `position_ids`
 restarting at 0 for each example and no attention mask, so that transformers' SDPA and eager attention build a
@@ -30,35 +32,39 @@ WINDOW = 1024
 """Examples per first-fit-decreasing window: large enough to fill rows, small enough to keep the shuffle's mixing."""
 
 
-def row_capacity(lengths: list[int], max_length: int, batch_tokens: int) -> int:
-    return max(min(max_length, batch_tokens), max(lengths, default=1))
+def _first_fit_decreasing(items: list[int], lengths: list[int], cap: int) -> list[list[int]]:
+    """Bins of at most `cap` tokens (an item longer than that gets a bin of its own), longest items first."""
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(items, key=lambda i: (-lengths[i], i)):
+        k = next((b for b, room in enumerate(free) if room >= lengths[i]), len(bins))
+        if k == len(bins):
+            bins.append([])
+            free.append(max(cap, lengths[i]))
+        bins[k].append(i)
+        free[k] -= lengths[i]
+    return bins
 
 
 def plan_batches(lengths: list[int], max_length: int, batch_tokens: int, seed: int) -> list[list[list[int]]]:
-    """Micro-batches of rows of example indices (see the module docstring)."""
+    """Micro-batches of rows of example indices (see the module docstring). Reproducible by seed."""
     rng = random.Random(seed)
     order = list(range(len(lengths)))
     rng.shuffle(order)
-    cap = row_capacity(lengths, max_length, batch_tokens)
+    # Rows of an equal share of the budget, at most max_length: a micro-batch is a whole number of full rows
+    per_batch = -(-batch_tokens // max_length)
+    cap = max(1, -(-batch_tokens // per_batch))
     rows: list[list[int]] = []
     for w in range(0, len(order), WINDOW):
-        window = sorted(order[w:w + WINDOW], key=lambda i: (-lengths[i], i))
-        bins: list[list[int]] = []
-        free: list[int] = []
-        for i in window:  # first fit: the first row with room, else a new one
-            k = next((b for b, room in enumerate(free) if room >= lengths[i]), len(bins))
-            if k == len(bins):
-                bins.append([])
-                free.append(cap)
-            bins[k].append(i)
-            free[k] -= lengths[i]
-        rows += bins
+        rows += _first_fit_decreasing(order[w:w + WINDOW], lengths, cap)
     rng.shuffle(rows)
     batches: list[list[list[int]]] = []
     tokens = 0
     for row in rows:
         n = sum(lengths[i] for i in row)
-        if batches and tokens + n <= batch_tokens:
+        # A row joins the micro-batch when that brings it nearer the budget than it is (at least half the row fits),
+        # so an epoch has about total tokens / batch_tokens steps whatever the row size.
+        if batches and tokens + n / 2 < batch_tokens:
             batches[-1].append(row)
             tokens += n
         else:
@@ -169,9 +175,7 @@ class Batching:
         self.batch_size = 1
         rows = [row for batch in plan for row in batch]
         width = [max(sum(lengths[i] for i in r) for r in batch) * len(batch) for batch in plan]
-        self.report = {"packing": True, "batch_tokens": budget, "row_tokens": row_capacity(lengths, cfg.max_length,
-                                                                                               budget),
-                       "micro_batches": len(plan), "rows": len(rows),
+        self.report = {"packing": True, "batch_tokens": budget, "micro_batches": len(plan), "rows": len(rows),
                        "examples_per_step": round(len(encoded) / max(1, len(plan)), 2),
                        "padding_share": round(1 - self.real_tokens / max(1, sum(width)), 4),
                        "flash_varlen": flash}

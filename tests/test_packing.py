@@ -1,0 +1,194 @@
+"""Padding-free batches compute exactly what padded ones do, with no attention across examples."""
+
+from __future__ import annotations
+
+import pytest
+
+from daemon.chat.messages import Message
+from daemon.chat.render import IGNORE, encode_messages
+from daemon.training.data import PadCollator
+from daemon.training.packing import PackedCollator, plan_batches
+
+
+def _examples(tok) -> list[dict[str, list[int]]]:
+    """Mixed lengths, a multi-turn one, and a plain-text one whose loss starts at its second token."""
+    convs = [[Message("user", "hi"), Message("assistant", "HELLO THERE")],
+             [Message("user", "a much longer question " * 6), Message("assistant", "SHORT")],
+             [Message("user", "q1"), Message("assistant", "A1"), Message("user", "q2"), Message("assistant", "A2!")],
+             [Message("assistant", "plain text trained from its start", train=True)],
+             [Message("system", "be brief"), Message("user", "why"), Message("assistant", "BECAUSE " * 5)]]
+    return [{"input_ids": e.input_ids, "labels": e.labels} for e in (encode_messages(tok, c, 512) for c in convs)]
+
+
+def _model(path, lora: bool = True):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    m.config.use_cache = False
+    if lora:
+        m = get_peft_model(m, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    return m.eval()  # no dropout: both paths see the same function
+
+
+def _per_example_padded(model, examples, pad_id):
+    import torch
+
+    batch = PadCollator(pad_id)(examples)
+    logits = model(**batch).logits.float()
+    out = []
+    for i, ex in enumerate(examples):
+        n = len(ex["input_ids"])
+        target = batch["labels"][i, 1:n]
+        ce = torch.nn.functional.cross_entropy(logits[i, : n - 1], target, ignore_index=IGNORE, reduction="sum")
+        out.append((ce, int((target != IGNORE).sum())))
+    return out, logits
+
+
+def _per_example_packed(model, rows, pad_id):
+    """rows: lists of example dicts; returns per-example (summed CE, trained tokens) in row order, and the logits."""
+    import torch
+
+    batch = PackedCollator(pad_id)([rows])
+    inputs = {k: v for k, v in batch.items() if k not in ("attention_mask", "shift_labels", "labels")}
+    logits = model(**inputs).logits.float()
+    out = []
+    for r, row in enumerate(rows):
+        at = 0
+        for ex in row:
+            n = len(ex["input_ids"])
+            target = batch["shift_labels"][r, at:at + n]
+            ce = torch.nn.functional.cross_entropy(logits[r, at:at + n], target, ignore_index=IGNORE, reduction="sum")
+            out.append((ce, int((target != IGNORE).sum())))
+            at += n
+    return out, logits, batch
+
+
+def _check_equal(model_path, tok):
+    import torch
+
+    examples = _examples(tok)
+    pad = tok.pad_token_id
+    rows = [[examples[0], examples[1], examples[2]], [examples[3], examples[4]]]
+    flat = [ex for row in rows for ex in row]
+
+    model = _model(model_path)
+    padded, _ = _per_example_padded(model, flat, pad)
+    total = sum(c for c, _ in padded) / sum(n for _, n in padded)
+    total.backward()
+    grads_padded = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+
+    packed, _, batch = _per_example_packed(model, rows, pad)
+    assert [n for _, n in packed] == [n for _, n in padded]  # the same trained tokens, example by example
+    for (a, _), (b, _) in zip(padded, packed):
+        assert abs(a.item() - b.item()) <= 1e-5 * max(1.0, abs(a.item()))
+    total_packed = sum(c for c, _ in packed) / sum(n for _, n in packed)
+    total_packed.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, grads_padded[name], atol=1e-5, rtol=1e-4, msg=name)
+
+    # The model's own loss (what the Trainer optimises): the mean over trained tokens, equal on both paths.
+    with torch.no_grad():
+        loss_padded = model(**PadCollator(pad)(flat)).loss
+        inputs = {k: v for k, v in batch.items() if k != "attention_mask"}
+        loss_packed = model(**inputs).loss
+    assert abs(loss_padded.item() - loss_packed.item()) <= 1e-5
+    # Across an accumulation window the Trainer passes num_items_in_batch (all trained tokens of the window): the
+    # micro-batches' losses add up to the padded batch's mean.
+    n_items = sum(n for _, n in packed)
+    with torch.no_grad():
+        parts = [model(**{k: v for k, v in PackedCollator(pad)([[[ex]]]).items() if k != "attention_mask"},
+                       num_items_in_batch=n_items).loss for ex in flat]
+    assert abs(sum(p.item() for p in parts) - loss_padded.item()) <= 1e-5
+
+
+def test_packed_batch_equals_padded_on_tiny(home):
+    from daemon.home import Home
+    from daemon.models import load_tokenizer, resolve_model_path
+
+    models = Home.open(home).models
+    _check_equal(resolve_model_path("builtin:tiny", models), load_tokenizer("builtin:tiny", models))
+
+
+@pytest.mark.slow
+def test_packed_batch_equals_padded_on_the_real_model(smollm2):
+    from daemon.models import load_tokenizer
+
+    _check_equal(smollm2, load_tokenizer(str(smollm2), smollm2))
+
+
+def test_no_attention_across_examples(home):
+    import torch
+
+    from daemon.home import Home
+    from daemon.models import load_tokenizer, resolve_model_path
+
+    models = Home.open(home).models
+    tok = load_tokenizer("builtin:tiny", models)
+    model = _model(resolve_model_path("builtin:tiny", models), lora=False)
+    a, b, c = _examples(tok)[:3]
+    changed = {"input_ids": [(t + 7) % 200 + 30 for t in b["input_ids"]], "labels": b["labels"]}
+    with torch.no_grad():
+        _, before, _ = _per_example_packed(model, [[a, b, c]], tok.pad_token_id)
+        _, after, _ = _per_example_packed(model, [[a, changed, c]], tok.pad_token_id)
+    na, nb = len(a["input_ids"]), len(b["input_ids"])
+    assert torch.equal(before[0, :na], after[0, :na])  # before b: causal anyway
+    torch.testing.assert_close(before[0, na + nb:], after[0, na + nb:], atol=1e-6, rtol=0)  # after b: unchanged
+    assert not torch.allclose(before[0, na:na + nb], after[0, na:na + nb])
+
+
+def test_plan_is_reproducible_full_and_within_budget():
+    import random
+
+    rng = random.Random(3)
+    lengths = [int(rng.lognormvariate(4, 0.9)) % 500 + 10 for _ in range(3000)]
+    plan = plan_batches(lengths, 512, 2048, seed=1)
+    assert plan == plan_batches(lengths, 512, 2048, seed=1) and plan != plan_batches(lengths, 512, 2048, seed=2)
+    seen = sorted(i for batch in plan for row in batch for i in row)
+    assert seen == list(range(3000))  # every example once
+    assert all(sum(lengths[i] for i in row) <= 512 for batch in plan for row in batch)
+    assert all(sum(lengths[i] for r in batch for i in r) <= 2048 + 512 // 2 for batch in plan)  # about the budget
+    # Micro-batches are full (about total / budget of them) and their rows, padded to the longest, waste little.
+    assert abs(len(plan) - sum(lengths) / 2048) <= 0.03 * len(plan) + 1
+    padded = sum(max(sum(lengths[i] for i in r) for r in batch) * len(batch) for batch in plan)
+    assert sum(lengths) / padded > 0.95
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(home):
+    import torch
+
+    from daemon.home import Home
+    from daemon.models import load_tokenizer, resolve_model_path
+
+    models = Home.open(home).models
+    tok = load_tokenizer("builtin:tiny", models)
+    batch = PackedCollator(tok.pad_token_id)([[_examples(tok)]])
+    inputs = {k: v for k, v in batch.items() if k != "attention_mask"}
+    grads = []
+    for checkpointing in (False, True):
+        model = _model(resolve_model_path("builtin:tiny", models))
+        if checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
+        model.train()
+        model(**inputs).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_quantization_on_cpu_is_refused_before_the_job(home, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import DEMO, ROOT, TINY_SETTINGS
+
+    (home / "trainctl.toml").write_text(TINY_SETTINGS + 'quantization = "4bit"\n')
+    r = subprocess.run([sys.executable, "-m", "cli", "train", str(DEMO), "--home", str(home)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    assert 'train.quantization = \'4bit\' needs a CUDA GPU' in r.stderr and "Traceback" not in r.stderr + r.stdout
+    assert not (home / "data" / "runs" / "job-00001" / "checkpoints").exists()  # nothing trained
