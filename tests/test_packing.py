@@ -192,3 +192,32 @@ def test_quantization_on_cpu_is_refused_before_the_job(home, tmp_path):
     assert r.returncode == 1
     assert 'train.quantization = \'4bit\' needs a CUDA GPU' in r.stderr and "Traceback" not in r.stderr + r.stdout
     assert not (home / "data" / "runs" / "job-00001" / "checkpoints").exists()  # nothing trained
+
+
+def test_a_packed_job_trains_and_counts_only_real_tokens(home):
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli.app import app
+    from daemon.chat.messages import messages_of
+    from daemon.models import load_tokenizer
+    from daemon.training.data import read_split
+    from tests.conftest import DEMO, TINY_SETTINGS
+
+    (home / "trainctl.toml").write_text(TINY_SETTINGS + "packing = true\n")
+    r = CliRunner().invoke(app, ["train", str(DEMO), "--home", str(home), "--epochs", "2"])
+    assert r.exit_code == 0, r.output
+    run = home / "data" / "runs" / "job-00001"
+    batching = json.loads((run / "config.json").read_text())["batching"]
+    assert batching["packing"] and batching["padding_share"] < 0.05 and batching["examples_per_step"] > 4
+    status = json.loads((home / "status" / "training_status.json").read_text())
+    assert status["state"] == "done" and status["current_step"] == status["total_steps"] == 2 * batching[
+        "micro_batches"]
+    # tokens/s counts real tokens: two epochs of the encoded training split, not the padded rows.
+    from daemon.home import Home
+
+    tok = load_tokenizer("builtin:tiny", Home.open(home).models)
+    rows = read_split(next((home / "data" / "datasets").iterdir()) / "train.jsonl")
+    real = sum(len(encode_messages(tok, messages_of(x), 512).input_ids) for x in rows)
+    assert status["tokens_seen"] == 2 * real

@@ -1,4 +1,4 @@
-"""Padding-free batches: no compute spent on padding.
+"""Padding-free batches (`train.packing = true`): no compute spent on padding.
 
 **The plan** (`plan_batches`, once per run, reproducible by seed). The examples are shuffled; within windows of
 `WINDOW` examples they are packed first-fit decreasing into rows of at most max_length tokens (precisely: of

@@ -313,7 +313,7 @@ def train(ctx: RunContext) -> TrainOutcome:
     write_json_atomic(run_dir / "config.json", config)
     # 3. model: the base model with LoRA adapters (only they train)
     model = _model(ctx)
-    # Batches: padding-free packed rows by default (daemon/training/packing.py), or padded ones
+    # Batches: padded, or padding-free packed rows with train.packing (daemon/training/packing.py)
     flash = str(getattr(model.config, "_attn_implementation", "")).startswith("flash")
     batching = Batching(train_set, cfg, tok.pad_token_id, flash)
     config["batching"] = batching.report
