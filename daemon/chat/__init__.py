@@ -1,0 +1,1 @@
+"""How a conversation becomes tokens: messages with tool calls and reasoning, rendering and masks, answers read back."""
