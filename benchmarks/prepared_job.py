@@ -64,19 +64,25 @@ def prepare(model: str, steps: int, batch_size: int, tok_model: str | None = Non
 def timed_train(job: PreparedJob, model: Any, args: Any, callbacks: list[Any], b: Any) -> tuple[Any, float]:
     """Train `model` on the job's training split with the Trainer (its own progress printers removed); returns the
     trainer and the wall time of `trainer.train()` (GPU work waited for at both ends)."""
-    import time
-
-    import torch
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer = b.trainer_class(model=model, args=args, train_dataset=b.dataset, data_collator=b.collator,
                               callbacks=callbacks)
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)
+    return trainer, train_seconds(trainer)
+
+
+def train_seconds(trainer: Any) -> float:
+    """Wall time of `trainer.train()`, GPU work waited for at both ends."""
+    import time
+
+    import torch
+
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     trainer.train()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return trainer, time.perf_counter() - t0
+    return time.perf_counter() - t0

@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,6 +69,7 @@ def peak_memory_mb() -> float:
 def worker(side: str, model_name: str, n: int) -> dict:
     import torch
 
+    from benchmarks.prepared_job import train_seconds
     from daemon.chat.messages import messages_of
     from daemon.chat.render import encode_messages
     from daemon.config import Settings
@@ -77,7 +77,7 @@ def worker(side: str, model_name: str, n: int) -> dict:
     from daemon.models import load_tokenizer
     from daemon.training.data import PadCollator
     from daemon.training.packing import Batching
-    from daemon.training.recipe import RunContext, _collectors, _model, _training_args, resolved_config
+    from daemon.training.recipe import RunContext, _collectors, _model, _training_args, resolved_config, total_steps
 
     home = Home.open(Path(tempfile.mkdtemp(prefix="trainctl-tput-")))
     s = Settings()
@@ -110,16 +110,11 @@ def worker(side: str, model_name: str, n: int) -> dict:
     else:
         b = Batching(train, s.train, tok.pad_token_id)
         args = _training_args(ctx, run_dir, config, model, b.batch_size)
-        callbacks = list(_collectors(ctx, tok, [], run_dir, len(b.dataset), model).values())
+        steps = total_steps(s.train, b.items_per_epoch, b.batch_size)
+        callbacks = list(_collectors(ctx, tok, [], run_dir, steps, model).values())
         trainer = b.trainer_class(model=model, args=args, train_dataset=b.dataset, data_collator=b.collator,
                                   callbacks=callbacks)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    trainer.train()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    wall = time.perf_counter() - t0
+    wall = train_seconds(trainer)
     real = sum(len(x["input_ids"]) for x in train)
     model.eval()
     with torch.no_grad():  # the same fixed examples, padded, fp32, for every side

@@ -22,6 +22,7 @@ from daemon.config import Settings, load_settings, settings_from_dict
 from daemon.errors import InputFileError, TrainctlError
 from daemon.home import Home
 from daemon.jobs import Job, JobQueue, JobState
+from daemon.models import check_quantization
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 75
 
@@ -80,8 +81,6 @@ def run_job(home: Home, job_id: int, echo: Callable[[str], None] = print, in_chi
         job = q.get(job_id)
         try:
             settings = job_settings(home, job)
-            from daemon.models import check_quantization
-
             check_quantization(settings.train.quantization, settings.train.device)  # before any work is done
             if job.dataset_dir and (Path(job.dataset_dir) / "stats.json").exists():
                 dataset = Path(job.dataset_dir)

@@ -61,9 +61,6 @@ def resolved_config(ctx: RunContext) -> dict[str, Any]:
 def _setup(ctx: RunContext) -> tuple[Path, dict[str, Any]]:
     from transformers import set_seed
 
-    from daemon.models import check_quantization
-
-    check_quantization(ctx.settings.train.quantization, ctx.settings.train.device)
     run_dir = ctx.home.run_dir(ctx.job_id)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     config = resolved_config(ctx)
@@ -308,15 +305,14 @@ def train(ctx: RunContext) -> TrainOutcome:
     # 2. data: the curated train split, tokenised with prompt tokens masked
     tok = load_tokenizer(cfg.model, ctx.home.models, cfg.trust_remote_code)
     rows, train_set = _data(ctx, tok)
-    # How tools, calls and reasoning reach the tokens: the model's template or the documented fallback
-    config["rendering"] = rendering_report(tok, rows)
-    write_json_atomic(run_dir / "config.json", config)
     # 3. model: the base model with LoRA adapters (only they train)
     model = _model(ctx)
     # Batches: padded, or padding-free packed rows with train.packing (daemon/training/packing.py)
     flash = str(getattr(model.config, "_attn_implementation", "")).startswith("flash")
     batching = Batching(train_set, cfg, tok.pad_token_id, flash)
-    config["batching"] = batching.report
+    # How tools, calls and reasoning reached the tokens (the model's template or the documented fallback), and how
+    # the examples were batched
+    config.update(rendering=rendering_report(tok, rows), batching=batching.report)
     write_json_atomic(run_dir / "config.json", config)
     # 4. train: Trainer + collectors; resume from the newest complete checkpoint
     args = _training_args(ctx, run_dir, config, model, batching.batch_size)
