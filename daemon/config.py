@@ -42,11 +42,10 @@ class TrainConfig:
     """Examples per device per step."""
     grad_accum: int = 1
     """Gradient accumulation steps (effective batch = batch_size * grad_accum)."""
-    packing: bool = False
+    packing: bool = True
     """Padding-free batches: each step's examples concatenated into rows (position ids restarting per example, the
-    attention kept within each example), none of the compute spent on padding; false = padded batches of batch_size
-    examples. Off by default for now: the packing plan is fixed for a run, so the same micro-batches come back every
-    epoch, and on the tiny demo their recurring losses raise loss_spike warnings."""
+    attention kept within each example), none of the compute spent on padding, a fresh packing plan every epoch;
+    false = padded batches of batch_size examples."""
     batch_tokens: int = 0
     """With packing, about this many real tokens per device per step (a whole number of rows); 0 = batch_size
     examples' worth (batch_size x the mean example length), so that a step carries what a padded one did."""

@@ -158,6 +158,74 @@ def test_plan_is_reproducible_full_and_within_budget():
     assert sum(lengths) / padded > 0.95
 
 
+def test_each_epoch_has_its_own_plan_with_as_many_steps():
+    import random
+
+    rng = random.Random(4)
+    lengths = [rng.randint(20, 400) for _ in range(1500)]
+    first = plan_batches(lengths, 512, 1500, seed=7)
+    for epoch in (1, 2, 5):
+        plan = plan_batches(lengths, 512, 1500, seed=7, epoch=epoch, count=len(first))
+        # The same number of steps (the Trainer fixed the epoch's length), every example once, new company
+        assert len(plan) == len(first) and plan == plan_batches(lengths, 512, 1500, 7, epoch, len(first))
+        assert sorted(i for b in plan for r in b for i in r) == list(range(1500))
+        rows = lambda p: {frozenset(r) for b in p for r in b}  # noqa: E731
+        assert len(rows(plan) & rows(first)) < 0.05 * len(rows(first))
+        tokens = [sum(lengths[i] for r in b for i in r) for b in plan]
+        assert sum(t > 2 * 1500 for t in tokens) <= 2  # only the few micro-batches that made up the count differ
+
+
+def test_the_trainer_replans_each_epoch_and_sees_every_example_each_time(home, tmp_path):
+    from transformers import TrainingArguments
+
+    from daemon.config import TrainConfig
+    from daemon.home import Home
+    from daemon.models import load_tokenizer, resolve_model_path
+    from daemon.training.packing import Batching
+
+    models = Home.open(home).models
+    tok = load_tokenizer("builtin:tiny", models)
+    examples = _examples(tok) * 8  # 40 examples
+    cfg = TrainConfig(packing=True, batch_size=4)
+    b = Batching(examples, cfg, tok.pad_token_id)
+    trainer = b.trainer_class(model=_model(resolve_model_path("builtin:tiny", models)).train(),
+                              args=TrainingArguments(str(tmp_path / "out"), per_device_train_batch_size=1,
+                                                     num_train_epochs=3, save_strategy="no", report_to="none",
+                                                     use_cpu=True, logging_steps=1),
+                              train_dataset=b.dataset, data_collator=b.collator)
+    plans = []
+    original = b.dataset.set_epoch
+
+    def spy(epoch):  # the dataloader may call it too: once per epoch is what counts
+        original(epoch)
+        if not plans or plans[-1][0] != epoch:
+            plans.append((epoch, [list(map(list, batch)) for batch in b.dataset.plan]))
+
+    b.dataset.set_epoch = spy
+    trainer.train()
+    assert [e for e, _ in plans] == [0, 1, 2]  # set as each epoch began
+    assert trainer.state.global_step == 3 * len(b.dataset)
+    for _, plan in plans:
+        assert sorted(i for batch in plan for row in batch for i in row) == list(range(40))
+    assert plans[0][1] != plans[1][1] != plans[2][1]
+
+
+def test_rows_are_a_random_sample_not_sorted_by_length():
+    """Sorted (first-fit decreasing) rows put a window's longest examples together: on length-dependent tasks those
+    steps' losses recur far above the running level. Rows filled in shuffled order mix lengths like random batches."""
+    import random
+    import statistics
+
+    rng = random.Random(5)
+    lengths = [rng.randint(25, 70) for _ in range(400)]
+    plan = plan_batches(lengths, 512, 8 * 47, seed=0)
+    means = [statistics.mean(lengths[i] for r in b for i in r) for b in plan]
+    order = list(range(400))
+    rng.shuffle(order)
+    random_means = [statistics.mean(lengths[i] for i in order[k:k + 8]) for k in range(0, 400, 8)]
+    assert statistics.pstdev(means) < 1.3 * statistics.pstdev(random_means)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(home):
     import torch
 
