@@ -1,13 +1,17 @@
-"""`trainctl evolution [DATASET] [--example ID]`: the learning curve over snapshots, per-example learning events and
-cartography classes, one example's learning curve. Reads JSON only."""
+"""`trainctl evolution [DATASET]`: how every training example was learned (per-example dynamics from the training
+passes: confidence, variability, correctness, forgetting, AUM, cartography class, suspected label errors) and the
+probe snapshots' learning curve; `--example ID` one example; `--probe` the probe set's examples (the model's own
+outputs at each snapshot); `trainctl evolution export` a copy of the dataset without the suspects, to train again.
+Reads JSON and the dynamics record only (no torch)."""
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.table import Table
+from typer.core import TyperGroup
 
 from cli.app import HomeOpt, JsonOpt, app, command, console
 from cli.render import bar, clip, sparkline
@@ -16,49 +20,106 @@ from daemon.errors import TrainctlError
 from daemon.home import Home
 
 if TYPE_CHECKING:
+    from daemon.dynamics import RunDynamics
     from daemon.evolution import Evolution
 
 CLASSES = ("easy", "ambiguous", "hard")
+COLOUR = {"easy": "green", "ambiguous": "yellow", "hard": "red"}
+WITHOUT = ("suspect_label", "hard", "ambiguous")
 
 
-def _pick(h: Home, dataset: str | None) -> Evolution:
+class _ShowByDefault(TyperGroup):
+    """`trainctl evolution [DATASET] [options]` runs `show`; `trainctl evolution export ...` the subcommand."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+evolution_app = typer.Typer(cls=_ShowByDefault, help="How every training example was learned: per-example "
+                            "dynamics, cartography, suspected label errors, probe snapshots.")
+app.add_typer(evolution_app, name="evolution")
+
+
+def _snapshots(h: Home, dataset: str | None) -> Evolution | None:
     from daemon.evolution import datasets, load  # (statistics is slow to import: only when the command runs)
 
-    found = datasets(h.evolution_root)
-    if not found:
-        raise TrainctlError("no evolution snapshots yet — they are written while a job trains "
-                            "(train.evolution_examples > 0)")
-    if dataset is None:
-        return load(found[-1])
-    for d in found:
-        if d.name == dataset or d.name.startswith(dataset):
+    for d in reversed(datasets(h.evolution_root)):
+        if dataset is None or d.name == dataset or d.name.startswith(dataset):
             return load(d)
-    names = ", ".join(d.name for d in found[-5:])
-    raise TrainctlError(f"no snapshots for dataset {dataset!r} (recent: {names}) — pass one of those names")
+    return None
 
 
-@command(app, "evolution")
-def evolution(dataset: Optional[str] = typer.Argument(None, help="Dataset folder name (default: the latest)."),
-              example: Optional[str] = typer.Option(None, "--example", help="One example's learning curve "
-                                                    "(ex_012, or the record's id)."),
-              cls: Optional[str] = typer.Option(None, "--class", help="Only easy, ambiguous or hard examples."),
-              limit: int = typer.Option(15, "--limit", help="Examples listed, hardest first (0 = all)."),
-              home: HomeOpt = None, json_out: JsonOpt = False) -> None:
-    """Which examples were learned early, late, never, or forgotten; accuracy and loss over the snapshots."""
+def _dynamics(h: Home, dataset: str | None) -> RunDynamics | None:
+    from daemon.dynamics import load, runs_with_dynamics
+
+    for run in reversed(runs_with_dynamics(h.runs)):
+        name = json.loads((run / "dynamics.json").read_text(encoding="utf-8")).get("dataset", "")
+        if dataset is None or name == dataset or name.startswith(dataset):
+            return load(run)
+    return None
+
+
+def _pick(h: Home, dataset: str | None) -> tuple[RunDynamics | None, Evolution | None]:
+    dyn, evo = _dynamics(h, dataset), _snapshots(h, dataset)
+    if dyn is None and evo is None:
+        if dataset is None:
+            raise TrainctlError("no evolution yet — per-example dynamics and snapshots are written while a job trains")
+        raise TrainctlError(f"no evolution for dataset {dataset!r} — `trainctl evolution` shows the latest; "
+                            "`trainctl queue` lists the jobs and their datasets")
+    if dyn is not None and evo is None:  # the snapshots of the same dataset as the dynamics, if any
+        evo = _snapshots(h, dyn.dataset)
+    return dyn, evo
+
+
+@command(evolution_app, "show")
+def show(dataset: Optional[str] = typer.Argument(None, help="Dataset folder name (default: the latest)."),
+         example: Optional[str] = typer.Option(None, "--example", help="One example (its id, its train index, or "
+                                               "a probe id like ex_012)."),
+         cls: Optional[str] = typer.Option(None, "--class", help="Only easy, ambiguous or hard examples."),
+         sort: str = typer.Option("confidence", "--sort", help="confidence | aum | forgetting | variability: "
+                                  "most worth a look first."),
+         probe: bool = typer.Option(False, "--probe", help="The probe snapshots' examples and outputs instead."),
+         limit: int = typer.Option(15, "--limit", help="Examples listed (0 = all)."),
+         home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """Which examples were learned, late, never, or forgotten; suspected label errors; the learning curve."""
+    from daemon.dynamics import SORTS
+
     if cls is not None and cls not in CLASSES:
         raise TrainctlError(f"unknown class {cls!r} — use one of {', '.join(CLASSES)}")
-    evo = _pick(Home.open(home, create=False), dataset)
+    if sort not in SORTS:
+        raise TrainctlError(f"unknown sort {sort!r} — use one of {', '.join(SORTS)}")
+    dyn, evo = _pick(Home.open(home, create=False), dataset)
+    if probe and evo is None:
+        raise TrainctlError("no probe snapshots for this dataset — they need train.evolution_examples > 0")
     if example is not None:
-        _one(evo, example, json_out)
+        _one(dyn, evo, example, json_out)
         return
-    rows = [e for e in evo.hardest() if cls is None or e.cls == cls]
     if json_out:
-        console.print_json(json.dumps({"dataset": evo.dataset, "curve": evo.curve, "classes": evo.classes(),
-                                       "examples": [e.to_dict() for e in rows[: limit or None]]}))
+        doc: dict[str, Any] = {}
+        if evo is not None:
+            doc.update(dataset=evo.dataset, curve=evo.curve, probe_classes=evo.classes(),
+                       probe_examples=[e.to_dict() for e in evo.hardest()
+                                       if cls is None or e.cls == cls][: limit or None])
+        if dyn is not None:
+            rows = [e for e in dyn.sorted(sort) if cls is None or e.cls == cls]
+            doc.update(dataset=dyn.dataset, run=str(dyn.run_dir), classes=dyn.classes(),
+                       suspect_label=len(dyn.suspects()), examples=[e.to_dict() for e in rows[: limit or None]])
+        console.print_json(json.dumps(doc))
         return
-    console.print(f"[bold]evolution[/bold] of {evo.dataset}: {len(evo.curve)} snapshots, {len(evo.examples)} probe "
+    if evo is not None:
+        _curve(evo)
+    if dyn is not None and not probe:
+        _whole(dyn, cls, sort, limit)
+    elif evo is not None:
+        _probe_table(evo, cls, limit)
+
+
+def _curve(evo: Evolution) -> None:
+    console.print(f"[bold]evolution[/bold] of {evo.dataset}: {len(evo.curve)} snapshots of {len(evo.examples)} probe "
                   "examples", highlight=False)
-    t = Table(title="accuracy and loss over snapshots")
+    t = Table(title="accuracy and loss over snapshots (probe set)")
     for col in ("step", "accuracy", "", "avg loss", ""):
         t.add_column(col)
     top_loss = max((c["avg_loss"] for c in evo.curve), default=1.0) or 1.0
@@ -68,19 +129,52 @@ def evolution(dataset: Optional[str] = typer.Argument(None, help="Dataset folder
     console.print(t)
     console.print("accuracy " + sparkline([c["accuracy"] for c in evo.curve]) + "   loss "
                   + sparkline([c["avg_loss"] for c in evo.curve]))
+
+
+def _whole(dyn: RunDynamics, cls: str | None, sort: str, limit: int) -> None:
+    from daemon.chat.messages import messages_of, question_and_answer
+
+    counts = dyn.classes()
+    epochs = max((len(e.epochs) for e in dyn.examples), default=0)
+    forgot = sum(1 for e in dyn.examples if e.forgetting_events)
+    suspects = dyn.suspects()
+    console.print(f"[bold]every training example[/bold] of {dyn.dataset} ({len(dyn.examples)} examples, {epochs} "
+                  f"epoch(s), read off the training passes up to step {dyn.steps}): "
+                  f"[green]easy {counts['easy']}[/green], [yellow]ambiguous {counts['ambiguous']}[/yellow], "
+                  f"[red]hard {counts['hard']}[/red]; forgotten at least once {forgot}; "
+                  f"[bold red]suspected label errors {len(suspects)}[/bold red]", highlight=False)
+    rows = [e for e in dyn.sorted(sort) if cls is None or e.cls == cls]
+    t = Table(title=f"examples by {sort}, most worth a look first" + (f" — class {cls}" if cls else ""))
+    for col in ("id", "line", "class", "conf", "var", "right", "forgets", "AUM", "", "question", "golden"):
+        t.add_column(col, overflow="fold")
+    for e in rows[: limit or None]:
+        question, golden = question_and_answer(messages_of(e.row)) if e.row else ("", "")
+        t.add_row(e.example_id, str(e.row.get("line", "—")), f"[{COLOUR[e.cls]}]{e.cls}[/]", f"{e.confidence:.3f}",
+                  f"{e.variability:.3f}", f"{100 * e.correctness:.0f}%", str(e.forgetting_events), f"{e.aum:+.2f}",
+                  "[bold red]suspect[/]" if e.suspect else "", clip(question, 40), clip(readable(golden), 30))
+    console.print(t)
+    if limit and len(rows) > limit:
+        console.print(f"… {len(rows) - limit} more (--limit 0 shows all)")
+    if suspects:
+        console.print("suspected label errors are flagged too (`trainctl flags --reason suspect_label`); "
+                      "`trainctl evolution export --without suspect_label --to-inbox` trains a cleaned copy")
+
+
+def _probe_table(evo: Evolution, cls: str | None, limit: int) -> None:
     counts = evo.classes()
     never = sum(1 for e in evo.examples if e.first_learned is None)
     forgot = sum(1 for e in evo.examples if e.forgetting_events)
-    console.print(f"classes: [green]easy {counts['easy']}[/green], [yellow]ambiguous {counts['ambiguous']}[/yellow], "
-                  f"[red]hard {counts['hard']}[/red]; never learned {never}; forgotten at least once {forgot}")
-    et = Table(title="examples, hardest first (lowest confidence)" + (f" — class {cls}" if cls else ""))
+    console.print(f"probe classes: [green]easy {counts['easy']}[/green], [yellow]ambiguous {counts['ambiguous']}"
+                  f"[/yellow], [red]hard {counts['hard']}[/red]; never learned {never}; forgotten at least once "
+                  f"{forgot}")
+    rows = [e for e in evo.hardest() if cls is None or e.cls == cls]
+    et = Table(title="probe examples, hardest first (lowest confidence)" + (f" — class {cls}" if cls else ""))
     for col in ("id", "class", "confidence", "variability", "first learned", "forgets", "input", "expected",
                 "last output"):
         et.add_column(col, overflow="fold")
-    colour = {"easy": "green", "ambiguous": "yellow", "hard": "red"}
     for e in rows[: limit or None]:
         first = e.first_learned
-        et.add_row(e.example_id, f"[{colour[e.cls]}]{e.cls}[/]", f"{e.confidence:.3f}", f"{e.variability:.3f}",
+        et.add_row(e.example_id, f"[{COLOUR[e.cls]}]{e.cls}[/]", f"{e.confidence:.3f}", f"{e.variability:.3f}",
                    "never" if first is None else f"step {first}", str(e.forgetting_events), clip(e.input),
                    clip(readable(e.expected), 30), clip(readable(e.outputs[-1]) if e.outputs else "", 30))
     console.print(et)
@@ -88,21 +182,85 @@ def evolution(dataset: Optional[str] = typer.Argument(None, help="Dataset folder
         console.print(f"… {len(rows) - limit} more (--limit 0 shows all); --example ID shows one learning curve")
 
 
-def _one(evo: Evolution, example: str, json_out: bool) -> None:
-    e = evo.get(example)
+def _one(dyn: RunDynamics | None, evo: Evolution | None, example: str, json_out: bool) -> None:
+    """The example's per-epoch dynamics and, when it is in the probe set, its snapshot curve."""
+    d = next((e for e in (dyn.examples if dyn else []) if example in (e.example_id, str(e.index))), None)
+    p = None
+    if evo is not None:
+        try:
+            p = evo.get(example)
+        except TrainctlError:
+            p = next((e for e in evo.examples if d is not None and str(e.metadata.get("id")) == d.example_id), None)
+    if d is None and p is None:
+        raise TrainctlError(f"no example {example!r} — use an id from `trainctl evolution` (the record's id, "
+                            "train_00012, or a probe id like ex_003)")
     if json_out:
-        console.print_json(json.dumps(e.to_dict(curve=True)))
+        console.print_json(json.dumps({"dynamics": d.to_dict() if d else None,
+                                       "probe": p.to_dict(curve=True) if p else None}))
         return
-    first = e.first_learned
-    console.print(f"[bold]{e.example_id}[/bold] ({e.cls}; confidence {e.confidence:.3f}, variability "
-                  f"{e.variability:.3f}; first learned {'never' if first is None else f'at step {first}'}; "
-                  f"{e.forgetting_events} forgetting events)", highlight=False)
-    console.print(f"input: {e.input}\nexpected: {readable(e.expected)}", highlight=False)
-    console.print("golden probability " + sparkline(e.prob))
-    t = Table(title="learning curve")
-    for col in ("step", "correct", "loss", "golden prob", "", "model output"):
-        t.add_column(col, overflow="fold")
-    for s, ok, lo, p, o in zip(e.steps, e.correct, e.loss, e.prob, e.outputs):
-        t.add_row(str(s), "[green]yes[/green]" if ok else "[red]no[/red]", f"{lo:.3f}", f"{p:.3f}",
-                  bar(int(1000 * p), 1000, 20), clip(readable(o), 60))
-    console.print(t)
+    if d is not None:
+        console.print(f"[bold]{d.example_id}[/bold] (line {d.row.get('line', '—')}; {d.cls}; confidence "
+                      f"{d.confidence:.3f}, variability {d.variability:.3f}, correct in {100 * d.correctness:.0f}% "
+                      f"of epochs, {d.forgetting_events} forgetting events, AUM {d.aum:+.2f}"
+                      + ("; [bold red]suspected label error[/]" if d.suspect else "") + ")", highlight=False)
+        t = Table(title="per epoch, from the training passes")
+        for col in ("epoch", "loss", "golden prob", "", "argmax share", "margin"):
+            t.add_column(col)
+        for ep, lo, pr, c, m in zip(d.epochs, d.loss, d.prob, d.correct, d.margin):
+            t.add_row(str(ep + 1), f"{lo:.3f}", f"{pr:.3f}", bar(int(1000 * pr), 1000, 20), f"{100 * c:.0f}%",
+                      f"{m:+.2f}")
+        console.print(t)
+    if p is not None:
+        first = p.first_learned
+        learned = "never" if first is None else f"at step {first}"
+        console.print(f"[bold]{p.example_id}[/bold] in the probe set ({p.cls}; confidence {p.confidence:.3f}, "
+                      f"variability {p.variability:.3f}; first learned {learned}; {p.forgetting_events} forgetting "
+                      "events)", highlight=False)
+        console.print(f"input: {p.input}\nexpected: {readable(p.expected)}", highlight=False)
+        console.print("golden probability " + sparkline(p.prob))
+        t = Table(title="learning curve")
+        for col in ("step", "correct", "loss", "golden prob", "", "model output"):
+            t.add_column(col, overflow="fold")
+        for s, ok, lo, pr, o in zip(p.steps, p.correct, p.loss, p.prob, p.outputs):
+            t.add_row(str(s), "[green]yes[/green]" if ok else "[red]no[/red]", f"{lo:.3f}", f"{pr:.3f}",
+                      bar(int(1000 * pr), 1000, 20), clip(readable(o), 60))
+        console.print(t)
+
+
+@command(evolution_app, "export")
+def export(dataset: Optional[str] = typer.Argument(None, help="Dataset folder name (default: the latest)."),
+           out: Optional[str] = typer.Option(None, "--out", help="JSONL file to write (inside the home folder)."),
+           to_inbox: bool = typer.Option(False, "--to-inbox", help="Write it into inbox/ to train again now."),
+           without: list[str] = typer.Option(["suspect_label"], "--without",
+                                             help=f"Leave out: {', '.join(WITHOUT)} (repeatable)."),
+           home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """The dataset's records (every split) without the suspected label errors (or a class), to train again."""
+    from daemon.atomic import iter_jsonl, write_jsonl_atomic
+
+    bad = [w for w in without if w not in WITHOUT]
+    if bad:
+        raise TrainctlError(f"unknown --without {bad[0]!r} — use one of {', '.join(WITHOUT)}")
+    if (out is None) == (not to_inbox):
+        raise TrainctlError("give --out FILE or --to-inbox (one of them) — e.g. "
+                            "`trainctl evolution export --without suspect_label --to-inbox`")
+    h = Home.open(home, create=False)
+    dyn = _dynamics(h, dataset)
+    if dyn is None:
+        raise TrainctlError("no per-example dynamics " + (f"for dataset {dataset!r} " if dataset else "")
+                            + "— they are recorded while a job trains (train.dynamics = true)")
+    drop = {e.index for e in dyn.examples if ("suspect_label" in without and e.suspect) or e.cls in without}
+    folder = h.datasets / dyn.dataset
+    records, total = [], 0
+    for split in ("train", "val", "test"):
+        for i, row in enumerate(iter_jsonl(folder / f"{split}.jsonl")):
+            total += 1
+            if split == "train" and i in drop:
+                continue
+            records.append({k: v for k, v in row.items() if k not in ("line", "quality_score")})
+    dest = h.unique_path(h.inbox, f"{dyn.dataset}.clean.jsonl") if to_inbox else h.inside(out or "")
+    write_jsonl_atomic(dest, records)  # atomic: the daemon never picks up half a file
+    if json_out:
+        console.print_json(json.dumps({"file": str(dest), "written": len(records), "left_out": total - len(records)}))
+    else:
+        console.print(f"{len(records)} of {total} records -> {dest} (left out {total - len(records)}: "
+                      f"{', '.join(without)})", highlight=False)

@@ -49,6 +49,9 @@ class TrainConfig:
     batch_tokens: int = 0
     """With packing, about this many real tokens per device per step (a whole number of rows); 0 = batch_size
     examples' worth (batch_size x the mean example length), so that a step carries what a padded one did."""
+    dynamics: bool = True
+    """Record every training example's loss, golden-token probability, argmax share and margin from the training
+    forward pass itself (data/runs/<job>/dynamics.bin; `trainctl evolution --all`, `suspect_label` flags)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass instead of keeping them (non-reentrant; less memory, ~30% more
     compute)."""

@@ -4,9 +4,11 @@ One JSON document `{"next_id": N, "flags": [...]}`, the most recent `cap` flags 
 `flock` on a sidecar lock file, read, change and replace the document atomically; readers never lock and always
 see a whole document (old or new). No torch here: `trainctl flags` reads it.
 
-A flag: id, step, file, reason (mismatch | high_loss | error | manual), loss, matches, prompt, golden, output,
-timestamp, notes, resolved; from training also the prompt turns (`messages`), the golden turn as a row (`answer`,
-with its reasoning and calls) and the record's `tools`, so that `flags export` writes the example back whole.
+A flag: id, step, file, reason (mismatch | high_loss | suspect_label | error | manual), loss, matches, prompt,
+golden, output, timestamp, notes, resolved; from training also the prompt turns (`messages`), the golden turn as a
+row (`answer`, with its reasoning and calls) and the record's `tools`, so that `flags export` writes the example back
+whole. `suspect_label` flags are added at the end of training from the per-example dynamics (daemon/dynamics.py),
+with their figures under `dynamics`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 from daemon.atomic import read_json, write_json_atomic
 from daemon.errors import TrainctlError
 
-REASONS = ("mismatch", "high_loss", "error", "manual")
+REASONS = ("mismatch", "high_loss", "suspect_label", "error", "manual")
 SORTS = ("recent", "oldest", "highest_loss", "lowest_loss")
 DEFAULT_CAP = 1000
 

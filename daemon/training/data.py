@@ -23,16 +23,18 @@ def read_split(path: Path) -> list[dict[str, Any]]:
 
 def encode_rows(tok: Any, rows: Iterable[dict[str, Any]], max_length: int, loss_on: str,
                 reasoning_loss: bool = True) -> list[dict[str, list[int]]]:
-    """Training sequences of curated rows: one per row, plus one per turn its template renders on its own."""
+    """Training sequences of curated rows: one per row, plus one per turn its template renders on its own; `index`
+    is the row's position in `rows` (per-example dynamics are per row)."""
     out = []
-    for row in rows:
+    for i, row in enumerate(rows):
         e = encode_messages(tok, messages_of(row), max_length, loss_on, tools_of(row), reasoning_loss)
-        out += [{"input_ids": s.input_ids, "labels": s.labels} for s in e.sequences]
+        out += [{"input_ids": s.input_ids, "labels": s.labels, "index": i} for s in e.sequences]
     return out
 
 
 class PadCollator:
-    """Right-pads a list of {"input_ids", "labels"} to the longest in the batch. Shapes: [batch, longest]."""
+    """Right-pads a list of {"input_ids", "labels"} to the longest in the batch. Shapes: [batch, longest]. With the
+    examples' `index`, also `example_index`: each token's example, -1 on padding."""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
@@ -44,9 +46,14 @@ class PadCollator:
         ids = torch.full((len(features), longest), self.pad_id, dtype=torch.long)
         labels = torch.full((len(features), longest), IGNORE, dtype=torch.long)
         mask = torch.zeros((len(features), longest), dtype=torch.long)
+        index = torch.full((len(features), longest), -1, dtype=torch.long)
         for i, f in enumerate(features):
             n = len(f["input_ids"])
             ids[i, :n] = torch.tensor(f["input_ids"])
             labels[i, :n] = torch.tensor(f["labels"])
             mask[i, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+            index[i, :n] = f.get("index", -1)
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if any("index" in f for f in features):
+            batch["example_index"] = index
+        return batch

@@ -20,7 +20,8 @@ flash-attention models the micro-batch is one row and the collator hands the var
 (`cu_seq_lens_*`, `max_length_*`) instead of letting each layer infer them.
 
 The collator also returns an `attention_mask` of ones over real tokens: only for the Trainer's non-padding token count
-(tokens/s counts real tokens). `PackedTrainer.compute_loss` drops it before the forward pass.
+(tokens/s counts real tokens). The recipe's Trainer (daemon/training/trainer.py) drops it before the forward pass
+and re-plans the dataset as each epoch begins.
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ def plan_batches(lengths: list[int], max_length: int, batch_tokens: int, seed: i
 
 class PackedDataset:
     """The micro-batches of the current epoch as dataset items: item k = the encoded examples of micro-batch k, by
-    row. `set_epoch` re-plans (PackedTrainer calls it as each epoch begins); the number of items never changes."""
+    row. `set_epoch` re-plans (the recipe's Trainer calls it as each epoch begins); the number of items never
+    changes."""
 
     def __init__(self, examples: list[dict[str, list[int]]], max_length: int, batch_tokens: int, seed: int):
         self.examples = examples
@@ -166,6 +168,7 @@ class PackedCollator:
         labels = torch.full(shape, IGNORE, dtype=torch.long)
         shift = torch.full(shape, IGNORE, dtype=torch.long)
         real = torch.zeros(shape, dtype=torch.long)
+        index = torch.full(shape, -1, dtype=torch.long)  # each token's example (daemon/training/dynamics.py)
         starts = [0]
         for r, row in enumerate(rows):
             at = 0
@@ -177,48 +180,19 @@ class PackedCollator:
                 labels[r, at:at + n] = lab
                 shift[r, at:at + n - 1] = lab[1:]  # the last position predicts nothing: the next example is not its
                 real[r, at:at + n] = 1
+                index[r, at:at + n] = ex.get("index", -1)
                 at += n
                 starts.append(starts[-1] + n)
             pos[r, at:] = torch.arange(width - at)  # tail padding: a segment of its own, never attended to
         batch = {"input_ids": ids, "position_ids": pos, "labels": labels, "shift_labels": shift,
                  "attention_mask": real}
+        if any("index" in ex for row in rows for ex in row):
+            batch["example_index"] = index
         if self.flash:
             cu = torch.tensor(starts, dtype=torch.int32)
             longest = int((cu[1:] - cu[:-1]).max())
             batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
         return batch
-
-
-def packed_trainer_class() -> Any:
-    """The Trainer with the one change padding-free batches need (imported lazily: transformers is heavy)."""
-    from transformers import Trainer, TrainerCallback
-
-    class EpochPlan(TrainerCallback):
-        """Re-plans the packed dataset as each epoch begins (state.epoch is then the number of epochs done, a resumed
-        run's fraction included), so each epoch has its own rows and a resumed one gets back the plan it skips in."""
-
-        def __init__(self, dataset: PackedDataset):
-            self.dataset = dataset
-
-        def on_epoch_begin(self, args, state, control, **kw):
-            self.dataset.set_epoch(int(state.epoch + 1e-9))
-
-    class PackedTrainer(Trainer):
-        """Drops the collator's counting-only attention mask, so that the model builds its block-diagonal mask from
-        the position ids (transformers does that only when no attention mask and no cache are passed), and gives
-        each epoch its own packing plan."""
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            if isinstance(self.train_dataset, PackedDataset):
-                self.add_callback(EpochPlan(self.train_dataset))
-
-        def compute_loss(self, model, inputs, *args, **kwargs):
-            if "position_ids" in inputs:
-                inputs = {k: v for k, v in inputs.items() if k != "attention_mask"}
-            return super().compute_loss(model, inputs, *args, **kwargs)
-
-    return PackedTrainer
 
 
 class Batching:
@@ -227,16 +201,15 @@ class Batching:
     examples a step)."""
 
     def __init__(self, encoded: list[dict[str, list[int]]], cfg: Any, pad_id: int, flash: bool = False):
-        from transformers import Trainer
-
         from daemon.training.data import PadCollator
+        from daemon.training.trainer import trainer_class
 
         lengths = [len(e["input_ids"]) for e in encoded]
         self.real_tokens = sum(lengths)
         if not cfg.packing:
             self.dataset: Any = encoded
             self.collator: Any = PadCollator(pad_id)
-            self.trainer_class: Any = Trainer
+            self.trainer_class: Any = trainer_class()
             self.batch_size = cfg.batch_size
             self.report = {"packing": False, "batch_size": cfg.batch_size}
             return
@@ -245,7 +218,7 @@ class Batching:
         self.dataset = PackedDataset(encoded, cfg.max_length, budget, cfg.seed)
         plan = self.dataset.plan
         self.collator = PackedCollator(pad_id, flash)
-        self.trainer_class = packed_trainer_class()
+        self.trainer_class = trainer_class()
         self.batch_size = 1
         rows = [row for batch in plan for row in batch]
         width = [max(sum(lengths[i] for i in r) for r in batch) * len(batch) for batch in plan]

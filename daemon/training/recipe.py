@@ -209,6 +209,22 @@ def _final_checks(ctx: RunContext, model: Any, tok: Any, rows: list[dict[str, An
     return out
 
 
+def _flag_suspects(ctx: RunContext, run_dir: Path) -> dict[str, Any]:
+    """Per-example dynamics summed up; the suspected label errors flagged `suspect_label` (daemon/dynamics.py)."""
+    from daemon.dynamics import load, suspect_flags
+    from daemon.errors import TrainctlError
+    from daemon.flags import FlagStore
+
+    try:
+        run = load(run_dir)
+    except TrainctlError:
+        return {}
+    flags = suspect_flags(run, ctx.dataset_dir.name)
+    if flags:
+        FlagStore(ctx.home.flagged_file, ctx.settings.train.flags_keep).add(flags)
+    return {"dynamics": {"examples": len(run.examples), "classes": run.classes(), "suspect_label": len(flags)}}
+
+
 def _liger(cfg: Any, on_cpu: bool) -> bool:
     """Liger kernels where asked for, installed, and on a CUDA GPU (they are Triton kernels)."""
     import importlib.util
@@ -280,6 +296,10 @@ def _collectors(ctx: RunContext, tok: Any, rows: list[dict[str, Any]], run_dir: 
         out["evolution"] = EvolutionSnapshots(tok, rows[: cfg.evolution_examples],
                                               ctx.home.evolution_dir(ctx.dataset_dir.name), ctx.dataset_dir.name,
                                               cfg.max_length, cfg.max_new_tokens, cfg.loss_on, throughput=throughput)
+    if cfg.dynamics:
+        from daemon.training.dynamics import DynamicsRecorder
+
+        out["dynamics"] = DynamicsRecorder(run_dir, ctx.dataset_dir.name, ctx.dataset_dir / "train.jsonl", len(rows))
     if cfg.best_metric == "loss" or "fixed_eval" in out:
         from daemon.training.collectors.best_checkpoint import BestCheckpoint
 
@@ -328,7 +348,8 @@ def train(ctx: RunContext) -> TrainOutcome:
     # Order matters: the measuring collectors update before the alerts read them, and the status is written last.
     callbacks = [*faults.from_env(ctx.dataset_dir.name), control, *collectors.values(), status]
     trainer = batching.trainer_class(model=model, args=args, train_dataset=batching.dataset,
-                                     data_collator=batching.collator, callbacks=callbacks)
+                                     data_collator=batching.collator, callbacks=callbacks,
+                                     dynamics=collectors.get("dynamics"))
     for noisy in (PrinterCallback, ProgressCallback):  # the StatusWriter reports progress instead
         trainer.remove_callback(noisy)
     resume = newest_complete_checkpoint(run_dir / "checkpoints")
@@ -372,6 +393,8 @@ def train(ctx: RunContext) -> TrainOutcome:
         metrics["snapshot_seconds"] = round(collectors["evolution"].seconds, 3)
         metrics["snapshot_decode_seconds"] = round(collectors["evolution"].decode_seconds, 3)
         metrics["snapshots"] = collectors["evolution"].taken
+    if "dynamics" in collectors:
+        metrics.update(_flag_suspects(ctx, run_dir))
     if cfg.final_eval_examples:
         status.set(state="evaluating")
         status.write(trainer.state, force=True)

@@ -1,0 +1,154 @@
+"""Per-example dynamics read off the training forward pass (the record's format and its reading: daemon/dynamics.py).
+
+The Trainer (daemon/training/trainer.py) hands `record()` each training forward pass's outputs and inputs, and the
+collators' `example_index` (each token's row in the train split, -1 where none). From the logits the loss was just
+computed from — before the optimizer step, no second pass — it takes per trained token [T]: the loss
+(logsumexp - golden logit), the golden token's probability, whether it is the argmax, and the margin (golden logit -
+the largest other logit), then sums them per example (`index_add_`). Packed rows are split by example, never
+averaged per row; under gradient accumulation every micro-batch adds its examples to the step.
+
+At each optimizer step the buffered figures are written as one append to `dynamics.bin` (on several processes they
+are gathered to rank 0 first, which alone writes). As training (re)starts, records of steps after the one it starts
+from are dropped (a resumed run redoes those steps) and a torn tail is cut, so that no epoch is counted twice.
+
+Works where the model returns logits; with Liger's fused cross-entropy (no logits) nothing is recorded and the run's
+config.json says so. A failure to record is logged and training goes on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from daemon.atomic import write_bytes_atomic, write_json_atomic
+from daemon.chat.render import IGNORE
+from daemon.dynamics import DYNAMICS_FILE, FIELDS, HEADER_FILE, RECORD, read_records
+from daemon.training.collectors import Collector
+
+CHUNK_TOKENS = 2048
+"""Trained tokens per float32 log-softmax chunk: bounds the extra memory to CHUNK_TOKENS x vocabulary floats."""
+
+
+def token_figures(logits: Any, targets: Any) -> tuple[Any, Any, Any, Any]:
+    """logits [T, V], targets [T] -> per token loss, golden probability, golden-is-argmax, margin (each [T], fp32)."""
+    import torch
+
+    outs = []
+    for at in range(0, logits.shape[0], CHUNK_TOKENS):
+        lg = logits[at:at + CHUNK_TOKENS].float()
+        tg = targets[at:at + CHUNK_TOKENS]
+        gold = lg.gather(1, tg[:, None])[:, 0]
+        loss = torch.logsumexp(lg, -1) - gold
+        top = lg.topk(2, dim=-1)
+        first = top.indices[:, 0] == tg
+        other = torch.where(first, top.values[:, 1], top.values[:, 0])
+        outs.append((loss, torch.exp(-loss), first.float(), gold - other))
+    return tuple(torch.cat(parts) for parts in zip(*outs))  # type: ignore[return-value]
+
+
+def per_example(logits: Any, targets: Any, index: Any) -> list[tuple[int, float, float, float, float, int]]:
+    """Aligned logits [B, L, V], next-token targets [B, L] (IGNORE where untrained) and each position's example
+    [B, L] -> per example: (index, mean loss, mean golden probability, argmax share, mean margin, trained tokens)."""
+    import torch
+
+    with torch.no_grad():
+        keep = (targets != IGNORE) & (index >= 0)
+        if not bool(keep.any()):
+            return []
+        loss, prob, first, margin = token_figures(logits[keep], targets[keep])
+        ids, inverse = torch.unique(index[keep], return_inverse=True)
+        sums = torch.zeros(len(ids), 5, dtype=torch.float32, device=loss.device)
+        sums.index_add_(0, inverse, torch.stack([loss, prob, first, margin, torch.ones_like(loss)], 1))
+        sums = sums.cpu().tolist()
+    return [(int(i), s[0] / s[4], s[1] / s[4], s[2] / s[4], s[3] / s[4], int(s[4]))
+            for i, s in zip(ids.cpu().tolist(), sums)]
+
+
+def aligned(outputs: Any, inputs: dict[str, Any], index: Any) -> tuple[Any, Any, Any] | None:
+    """(logits, targets, index) with position t's logits beside the token it predicts; None without logits."""
+    logits = getattr(outputs, "logits", None) if not isinstance(outputs, dict) else outputs.get("logits")
+    if logits is None:
+        return None
+    if inputs.get("shift_labels") is not None:  # packed rows: targets already shifted, -100 at each example's end
+        return logits, inputs["shift_labels"], index
+    labels = inputs["labels"]
+    return logits[:, :-1], labels[:, 1:], index[:, 1:]
+
+
+class DynamicsRecorder(Collector):
+    name = "dynamics"
+
+    def __init__(self, run_dir: Path, dataset: str, train_split: Path, examples: int):
+        self.path = run_dir / DYNAMICS_FILE
+        self.header = {"dataset": dataset, "train_split": str(train_split), "examples": examples,
+                       "format": RECORD.format, "fields": list(FIELDS),
+                       "measured": "training forward pass, before the optimizer step (train mode: dropout on)"}
+        self.header_path = run_dir / HEADER_FILE
+        self.buffer: list[tuple[int, float, float, float, float, int]] = []
+        self.epoch = 0
+        self.passes = 0
+        self.unavailable: str | None = None
+        self.errors: list[str] = []
+
+    # -- recording (called by the Trainer's compute_loss) ----------------------------------------------------------
+    def record(self, outputs: Any, inputs: dict[str, Any], index: Any) -> None:
+        try:
+            parts = aligned(outputs, inputs, index)
+            if parts is None:
+                self.unavailable = "the model returned no logits (fused cross-entropy)"
+                return
+            self.buffer += per_example(*parts)
+        except Exception as exc:  # per-example dynamics must never stop training
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    # -- Trainer hooks -----------------------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kw):
+        if not _is_writer():
+            return
+        write_json_atomic(self.header_path, self.header)
+        kept = read_records(self.path, max_step=state.global_step)
+        if self.path.exists() and len(kept) * RECORD.size != self.path.stat().st_size:
+            # Steps after the checkpoint this run resumes from are redone: their records go (as does a torn tail)
+            write_bytes_atomic(self.path, b"".join(RECORD.pack(*r) for r in kept))
+
+    def on_epoch_begin(self, args, state, control, **kw):
+        self.epoch = int(state.epoch + 1e-9)
+
+    def on_step_end(self, args, state, control, **kw):
+        rows, self.buffer = self.buffer, []
+        rows = _gather(rows)
+        if rows is None or not rows:
+            return
+        self.passes += len(rows)
+        data = b"".join(RECORD.pack(i, self.epoch, state.global_step, lo, p, c, m, n) for i, lo, p, c, m, n in rows)
+        try:
+            with open(self.path, "ab") as fh:  # one append per step; a torn tail is cut at the next start
+                fh.write(data)
+        except OSError as exc:
+            self.errors.append(f"step {state.global_step}: {exc}")
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"dynamics_passes": self.passes} if self.passes else {}
+        if self.unavailable:
+            out["dynamics_unavailable"] = self.unavailable
+        if self.errors:
+            out["dynamics_errors"] = self.errors[-3:]
+        return out
+
+
+def _is_writer() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _gather(rows: list[Any]) -> list[Any] | None:
+    """Every process's rows on rank 0 (None on the others); the rows themselves with one process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, rows)
+    return [r for part in everyone for r in part] if dist.get_rank() == 0 else None
+
