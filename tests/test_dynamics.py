@@ -113,7 +113,7 @@ def test_per_example_summary_forgetting_aum_and_suspects():
             if ex < 36:
                 p, c, m = (0.5, 0.6, 0.5) if epoch == 0 else (0.9, 1.0, 3.0)
                 if ex == 35 and epoch == 2:
-                    p, c, m = 0.6, 0.5, 0.2
+                    p, c, m = 0.85, 0.5, 2.0
             else:
                 p, c, m = 0.05, 0.0, -3.0
             recs.append((ex, epoch, epoch * 10 + 1, -__import__("math").log(p), p, c, m, 4))
@@ -122,7 +122,7 @@ def test_per_example_summary_forgetting_aum_and_suspects():
     assert dyn[35].forgetting_events == 1 and dyn[35].right == [False, True, False]
     # Confidence and AUM leave the first epoch out when there are later ones (the model was still learning the task)
     assert dyn[0].aum == pytest.approx(3.0) and dyn[0].confidence == pytest.approx(0.9)
-    assert dyn[35].confidence == pytest.approx(0.75) and dyn[35].variability == pytest.approx(0.15)
+    assert dyn[35].confidence == pytest.approx(0.875) and dyn[35].variability == pytest.approx(0.025)
     assert [i for i, e in dyn.items() if e.suspect] == [36, 37, 38, 39]
     # A model that learned nothing suspects nothing: everyone is equally lost
     flat = [(ex, 0, 1, 3.0, 0.05 + 0.001 * ex, 0.0, -3.0, 4) for ex in range(40)]
