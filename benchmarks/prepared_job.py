@@ -66,8 +66,9 @@ def timed_train(job: PreparedJob, model: Any, args: Any, callbacks: list[Any], b
     trainer and the wall time of `trainer.train()` (GPU work waited for at both ends)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    dynamics = next((c for c in callbacks if getattr(c, "name", None) == "dynamics"), None)
     trainer = b.trainer_class(model=model, args=args, train_dataset=b.dataset, data_collator=b.collator,
-                              callbacks=callbacks)
+                              callbacks=callbacks, dynamics=dynamics)
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)
     return trainer, train_seconds(trainer)

@@ -10,8 +10,8 @@ padded batches, the same for every side): packing must train as well as padding.
 Sides, each run in a fresh process, interleaved over `--rounds` rounds:
 - `bare`: `Trainer` + peft with transformers' default padding collator (`DataCollatorForSeq2Seq`), batch 8, fp32
   (what a user writes by hand);
-- `trainctl`: the recipe as a job runs it (padding-free packed batches, `train.dtype = "auto"`, every collector,
-  evaluations off);
+- `trainctl`: the recipe as a job runs it (padding-free packed batches, `train.dtype = "auto"`, every collector and
+  the per-example dynamics, evaluations off);
 - `trainctl-padded`: the same with `train.packing = false`, to tell packing's share from precision's.
 
 Printed: per side the median tokens/s, peak memory and loss; trainctl / bare and trainctl / trainctl-padded as the
@@ -93,6 +93,8 @@ def worker(side: str, model_name: str, n: int) -> dict:
     encoded = [encode_messages(tok, messages_of(r), s.train.max_length) for r in records]
     train = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded[:n]]
     probe = train[:32]
+    if side != "bare":  # as a job has them: each example's index, for the per-example dynamics
+        train = [{**e, "index": i} for i, e in enumerate(train)]
     ctx = RunContext(home=home, job_id=1, dataset_dir=home.datasets, settings=s, echo=lambda m: None)
     torch.manual_seed(0)
     model = _model(ctx)  # the same LoRA (r, alpha, targets) for every side
@@ -111,9 +113,9 @@ def worker(side: str, model_name: str, n: int) -> dict:
         b = Batching(train, s.train, tok.pad_token_id)
         args = _training_args(ctx, run_dir, config, model, b.batch_size)
         steps = total_steps(s.train, b.items_per_epoch, b.batch_size)
-        callbacks = list(_collectors(ctx, tok, [], run_dir, steps, model).values())
+        collectors = _collectors(ctx, tok, [], run_dir, steps, model)
         trainer = b.trainer_class(model=model, args=args, train_dataset=b.dataset, data_collator=b.collator,
-                                  callbacks=callbacks)
+                                  callbacks=list(collectors.values()), dynamics=collectors.get("dynamics"))
     wall = train_seconds(trainer)
     real = sum(len(x["input_ids"]) for x in train)
     model.eval()

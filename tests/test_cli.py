@@ -100,6 +100,16 @@ def test_read_only_commands_import_no_torch(curated_home):
             "snapshot_id": f"mixed_x_step_{step:06d}", "training_step": step, "examples": [ex],
             "summary": {"avg_loss": 0.1, "accuracy": float(ok), "total_examples": 1, "correct": int(ok),
                         "incorrect": int(not ok)}}))
+    # Per-example dynamics of a run over the curated dataset's train split
+    from daemon.dynamics import RECORD
+
+    (ds,) = curated_home.datasets.iterdir()
+    run = curated_home.run_dir(1)
+    run.mkdir(parents=True)
+    (run / "dynamics.json").write_text(json.dumps({"dataset": ds.name, "train_split": str(ds / "train.jsonl")}))
+    n = len((ds / "train.jsonl").read_text().splitlines())
+    (run / "dynamics.bin").write_bytes(b"".join(RECORD.pack(i, e, e + 1, 0.5, 0.6, 0.5, 1.0, 5)
+                                                for e in range(2) for i in range(n)))
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
@@ -108,7 +118,9 @@ def test_read_only_commands_import_no_torch(curated_home):
         "            ['rejected', '--latest', '--json'], ['flags'], ['flags', 'trend'], ['flags', '--stats'],\n"
         "            ['bench', 'list'], ['bench', 'list', '--json'], ['bench', 'compare', 'a', 'b'],\n"
         "            ['bench', 'compare', 'a', 'b', '--label-regex', '(Yes|No)', '--json'],\n"
-        "            ['evolution'], ['evolution', '--json'], ['evolution', '--example', 'ex_000']):\n"
+        "            ['evolution'], ['evolution', '--json'], ['evolution', '--example', 'ex_000'],\n"
+        "            ['evolution', '--sort', 'aum'], ['evolution', '--probe'], ['evolution', 'mixed', '--class', 'hard'],\n"
+        "            ['evolution', 'export', '--out', 'clean.jsonl']):\n"
         f"    r = CliRunner().invoke(app, cmd + ['--home', {str(tmp_path)!r}])\n"
         "    assert r.exit_code == 0, r.output\n"
         "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]\n"
@@ -181,5 +193,17 @@ def test_rejected_accept_recovers_into_the_inbox_and_they_pass_next_time(curated
     (["rejected"], "pass its PATH or --latest"),
 ])
 def test_rejected_mistakes_are_one_red_line(curated_home, args, says):
+    r = runner.invoke(app, args + ["--home", str(curated_home.root)])
+    assert r.exit_code == 1 and says in r.output and "Traceback" not in r.output, r.output
+
+
+@pytest.mark.parametrize("args, says", [
+    (["evolution"], "no evolution yet"),
+    (["evolution", "export", "--to-inbox"], "no per-example dynamics"),
+    (["evolution", "export"], "give --out FILE or --to-inbox"),
+    (["evolution", "export", "--to-inbox", "--without", "weird"], "unknown --without 'weird'"),
+    (["evolution", "--sort", "size"], "unknown sort 'size'"),
+])
+def test_evolution_mistakes_are_one_red_line(curated_home, args, says):
     r = runner.invoke(app, args + ["--home", str(curated_home.root)])
     assert r.exit_code == 1 and says in r.output and "Traceback" not in r.output, r.output
