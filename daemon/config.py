@@ -92,6 +92,10 @@ class TrainConfig:
     evolution_examples: int = 100
     """Training examples in the evolution probe set (the first N of the train split), answered at the snapshot steps
     of SPEC section 7 (0, 10, 25, 50, 100, ... then every 1000) and at the last step; 0 = no snapshots."""
+    diagnostics_budget: float = 0.05
+    """Largest share of the training wall time for fixed evaluations and evolution snapshots together: the schedule
+    keeps its steps while they fit, then thins itself (measured cost per pass), always keeping step 0 and the last
+    step; 0 = no limit."""
     best_metric: str = "exact_match"
     """What makes a checkpoint the best: `exact_match` (fixed evaluation, ties broken by its cross-entropy),
     `fixed_eval_ce` (lowest) or `loss` (lowest smoothed training loss). Every checkpoint is scored at its step; the
@@ -285,6 +289,7 @@ def _validate(s: Settings) -> list[str]:
     need(t.eval_steps >= -1, "train.eval_steps must be >= 0 (or -1 = never)")
     need(t.fixed_eval_examples >= 0, "train.fixed_eval_examples must be >= 0")
     need(t.evolution_examples >= 0, "train.evolution_examples must be >= 0")
+    need(0 <= t.diagnostics_budget < 1, "train.diagnostics_budget must be in [0, 1) (a share of training time)")
     need(t.best_metric in ("exact_match", "fixed_eval_ce", "loss"),
          f"train.best_metric must be exact_match, fixed_eval_ce or loss, not {t.best_metric!r}")
     need(t.early_stop_patience >= 0, "train.early_stop_patience must be >= 0 (0 = off)")

@@ -21,7 +21,9 @@ classes use the thresholds of daemon/evolution.py (easy: confidence >= 0.6; hard
 **Suspected label errors**: an example is `suspect_label` when it is a low outlier of this dataset on both
 confidence and AUM: below the median minus 3 scaled median absolute deviations, each. On a task the model learns,
 mislabelled records sit there: the model keeps preferring the rule's answer to theirs. When the model learned
-nothing, everyone is low together and nothing is flagged. Not required: the `hard` class. Its fixed thresholds read
+nothing, everyone is low together and nothing is flagged. Nothing is suspected after a single epoch: its figures
+say mostly how early in the epoch each example came (one epoch of the clean reverse-the-words demo on SmolLM2 put 27
+of 370 in both low tails). Not required: the `hard` class. Its fixed thresholds read
 a mean over every trained token, template tokens included, so a record whose two answer words are wrong still scores
 0.6-0.7: on SmolLM2 (2 epochs, 30 planted in 300) requiring `hard` flagged none and requiring "not easy" 3; on
 builtin:tiny, which memorises them (a planted answer's probability climbs from ~0.05 to ~0.75 by the 6th epoch),
@@ -186,8 +188,8 @@ def aggregate(records: list[tuple], rows: list[dict[str, Any]] | None = None) ->
 
 
 def mark_suspects(examples: list[ExampleDynamics]) -> None:
-    """See the module docstring: a low outlier in confidence and in AUM."""
-    if len(examples) < 10:
+    """See the module docstring: a low outlier in confidence and in AUM, from two epochs on."""
+    if len(examples) < 10 or not any(e > 0 for x in examples for e in x.epochs):
         return
     conf_cut = _low_outlier([e.confidence for e in examples], 0.02)
     aum_cut = _low_outlier([e.aum for e in examples], 0.1)

@@ -125,8 +125,10 @@ def test_per_example_summary_forgetting_aum_and_suspects():
     assert dyn[35].confidence == pytest.approx(0.875) and dyn[35].variability == pytest.approx(0.025)
     assert [i for i, e in dyn.items() if e.suspect] == [36, 37, 38, 39]
     # A model that learned nothing suspects nothing: everyone is equally lost
-    flat = [(ex, 0, 1, 3.0, 0.05 + 0.001 * ex, 0.0, -3.0, 4) for ex in range(40)]
+    flat = [(ex, 1, 1, 3.0, 0.05 + 0.001 * ex, 0.0, -3.0, 4) for ex in range(40)]
     assert not any(e.suspect for e in aggregate(flat))
+    # One epoch says when an example came more than what it is: no suspects from it
+    assert not any(e.suspect for e in aggregate([r for r in recs if r[1] == 0]))
 
 
 @pytest.mark.slow

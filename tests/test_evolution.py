@@ -39,7 +39,7 @@ def test_last_step_is_snapshotted_unless_a_scheduled_one_is_near(tmp_path, max_s
     from daemon.training.collectors.evolution import EvolutionSnapshots
 
     ev = EvolutionSnapshots(None, [{"messages": []}], tmp_path, "d")
-    ev.snapshot = lambda model, step: ev.taken.append(step)  # when, not what: no model needed
+    ev.snapshot = lambda model, step, **kw: ev.taken.append(step)  # when, not what: no model needed
     for step in range(1, max_steps + 1):
         ev.on_step_end(None, SimpleNamespace(global_step=step, max_steps=max_steps), None, model=object())
     assert ev.taken[-1] == last and ev.taken == sorted(set(ev.taken))

@@ -267,7 +267,9 @@ def _rendering_status(report: dict[str, Any]) -> dict[str, Any]:
 def _collectors(ctx: RunContext, tok: Any, rows: list[dict[str, Any]], run_dir: Path, steps: int,
                 model: Any) -> dict[str, Any]:
     """Every collector of SPEC section 5, wired together; each is an ordinary TrainerCallback."""
+    from daemon.models import pick_precision
     from daemon.training.collectors.alerts import Alerts
+    from daemon.training.collectors.diagnostics_budget import DiagnosticsBudget
     from daemon.training.collectors.fixed_eval import FixedEval
     from daemon.training.collectors.lora_monitor import LoRAMonitor
     from daemon.training.collectors.streaming import StreamingMetrics
@@ -275,15 +277,20 @@ def _collectors(ctx: RunContext, tok: Any, rows: list[dict[str, Any]], run_dir: 
     from daemon.training.data import read_split
 
     cfg = ctx.settings.train
+    # First: the budget's clock starts before the step-0 snapshot that it charges
+    budget = DiagnosticsBudget(cfg.diagnostics_budget)
+    # Evaluations and snapshots run under the training's autocast precision
+    autocast = pick_precision(cfg.dtype, next(model.parameters()).device.type).autocast
     throughput = ThroughputCollector(peak_flops=_peak_flops(cfg, model), n_params=model.num_parameters())
     streaming = StreamingMetrics(alpha=cfg.ema_alpha)
     lora = LoRAMonitor(every=cfg.monitor_every)
-    out: dict[str, Any] = {"throughput": throughput, "streaming": streaming, "lora": lora}
+    out: dict[str, Any] = {"diagnostics_budget": budget, "throughput": throughput, "streaming": streaming,
+                           "lora": lora}
     interval = eval_interval(cfg, steps)
     if interval and cfg.fixed_eval_examples:
         probe = read_split(ctx.dataset_dir / "val.jsonl")[: cfg.fixed_eval_examples] or rows[: cfg.fixed_eval_examples]
         out["fixed_eval"] = FixedEval(tok, probe, interval, cfg.max_length, cfg.max_new_tokens, cfg.loss_on,
-                                      throughput=throughput)
+                                      throughput=throughput, budget=budget, autocast=autocast)
     if "fixed_eval" in out:
         from daemon.flags import FlagStore
         from daemon.training.collectors.flagged import FlaggedExamples
@@ -295,7 +302,8 @@ def _collectors(ctx: RunContext, tok: Any, rows: list[dict[str, Any]], run_dir: 
 
         out["evolution"] = EvolutionSnapshots(tok, rows[: cfg.evolution_examples],
                                               ctx.home.evolution_dir(ctx.dataset_dir.name), ctx.dataset_dir.name,
-                                              cfg.max_length, cfg.max_new_tokens, cfg.loss_on, throughput=throughput)
+                                              cfg.max_length, cfg.max_new_tokens, cfg.loss_on, throughput=throughput,
+                                              budget=budget, autocast=autocast)
     if cfg.dynamics:
         from daemon.training.dynamics import DynamicsRecorder
 
@@ -393,6 +401,7 @@ def train(ctx: RunContext) -> TrainOutcome:
         metrics["snapshot_seconds"] = round(collectors["evolution"].seconds, 3)
         metrics["snapshot_decode_seconds"] = round(collectors["evolution"].decode_seconds, 3)
         metrics["snapshots"] = collectors["evolution"].taken
+    metrics.update(collectors["diagnostics_budget"].summary())
     if "dynamics" in collectors:
         metrics.update(_flag_suspects(ctx, run_dir))
     if cfg.final_eval_examples:

@@ -160,10 +160,12 @@ def _forward(model: Any, ids: Any, attn: Any, prefix: int, use_cache: bool, firs
 
 
 def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: int,
-           token_budget: int = TOKEN_BUDGET, share_prefix: bool = True) -> tuple[Scores, list[str], int]:
+           token_budget: int = TOKEN_BUDGET, share_prefix: bool = True,
+           decode: bool = True) -> tuple[Scores, list[str], int]:
     """Scores, and what greedy decoding answers to each prompt (see the module docstring). The model must be in
     eval mode. Returns (scores, outputs, how many examples needed decoding beyond their golden answer).
-    `share_prefix=False` runs every row's whole sequence (the same results, to float rounding)."""
+    `share_prefix=False` runs every row's whole sequence (the same results, to float rounding). `decode=False`: the
+    teacher-forced pass only; an example greedy decoding would not reproduce gets "" as its output."""
     import torch
 
     from daemon.generation import generate_texts
@@ -198,6 +200,8 @@ def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: 
                     outputs[i] = probe.golden[i]
                     continue
                 decoded += 1
+                if not decode:
+                    continue
                 plan = _plan(probe.encoded[i].input_ids, probe.answer_start[i], top[row], tok.eos_token_id, cap)
                 if plan is None or (not plan.done and not continues):
                     from_prompt.append(i)
@@ -371,15 +375,23 @@ def lora_merged(model: Any, budget: int | None = None) -> Iterator[None]:
 
 
 @contextmanager
-def evaluating(model: Any, throughput: Any = None) -> Iterator[None]:
+def evaluating(model: Any, throughput: Any = None, autocast: str | None = None) -> Iterator[None]:
     """Eval mode for the block and training mode after it; its time is reported to the throughput collector (so
-    the ETA counts evaluations and tokens/s does not)."""
+    the ETA counts evaluations and tokens/s does not). `autocast` ("bfloat16", "float16"): the matmuls in that
+    precision, as training runs them (the run's config.json `precision`)."""
+    import contextlib
+
+    import torch
+
     if throughput is not None:
         throughput.begin_eval()
     was_training = model.training
-    model.eval()
     try:
-        yield
+        model.eval()
+        cast = torch.autocast(next(model.parameters()).device.type, dtype=getattr(torch, autocast)) if autocast \
+            else contextlib.nullcontext()
+        with cast:
+            yield
     finally:
         if was_training:
             model.train()

@@ -6,6 +6,10 @@ reproduction; see daemon.training.scoring), with greedy decoding continued from 
 model does not reproduce, so that `model_output` is what the model really writes. Eval mode, no gradients. The
 last step is snapshotted too (unless a scheduled snapshot lies within the last 5% of the run), so the final state
 is in the record. A failing snapshot is logged and training goes on.
+
+Under the diagnostics budget (collectors/diagnostics_budget.py) a scheduled snapshot that does not fit is left out,
+or, at the last step, taken scored only (`"decoded": false`: no decoding, `model_output` "" where the model would not
+reproduce the golden answer). Step 0 always runs whole. Passes run under the training's autocast precision.
 """
 
 from __future__ import annotations
@@ -38,10 +42,14 @@ class EvolutionSnapshots(Collector):
 
     def __init__(self, tokenizer: Any, rows: list[dict[str, Any]], folder: Path, dataset: str, max_length: int = 512,
                  max_new_tokens: int = 64, loss_on: str = "assistant", throughput: Any = None,
-                 batch_size: int = BATCH_ROWS):
+                 batch_size: int = BATCH_ROWS, budget: Any = None, autocast: str | None = None):
         self.tok, self.rows, self.folder, self.dataset = tokenizer, rows, folder, dataset
         self.max_length, self.max_new_tokens, self.loss_on = max_length, max_new_tokens, loss_on
         self.throughput, self.batch_size = throughput, batch_size
+        self.budget = budget
+        """A DiagnosticsBudget (or None): which scheduled snapshots run whole, scored only, or not at all."""
+        self.autocast = autocast
+        self.skipped: list[int] = []
         self.taken: list[int] = []
         self.seconds = 0.0
         self.decode_seconds = 0.0
@@ -57,7 +65,12 @@ class EvolutionSnapshots(Collector):
     def on_step_end(self, args, state, control, model=None, **kw):
         step = state.global_step
         if model is not None and step not in self.taken and (is_snapshot_step(step) or self._final(step, state)):
-            self.snapshot(model, step)
+            final = step == state.max_steps
+            mode = self.budget.plan("snapshot", step, final, can_score=True) if self.budget else "full"
+            if mode == "skip":
+                self.skipped.append(step)
+            else:
+                self.snapshot(model, step, decode=mode == "full")
 
     def _final(self, step: int, state: Any) -> bool:
         """The last step gets a snapshot too, unless a scheduled one was taken within the last 5% of the run (a
@@ -66,15 +79,18 @@ class EvolutionSnapshots(Collector):
         return step == state.max_steps and not (self.taken and step - self.taken[-1] <= near)
 
     # -- what
-    def snapshot(self, model: Any, step: int) -> dict[str, Any] | None:
+    def snapshot(self, model: Any, step: int, decode: bool = True) -> dict[str, Any] | None:
+        """`decode=False`: scored only (the teacher-forced pass: loss, golden probability, exact match as greedy
+        reproduction of the golden answer; `model_output` is "" where the model would write something else)."""
         from daemon.training.scoring import evaluating
 
         if not self.rows:
             return None
         t0 = time.perf_counter()
+        decode_before = self.decode_seconds
         try:
-            with evaluating(model, self.throughput):
-                doc = self._take(model, step)
+            with evaluating(model, self.throughput, self.autocast):
+                doc = self._take(model, step, decode)
             write_json_atomic(snapshot_path(self.folder, step), doc, indent=None)
             self.taken.append(step)
             return doc
@@ -82,9 +98,12 @@ class EvolutionSnapshots(Collector):
             self.errors.append(f"step {step}: {type(exc).__name__}: {exc}")
             return None
         finally:
-            self.seconds += time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            self.seconds += took
+            if self.budget is not None:
+                self.budget.charge("snapshot", took, self.decode_seconds - decode_before, whole=decode)
 
-    def _take(self, model: Any, step: int) -> dict[str, Any]:
+    def _take(self, model: Any, step: int, decode: bool = True) -> dict[str, Any]:
         from daemon.chat.answers import same_answer
         from daemon.training.scoring import answer, prepare_probe
 
@@ -95,12 +114,12 @@ class EvolutionSnapshots(Collector):
                                         [tools_of(r) for r in self.rows])
         probe = self._probe
         inputs, golden = probe.questions, probe.golden
-        sc, outputs, _ = answer(model, self.tok, probe, self.max_new_tokens, self.batch_size)
+        sc, outputs, _ = answer(model, self.tok, probe, self.max_new_tokens, self.batch_size, decode=decode)
         self.decode_seconds += sc.decode_seconds
         examples = []
         for i, row in enumerate(self.rows):
             out = outputs[i]
-            em = same_answer(out, golden[i])
+            em = same_answer(out, golden[i]) if decode else bool(sc.greedy_match[i])
             meta = {k: row[k] for k in ("id", "line", "domain") if k in row}
             examples.append({"example_id": f"ex_{i:03d}", "input": inputs[i], "expected_output": golden[i],
                              "model_output": out, "loss": round(sc.loss[i], 4),
@@ -109,13 +128,15 @@ class EvolutionSnapshots(Collector):
         correct = sum(e["exact_match"] for e in examples)
         return {"snapshot_id": f"{self.dataset}_step_{step:06d}", "training_step": step,
                 "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model_version": "training",
-                "examples": examples,
+                "decoded": decode, "examples": examples,
                 "summary": {"avg_loss": round(sum(sc.loss) / len(sc.loss), 4),
                             "accuracy": round(correct / len(examples), 4), "total_examples": len(examples),
                             "correct": correct, "incorrect": len(examples) - correct}}
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"evolution_snapshots": len(self.taken)} if self.taken else {}
+        if self.skipped:
+            out["evolution_skipped"] = len(self.skipped)
         if self.errors:
             out["evolution_errors"] = self.errors[-3:]
         return out

@@ -7,7 +7,9 @@ prose whitespace-normalised, tool calls by name and parsed arguments). For ECE e
 answer token contributes the model's top-1 confidence and whether the top-1 token is the golden one; ECE = sum
 over 15 equal-width confidence bins of |accuracy - confidence| weighted by the bin's share of tokens. Runs in eval
 mode without gradients; a failure is recorded and training goes on. Its wall time is reported to the throughput
-collector so the ETA includes it.
+collector so the ETA includes it. Under the diagnostics budget (collectors/diagnostics_budget.py) a scheduled
+evaluation that does not fit is left out or scored only (no decoding; exact match = greedy reproduction token for
+token; no flags from it); those at checkpoints and at the last step always run, scored only if they must.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class FixedEval(Collector):
 
     def __init__(self, tokenizer: Any, rows: list[dict[str, Any]], eval_steps: int, max_length: int = 512,
                  max_new_tokens: int = 64, loss_on: str = "assistant", throughput: Any = None,
-                 batch_size: int = BATCH_ROWS):
+                 batch_size: int = BATCH_ROWS, budget: Any = None, autocast: str | None = None):
         from daemon.chat.messages import messages_of, tools_of
 
         self.tok = tokenizer
@@ -53,6 +55,9 @@ class FixedEval(Collector):
         self.loss_on = loss_on
         self.throughput = throughput
         self.batch_size = batch_size
+        self.budget = budget
+        """A DiagnosticsBudget (or None): which scheduled evaluations run whole, scored only, or not at all."""
+        self.autocast = autocast
         self.history: deque[dict[str, Any]] = deque(maxlen=50)
         self.seconds = 0.0
         """Wall time of every evaluation so far (failed ones included)."""
@@ -72,26 +77,37 @@ class FixedEval(Collector):
         due = self.eval_steps > 0 and (step % self.eval_steps == 0 or control.should_save)
         if (due or step == state.max_steps) and model is not None and self.rows and \
                 (self.last is None or self.last["step"] != step):
-            self.evaluate(model, step)
+            # A checkpoint's evaluation scores it (best checkpoint), the last one ends the record: both always run
+            required = control.should_save or step == state.max_steps
+            mode = self.budget.plan("eval", step, required, can_score=True) if self.budget else "full"
+            if mode != "skip":
+                self.evaluate(model, step, decode=mode == "full")
 
-    def evaluate(self, model: Any, step: int) -> dict[str, Any] | None:
+    def evaluate(self, model: Any, step: int, decode: bool = True) -> dict[str, Any] | None:
+        """`decode=False`: scored only (the teacher-forced pass; exact match = greedy decoding reproduces the golden
+        answer token for token; no outputs, so no flags)."""
         from daemon.training.scoring import evaluating
 
         t0 = time.perf_counter()
+        decode_before = self.decode_seconds
         try:
-            with evaluating(model, self.throughput):
-                result = self._run(model, step)
+            with evaluating(model, self.throughput, self.autocast):
+                result = self._run(model, step, decode)
         except Exception as exc:  # an evaluation must never stop training
             msg = f"{type(exc).__name__}: {exc}"
             self.errors.append(f"step {step}: {msg}")
             self._notify(step, [{**self._describe(i), "error": msg} for i in range(len(self.rows))])
             return None
         finally:
-            self.seconds += time.perf_counter() - t0
-        result["seconds"] = round(time.perf_counter() - t0, 3)
+            took = time.perf_counter() - t0
+            self.seconds += took
+            if self.budget is not None:
+                self.budget.charge("eval", took, self.decode_seconds - decode_before, whole=decode)
+        result["seconds"] = round(took, 3)
         self.last = result
         self.history.append(result)
-        self._notify(step, self.last_results)
+        if decode:
+            self._notify(step, self.last_results)
         return result
 
     def _notify(self, step: int, results: list[dict[str, Any]]) -> None:
@@ -114,16 +130,17 @@ class FixedEval(Collector):
             out["tools"] = self.tools[i]
         return out
 
-    def _run(self, model: Any, step: int) -> dict[str, Any]:
+    def _run(self, model: Any, step: int, decode: bool = True) -> dict[str, Any]:
         from daemon.chat.answers import same_answer
         from daemon.training.scoring import answer, prepare_probe
 
         if self._probe is None:  # the same at every evaluation: prepared at the first
             self._probe = prepare_probe(self.tok, self.messages, self.max_length, self.loss_on, self.tools)
         golden = self._probe.golden
-        sc, outputs, generated = answer(model, self.tok, self._probe, self.max_new_tokens, self.batch_size)
+        sc, outputs, generated = answer(model, self.tok, self._probe, self.max_new_tokens, self.batch_size,
+                                        decode=decode)
         self.decode_seconds += sc.decode_seconds
-        matches = [same_answer(o, g) for o, g in zip(outputs, golden)]
+        matches = [same_answer(o, g) for o, g in zip(outputs, golden)] if decode else list(sc.greedy_match)
         self.last_results = [
             {**self._describe(i), "output": o, "loss": round(loss, 4), "matches": ok}
             for i, (o, loss, ok) in enumerate(zip(outputs, sc.loss, matches))]
@@ -131,7 +148,8 @@ class FixedEval(Collector):
         return {"step": step, "exact_match": round(sum(matches) / len(matches), 4),
                 "cross_entropy": round(ce, 4) if ce is not None else None,
                 "ece": round(expected_calibration_error(sc.token_conf, sc.token_correct), 4),
-                "tokens": len(sc.token_conf), "examples": len(matches), "generated": generated}
+                "tokens": len(sc.token_conf), "examples": len(matches), "generated": generated,
+                **({} if decode else {"scored_only": True})}
 
     @property
     def trend(self) -> str:
