@@ -123,6 +123,14 @@ def render(s: dict[str, Any]) -> Group:
                                     f"step {t.get('fixed_eval_step')})  accuracy last 20 "
                                     f"{_num(t.get('accuracy_last_20'), '{:.0%}')}, last 50 "
                                     f"{_num(t.get('accuracy_last_50'), '{:.0%}')}")
+        if t.get("diagnostics_share") is not None:
+            left = t.get("diagnostics_skipped") or {}
+            thinned = ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in left.items())
+            g.add_row("diagnostics", f"evaluations + snapshots {t['diagnostics_share']:.1%} of the time (budget "
+                                     f"{_num(t.get('diagnostics_budget'), '{:.0%}')})"
+                      + (f"; left out {thinned}" if thinned else "")
+                      + (f"; {t['diagnostics_scored_only']} scored only" if t.get("diagnostics_scored_only") else "")
+                      + (f"; per-example dynamics {t['dynamics_passes']} passes" if t.get("dynamics_passes") else ""))
         ls = t.get("lora_summary")
         if ls:
             flags = [f"[red]{k} {', '.join(ls[k][:3])}[/red]" for k in ("dead", "vanishing", "exploding") if ls.get(k)]
