@@ -60,7 +60,8 @@ class TrainConfig:
     CUDA GPU and `pip install bitsandbytes`; `none` keeps them in `dtype`."""
     liger: bool = True
     """Use Liger kernels (fused linear cross-entropy: the vocabulary's logits never materialise) where `liger-kernel`
-    is installed and training runs on a CUDA GPU; ignored elsewhere."""
+    is installed and training runs on a CUDA GPU; ignored elsewhere. With it the per-example dynamics are not recorded
+    (the logits they are read from never exist)."""
     warmup_ratio: float = 0.05
     """Fraction of steps spent warming the learning rate up linearly."""
     weight_decay: float = 0.0

@@ -184,3 +184,52 @@ def test_whole_dataset_dynamics_find_planted_wrong_answers_on_the_real_model(hom
     r = runner.invoke(app, ["train", str(tmp_path / "planted.jsonl"), "--home", str(home), "--epochs", "2"])
     assert r.exit_code == 0, r.output
     _check_signal(home, planted, "builtin:smollm2-135m")
+
+
+DDP_SCRIPT = r'''
+import json, sys
+from pathlib import Path
+from transformers import TrainingArguments
+from daemon.config import TrainConfig
+from daemon.home import Home
+from daemon.models import load_tokenizer, resolve_model_path
+from daemon.training.dynamics import DynamicsRecorder
+from daemon.training.packing import Batching
+from tests.test_packing import _examples, _model
+
+home, out = Path(sys.argv[1]), Path(sys.argv[2])
+models = Home.open(home).models
+tok = load_tokenizer("builtin:tiny", models)
+examples = [{**e, "index": i} for i, e in enumerate(_examples(tok) * 4)]  # 20 examples
+b = Batching(examples, TrainConfig(packing=True, batch_size=2), tok.pad_token_id)
+recorder = DynamicsRecorder(out, "d", out / "train.jsonl", len(examples))
+args = TrainingArguments(str(out / "ckpt"), report_to="none", use_cpu=True, ddp_backend="gloo", num_train_epochs=2,
+                         per_device_train_batch_size=1, save_strategy="no", logging_steps=1)
+trainer = b.trainer_class(model=_model(resolve_model_path("builtin:tiny", models)).train(), args=args,
+                          train_dataset=b.dataset, data_collator=b.collator, dynamics=recorder)
+trainer.train()
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_gather_every_example_to_rank_zero(home, tmp_path):
+    """Under torchrun (2 CPU processes, gloo) each process trains half the micro-batches; rank 0 writes every
+    example's record, once per epoch."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "run"
+    out.mkdir()
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                        "--master-addr", "127.0.0.1", "--master-port", "29533", str(script), str(home), str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    records = read_records(out / "dynamics.bin")
+    by_epoch = {e: sorted(x[0] for x in records if x[1] == e) for e in (0, 1)}
+    assert by_epoch == {0: list(range(20)), 1: list(range(20))}

@@ -11,8 +11,8 @@ At each optimizer step the buffered figures are written as one append to `dynami
 are gathered to rank 0 first, which alone writes). As training (re)starts, records of steps after the one it starts
 from are dropped (a resumed run redoes those steps) and a torn tail is cut, so that no epoch is counted twice.
 
-Works where the model returns logits; with Liger's fused cross-entropy (no logits) nothing is recorded and the run's
-config.json says so. A failure to record is logged and training goes on.
+Works where the model returns logits; with Liger's fused cross-entropy (no logits) nothing is recorded and the status
+says so (`dynamics_unavailable`). A failure to record is logged in the status and training goes on.
 """
 
 from __future__ import annotations
