@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/curate_throughput.py --compare-minhash
 	$(PY) benchmarks/bench_overhead.py
 	$(PY) benchmarks/snapshot_cost.py
+	$(PY) benchmarks/dynamics_cost.py
 	$(PY) benchmarks/train_throughput.py
 
 # Empty the runtime folders of this checkout (inbox/, status/, data/), keeping their placeholders.

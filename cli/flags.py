@@ -122,9 +122,9 @@ def flags_trend(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
         return
     top = max(sum(c.values()) for _, c in trend) or 1
     t = Table(title="flags per evaluation step")
-    for col in ("step", "flags", "", *REASONS[:3]):
+    for col in ("step", "flags", "", *REASONS[:4]):
         t.add_column(col)
     for step, c in trend:
         n = sum(c.values())
-        t.add_row(str(step), str(n), bar(n, top, 30), *(str(c.get(r, 0)) for r in REASONS[:3]))
+        t.add_row(str(step), str(n), bar(n, top, 30), *(str(c.get(r, 0)) for r in REASONS[:4]))
     console.print(t)

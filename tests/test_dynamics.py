@@ -231,5 +231,8 @@ def test_two_processes_gather_every_example_to_rank_zero(home, tmp_path):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     records = read_records(out / "dynamics.bin")
-    by_epoch = {e: sorted(x[0] for x in records if x[1] == e) for e in (0, 1)}
-    assert by_epoch == {0: list(range(20)), 1: list(range(20))}
+    by_epoch = {e: sorted({x[0] for x in records if x[1] == e}) for e in (0, 1)}
+    assert by_epoch == {0: list(range(20)), 1: list(range(20))}, by_epoch
+    # When the micro-batches do not split evenly, the sampler repeats a few to even them out (as DDP does): those
+    # examples really are trained twice, and their two passes make one epoch's figures
+    assert len(records) < 40 + 10 and all(e.epochs == [0, 1] for e in aggregate(records))

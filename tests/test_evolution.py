@@ -65,8 +65,10 @@ def planted_dataset(path: Path, n: int = 200, wrong_share: float = 0.1, seed: in
 @pytest.mark.slow
 def test_lowest_confidence_examples_are_the_planted_wrong_answers(home, tmp_path):
     planted = planted_dataset(tmp_path / "planted.jsonl")
-    # Keep every record (the quality check would catch some planted answers, which is another story) and probe all.
-    (home / "trainctl.toml").write_text(TINY_SETTINGS + "evolution_examples = 1000\neval_steps = -1\n[curation]\n"
+    # Keep every record (the quality check would catch some planted answers, which is another story) and probe all,
+    # at every step of the SPEC schedule (no diagnostics budget thinning it).
+    (home / "trainctl.toml").write_text(TINY_SETTINGS + "evolution_examples = 1000\neval_steps = -1\n"
+                                        "diagnostics_budget = 0\n[curation]\n"
                                         "min_quality = 0\nmin_diversity = 0\nval_fraction = 0\ntest_fraction = 0\n")
     r = runner.invoke(app, ["train", str(tmp_path / "planted.jsonl"), "--home", str(home), "--epochs", "6"])
     assert r.exit_code == 0, r.output
@@ -97,14 +99,16 @@ def test_lowest_confidence_examples_are_the_planted_wrong_answers(home, tmp_path
     assert [c["step"] for c in doc["curve"]] == steps and sum(doc["classes"].values()) == 200
     assert doc["examples"][0]["confidence"] <= doc["examples"][-1]["confidence"]
     r = runner.invoke(app, ["evolution", "--home", str(home), "--limit", "5"])
-    assert r.exit_code == 0 and "accuracy and loss over snapshots" in r.output and "hardest first" in r.output
+    assert r.exit_code == 0 and "accuracy and loss over snapshots" in r.output and "every training example" in r.output
+    r = runner.invoke(app, ["evolution", "--home", str(home), "--limit", "5", "--probe"])
+    assert r.exit_code == 0 and "probe examples, hardest first" in r.output
     hard_id = top[0].example_id
     r = runner.invoke(app, ["evolution", folder.name, "--home", str(home), "--example", hard_id])
     assert r.exit_code == 0 and "learning curve" in r.output and top[0].expected in r.output
     r = runner.invoke(app, ["evolution", "--home", str(home), "--example", "ex_999"])
     assert r.exit_code == 1 and "no example 'ex_999'" in r.output
     r = runner.invoke(app, ["evolution", "nope", "--home", str(home)])
-    assert r.exit_code == 1 and "no snapshots for dataset 'nope'" in r.output
+    assert r.exit_code == 1 and "no evolution for dataset 'nope'" in r.output
 
 
 def test_a_failing_snapshot_is_logged_and_training_goes_on(home, tmp_path):
