@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.errors import TrainctlError
-from daemon.evolution import EASY_CONFIDENCE, HARD_CONFIDENCE, HARD_VARIABILITY
+from daemon.evolution import cartography_class, count_classes
 
 RECORD = struct.Struct("<iiiffffi")
 """example, epoch, step, loss, golden probability, argmax share, margin, trained tokens."""
@@ -113,11 +113,7 @@ class ExampleDynamics:
 
     @property
     def cls(self) -> str:
-        if self.confidence >= EASY_CONFIDENCE:
-            return "easy"
-        if self.confidence < HARD_CONFIDENCE and self.variability < HARD_VARIABILITY:
-            return "hard"
-        return "ambiguous"
+        return cartography_class(self.confidence, self.variability)
 
     @property
     def example_id(self) -> str:
@@ -143,10 +139,7 @@ class RunDynamics:
     """The last optimizer step recorded."""
 
     def classes(self) -> dict[str, int]:
-        out = {"easy": 0, "ambiguous": 0, "hard": 0}
-        for e in self.examples:
-            out[e.cls] += 1
-        return out
+        return count_classes(self.examples)
 
     def suspects(self) -> list[ExampleDynamics]:
         return [e for e in self.examples if e.suspect]

@@ -23,6 +23,23 @@ HARD_CONFIDENCE = 0.3
 HARD_VARIABILITY = 0.2
 
 
+def cartography_class(confidence: float, variability: float) -> str:
+    """Dataset Cartography's class from confidence and variability (the thresholds above)."""
+    if confidence >= EASY_CONFIDENCE:
+        return "easy"
+    if confidence < HARD_CONFIDENCE and variability < HARD_VARIABILITY:
+        return "hard"
+    return "ambiguous"
+
+
+def count_classes(examples: list[Any]) -> dict[str, int]:
+    """How many examples (anything with a `cls`) fall in each class, every class listed."""
+    out = {"easy": 0, "ambiguous": 0, "hard": 0}
+    for e in examples:
+        out[e.cls] += 1
+    return out
+
+
 @dataclass
 class ExampleEvolution:
     example_id: str
@@ -59,11 +76,7 @@ class ExampleEvolution:
 
     @property
     def cls(self) -> str:
-        if self.confidence >= EASY_CONFIDENCE:
-            return "easy"
-        if self.confidence < HARD_CONFIDENCE and self.variability < HARD_VARIABILITY:
-            return "hard"
-        return "ambiguous"
+        return cartography_class(self.confidence, self.variability)
 
     def to_dict(self, curve: bool = False) -> dict[str, Any]:
         d = {"example_id": self.example_id, "input": self.input, "expected_output": self.expected,
@@ -85,10 +98,7 @@ class Evolution:
     examples: list[ExampleEvolution]
 
     def classes(self) -> dict[str, int]:
-        out = {"easy": 0, "ambiguous": 0, "hard": 0}
-        for e in self.examples:
-            out[e.cls] += 1
-        return out
+        return count_classes(self.examples)
 
     def hardest(self) -> list[ExampleEvolution]:
         """Lowest confidence first: the examples most worth a look (mislabelled ones gather here)."""
