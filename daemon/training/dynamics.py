@@ -26,16 +26,18 @@ from daemon.dynamics import DYNAMICS_FILE, FIELDS, HEADER_FILE, RECORD, read_rec
 from daemon.training.collectors import Collector
 
 CHUNK_TOKENS = 2048
-"""Trained tokens per float32 log-softmax chunk: bounds the extra memory to CHUNK_TOKENS x vocabulary floats."""
+"""Trained tokens per float32 chunk: bounds the extra memory to about CHUNK_TOKENS x vocabulary floats."""
 
 
-def token_figures(logits: Any, targets: Any) -> tuple[Any, Any, Any, Any]:
-    """logits [T, V], targets [T] -> per token loss, golden probability, golden-is-argmax, margin (each [T], fp32)."""
+def token_figures(logits: Any, rows: Any, cols: Any, targets: Any) -> tuple[Any, Any, Any, Any]:
+    """logits [B, L, V] read at the T positions (rows[T], cols[T]) with their targets [T] -> per token loss, golden
+    probability, golden-is-argmax, margin (each [T], fp32). A chunk of positions at a time is copied out, never all
+    of them: on a GPU a step's logits are already a large share of its memory."""
     import torch
 
     outs = []
-    for at in range(0, logits.shape[0], CHUNK_TOKENS):
-        lg = logits[at:at + CHUNK_TOKENS].float()
+    for at in range(0, targets.shape[0], CHUNK_TOKENS):
+        lg = logits[rows[at:at + CHUNK_TOKENS], cols[at:at + CHUNK_TOKENS]].float()  # [chunk, V]
         tg = targets[at:at + CHUNK_TOKENS]
         gold = lg.gather(1, tg[:, None])[:, 0]
         loss = torch.logsumexp(lg, -1) - gold
@@ -55,7 +57,8 @@ def per_example(logits: Any, targets: Any, index: Any) -> list[tuple[int, float,
         keep = (targets != IGNORE) & (index >= 0)
         if not bool(keep.any()):
             return []
-        loss, prob, first, margin = token_figures(logits[keep], targets[keep])
+        rows, cols = keep.nonzero(as_tuple=True)
+        loss, prob, first, margin = token_figures(logits, rows, cols, targets[keep])
         ids, inverse = torch.unique(index[keep], return_inverse=True)
         sums = torch.zeros(len(ids), 5, dtype=torch.float32, device=loss.device)
         sums.index_add_(0, inverse, torch.stack([loss, prob, first, margin, torch.ones_like(loss)], 1))
