@@ -51,18 +51,10 @@ def _snapshots(h: Home, dataset: str | None) -> Evolution | None:
     return None
 
 
-def _dynamics(h: Home, dataset: str | None) -> RunDynamics | None:
-    from daemon.dynamics import load, runs_with_dynamics
-
-    for run in reversed(runs_with_dynamics(h.runs)):
-        name = json.loads((run / "dynamics.json").read_text(encoding="utf-8")).get("dataset", "")
-        if dataset is None or name == dataset or name.startswith(dataset):
-            return load(run)
-    return None
-
-
 def _pick(h: Home, dataset: str | None) -> tuple[RunDynamics | None, Evolution | None]:
-    dyn, evo = _dynamics(h, dataset), _snapshots(h, dataset)
+    from daemon.dynamics import latest
+
+    dyn, evo = latest(h.runs, dataset), _snapshots(h, dataset)
     if dyn is None and evo is None:
         if dataset is None:
             raise TrainctlError("no evolution yet — per-example dynamics and snapshots are written while a job trains")
@@ -236,6 +228,7 @@ def export(dataset: Optional[str] = typer.Argument(None, help="Dataset folder na
            home: HomeOpt = None, json_out: JsonOpt = False) -> None:
     """The dataset's records (every split) without the suspected label errors (or a class), to train again."""
     from daemon.atomic import iter_jsonl, write_jsonl_atomic
+    from daemon.dynamics import latest
 
     bad = [w for w in without if w not in WITHOUT]
     if bad:
@@ -244,7 +237,7 @@ def export(dataset: Optional[str] = typer.Argument(None, help="Dataset folder na
         raise TrainctlError("give --out FILE or --to-inbox (one of them) — e.g. "
                             "`trainctl evolution export --without suspect_label --to-inbox`")
     h = Home.open(home, create=False)
-    dyn = _dynamics(h, dataset)
+    dyn = latest(h.runs, dataset)
     if dyn is None:
         raise TrainctlError("no per-example dynamics " + (f"for dataset {dataset!r} " if dataset else "")
                             + "— they are recorded while a job trains (train.dynamics = true)")

@@ -51,7 +51,7 @@ class TrainConfig:
     examples' worth (batch_size x the mean example length), so that a step carries what a padded one did."""
     dynamics: bool = True
     """Record every training example's loss, golden-token probability, argmax share and margin from the training
-    forward pass itself (data/runs/<job>/dynamics.bin; `trainctl evolution --all`, `suspect_label` flags)."""
+    forward pass itself (data/runs/<job>/dynamics.bin; `trainctl evolution`, `suspect_label` flags)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass instead of keeping them (non-reentrant; less memory, ~30% more
     compute)."""

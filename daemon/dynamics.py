@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.atomic import iter_jsonl
 from daemon.errors import TrainctlError
 from daemon.evolution import cartography_class, count_classes
 
@@ -216,6 +217,15 @@ def runs_with_dynamics(runs_root: Path) -> list[Path]:
     return sorted(found, key=lambda d: (d / DYNAMICS_FILE).stat().st_mtime)
 
 
+def latest(runs_root: Path, dataset: str | None = None) -> RunDynamics | None:
+    """The most recently written run's dynamics whose dataset is `dataset` or starts with it (any, for None)."""
+    for run in reversed(runs_with_dynamics(runs_root)):
+        name = _header(run).get("dataset", "")
+        if dataset is None or name.startswith(dataset):
+            return load(run)
+    return None
+
+
 def _header(run_dir: Path) -> dict[str, Any]:
     try:
         return json.loads((run_dir / HEADER_FILE).read_text(encoding="utf-8"))
@@ -225,10 +235,7 @@ def _header(run_dir: Path) -> dict[str, Any]:
 
 def _train_rows(header: dict[str, Any]) -> list[dict[str, Any]]:
     path = Path(header.get("train_split", ""))
-    if not path.is_file():
-        return []
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return list(iter_jsonl(path)) if path.is_file() else []
 
 
 def suspect_flags(run: RunDynamics, file: str) -> list[dict[str, Any]]:
