@@ -134,6 +134,8 @@ def bench_run(model: Optional[str] = typer.Option(None, "--model", help="builtin
               top_p: Optional[float] = typer.Option(None, "--top-p"),
               seed: Optional[int] = typer.Option(None, "--seed"),
               batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+              data_parallel_size: Optional[int] = typer.Option(
+                  None, "--data-parallel-size", help="Engines side by side, each on a share of the prompts."),
               home: HomeOpt = None, json_out: JsonOpt = False) -> None:
     """Generate an answer for every prompt, each appended to results.jsonl as it finishes; --resume after a kill."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -146,7 +148,8 @@ def bench_run(model: Optional[str] = typer.Option(None, "--model", help="builtin
         raise BenchError("--retry-errors goes with --resume (it redoes the error lines of an existing run)")
     h = Home.open(home)
     flags = {k: v for k, v in dict(backend=backend, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                   seed=seed, batch_size=batch_size).items() if v is not None}
+                                   seed=seed, batch_size=batch_size,
+                                   data_parallel_size=data_parallel_size).items() if v is not None}
     spec = _spec(h, name, model, prompts, adapter, job, base, resume, flags, best)
     out = err_console if json_out else console
     out.print(f"bench run [bold]{spec.name}[/bold]: {spec.model}" + (f" + {spec.adapter}" if spec.adapter else "")
@@ -161,9 +164,14 @@ def bench_run(model: Optional[str] = typer.Option(None, "--model", help="builtin
             bar.update(task, total=info.total, completed=p.done,
                        rate=f"{info.output_tokens_per_s:,.0f} tok/s, {p.errors} err")
 
-        runner = BenchRunner(h, spec, resume=resume, retry_errors=retry_errors, on_progress=on_progress,
-                             log=lambda m: out.print(f"[yellow]{m}[/yellow]", highlight=False))
-        outcome = runner.run(load_backend_for(h))
+        say = lambda m: out.print(f"[yellow]{m}[/yellow]", highlight=False)  # noqa: E731
+        if spec.cfg.data_parallel_size > 1:
+            from daemon.bench.shards import run_sharded
+
+            outcome = run_sharded(h, spec, resume=resume, retry_errors=retry_errors, on_progress=on_progress, log=say)
+        else:
+            runner = BenchRunner(h, spec, resume=resume, retry_errors=retry_errors, on_progress=on_progress, log=say)
+            outcome = runner.run(load_backend_for(h))
         bar.update(task, total=outcome.info.total, completed=outcome.info.progress.done)
     info = outcome.info
     summary = {"name": info.name, "state": info.state.value, "done": info.progress.done, "total": info.total,
@@ -186,12 +194,13 @@ def bench_run(model: Optional[str] = typer.Option(None, "--model", help="builtin
 @command(bench_app, "list")
 def bench_list(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
     """Bench runs: state, progress, errors, output tokens/s, duration."""
-    from daemon.bench.state import count_lines, list_runs
+    from daemon.bench.state import count_lines, list_runs, results_files
 
     h = Home.open(home, create=False)
     rows = []
     for d, info in list_runs(h.bench_root):
-        done = count_lines(d / "results.jsonl")  # the results file is the truth, also for a killed run
+        # the results files are the truth, also for a killed run (one per rank of a data-parallel run)
+        done = sum(count_lines(f) for f in results_files(d))
         rows.append({"name": info.name, "state": info.shown_state, "done": done, "total": info.total,
                      "errors": info.progress.errors, "output_tokens_per_s": round(info.output_tokens_per_s, 1),
                      "active_seconds": round(info.progress.active_seconds, 1), "model": info.fingerprint["model"],

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from cli.app import HomeOpt, JsonOpt, app, command, console
 from cli.render import clock, dash, duration
+from daemon.devices import Placement
 from daemon.home import Home
 from daemon.jobs import JobQueue
 
@@ -30,7 +31,7 @@ def queue(home: HomeOpt = None, json_out: JsonOpt = False,
         console.print_json(json.dumps([j.to_dict() for j in jobs], default=str))
         return
     t = Table(title=f"jobs in {h.root}")
-    for col in ("id", "state", "file", "created", "took", "dataset / adapter", "message / error"):
+    for col in ("id", "state", "file", "created", "took", "devices", "dataset / adapter", "message / error"):
         t.add_column(col, overflow="fold")
     colours = {"done": "green", "failed": "red", "training": "cyan", "curating": "cyan", "interrupted": "yellow",
                "skipped": "dim", "queued": "white"}
@@ -39,6 +40,7 @@ def queue(home: HomeOpt = None, json_out: JsonOpt = False,
         c = colours.get(j.state.value, "white")
         where = "\n".join(x for x in (j.dataset_dir, j.adapter_dir) if x) or "—"
         msg = f"[red]{j.error}[/red]" if j.error else dash(j.message)
-        t.add_row(str(j.id), f"[{c}]{j.state.value}[/{c}]", j.file_name, clock(j.created_at), duration(took), where,
-                  msg)
+        devices = Placement.from_dict(j.devices_dict).describe() if j.devices_dict else "—"
+        t.add_row(str(j.id), f"[{c}]{j.state.value}[/{c}]", j.file_name, clock(j.created_at), duration(took), devices,
+                  where, msg)
     console.print(t)

@@ -36,7 +36,7 @@ def daemon_view(home: Home) -> dict[str, Any]:
     else:
         status = "alive"
     return {"status": status, "pid": doc.get("pid"), "state": doc.get("state"), "heartbeat_age_s": round(age, 1),
-            "current_job": doc.get("current_job")}
+            "current_job": doc.get("current_job"), "running_jobs": doc.get("running_jobs") or {}}
 
 
 def queue_view(home: Home) -> dict[str, Any]:
@@ -45,7 +45,8 @@ def queue_view(home: Home) -> dict[str, Any]:
     with JobQueue(home.jobs_db, readonly=True) as q:
         counts = {k: v for k, v in q.counts().items() if v}
         active = [j for j in q.list(limit=200) if j.state.value in ("curating", "training")]
-        return {"counts": counts, "current": active[0].to_dict() if active else None}
+        return {"counts": counts, "current": active[0].to_dict() if active else None,
+                "running": [j.to_dict() for j in reversed(active)]}
 
 
 def loss_history(run_dir: str | None, points: int = 40) -> list[float]:
@@ -93,8 +94,11 @@ def render(s: dict[str, Any]) -> Group:
                     if d.get("pid") else ""))
     counts = q.get("counts") or {}
     head.add_row("queue", "  ".join(f"{k} {v}" for k, v in counts.items()) or "empty")
-    cur = q.get("current")
-    head.add_row("current job", f"{cur['id']} {cur['file_name']} ({cur['state']})" if cur else "none")
+    running = q.get("running") or ([q["current"]] if q.get("current") else [])
+    where = d.get("running_jobs") or {}
+    head.add_row("current job" if len(running) < 2 else "running jobs", "\n".join(
+        f"{j['id']} {j['file_name']} ({j['state']})" + (f"  on {where[str(j['id'])]}" if str(j["id"]) in where else "")
+        for j in running) or "none")
     parts: list[Any] = [head]
     if t:
         step, total = t.get("current_step") or 0, t.get("total_steps") or 0

@@ -27,14 +27,21 @@ LoraR = Annotated[Optional[int], typer.Option("--lora-r")]
 LoraAlpha = Annotated[Optional[int], typer.Option("--lora-alpha")]
 EvalSteps = Annotated[Optional[int], typer.Option("--eval-steps")]
 SaveSteps = Annotated[Optional[int], typer.Option("--save-steps")]
+Nproc = Annotated[Optional[int], typer.Option(
+    "--nproc", help="Processes per job (train.nproc): on CPU N gloo processes; 0 = one per GPU.")]
+GpusPerJob = Annotated[Optional[str], typer.Option(
+    "--gpus-per-job", help="GPUs one job holds (train.gpus_per_job): a number or 'all'.")]
 
 
 def overrides(model: Any = None, epochs: Any = None, max_steps: Any = None, lr: Any = None, batch_size: Any = None,
               max_length: Any = None, lora_r: Any = None, lora_alpha: Any = None, eval_steps: Any = None,
-              save_steps: Any = None) -> dict[str, dict[str, Any]]:
+              save_steps: Any = None, nproc: Any = None, gpus_per_job: Any = None) -> dict[str, dict[str, Any]]:
+    if isinstance(gpus_per_job, str) and gpus_per_job.isdigit():
+        gpus_per_job = int(gpus_per_job)
     train = {k: v for k, v in dict(model=model, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
                                    max_length=max_length, lora_r=lora_r, lora_alpha=lora_alpha,
-                                   eval_steps=eval_steps, save_steps=save_steps).items() if v is not None}
+                                   eval_steps=eval_steps, save_steps=save_steps, nproc=nproc,
+                                   gpus_per_job=gpus_per_job).items() if v is not None}
     return {"train": train} if train else {}
 
 
@@ -51,13 +58,19 @@ def daemon_cmd(home: HomeOpt = None, once: bool = typer.Option(False, "--once",
                help="Train files whose content was trained before (daemon.skip_duplicates = false)."),
                model: Model = None, epochs: Epochs = None, max_steps: MaxSteps = None, lr: Lr = None,
                batch_size: Batch = None, max_length: MaxLen = None, lora_r: LoraR = None,
-               lora_alpha: LoraAlpha = None, eval_steps: EvalSteps = None, save_steps: SaveSteps = None) -> None:
+               lora_alpha: LoraAlpha = None, eval_steps: EvalSteps = None, save_steps: SaveSteps = None,
+               nproc: Nproc = None, gpus_per_job: GpusPerJob = None,
+               slots: Optional[int] = typer.Option(None, "--slots",
+               help="Jobs at once on a machine without GPUs to hand out (daemon.slots).")) -> None:
     """Watch inbox/ and work the queue in the foreground (training flags apply to jobs queued by this run)."""
     from daemon.service import Daemon, setup_logging
 
     h = Home.open(home)
-    ov = overrides(model, epochs, max_steps, lr, batch_size, max_length, lora_r, lora_alpha, eval_steps, save_steps)
-    settings = _settings(h, {**ov, "daemon": {"skip_duplicates": False}} if train_duplicates else ov)
+    ov = overrides(model, epochs, max_steps, lr, batch_size, max_length, lora_r, lora_alpha, eval_steps, save_steps,
+                   nproc, gpus_per_job)
+    daemon_ov = {k: v for k, v in {"skip_duplicates": False if train_duplicates else None, "slots": slots}.items()
+                 if v is not None}
+    settings = _settings(h, {**ov, "daemon": daemon_ov} if daemon_ov else ov)
     setup_logging()
     d = Daemon(h, settings, job_overrides=ov)
     raise typer.Exit(d.run(once=once))
@@ -90,7 +103,8 @@ def train_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of e
               force: bool = typer.Option(False, "--force", help="Train even if this content was trained before."),
               model: Model = None, epochs: Epochs = None, max_steps: MaxSteps = None, lr: Lr = None,
               batch_size: Batch = None, max_length: MaxLen = None, lora_r: LoraR = None,
-              lora_alpha: LoraAlpha = None, eval_steps: EvalSteps = None, save_steps: SaveSteps = None) -> None:
+              lora_alpha: LoraAlpha = None, eval_steps: EvalSteps = None, save_steps: SaveSteps = None,
+              nproc: Nproc = None, gpus_per_job: GpusPerJob = None) -> None:
     """Curate and train one file in the foreground, without the daemon."""
     from daemon.hashing import file_sha256
     from daemon.jobs import JobQueue, JobState
@@ -99,7 +113,8 @@ def train_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of e
     if not file.is_file():
         raise TrainctlError(f"{file} is not a file — pass the path of a .jsonl or .json file")
     h = Home.open(home)
-    ov = overrides(model, epochs, max_steps, lr, batch_size, max_length, lora_r, lora_alpha, eval_steps, save_steps)
+    ov = overrides(model, epochs, max_steps, lr, batch_size, max_length, lora_r, lora_alpha, eval_steps, save_steps,
+                   nproc, gpus_per_job)
     _settings(h, ov)  # report settings problems before any work
     sha = file_sha256(file)
     with JobQueue(h.jobs_db) as q:

@@ -130,6 +130,16 @@ class TrainConfig:
     """Training examples answered greedily at the end to report exact match; 0 = skip."""
     max_new_tokens: int = 64
     """Longest answer generated during evaluation."""
+    gpus_per_job: int | str = 1
+    """GPUs one job holds (on a machine with GPUs): a number, or `all` (every GPU of `daemon.gpus`). With more than
+    one, the job runs under torchrun, one process per GPU (DDP)."""
+    nproc: int = 0
+    """Processes of one job; 0 = one per GPU it holds (one on a machine without GPUs). On CPU, N > 1 runs N gloo
+    processes (DDP on CPU; how the tests exercise it). batch_size stays per process: the global batch is
+    batch_size x grad_accum x processes."""
+    fsdp: bool = False
+    """Shard the model across the job's GPUs (FSDP full_shard) instead of replicating it (DDP), for models that do
+    not fit one device; needs CUDA and more than one process."""
 
 
 @dataclass
@@ -179,6 +189,14 @@ class DaemonConfig:
     """How often status/daemon.json is refreshed; `trainctl status` calls the daemon stale after 5x this."""
     skip_duplicates: bool = True
     """Skip a file whose content hash matches a finished or queued job (`trainctl train --force` overrides)."""
+    gpus: str | list[int] = "all"
+    """GPUs the daemon hands out to jobs: `all` (every GPU the machine shows: CUDA_VISIBLE_DEVICES if set, else
+    `nvidia-smi`), or a list of indices such as [0, 1]; [] = none. Jobs run at once as long as free GPU sets last."""
+    slots: int = 1
+    """Jobs run at once when there are no GPUs to hand out (CPU-only machines, or `gpus = []`)."""
+    rendezvous_ports: list[int] = field(default_factory=lambda: [29600, 29699])
+    """[first, last] TCP ports (on 127.0.0.1) for the rendezvous of jobs with several processes: each running job
+    holds its own, so concurrent jobs never collide (and none uses torch's fixed 29500)."""
 
 
 @dataclass
@@ -211,6 +229,38 @@ class BenchConfig:
     name_regex: str = ""
     """`bench compare`: else show each row under what this regular expression extracts from the prompt's last user
     message."""
+    tensor_parallel_size: int = 1
+    """vllm backend: GPUs one engine splits each layer across (vLLM `tensor_parallel_size`)."""
+    pipeline_parallel_size: int = 1
+    """vllm backend: GPUs one engine splits the layers across (vLLM `pipeline_parallel_size`)."""
+    data_parallel_size: int = 1
+    """Engines run side by side, each in its own process on its own GPUs (tensor x pipeline parallel of them) with a
+    share of the prompts (by a hash of `custom_id`), each appending to its own results file; list, compare and
+    resume read them as one run. On CPU (hf backend) N processes share the cores."""
+
+
+@dataclass
+class DistributedConfig:
+    """Where a job's processes run. `[distributed]` in trainctl.toml."""
+
+    backend: str = "local"
+    """`local`: this machine (one process, or torchrun for several); `ray`: an existing Ray cluster (several
+    boxes; `pip install ray`), the inbox, queue and status staying on this machine."""
+    address: str = "auto"
+    """ray: the cluster to join: `auto` (the cluster this machine joined with `ray start`), `HOST:PORT` or
+    `ray://HOST:PORT`."""
+    num_workers: int = 2
+    """ray: training processes of one job (one per Ray worker; rank 0 runs on this machine)."""
+    cpus_per_worker: float = 1.0
+    """ray: CPUs each worker reserves."""
+    gpus_per_worker: float = 0.0
+    """ray: GPUs each worker reserves (1 on GPU clusters; 0 = CPU workers, gloo)."""
+    storage_path: str = ""
+    """ray: a folder every node sees at the same path (NFS, ...): the job's dataset is copied there and its
+    checkpoints written there; empty = the home folder (then it must be shared)."""
+    max_restarts: int = 3
+    """Several processes: when one dies (killed, OOM), the whole group is restarted from the newest complete
+    checkpoint up to this many times before the job fails."""
 
 
 @dataclass
@@ -221,13 +271,14 @@ class Settings:
     curation: CurationConfig = field(default_factory=CurationConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 _SECTIONS: dict[str, type] = {"train": TrainConfig, "curation": CurationConfig, "daemon": DaemonConfig,
-                              "bench": BenchConfig}
+                              "bench": BenchConfig, "distributed": DistributedConfig}
 
 
 def _check_type(value: Any, hint: Any) -> Any:
@@ -262,7 +313,7 @@ def _check_type(value: Any, hint: Any) -> Any:
 
 
 def _validate(s: Settings) -> list[str]:
-    t, c, d, b = s.train, s.curation, s.daemon, s.bench
+    t, c, d, b, r = s.train, s.curation, s.daemon, s.bench, s.distributed
     problems: list[str] = []
 
     def need(ok: bool, msg: str) -> None:
@@ -329,6 +380,28 @@ def _validate(s: Settings) -> list[str]:
     need(d.poll_seconds > 0, "daemon.poll_seconds must be > 0")
     need(d.stable_seconds >= 0, "daemon.stable_seconds must be >= 0")
     need(d.heartbeat_seconds > 0, "daemon.heartbeat_seconds must be > 0")
+    need(t.gpus_per_job == "all" or (isinstance(t.gpus_per_job, int) and t.gpus_per_job >= 1),
+         f"train.gpus_per_job must be a number >= 1 or 'all', not {t.gpus_per_job!r}")
+    need(t.nproc >= 0, "train.nproc must be >= 0 (0 = one process per GPU)")
+    need(d.gpus == "all" or isinstance(d.gpus, list),
+         f"daemon.gpus must be 'all' or a list of GPU indices such as [0, 1], not {d.gpus!r}")
+    if isinstance(d.gpus, list):
+        need(all(g >= 0 for g in d.gpus) and len(set(d.gpus)) == len(d.gpus),
+             "daemon.gpus must list distinct GPU indices >= 0")
+    need(d.slots >= 1, "daemon.slots must be >= 1")
+    ports = d.rendezvous_ports
+    need(len(ports) == 2 and 1024 <= ports[0] <= ports[1] <= 65535,
+         "daemon.rendezvous_ports must be [first, last] with 1024 <= first <= last <= 65535")
+    need(r.backend in ("local", "ray"), f"distributed.backend must be local or ray, not {r.backend!r}")
+    need(bool(r.address.strip()), "distributed.address is empty — use auto, HOST:PORT or ray://HOST:PORT")
+    need(r.num_workers >= 1, "distributed.num_workers must be >= 1")
+    need(r.cpus_per_worker >= 0 and r.gpus_per_worker >= 0,
+         "distributed.cpus_per_worker and gpus_per_worker must be >= 0")
+    need(r.max_restarts >= 0, "distributed.max_restarts must be >= 0")
+    for key in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
+        need(getattr(b, key) >= 1, f"bench.{key} must be >= 1")
+    need(b.backend == "vllm" or (b.tensor_parallel_size, b.pipeline_parallel_size) == (1, 1),
+         "bench.tensor_parallel_size and pipeline_parallel_size need bench.backend = 'vllm'")
     need(b.backend in ("hf", "vllm"), f"bench.backend must be hf or vllm, not {b.backend!r}")
     need(b.batch_size >= 1, "bench.batch_size must be >= 1")
     need(b.max_in_flight >= 1, "bench.max_in_flight must be >= 1")

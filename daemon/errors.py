@@ -34,3 +34,8 @@ class BenchError(TrainctlError):
 
 class ModelError(TrainctlError):
     """A model cannot be found, fetched or converted."""
+
+
+class PlacementError(TrainctlError):
+    """A job asks for devices, processes or a cluster this machine cannot give it (more GPUs than there are, Ray not
+    installed, no free rendezvous port)."""

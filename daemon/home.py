@@ -119,6 +119,11 @@ class Home:
     def settings_file(self) -> Path:
         return self.root / "trainctl.toml"
 
+    def job_status(self, job_id: int) -> Path:
+        """status/jobs/job-N.json: the live status of one job (training_status.json is the latest written by any
+        job; with several jobs at once each keeps its own here)."""
+        return self.status_dir / "jobs" / f"job-{int(job_id):05d}.json"
+
     def run_dir(self, job_id: int) -> Path:
         return self.runs / f"job-{int(job_id):05d}"
 

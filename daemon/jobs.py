@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker_pid INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
     forced INTEGER NOT NULL DEFAULT 0,
-    overrides TEXT                -- JSON of per-job setting overrides (trainctl train flags)
+    overrides TEXT,               -- JSON of per-job setting overrides (trainctl train flags)
+    devices TEXT                  -- JSON of the placement it runs on (GPUs, processes, port); daemon.devices
 );
 CREATE INDEX IF NOT EXISTS jobs_sha ON jobs(sha256);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
@@ -87,6 +88,12 @@ class Job:
     attempts: int
     forced: int
     overrides: str | None
+    devices: str | None = None
+    """JSON of the job's placement (daemon.devices.Placement) while it runs and after: GPUs, processes, port."""
+
+    @property
+    def devices_dict(self) -> dict[str, Any] | None:
+        return json.loads(self.devices) if self.devices else None
 
     @property
     def overrides_dict(self) -> dict[str, dict[str, Any]]:
@@ -97,6 +104,7 @@ class Job:
         d["state"] = self.state.value
         d.pop("overrides")
         d["overrides"] = self.overrides_dict
+        d["devices"] = self.devices_dict
         return d
 
 
@@ -127,6 +135,9 @@ class JobQueue:
             self.conn = sqlite3.connect(db_path, timeout=30)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.executescript(_SCHEMA)
+            cols = {r[1] for r in self.conn.execute("PRAGMA table_info(jobs)")}
+            if "devices" not in cols:  # a queue from before placements existed
+                self.conn.execute("ALTER TABLE jobs ADD COLUMN devices TEXT")
         self.conn.row_factory = sqlite3.Row
         self.conn.execute("PRAGMA busy_timeout=30000")
 
@@ -185,17 +196,18 @@ class JobQueue:
             (sha256, JobState.FAILED.value, JobState.SKIPPED.value, exclude_id or -1)).fetchone()
         return self._job(row) if row else None
 
-    def next_runnable(self) -> Job | None:
-        """Interrupted jobs first (they hold checkpoints), then the oldest queued one."""
-        row = self.conn.execute(
-            "SELECT * FROM jobs WHERE state IN (?, ?) ORDER BY CASE state WHEN ? THEN 0 ELSE 1 END, id LIMIT 1",
-            (JobState.INTERRUPTED.value, JobState.QUEUED.value, JobState.INTERRUPTED.value)).fetchone()
-        return self._job(row) if row else None
+    def next_runnable(self, exclude: set[int] | frozenset[int] = frozenset()) -> Job | None:
+        """Interrupted jobs first (they hold checkpoints), then the oldest queued one; `exclude`: jobs the daemon
+        has just started (their worker has not moved them out of the queue yet)."""
+        rows = self.conn.execute(
+            "SELECT * FROM jobs WHERE state IN (?, ?) ORDER BY CASE state WHEN ? THEN 0 ELSE 1 END, id",
+            (JobState.INTERRUPTED.value, JobState.QUEUED.value, JobState.INTERRUPTED.value)).fetchall()
+        return next((self._job(r) for r in rows if r["id"] not in exclude), None)
 
     def transition(self, job_id: int, new: JobState, **fields: Any) -> Job:
         """Move a job to `new`, refusing moves the state machine does not allow."""
         allowed_cols = {"file_path", "started_at", "finished_at", "dataset_dir", "run_dir", "adapter_dir",
-                        "error", "message", "worker_pid", "attempts"}
+                        "error", "message", "worker_pid", "attempts", "devices"}
         bad = set(fields) - allowed_cols
         if bad:
             raise JobError(f"cannot set {sorted(bad)} on a job")

@@ -1,11 +1,14 @@
-"""The daemon: watch the inbox, queue stable files, run one job at a time in a child process, record outcomes.
+"""The daemon: watch the inbox, queue stable files, run jobs in child processes, record outcomes.
 
-The loop is single-threaded (watchdog's observer thread only notes paths). Signals set a flag; the current job's
-child gets SIGTERM, saves a checkpoint and exits as INTERRUPTED; the next start resumes it.
+Devices are a resource of the queue (daemon/devices.py): as many jobs run at once as free GPU sets (or CPU slots)
+allow, each child seeing only its own GPUs and holding its own rendezvous port. The loop is single-threaded
+(watchdog's observer thread only notes paths). Signals set a flag; every running job's child gets SIGTERM, saves a
+checkpoint and exits as INTERRUPTED; the next start resumes them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -16,11 +19,13 @@ from pathlib import Path
 
 from daemon.atomic import read_json, write_json_atomic, write_text_atomic
 from daemon.config import Settings
+from daemon.devices import Devices, Placement
 from daemon.errors import TrainctlError
 from daemon.hashing import file_sha256
 from daemon.home import Home
 from daemon.jobs import ACTIVE, TERMINAL, Job, JobQueue, JobState, pid_alive
 from daemon.watcher import InboxWatcher
+from daemon.worker import PLACEMENT_ENV, job_settings
 
 log = logging.getLogger("trainctl.daemon")
 
@@ -39,8 +44,9 @@ class Daemon:
         self.settings = settings
         self.queue = JobQueue(home.jobs_db)
         self.watcher = InboxWatcher(home.inbox, settings.daemon.stable_seconds)
-        self.child: subprocess.Popen | None = None
-        self.child_job: int | None = None
+        self.devices = Devices(settings.daemon)
+        self.children: dict[int, subprocess.Popen] = {}
+        """Running jobs: job id -> its worker process (the leader of the job's process group)."""
         self.stopping = False
         self.started_at = time.time()
         self._last_beat = 0.0
@@ -63,17 +69,17 @@ class Daemon:
         log.info("watching %s (stop with Ctrl-C or `trainctl stop`)", self.home.inbox)
         try:
             while True:
-                self._heartbeat("working" if self.child else "idle")
+                self._heartbeat("working" if self.children else "idle")
                 self._enqueue_ready_files()
-                if self.child is not None:
-                    self._check_child()
-                elif self.stopping:
-                    break
+                for job_id in list(self.children):
+                    self._check_child(job_id)
+                if self.stopping:
+                    if not self.children:
+                        break
                 else:
-                    job = self.queue.next_runnable()
-                    if job is not None:
-                        self._start(job)
-                    elif once and self.watcher.pending == 0:
+                    started = self._start_what_fits()
+                    if once and not started and not self.children and self.watcher.pending == 0 \
+                            and self.queue.next_runnable() is None:
                         break
                 time.sleep(self.settings.daemon.poll_seconds)
         finally:
@@ -87,8 +93,9 @@ class Daemon:
             log.info("stop requested (%s): the current job will checkpoint and resume on the next start",
                      signal.Signals(signum).name)
         self.stopping = True
-        if self.child is not None and self.child.poll() is None:
-            self.child.send_signal(signal.SIGTERM)
+        for child in self.children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
 
     def _heartbeat(self, state: str, force: bool = False) -> None:
         now = time.time()
@@ -97,7 +104,9 @@ class Daemon:
         self._last_beat = now
         write_json_atomic(self.home.daemon_status, {
             "pid": os.getpid(), "state": "stopping" if self.stopping and state != "stopped" else state,
-            "started_at": self.started_at, "heartbeat_at": now, "current_job": self.child_job,
+            "started_at": self.started_at, "heartbeat_at": now, "current_job": min(self.children, default=None),
+            "running_jobs": {str(j): self.devices.held[j].describe() for j in sorted(self.children)
+                             if j in self.devices.held},
             "heartbeat_seconds": self.settings.daemon.heartbeat_seconds, "home": str(self.home.root)})
 
     # -- inbox -> queue --------------------------------------------------------------------------------------
@@ -137,21 +146,42 @@ class Daemon:
         return job
 
     # -- jobs --------------------------------------------------------------------------------------------------
-    def _start(self, job: Job) -> None:
-        log.info("job %s: %s %s", job.id, "resuming" if job.state == JobState.INTERRUPTED else "starting",
-                 job.file_name)
+    def _start_what_fits(self) -> bool:
+        """Start queued jobs, in order, while the devices they ask for are free; True if one started."""
+        started = False
+        while True:
+            job = self.queue.next_runnable(exclude=set(self.children))
+            if job is None:
+                return started
+            try:
+                place = self.devices.take(job.id, job_settings(self.home, job))
+            except TrainctlError as exc:  # settings invalid, or more devices than the machine has: never runnable
+                job = self.queue.transition(job.id, JobState.FAILED, error=str(exc), message="cannot be placed")
+                log.error("job %s: %s", job.id, exc)
+                self._file_away(job)
+                continue
+            if place is None:
+                return started  # the next job in line waits for devices; later ones do not overtake it
+            self._start(job, place)
+            started = True
+
+    def _start(self, job: Job, place: Placement) -> None:
+        log.info("job %s: %s %s on %s", job.id, "resuming" if job.state == JobState.INTERRUPTED else "starting",
+                 job.file_name, place.describe())
+        self.queue.update(job.id, devices=json.dumps(place.to_dict()))
         cmd = [sys.executable, "-m", "daemon.worker", "--home", str(self.home.root), "--job", str(job.id)]
-        # A new session: Ctrl-C in the daemon's terminal reaches the daemon, which asks the child to checkpoint.
-        self.child = subprocess.Popen(cmd, start_new_session=True)
-        self.child_job = job.id
+        env = {**os.environ, PLACEMENT_ENV: json.dumps(place.to_dict()), **place.env()}
+        # A new session: Ctrl-C in the daemon's terminal reaches the daemon, which asks the child to checkpoint; the
+        # job's other processes (torchrun and its ranks) join this session and live and die with it.
+        self.children[job.id] = subprocess.Popen(cmd, start_new_session=True, env=env)
         self._heartbeat("working", force=True)
 
-    def _check_child(self) -> None:
-        assert self.child is not None and self.child_job is not None
-        code = self.child.poll()
+    def _check_child(self, job_id: int) -> None:
+        child = self.children[job_id]
+        code = child.poll()
         if code is None:
             return
-        job = self.queue.get(self.child_job)
+        job = self.queue.get(job_id)
         if job.state in ACTIVE or job.state == JobState.QUEUED:
             # The child died without recording an outcome: killed (OOM?), segfault, or killed while curating.
             if self.stopping and code in (-signal.SIGTERM, 128 + signal.SIGTERM):
@@ -165,9 +195,10 @@ class Daemon:
                 log.error("job %s: training process %s%s", job.id, why, hint)
         if job.state in TERMINAL:
             self._file_away(job)
-        self.child = None
-        self.child_job = None
-        self._heartbeat("idle", force=True)
+        _end_group(child.pid)
+        del self.children[job_id]
+        self.devices.release(job_id)
+        self._heartbeat("working" if self.children else "idle", force=True)
 
     def _file_away(self, job: Job) -> None:
         """Move a finished job's file out of processing/: done/ for DONE and SKIPPED, failed/ (+ .error.txt)."""
@@ -180,6 +211,15 @@ class Daemon:
         self.queue.update(job.id, file_path=str(dest))
         if job.state == JobState.FAILED:
             write_text_atomic(dest.with_name(dest.name + ".error.txt"), error_text(job))
+
+
+def _end_group(pgid: int) -> None:
+    """Kill what is left of a finished job's process group (a rank that outlived its launcher), so that no stray
+    process holds the job's GPUs or port after the daemon hands them to the next job."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def error_text(job: Job) -> str:

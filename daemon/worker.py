@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -19,12 +20,15 @@ from typing import Any
 
 from daemon.atomic import read_json
 from daemon.config import Settings, load_settings, settings_from_dict
-from daemon.errors import InputFileError, TrainctlError
+from daemon.devices import Devices, Placement
+from daemon.errors import InputFileError, TrainctlError, TrainingError
 from daemon.home import Home
 from daemon.jobs import Job, JobQueue, JobState
 from daemon.models import check_quantization
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 75
+PLACEMENT_ENV = "TRAINCTL_PLACEMENT"
+"""The daemon hands its child the job's placement (GPUs, processes, port) as JSON in this variable."""
 
 
 def best_checkpoint_note(best: dict[str, Any] | None) -> str:
@@ -72,23 +76,57 @@ def _curate(home: Home, q: JobQueue, job: Job, settings: Settings, echo: Callabl
     return out
 
 
+def job_placement(q: JobQueue, job: Job, settings: Settings) -> Placement:
+    """Where the job runs: what the daemon gave it, or (run in the foreground) what this machine offers now."""
+    given = os.environ.get(PLACEMENT_ENV)
+    if given:
+        return Placement.from_dict(json.loads(given))
+    place = Devices(settings.daemon).take(job.id, settings)
+    assert place is not None  # nothing else is held in a fresh ledger
+    q.update(job.id, devices=json.dumps(place.to_dict()))
+    return place
+
+
+def _train(home: Home, job: Job, dataset: Path, settings: Settings, place: Placement, echo: Callable[[str], None],
+           in_child: bool) -> Any:
+    """Train in this process (one process), under torchrun (several on this machine) or on a Ray cluster."""
+    from daemon.training.recipe import RunContext, TrainOutcome, train
+
+    if place.backend == "local" and place.nproc == 1:
+        return train(RunContext(home, job.id, dataset, settings, echo=echo, watch_parent=in_child,
+                                placement=place.to_dict()))
+    if place.backend == "ray":
+        from daemon.distributed.ray_cluster import run_on_ray
+
+        doc = run_on_ray(home, job.id, dataset, settings, place, echo)
+    else:
+        from daemon.distributed.torchrun import run_torchrun
+
+        doc = run_torchrun(home, job.id, dataset, settings, place, echo)
+    if doc.get("error"):
+        raise TrainingError(doc["error"])
+    return TrainOutcome(interrupted=doc["interrupted"], steps=doc["steps"] or 0,
+                        adapter_dir=Path(doc["adapter_dir"]) if doc.get("adapter_dir") else None,
+                        resumed_from=doc.get("resumed_from"), final_loss=doc.get("final_loss"),
+                        metrics=doc.get("metrics") or {})
+
+
 def run_job(home: Home, job_id: int, echo: Callable[[str], None] = print, in_child: bool = False) -> JobState:
     """Run job `job_id` to DONE, INTERRUPTED or FAILED; returns the state it ends in."""
-    from daemon.training.recipe import RunContext, train
-
     q = JobQueue(home.jobs_db)
     try:
         job = q.get(job_id)
         try:
             settings = job_settings(home, job)
             check_quantization(settings.train.quantization, settings.train.device)  # before any work is done
+            place = job_placement(q, job, settings)
             if job.dataset_dir and (Path(job.dataset_dir) / "stats.json").exists():
                 dataset = Path(job.dataset_dir)
                 q.transition(job.id, JobState.TRAINING, worker_pid=os.getpid(), attempts=job.attempts + 1)
             else:
                 dataset = _curate(home, q, job, settings, echo)
                 q.transition(job.id, JobState.TRAINING, dataset_dir=str(dataset), run_dir=str(home.run_dir(job.id)))
-            outcome = train(RunContext(home, job.id, dataset, settings, echo=echo, watch_parent=in_child))
+            outcome = _train(home, job, dataset, settings, place, echo, in_child)
             if outcome.interrupted:
                 q.transition(job.id, JobState.INTERRUPTED, worker_pid=None,
                              message=f"stopped at step {outcome.steps}; resumes from its checkpoint on restart")
@@ -127,7 +165,7 @@ def run_job(home: Home, job_id: int, echo: Callable[[str], None] = print, in_chi
         q.close()
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: get SIGTERM when the daemon dies (even by kill -9), so that training checkpoints and stops."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -141,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--home", required=True)
     p.add_argument("--job", type=int, required=True)
     a = p.parse_args(argv)
-    _die_with_parent()
+    die_with_parent()
     home = Home.open(a.home)
     state = run_job(home, a.job, echo=lambda s: print(s, flush=True), in_child=True)
     return {JobState.DONE: EXIT_OK, JobState.INTERRUPTED: EXIT_INTERRUPTED}.get(state, EXIT_FAILED)

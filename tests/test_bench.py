@@ -341,3 +341,59 @@ def test_compare_joins_runs_marks_disagreements_and_measures_agreement(home, tmp
     assert r.exit_code == 1 and "invalid regular expression" in r.output
     r = runner.invoke(app, ["bench", "compare", "a", "b", "--home", str(home), "--export", "../out.jsonl"])
     assert r.exit_code == 1 and "outside the home folder" in r.output
+
+
+def all_results(home: Path, name: str) -> list[dict]:
+    """Every result line of a run, from results.jsonl and each data-parallel rank's results.rank-R.jsonl."""
+    from daemon.bench.state import results_files
+
+    return [json.loads(line) for f in results_files(home / "data" / "bench" / name)
+            for line in f.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_data_parallel_ranks_share_the_prompts_exactly_once_through_kills_and_a_change_of_size(home, tmp_path):
+    """Two engines side by side (two hf processes here), each on the prompts whose custom_id hashes to it, each
+    writing its own file. Kill -9 of the coordinator takes the ranks with it; resumes (with two ranks, then with
+    one) leave every prompt with exactly one line; list and compare read the files as one run."""
+    from daemon.bench.state import shard_of
+
+    n = 160
+    prompts = write_jsonl(tmp_path / "p.jsonl", [batch_line(f"d{i:03d}", f"tell me about item {i} " * (1 + i % 3))
+                                                 for i in range(n)])
+    run_dir = home / "data" / "bench" / "dp"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    dp = ("--data-parallel-size", "2")
+    proc = subprocess.Popen(_bench_cmd(home, prompts, "dp", *dp), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_for(lambda: all((run_dir / f"results.rank-{r}.jsonl").exists() and
+                         (run_dir / f"results.rank-{r}.jsonl").stat().st_size > 0 for r in (0, 1)), 180,
+             "both ranks writing")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    wait_for(lambda: not any(b"daemon.bench.shards" in Path(f"/proc/{p}/cmdline").read_bytes()
+                             for p in os.listdir("/proc") if p.isdigit() and os.path.exists(f"/proc/{p}/cmdline")),
+             60, "the ranks to die with their coordinator")
+    first = all_results(home, "dp")
+    assert 0 < len(first) < n
+    for r in (0, 1):  # each rank answered only its own share
+        rows = (run_dir / f"results.rank-{r}.jsonl").read_text().splitlines()
+        assert all(shard_of(json.loads(x)["custom_id"], 2) == r for x in rows if x.endswith("}"))
+    listed = json.loads(runner.invoke(app, ["bench", "list", "--home", str(home), "--json"]).output)
+    assert listed[0]["state"] == "killed" and listed[0]["done"] == len(first)
+    # Resume with two ranks, stopped by SIGTERM after some progress, then finish with one rank
+    proc = subprocess.Popen(_bench_cmd(home, prompts, "dp", "--resume", *dp), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: len(all_results(home, "dp")) > len(first) + 10 or proc.poll() is not None, 180, "progress")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(120) in (0, 130)
+    done = subprocess.run(_bench_cmd(home, prompts, "dp", "--resume"), cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    ids = Counter(x["custom_id"] for x in all_results(home, "dp"))
+    assert ids == Counter(f"d{i:03d}" for i in range(n))  # every prompt exactly once, across three files
+    assert json.loads((run_dir / "run.json").read_text())["state"] == "completed"
+    from daemon.bench.compare import compare_runs
+
+    joined = compare_runs(home / "data" / "bench", ["dp", "dp"])  # the run against itself: every row agrees
+    assert len(joined.rows) == n and joined.per_run[0]["results"] == n

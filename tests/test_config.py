@@ -4,7 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import BenchConfig, CurationConfig, DaemonConfig, TrainConfig, field_docs, load_settings
+from daemon.config import (
+    BenchConfig,
+    CurationConfig,
+    DaemonConfig,
+    DistributedConfig,
+    TrainConfig,
+    field_docs,
+    load_settings,
+)
 from daemon.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +56,7 @@ def test_bad_toml_names_the_file(tmp_path):
 def test_every_field_has_a_docstring_and_is_in_the_readme():
     readme = (ROOT / "README.md").read_text()
     for section, cls in (("train", TrainConfig), ("curation", CurationConfig), ("daemon", DaemonConfig),
-                         ("bench", BenchConfig)):
+                         ("bench", BenchConfig), ("distributed", DistributedConfig)):
         docs = field_docs(cls)
         for f in dataclasses.fields(cls):
             assert docs.get(f.name), f"{cls.__name__}.{f.name} has no docstring"

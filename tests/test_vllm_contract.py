@@ -59,6 +59,18 @@ def test_engine_args_and_lora_request_take_our_arguments():
     assert (lora.lora_name, lora.lora_int_id, lora.lora_path) == ("adapter", 1, "/tmp/adapter")
 
 
+def test_parallel_settings_reach_engine_args():
+    """[bench] tensor_parallel_size and pipeline_parallel_size are the real EngineArgs fields of the same name."""
+    from vllm import EngineArgs
+
+    from daemon.bench.backends import engine_args
+    from daemon.config import BenchConfig
+
+    cfg = BenchConfig(backend="vllm", tensor_parallel_size=4, pipeline_parallel_size=2, max_in_flight=64)
+    args = EngineArgs(**engine_args("some/model", None, cfg))
+    assert (args.tensor_parallel_size, args.pipeline_parallel_size, args.max_num_seqs) == (4, 2, 64)
+
+
 def test_stand_in_outputs_have_the_real_output_fields():
     from vllm.outputs import CompletionOutput, RequestOutput
 

@@ -163,8 +163,20 @@ class VllmBackend:
                                  str(first.finish_reason or "stop"), t0, time.time())
 
 
-def load_vllm_backend(model_path: str, adapter: Path | None, max_in_flight: int, seed: int,
-                      trust_remote_code: bool = False) -> VllmBackend:
+def engine_args(model_path: str, adapter: Path | None, cfg: Any, trust_remote_code: bool = False) -> dict[str, Any]:
+    """vLLM `EngineArgs` for one engine: the model, the LoRA adapter, how many requests it schedules at once, and
+    how it splits the model over GPUs (`bench.tensor_parallel_size`, `pipeline_parallel_size`)."""
+    lora_rank = 16
+    if adapter is not None:
+        import json
+
+        lora_rank = int(json.loads((adapter / "adapter_config.json").read_text()).get("r", 16))
+    return {"model": model_path, "seed": cfg.seed, "enable_lora": adapter is not None, "max_lora_rank": lora_rank,
+            "max_num_seqs": cfg.max_in_flight, "trust_remote_code": trust_remote_code,
+            "tensor_parallel_size": cfg.tensor_parallel_size, "pipeline_parallel_size": cfg.pipeline_parallel_size}
+
+
+def load_vllm_backend(model_path: str, adapter: Path | None, cfg: Any, trust_remote_code: bool = False) -> VllmBackend:
     try:
         from vllm import EngineArgs, LLMEngine, SamplingParams
         from vllm.lora.request import LoRARequest
@@ -173,13 +185,6 @@ def load_vllm_backend(model_path: str, adapter: Path | None, max_in_flight: int,
 
         raise BenchError(f"the vllm backend needs vLLM ({exc}) — `pip install 'trainctl[vllm]'` on a CUDA machine, "
                          "or use --backend hf") from exc
-    lora_rank = 16
-    if adapter is not None:
-        import json
-
-        lora_rank = int(json.loads((adapter / "adapter_config.json").read_text()).get("r", 16))
-    args = EngineArgs(model=model_path, seed=seed, enable_lora=adapter is not None, max_lora_rank=lora_rank,
-                      max_num_seqs=max_in_flight, trust_remote_code=trust_remote_code)
-    engine = LLMEngine.from_engine_args(args)
+    engine = LLMEngine.from_engine_args(EngineArgs(**engine_args(model_path, adapter, cfg, trust_remote_code)))
     lora = LoRARequest("adapter", 1, str(adapter)) if adapter is not None else None
-    return VllmBackend(engine, max_in_flight, SamplingParams, lora)
+    return VllmBackend(engine, cfg.max_in_flight, SamplingParams, lora)

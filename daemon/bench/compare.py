@@ -15,7 +15,7 @@ from typing import Any
 
 from daemon.atomic import iter_jsonl
 from daemon.bench.prompts import iter_prompts
-from daemon.bench.state import load_run
+from daemon.bench.state import load_run, results_files
 from daemon.chat.answers import answer_of_message, normalise_answer, parse_answer
 from daemon.errors import BenchError
 
@@ -106,10 +106,10 @@ def _load(run_dir: Path, pattern: re.Pattern[str] | None) -> tuple[dict[str, Cel
     """custom_id -> Cell, and custom_id -> {reference, metadata} (for names and the golden answer)."""
     cells: dict[str, Cell] = {}
     extra: dict[str, dict[str, Any]] = {}
-    path = run_dir / "results.jsonl"
-    if not path.exists():
+    files = results_files(run_dir)
+    if not files:
         raise BenchError(f"{run_dir.name} has no results.jsonl yet — run `trainctl bench run` first")
-    for row in iter_jsonl(path):  # skips a torn last line (a run killed mid-write)
+    for row in (row for path in files for row in iter_jsonl(path)):  # skips torn last lines (a kill mid-write)
         cid = row["custom_id"]
         if row.get("error"):
             err = row["error"]

@@ -23,7 +23,15 @@ from typing import Any
 from daemon.atomic import JsonlAppender, iter_jsonl, repair_torn_tail, write_bytes_atomic
 from daemon.bench.backends import Backend, Completion, Request
 from daemon.bench.prompts import BenchPrompt, iter_prompts, scan_prompt_file
-from daemon.bench.state import BenchState, Progress, RunInfo, fingerprint_changes, load_run
+from daemon.bench.state import (
+    BenchState,
+    Progress,
+    RunInfo,
+    fingerprint_changes,
+    load_run,
+    results_files,
+    shard_of,
+)
 from daemon.chat.answers import openai_message
 from daemon.chat.messages import message_from_row
 from daemon.chat.render import prompt_text
@@ -160,20 +168,26 @@ def result_row(run: str, model: str, prompt: BenchPrompt, c: Completion | None, 
 
 class BenchRunner:
     def __init__(self, home: Home, spec: BenchSpec, resume: bool = False, retry_errors: bool = False,
-                 on_progress: Callable[[RunInfo], None] | None = None, log: Callable[[str], None] = print):
+                 on_progress: Callable[[RunInfo], None] | None = None, log: Callable[[str], None] = print,
+                 shard: tuple[int, int] | None = None):
+        """`shard`: (rank, ranks) of a data-parallel run (daemon/bench/shards.py): this runner answers the prompts
+        whose custom_id hashes to `rank`, into results.rank-R.jsonl, with its own run.rank-R.json."""
         self.home, self.spec, self.resume, self.retry_errors = home, spec, resume, retry_errors
         self.on_progress = on_progress or (lambda info: None)
         self.log = log
+        self.shard = shard
         self.dir = home.bench_dir(spec.name)
-        self.results = self.dir / "results.jsonl"
-        self.run_json = self.dir / "run.json"
+        suffix = f".rank-{shard[0]}" if shard else ""
+        self.results = self.dir / f"results{suffix}.jsonl"
+        self.run_json = self.dir / f"run{suffix}.json"
+        self._lock_name = f".lock{suffix}"
         self.stop_requested = False
         self._lock_fh: Any = None
 
     # -- open: fingerprint, lock, what is already done
     def _lock(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fh = open(self.dir / ".lock", "w")
+        self._lock_fh = open(self.dir / self._lock_name, "w")
         try:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -181,8 +195,11 @@ class BenchRunner:
             pid = f" (pid {info.pid})" if info and info.pid else ""
             raise BenchError(f"bench run {self.spec.name!r} is already running{pid} — wait for it or stop it") from None
 
+    def mine(self, custom_id: str) -> bool:
+        return self.shard is None or shard_of(custom_id, self.shard[1]) == self.shard[0]
+
     def open(self) -> tuple[RunInfo, set[str], int]:
-        existing = load_run(self.dir)
+        existing = load_run(self.dir, self.run_json.name)
         if existing and not self.resume:
             raise BenchError(f"bench run {self.spec.name!r} already exists ({existing.shown_state}, "
                              f"{existing.progress.done}/{existing.total}) — add --resume to continue it, "
@@ -208,8 +225,21 @@ class BenchRunner:
             prog.done -= len(bad)
             prog.errors = 0
             bad = set()
+        total = scan.total
+        others = [f for f in results_files(self.dir) if f != self.results]
+        for f in others:
+            # Answers in the other ranks' files (of this session's ranks or, after a change of
+            # data_parallel_size, of earlier sessions) are never redone: every prompt keeps exactly one answer
+            other_ok, other_bad, _ = scan_results(f)
+            ok, bad = ok | other_ok, bad | other_bad
+        if self.shard is not None:
+            total = sum(1 for p in iter_prompts(self.spec.prompts) if self.mine(p.custom_id))
+        if others or self.shard is not None:
+            prog.done = sum(1 for cid in ok | bad if self.mine(cid))
+            prog.errors = sum(1 for cid in bad if self.mine(cid))
         info = existing or RunInfo(name=self.spec.name, fingerprint=fp, prompts_path=str(self.spec.prompts),
-                                   total=scan.total, job_id=self.spec.job_id)
+                                   total=total, job_id=self.spec.job_id)
+        info.total = total
         info.prompts_path = str(self.spec.prompts)
         prog.active_seconds = info.progress.active_seconds
         info.progress = prog
@@ -223,7 +253,7 @@ class BenchRunner:
         for p in iter_prompts(self.spec.prompts):
             if self.stop_requested:
                 return
-            if p.custom_id in done:
+            if p.custom_id in done or not self.mine(p.custom_id):
                 continue
             error = p.error
             ids: list[int] = []
@@ -335,7 +365,7 @@ def load_backend_for(home: Home) -> Callable[[BenchSpec], tuple[Backend, Any]]:
         tok = load_tokenizer(spec.model, home.models)
         if spec.cfg.backend == "vllm":
             path = resolve_model_path(spec.model, home.models)
-            return load_vllm_backend(path, spec.adapter, spec.cfg.max_in_flight, spec.cfg.seed), tok
+            return load_vllm_backend(path, spec.adapter, spec.cfg), tok
         return load_hf_backend(spec.model, home.models, spec.adapter, tok, spec.cfg.batch_size), tok
     return load
 

@@ -7,6 +7,7 @@ for `bench list`, rewritten atomically every few seconds. Nothing here imports t
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -108,9 +109,22 @@ class RunInfo:
         return p.completion_tokens / p.active_seconds if p.active_seconds > 0 else 0.0
 
 
-def load_run(run_dir: Path) -> RunInfo | None:
-    doc = read_json(run_dir / "run.json")
+def load_run(run_dir: Path, name: str = "run.json") -> RunInfo | None:
+    """The run's run.json (`name`: a data-parallel rank's own run.rank-R.json)."""
+    doc = read_json(run_dir / name)
     return RunInfo.from_dict(doc) if doc else None
+
+
+def results_files(run_dir: Path) -> list[Path]:
+    """Every results file of a run: results.jsonl, and one results.rank-R.jsonl per data-parallel rank. Each prompt
+    has its one result line in exactly one of them; together they are the run's results."""
+    files = [run_dir / "results.jsonl"] if (run_dir / "results.jsonl").exists() else []
+    return files + sorted(run_dir.glob("results.rank-*.jsonl"))
+
+
+def shard_of(custom_id: str, ranks: int) -> int:
+    """The data-parallel rank that answers `custom_id`: a hash, the same in every session and on every machine."""
+    return int.from_bytes(hashlib.sha256(custom_id.encode()).digest()[:8], "big") % ranks
 
 
 def fingerprint_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -62,8 +62,12 @@ class RunControl(TrainerCallback):
         return control
 
     def on_save(self, args, state, control, **kw):
+        from daemon.training.ranks import barrier, is_main
+
+        # Several processes: each writes its own RNG state into the folder; it is complete once all have
+        barrier()
         d = self.ckpt_dir / f"checkpoint-{state.global_step}"
-        if d.is_dir():
+        if is_main() and d.is_dir():
             (d / COMPLETE_MARKER).write_text(f"{state.global_step}\n")
             fd = os.open(d, os.O_RDONLY)
             try:

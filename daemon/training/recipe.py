@@ -7,6 +7,7 @@ checkpoint in data/runs/<job>/checkpoints/. Returns what happened; the caller re
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from daemon.atomic import write_json_atomic
 from daemon.config import BUILTIN_TINY, Settings
 from daemon.errors import TrainingError
 from daemon.home import Home
+from daemon.training.ranks import is_main, world_size
 
 
 @dataclass
@@ -40,6 +42,13 @@ class RunContext:
     echo: Callable[[str], None] = print
     watch_parent: bool = False
     """In a daemon child: stop (with a checkpoint) if the daemon goes away."""
+    checkpoints_dir: Path | None = None
+    """Where checkpoints go; None = data/runs/<job>/checkpoints (Ray: a folder every node sees)."""
+    placement: dict[str, Any] = field(default_factory=dict)
+    """Where the job runs (daemon.devices.Placement as a dict), recorded in config.json."""
+
+    def checkpoints(self) -> Path:
+        return self.checkpoints_dir or self.home.run_dir(self.job_id) / "checkpoints"
 
 
 def resolved_config(ctx: RunContext) -> dict[str, Any]:
@@ -53,6 +62,9 @@ def resolved_config(ctx: RunContext) -> dict[str, Any]:
         doc["train"]["lr"] = default_lr(cfg.model)
     device = pick_device(cfg.device)
     doc["precision"] = {"device": device, **pick_precision(cfg.dtype, device).to_dict()}
+    # Where it ran: every process of the job, and the devices they saw
+    doc["placement"] = {**ctx.placement, "world_size": world_size(),
+                        "devices": os.environ.get("CUDA_VISIBLE_DEVICES") if device == "cuda" else device}
     doc["job_id"] = ctx.job_id
     doc["dataset_dir"] = str(ctx.dataset_dir)
     return doc
@@ -62,9 +74,10 @@ def _setup(ctx: RunContext) -> tuple[Path, dict[str, Any]]:
     from transformers import set_seed
 
     run_dir = ctx.home.run_dir(ctx.job_id)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    ctx.checkpoints().mkdir(parents=True, exist_ok=True)
     config = resolved_config(ctx)
-    write_json_atomic(run_dir / "config.json", config)
+    if is_main():
+        write_json_atomic(run_dir / "config.json", config)
     set_seed(ctx.settings.train.seed)
     return run_dir, config
 
@@ -109,8 +122,12 @@ def _training_args(ctx: RunContext, run_dir: Path, config: dict[str, Any], model
     # master weights and bf16 matmuls; with bf16 weights the matmuls were bf16 anyway.
     half = precision["autocast"] or precision["weights"]
     lr = config["train"]["lr"]
+    several = world_size() > 1
+    if cfg.fsdp and (on_cpu or not several):
+        raise TrainingError("train.fsdp shards the model across several GPUs — it needs CUDA and more than one "
+                            "process (train.gpus_per_job > 1); turn it off to train with DDP or on one device")
     return TrainingArguments(
-        output_dir=str(run_dir / "checkpoints"),
+        output_dir=str(ctx.checkpoints()),
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=lr,
@@ -137,6 +154,11 @@ def _training_args(ctx: RunContext, run_dir: Path, config: dict[str, Any], model
         dataloader_num_workers=0,
         disable_tqdm=True,
         report_to="none",
+        # Several processes: LoRA leaves most parameters frozen, so DDP must not look for unused ones each step
+        ddp_find_unused_parameters=False if several else None,
+        ddp_backend="gloo" if several and on_cpu else None,
+        fsdp="full_shard auto_wrap" if cfg.fsdp else "",
+        fsdp_config={"use_orig_params": True} if cfg.fsdp else None,
     )
 
 
@@ -234,8 +256,8 @@ def _liger(cfg: Any, on_cpu: bool) -> bool:
 
 def total_steps(cfg: Any, items_per_epoch: int, batch_size: int) -> int:
     """Optimizer steps of the run: `items_per_epoch` dataset items (examples, or packed micro-batches), `batch_size`
-    of them per device per micro-step."""
-    per_epoch = math.ceil(items_per_epoch / (batch_size * cfg.grad_accum))
+    of them per process per micro-step, on every process of the job."""
+    per_epoch = math.ceil(items_per_epoch / (batch_size * cfg.grad_accum * world_size()))
     return cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(per_epoch * cfg.epochs))
 
 
@@ -277,6 +299,9 @@ def _collectors(ctx: RunContext, tok: Any, rows: list[dict[str, Any]], run_dir: 
     from daemon.training.data import read_split
 
     cfg = ctx.settings.train
+    if not is_main():
+        # The other ranks of a job take part in gathering the dynamics; rank 0 alone measures, evaluates, reports
+        return _dynamics(ctx, run_dir, rows)
     # First: the budget's clock starts before the step-0 snapshot that it charges
     budget = DiagnosticsBudget(cfg.diagnostics_budget)
     # Evaluations and snapshots run under the training's autocast precision
@@ -304,10 +329,7 @@ def _collectors(ctx: RunContext, tok: Any, rows: list[dict[str, Any]], run_dir: 
                                               ctx.home.evolution_dir(ctx.dataset_dir.name), ctx.dataset_dir.name,
                                               cfg.max_length, cfg.max_new_tokens, cfg.loss_on, throughput=throughput,
                                               budget=budget, autocast=autocast)
-    if cfg.dynamics:
-        from daemon.training.dynamics import DynamicsRecorder
-
-        out["dynamics"] = DynamicsRecorder(run_dir, ctx.dataset_dir.name, ctx.dataset_dir / "train.jsonl", len(rows))
+    out.update(_dynamics(ctx, run_dir, rows))
     if cfg.best_metric == "loss" or "fixed_eval" in out:
         from daemon.training.collectors.best_checkpoint import BestCheckpoint
 
@@ -315,6 +337,14 @@ def _collectors(ctx: RunContext, tok: Any, rows: list[dict[str, Any]], run_dir: 
     out["alerts"] = Alerts(streaming, lora, out.get("fixed_eval"), log_path=run_dir / "alerts.jsonl",
                            best=out.get("best"), regression_threshold=cfg.regression_threshold, job_id=ctx.job_id)
     return out
+
+
+def _dynamics(ctx: RunContext, run_dir: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    if not ctx.settings.train.dynamics:
+        return {}
+    from daemon.training.dynamics import DynamicsRecorder
+
+    return {"dynamics": DynamicsRecorder(run_dir, ctx.dataset_dir.name, ctx.dataset_dir / "train.jsonl", len(rows))}
 
 
 def train(ctx: RunContext) -> TrainOutcome:
@@ -325,6 +355,7 @@ def train(ctx: RunContext) -> TrainOutcome:
     from daemon.training import faults
     from daemon.training.control import RunControl, newest_complete_checkpoint
     from daemon.training.packing import Batching
+    from daemon.training.ranks import AgreeOnStop
     from daemon.training.status import StatusWriter
 
     cfg = ctx.settings.train
@@ -342,36 +373,48 @@ def train(ctx: RunContext) -> TrainOutcome:
     # the examples were batched
     config.update(rendering=rendering_report(tok, rows), batching=batching.report)
     write_json_atomic(run_dir / "config.json", config)
-    # 4. train: Trainer + collectors; resume from the newest complete checkpoint
+    # 4. train: Trainer + collectors; resume from the newest complete checkpoint. With several processes rank 0
+    # alone reports (status, metrics, evaluations); every rank trains and agrees on when to stop and save.
+    main = is_main()
     args = _training_args(ctx, run_dir, config, model, batching.batch_size)
-    control = RunControl(run_dir / "checkpoints", watch_parent=ctx.watch_parent)
+    control = RunControl(ctx.checkpoints(), watch_parent=ctx.watch_parent)
     control.install_signal_handlers()
     collectors = _collectors(ctx, tok, rows, run_dir,
                              total_steps(cfg, batching.items_per_epoch, batching.batch_size), model)
-    alerts = collectors["alerts"]
     status = StatusWriter(ctx.home.training_status, run_dir / "metrics.jsonl",
                           base={"job_id": ctx.job_id, "dataset": ctx.dataset_dir.name, "model": cfg.model,
-                                "run_dir": str(run_dir), **_rendering_status(config["rendering"])},
-                          collectors=list(collectors.values()), echo=ctx.echo)
-    # Order matters: the measuring collectors update before the alerts read them, and the status is written last.
-    callbacks = [*faults.from_env(ctx.dataset_dir.name), control, *collectors.values(), status]
+                                "run_dir": str(run_dir), "world_size": world_size(),
+                                **_rendering_status(config["rendering"])},
+                          collectors=list(collectors.values()), echo=ctx.echo,
+                          job_path=ctx.home.job_status(ctx.job_id)) if main else None
+    # Order matters: the measuring collectors update before the alerts read them, every rank agrees on stopping
+    # after all of them, and the status is written last.
+    callbacks = [*faults.from_env(ctx.dataset_dir.name), control, *collectors.values(), AgreeOnStop(control),
+                 *([status] if status else [])]
     trainer = batching.trainer_class(model=model, args=args, train_dataset=batching.dataset,
                                      data_collator=batching.collator, callbacks=callbacks,
                                      dynamics=collectors.get("dynamics"))
     for noisy in (PrinterCallback, ProgressCallback):  # the StatusWriter reports progress instead
         trainer.remove_callback(noisy)
-    resume = newest_complete_checkpoint(run_dir / "checkpoints")
-    if resume:
+    resume = newest_complete_checkpoint(ctx.checkpoints())
+    if resume and main:
         ctx.echo(f"resuming job {ctx.job_id} from {resume.name}")
-    status.set(state="training", resumed_from=resume.name if resume else None)
+    if status:
+        status.set(state="training", resumed_from=resume.name if resume else None)
     t0 = time.time()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
-        status.close()  # the metrics file (on_train_end closes it too, but not when training raised)
+        if status:
+            status.close()  # the metrics file (on_train_end closes it too, but not when training raised)
     steps = trainer.state.global_step
+    if not main:
+        # Rank 0 saves, evaluates and reports what happened; this rank's part is done
+        return TrainOutcome(interrupted=control.stop_requested and steps < trainer.state.max_steps, steps=steps)
+    assert status is not None
+    alerts = collectors["alerts"]
     if alerts.critical is not None:
-        kept = newest_complete_checkpoint(run_dir / "checkpoints")
+        kept = newest_complete_checkpoint(ctx.checkpoints())
         status.set(state="failed", message=alerts.critical.message)
         status.write(trainer.state, force=True)
         raise TrainingError(f"{alerts.critical.id} (critical) at step {steps}: {alerts.critical.message} — "

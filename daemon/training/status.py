@@ -38,8 +38,11 @@ def _clean(v: Any) -> Any:
 
 class StatusWriter(TrainerCallback):
     def __init__(self, status_path: Path, metrics_path: Path, base: dict[str, Any], collectors: list[Any],
-                 min_interval: float = 0.5, echo: Callable[[str], None] | None = None):
+                 min_interval: float = 0.5, echo: Callable[[str], None] | None = None,
+                 job_path: Path | None = None):
         self.status_path = status_path
+        self.job_path = job_path
+        """status/jobs/job-N.json, the same document kept per job (several jobs may run at once)."""
         self.metrics_path = metrics_path
         self.base = dict(base)
         self.collectors = collectors
@@ -73,8 +76,11 @@ class StatusWriter(TrainerCallback):
             return {}
         self._last_write = t
         doc = self.snapshot(state)
-        write_bytes_atomic(self.status_path, orjson.dumps(doc, default=str, option=_INDENTED) + b"\n",
-                           durable=force)
+        data = orjson.dumps(doc, default=str, option=_INDENTED) + b"\n"
+        for path in (self.status_path, self.job_path):
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_bytes_atomic(path, data, durable=force)
         return doc
 
     def append_metrics(self, row: dict[str, Any]) -> None:

@@ -1,0 +1,173 @@
+"""Data-parallel bench runs (`[bench] data_parallel_size = N`): N engines side by side, one process each.
+
+The coordinator (the `trainctl bench run` process) writes the run's spec and run.json, starts one rank per engine
+(`python -m daemon.bench.shards --home H --name RUN --rank R --of N`), each seeing only its own GPUs (tensor x
+pipeline parallel of them), and waits. Each rank is an ordinary BenchRunner over the prompts whose custom_id hashes
+to it (daemon.bench.state.shard_of), appending to its own results.rank-R.jsonl with its own lock and
+run.rank-R.json. Every reader (list, compare, resume) takes the results files together: each prompt's one line is
+in exactly one of them, whatever number of ranks wrote them. A stop (SIGTERM/SIGINT) is passed to every rank; a
+killed coordinator takes its ranks with it (they die with their parent); `--resume` starts the ranks again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from daemon.atomic import read_json, write_json_atomic
+from daemon.bench.prompts import scan_prompt_file
+from daemon.bench.runner import BenchRunner, BenchSpec, Outcome, fingerprint, load_backend_for, scan_results
+from daemon.bench.state import BenchState, Progress, RunInfo, count_lines, fingerprint_changes, load_run, results_files
+from daemon.config import BenchConfig
+from daemon.devices import visible_gpus
+from daemon.errors import BenchError
+from daemon.home import Home
+
+SPEC_FILE = "spec.json"
+
+
+def gpu_groups(ranks: int, per_rank: int) -> list[list[int]]:
+    """The GPUs of each rank: consecutive groups of `per_rank` (tensor x pipeline parallel); [] on CPU. Raises when
+    the machine has GPUs but too few for every rank."""
+    gpus = visible_gpus("all")
+    if not gpus:
+        return [[] for _ in range(ranks)]
+    if len(gpus) < ranks * per_rank:
+        raise BenchError(f"data_parallel_size {ranks} x {per_rank} GPU(s) per engine needs {ranks * per_rank} GPUs; "
+                         f"this machine shows {len(gpus)} — lower bench.data_parallel_size")
+    return [gpus[i * per_rank:(i + 1) * per_rank] for i in range(ranks)]
+
+
+def _spec_doc(spec: BenchSpec) -> dict[str, Any]:
+    return {"name": spec.name, "model": spec.model, "prompts": str(spec.prompts),
+            "adapter": str(spec.adapter) if spec.adapter else None, "cfg": dataclasses.asdict(spec.cfg),
+            "job_id": spec.job_id}
+
+
+def _spec_from(doc: dict[str, Any]) -> BenchSpec:
+    return BenchSpec(name=doc["name"], model=doc["model"], prompts=Path(doc["prompts"]),
+                     adapter=Path(doc["adapter"]) if doc["adapter"] else None, cfg=BenchConfig(**doc["cfg"]),
+                     job_id=doc["job_id"])
+
+
+def _summed(run_dir: Path, info: RunInfo, ranks: int) -> Progress:
+    """The run's progress: every results file's lines, and the ranks' generation time (they run side by side:
+    the longest counts)."""
+    prog = Progress()
+    for f in results_files(run_dir):
+        ok, bad, p = scan_results(f)
+        prog.done += p.done
+        prog.errors += p.errors
+        prog.prompt_tokens += p.prompt_tokens
+        prog.completion_tokens += p.completion_tokens
+    session = max((r.progress.active_seconds for i in range(ranks)
+                   if (r := load_run(run_dir, f"run.rank-{i}.json")) is not None), default=0.0)
+    prog.active_seconds = max(info.progress.active_seconds, session)
+    return prog
+
+
+def run_sharded(home: Home, spec: BenchSpec, resume: bool = False, retry_errors: bool = False,
+                on_progress: Callable[[RunInfo], None] | None = None,
+                log: Callable[[str], None] = print) -> Outcome:
+    ranks = spec.cfg.data_parallel_size
+    run_dir = home.bench_dir(spec.name)
+    existing = load_run(run_dir)
+    if existing and not resume:
+        raise BenchError(f"bench run {spec.name!r} already exists ({existing.shown_state}, "
+                         f"{existing.progress.done}/{existing.total}) — add --resume to continue it, or choose "
+                         "another --name")
+    if not existing and resume:
+        raise BenchError(f"there is no bench run {spec.name!r} to resume — drop --resume to start it")
+    groups = gpu_groups(ranks, spec.cfg.tensor_parallel_size * spec.cfg.pipeline_parallel_size)
+    scan = scan_prompt_file(spec.prompts)
+    fp = fingerprint(spec, scan.sha256)
+    changes = fingerprint_changes(existing.fingerprint, fp) if existing else []
+    if changes:
+        raise BenchError(f"bench run {spec.name!r} cannot resume: " + "; ".join(changes)
+                         + " — resume with the original settings, or start a new run with another --name")
+    info = existing or RunInfo(name=spec.name, fingerprint=fp, prompts_path=str(spec.prompts), total=scan.total,
+                               job_id=spec.job_id)
+    before = sum(count_lines(f) for f in results_files(run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / SPEC_FILE, _spec_doc(spec))
+    info.pid, info.sessions = os.getpid(), info.sessions + 1
+    info.transition(BenchState.RUNNING, f"{ranks} engines side by side")
+    info.save(run_dir / "run.json")
+    procs = []
+    for rank, gpus in enumerate(groups):
+        cmd = [sys.executable, "-m", "daemon.bench.shards", "--home", str(home.root), "--name", spec.name,
+               "--rank", str(rank), "--of", str(ranks)]
+        if (run_dir / f"run.rank-{rank}.json").exists():
+            cmd.append("--resume")
+        if retry_errors:
+            cmd.append("--retry-errors")
+        env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if gpus else {})}
+        procs.append(subprocess.Popen(cmd, env=env))
+    log(f"{ranks} ranks started (pids {', '.join(str(p.pid) for p in procs)}); each writes results.rank-R.jsonl")
+
+    def forward(signum: int, frame: Any) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(1.0)
+            info.progress = _summed(run_dir, info, ranks)
+            info.save(run_dir / "run.json")
+            if on_progress:
+                on_progress(info)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    states = [getattr(load_run(run_dir, f"run.rank-{i}.json"), "state", BenchState.FAILED) for i in range(ranks)]
+    info.progress = _summed(run_dir, info, ranks)
+    if all(s is BenchState.COMPLETED for s in states) and info.progress.done >= info.total:
+        info.transition(BenchState.COMPLETED, f"{info.progress.done} results, {info.progress.errors} errors, "
+                        f"from {ranks} engines")
+    elif any(s is BenchState.FAILED for s in states):
+        info.transition(BenchState.FAILED, "a rank failed: " + "; ".join(
+            f"rank {i}: {load_run(run_dir, f'run.rank-{i}.json').message}" for i, s in enumerate(states)
+            if s is BenchState.FAILED and load_run(run_dir, f"run.rank-{i}.json")))
+    else:
+        info.transition(BenchState.STOPPED, "stopped; `--resume` continues every rank")
+    info.save(run_dir / "run.json")
+    written = sum(count_lines(f) for f in results_files(run_dir)) - before
+    return Outcome(info, run_dir, written, before, 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from daemon.worker import die_with_parent
+
+    p = argparse.ArgumentParser(prog="python -m daemon.bench.shards")
+    p.add_argument("--home", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--rank", type=int, required=True)
+    p.add_argument("--of", type=int, required=True)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--retry-errors", action="store_true")
+    a = p.parse_args(argv)
+    die_with_parent()  # the coordinator went away (killed): stop too; what was written stays
+    home = Home.open(a.home)
+    spec = _spec_from(read_json(home.bench_dir(a.name) / SPEC_FILE))
+    runner = BenchRunner(home, spec, resume=a.resume, retry_errors=a.retry_errors, shard=(a.rank, a.of),
+                         log=lambda m: print(f"[rank {a.rank}] {m}", flush=True))
+    try:
+        outcome = runner.run(load_backend_for(home))
+    except BenchError as exc:
+        print(f"[rank {a.rank}] {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0 if outcome.info.state is BenchState.COMPLETED else 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""One job as several processes (torchrun, gloo on CPU), several jobs at once, and a job that cannot be placed.
+
+These train builtin:tiny for real: rank 0 alone reports, every rank trains, a killed rank or daemon loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
+from daemon.jobs import JobQueue, JobState
+from tests.conftest import DEMO, TINY_SETTINGS, wait_for
+
+runner = CliRunner()
+
+
+def jobs(home: Path):
+    if not (home / "data" / "jobs.db").exists():
+        return []
+    with JobQueue(home / "data" / "jobs.db", readonly=True) as q:
+        return sorted(q.list(), key=lambda j: j.id)
+
+
+def result(home: Path, job: int = 1) -> dict:
+    return json.loads((home / "data" / "runs" / f"job-{job:05d}" / "result.json").read_text())
+
+
+def metric_rows(home: Path, job: int = 1) -> list[dict]:
+    path = home / "data" / "runs" / f"job-{job:05d}" / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def step_rows(home: Path) -> list[int]:
+    """The step of each per-step metrics row (not the end-of-training summary)."""
+    return [row["current_step"] for row in metric_rows(home) if row.get("loss") is not None
+            and "train_loss" not in row]
+
+
+def rank_pids(home: Path) -> list[int]:
+    """The job's training processes (daemon.distributed.rank) for this home."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            # `python -u -m daemon.distributed.rank ...` (the torchrun agent's own command line names it too)
+            if b"-m" in cmd and cmd[cmd.index(b"-m") + 1] == b"daemon.distributed.rank" and str(home).encode() in cmd:
+                out.append(int(d.name))
+    return out
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses a TCP socket listens on at `port` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A = LISTEN
+                if len(addr) == 8:
+                    found.add(".".join(str(b) for b in reversed(bytes.fromhex(addr))))
+                else:
+                    found.add("::" if set(addr) == {"0"} else addr)
+    return found
+
+
+def complete_checkpoints(home: Path) -> list[int]:
+    ckpt = home / "data" / "runs" / "job-00001" / "checkpoints"
+    return sorted(int(d.name.split("-")[1]) for d in ckpt.glob("checkpoint-*") if (d / "TRAINCTL_COMPLETE").exists())
+
+
+@pytest.mark.slow
+def test_two_processes_learn_the_demo_like_one_on_the_same_global_batch(home, tmp_path):
+    """batch 8 in one process against batch 4 in each of two: the same held-out and training exact match, a
+    training loss within a few percent, one status file and one metrics row per step (rank 0 alone writes)."""
+    other = tmp_path / "one"
+    (other / "data").mkdir(parents=True)
+    os.symlink(home / "data" / "models", other / "data" / "models")
+    (other / "trainctl.toml").write_text(TINY_SETTINGS)
+    one = runner.invoke(app, ["train", str(DEMO), "--home", str(other), "--epochs", "6", "--batch-size", "8"])
+    assert one.exit_code == 0, one.output
+    two = runner.invoke(app, ["train", str(DEMO), "--home", str(home), "--epochs", "6", "--batch-size", "4",
+                              "--nproc", "2"])
+    assert two.exit_code == 0, two.output
+    r1, r2 = result(other), result(home)
+    assert r2["test_eval"]["exact_match"] == r1["test_eval"]["exact_match"] >= 0.8
+    assert r2["train_eval"]["exact_match"] == r1["train_eval"]["exact_match"]
+    assert abs(r2["train_loss"] - r1["train_loss"]) / r1["train_loss"] < 0.05, (r1["train_loss"], r2["train_loss"])
+    config = json.loads((home / "data" / "runs" / "job-00001" / "config.json").read_text())
+    assert config["placement"]["world_size"] == 2 and config["placement"]["nproc"] == 2
+    assert config["placement"]["devices"] == "cpu"
+    steps = step_rows(home)
+    assert steps == list(range(1, r2["steps"] + 1))  # one row per step: not one per rank
+    assert sorted(p.name for p in (home / "status").rglob("*.json")) == ["job-00001.json", "training_status.json"]
+    status = json.loads((home / "status" / "training_status.json").read_text())
+    assert status["state"] == "done" and status["world_size"] == 2
+    ranks = list((home / "data" / "runs" / "job-00001" / "ranks").rglob("stdout.log"))
+    assert len(ranks) == 2  # each rank's output kept
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_rank_and_of_the_daemon_lose_nothing(home, daemons):
+    """A killed rank takes its group down and torchrun restarts it from the newest complete checkpoint; a killed
+    daemon makes the ranks checkpoint and stop; the next start resumes, and the job trains its steps exactly."""
+    (home / "trainctl.toml").write_text(TINY_SETTINGS + "nproc = 2\nbatch_size = 4\nsave_steps = 20\n")
+    d = daemons(home, "--epochs", "12")
+    (home / "inbox" / "demo.jsonl").write_bytes(DEMO.read_bytes())
+    wait_for(lambda: len(rank_pids(home)) == 2, 120, "two training processes")
+    wait_for(lambda: complete_checkpoints(home), 180, "a complete checkpoint")
+    planned = json.loads((home / "status" / "training_status.json").read_text())["total_steps"]
+    placement = jobs(home)[0].devices_dict
+    assert placement["nproc"] == 2 and 29600 <= placement["port"] <= 29699
+    # The rendezvous store of the job listens on the loopback interface only
+    assert listening_addresses(placement["port"]) == {"127.0.0.1"}
+    first = rank_pids(home)
+    os.kill(first[-1], signal.SIGKILL)
+    wait_for(lambda: len(rank_pids(home)) == 2 and set(rank_pids(home)).isdisjoint(first), 120,
+             "torchrun to restart the group")
+    wait_for(lambda: max(complete_checkpoints(home)) >= 40, 240, "progress after the restart")
+    d.kill(signal.SIGKILL)
+    d.wait(10)
+    wait_for(lambda: not rank_pids(home), 120, "the ranks to checkpoint and leave")
+    # the worker records the interruption once torchrun has returned
+    wait_for(lambda: jobs(home)[0].state != JobState.TRAINING, 60, "the worker to record the outcome")
+    (job,) = jobs(home)
+    assert job.state == JobState.INTERRUPTED, job
+    kept = max(complete_checkpoints(home))
+    d2 = daemons(home, "--once")
+    assert d2.wait(600) == 0, d2.output()
+    (job,) = jobs(home)
+    assert job.state == JobState.DONE, (job, d2.output())
+    assert f"resumed from checkpoint-{kept}" in job.message
+    done = result(home)
+    steps = step_rows(home)
+    # Every planned step trained. The ranks checkpointed where the daemon's death stopped them, so the steps after
+    # that checkpoint were trained exactly once, by the resumed run (the killed rank's group redid the few steps
+    # after its checkpoint before that)
+    assert done["steps"] == planned and set(steps) == set(range(1, planned + 1))
+    after = [s for s in steps if s > kept]
+    assert after == list(range(kept + 1, planned + 1))
+
+
+@pytest.mark.slow
+def test_two_slots_train_two_files_at_once_on_their_own_ports(home, daemons):
+    (home / "trainctl.toml").write_text(TINY_SETTINGS + "nproc = 2\nbatch_size = 4\n[daemon]\nslots = 2\n")
+    for name in ("a.jsonl", "b.jsonl"):
+        lines = DEMO.read_text().splitlines()
+        body = lines if name == "a.jsonl" else lines[::-1]  # different content: not skipped as a duplicate
+        (home / "inbox" / name).write_text("\n".join(body) + "\n")
+    d = daemons(home, "--once", "--epochs", "2")
+    both = wait_for(lambda: [j for j in jobs(home) if j.state == JobState.TRAINING] if
+                    len([j for j in jobs(home) if j.state == JobState.TRAINING]) == 2 else None, 240,
+                    "both jobs training at once")
+    ports = {j.devices_dict["port"] for j in both}
+    slots = {j.devices_dict["slot"] for j in both}
+    assert len(ports) == 2 and slots == {0, 1}
+    daemon_doc = json.loads((home / "status" / "daemon.json").read_text())
+    assert len(daemon_doc["running_jobs"]) == 2
+    assert d.wait(600) == 0, d.output()
+    done = jobs(home)
+    assert [j.state for j in done] == [JobState.DONE, JobState.DONE], d.output()
+    assert done[0].started_at < done[1].finished_at and done[1].started_at < done[0].finished_at  # overlapped
+    for j in done:
+        assert (home / "status" / "jobs" / f"job-{j.id:05d}.json").exists()
+    q = runner.invoke(app, ["queue", "--home", str(home)])
+    assert "cpu slot" in q.output and "x2" in q.output
+
+
+def test_a_job_that_cannot_be_placed_fails_with_the_reason_and_the_daemon_goes_on(home, daemons):
+    (home / "trainctl.toml").write_text(TINY_SETTINGS + "gpus_per_job = 2\n[daemon]\ngpus = []\n")
+    (home / "inbox" / "demo.jsonl").write_bytes(DEMO.read_bytes())
+    d = daemons(home, "--once")
+    assert d.wait(120) == 0, d.output()
+    (job,) = jobs(home)
+    assert job.state == JobState.FAILED and "asks for GPUs" in job.error
+    error = (home / "inbox" / "failed" / "demo.jsonl.error.txt").read_text()
+    assert "train.gpus_per_job" in error
+
+
+RAY_CLUSTER = """
+import os, sys, time
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # a one-machine cluster: every node on 127.0.0.1
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
+                                                          "include_dashboard": False})
+cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+cluster.wait_for_nodes()
+print(cluster.address, flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.5)
+cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_job_trains_across_two_nodes_of_a_ray_cluster(home, tmp_path):
+    """Two "boxes": a local Ray cluster of two nodes (one CPU each) on 127.0.0.1. One worker on each; rank 0 on the
+    daemon's node writes the home's status and adapter; the dataset copy and every checkpoint go to the shared
+    storage_path."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    # (not imported here: the job's worker imports Ray itself, after choosing the loopback for a 127.0.0.1 cluster)
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("the ray extra is not installed")
+    script, done_flag, shared = tmp_path / "cluster.py", tmp_path / "done", tmp_path / "shared"
+    script.write_text(RAY_CLUSTER)
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    cluster = subprocess.Popen([sys.executable, str(script), str(done_flag)], stdout=subprocess.PIPE, text=True,
+                               env=env)
+    try:
+        address = cluster.stdout.readline().strip()
+        assert address.startswith("127.0.0.1:"), address
+        (home / "trainctl.toml").write_text(
+            TINY_SETTINGS + f'[distributed]\nbackend = "ray"\naddress = "{address}"\nnum_workers = 2\n'
+            f'storage_path = "{shared}"\n')
+        r = runner.invoke(app, ["train", str(DEMO), "--home", str(home), "--epochs", "2", "--batch-size", "4"])
+        assert r.exit_code == 0, r.output
+        nodes = r.output.split("ranks on nodes", 1)[1].splitlines()[0]
+        assert len({part.split(":")[1].split()[0] for part in nodes.split(",")}) == 2, nodes  # two nodes
+        (job,) = jobs(home)
+        assert job.state == JobState.DONE and job.devices_dict["backend"] == "ray"
+        assert (home / "data" / "runs" / "job-00001" / "adapter" / "adapter_model.safetensors").exists()
+        assert json.loads((home / "status" / "training_status.json").read_text())["world_size"] == 2
+        assert list((shared / "job-00001" / "dataset").glob("*/train.jsonl"))
+        ckpts = list((shared / "job-00001" / "checkpoints").glob("checkpoint-*"))
+        assert ckpts and all((c / "rng_state_1.pth").exists() for c in ckpts)  # rank 1 wrote its part there
+    finally:
+        done_flag.touch()
+        cluster.wait(60)
