@@ -273,12 +273,14 @@ def _peak_flops(cfg: Any, model: Any) -> float | None:
 
     from daemon.training.collectors.throughput import peak_flops
 
+    # The tokens/s it is compared with count every process of the job: so does the peak
     if cfg.peak_tflops:
-        return cfg.peak_tflops * 1e12
+        return cfg.peak_tflops * 1e12 * world_size()
     p = next(model.parameters())
     if p.device.type != "cuda":
         return None
-    return peak_flops(torch.cuda.get_device_name(p.device), p.dtype in (torch.bfloat16, torch.float16))
+    one = peak_flops(torch.cuda.get_device_name(p.device), p.dtype in (torch.bfloat16, torch.float16))
+    return one * world_size() if one else None
 
 
 def _rendering_status(report: dict[str, Any]) -> dict[str, Any]:
