@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from cli.app import HomeOpt, JsonOpt, app, command, console, err_console
+from cli.common import HomeOpt, JsonOpt, command, console, err_console
 from cli.render import clip, dash, duration
 from daemon.atomic import read_json, write_jsonl_atomic
 from daemon.chat.answers import readable
@@ -20,7 +20,6 @@ from daemon.home import Home, safe_name
 
 bench_app = typer.Typer(help="Batch generation that survives kills, and side-by-side model comparison.",
                         no_args_is_help=True)
-app.add_typer(bench_app, name="bench")
 
 
 # ---------------------------------------------------------------- run
