@@ -182,3 +182,30 @@ def curate_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of 
         console.print(f"[yellow]{share:.0%} rejected is more than curation.max_rejected_fraction = "
                       f"{s.curation.max_rejected_fraction:.0%}: a daemon job on this file would fail[/yellow]")
     console.print(str(out))
+
+
+@commands.command("export")
+def export_cmd(job: int = typer.Argument(..., help="A finished job's id (`trainctl queue`)."),
+               merge: bool = typer.Option(False, "--merge", help="The base model with the LoRA merged in: a plain "
+                                          "transformers folder (vLLM loads it as any model)."),
+               best: bool = typer.Option(False, "--best", help="The best checkpoint's adapter (adapter-best/)."),
+               to: Optional[Path] = typer.Option(None, "--to", help="Destination folder (default: "
+                                                 "data/exports/job-N-adapter or -merged); not inside the inbox."),
+               home: HomeOpt = None) -> None:
+    """A finished job's adapter as is, or merged into its base model, as a folder transformers and vLLM load."""
+    from daemon.export import export_job
+
+    h = Home.open(home, create=False)
+    console.print(f"exporting job {job}" + (" merged into its base model" if merge else "'s adapter") + " …")
+    out = export_job(h, job, merge=merge, best=best, to=to)
+    console.print(f"[green]{out}[/green]", highlight=False)
+    if merge:
+        console.print(f"load it with AutoModelForCausalLM.from_pretrained({str(out)!r}), or serve it with "
+                      f"`vllm serve {out}`", highlight=False)
+    else:
+        from daemon.models import resolve_model_path
+
+        base = resolve_model_path(read_json(out / "trainctl_export.json")["base_model"], h.models)
+        console.print(f"serve it without merging: vllm serve {base} --enable-lora --max-lora-rank "
+                      f"{read_json(out / 'adapter_config.json').get('r', 16)} --lora-modules job{job}={out}",
+                      highlight=False)
