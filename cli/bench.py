@@ -8,19 +8,31 @@ import signal
 from pathlib import Path
 from typing import Any, Optional
 
+import click
 import typer
 from rich.table import Table
+from typer.core import TyperGroup
 
-from cli.app import HomeOpt, JsonOpt, app, command, console, err_console
+from cli.common import HomeOpt, JsonOpt, command, console, err_console
 from cli.render import clip, dash, duration
 from daemon.atomic import read_json, write_jsonl_atomic
 from daemon.chat.answers import readable
 from daemon.errors import BenchError
 from daemon.home import Home, safe_name
 
-bench_app = typer.Typer(help="Batch generation that survives kills, and side-by-side model comparison.",
-                        no_args_is_help=True)
-app.add_typer(bench_app, name="bench")
+
+class _ResumeOption(TyperGroup):
+    """`trainctl bench --resume [NAME]`, as on the product card, is the `bench resume [NAME]` command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] == "--resume":
+            args = ["resume", *args[1:]]
+        return super().parse_args(ctx, args)
+
+
+bench_app = typer.Typer(cls=_ResumeOption, no_args_is_help=True,
+                        help="Batch generation that survives kills, and side-by-side model comparison. "
+                             "`trainctl bench --resume` carries on the unfinished run.")
 
 
 # ---------------------------------------------------------------- run
@@ -72,9 +84,9 @@ def _spec(h: Home, name: str | None, model: str | None, prompts: str | None, ada
     from daemon.config import load_settings
 
     stored = load_run(h.bench_dir(name)) if (resume and name) else None
-    if resume and name and stored is None:
-        raise BenchError(f"there is no bench run {safe_name(name)!r} to resume — drop --resume to start it "
-                         "(`trainctl bench list` shows the runs)")
+    if resume and name and stored is None and not prompts and job is None:
+        raise BenchError(f"there is no bench run {safe_name(name)!r} to resume, and no --prompts or --job to start "
+                         "it with — `trainctl bench list` shows the runs")
     job_id = job
     if job is not None:
         if model or prompts or adapter:
@@ -137,12 +149,9 @@ def bench_run(model: Optional[str] = typer.Option(None, "--model", help="builtin
               data_parallel_size: Optional[int] = typer.Option(
                   None, "--data-parallel-size", help="Engines side by side, each on a share of the prompts."),
               home: HomeOpt = None, json_out: JsonOpt = False) -> None:
-    """Generate an answer for every prompt, each appended to results.jsonl as it finishes; --resume after a kill."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.progress import TimeRemainingColumn as Eta
-
-    from daemon.bench.runner import BenchRunner, load_backend_for
-    from daemon.bench.state import BenchState
+    """Generate an answer for every prompt, each appended to results.jsonl as it finishes; --resume after a kill
+    (a run that does not exist yet is started, so the same command line can be re-run after every crash)."""
+    from daemon.bench.state import load_run
 
     if retry_errors and not resume:
         raise BenchError("--retry-errors goes with --resume (it redoes the error lines of an existing run)")
@@ -151,6 +160,23 @@ def bench_run(model: Optional[str] = typer.Option(None, "--model", help="builtin
                                    seed=seed, batch_size=batch_size,
                                    data_parallel_size=data_parallel_size).items() if v is not None}
     spec = _spec(h, name, model, prompts, adapter, job, base, resume, flags, best)
+    out = err_console if json_out else console
+    if resume and load_run(h.bench_dir(spec.name)) is None:
+        # the same command line can be re-run blindly after every crash: the first time, it starts the run
+        out.print(f"there is no bench run {spec.name!r} yet: starting it (the same command resumes it)",
+                  highlight=False)
+        resume = False
+    _run(h, spec, resume, retry_errors, json_out)
+
+
+def _run(h: Home, spec: Any, resume: bool, retry_errors: bool, json_out: bool) -> None:
+    """Run (or resume) `spec` with a progress bar; exit 130 when it ends unfinished."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import TimeRemainingColumn as Eta
+
+    from daemon.bench.runner import BenchRunner, load_backend_for
+    from daemon.bench.state import BenchState
+
     out = err_console if json_out else console
     out.print(f"bench run [bold]{spec.name}[/bold]: {spec.model}" + (f" + {spec.adapter}" if spec.adapter else "")
               + f" on {spec.prompts.name} ({spec.cfg.backend}) → {h.bench_dir(spec.name)}", highlight=False)
@@ -185,8 +211,51 @@ def bench_run(model: Optional[str] = typer.Option(None, "--model", help="builtin
                       f"{outcome.written} this session, {outcome.skipped} from before), "
                       f"{info.output_tokens_per_s:,.0f} output tok/s → {outcome.results}", highlight=False)
     if info.state is not BenchState.COMPLETED:
-        console.print(f"resume with: trainctl bench run --name {info.name} --resume", highlight=False)
+        console.print(f"resume with: trainctl bench --resume {info.name}", highlight=False)
         raise typer.Exit(128 + signal.SIGINT)
+
+
+def unfinished_run(h: Home, name: str | None) -> Any:
+    """The run `trainctl bench --resume [NAME]` continues: NAME, or the one bench run that is not completed and not
+    running (stopped, killed or failed). Refuses when there is none, or several (it will not guess)."""
+    from daemon.bench.state import list_runs, load_run
+
+    if name:
+        info = load_run(h.bench_dir(safe_name(name)))
+        if info is None:
+            raise BenchError(f"there is no bench run {name!r} — `trainctl bench list` shows the runs")
+        return info
+    runs = [info for _, info in list_runs(h.bench_root)]
+    left = sorted((i for i in runs if i.shown_state in ("stopped", "killed", "failed")), key=lambda i: i.updated_at)
+    if not left:
+        running = [i.name for i in runs if i.shown_state == "running"]
+        extra = f" ({', '.join(running)} still running)" if running else ""
+        raise BenchError(f"no bench run to resume: none is stopped, killed or failed{extra} — `trainctl bench list` "
+                         "shows the runs")
+    if len(left) > 1:
+        which = ", ".join(f"{i.name} ({i.shown_state}, {i.progress.done}/{i.total})" for i in reversed(left))
+        raise BenchError(f"{len(left)} bench runs could be resumed: {which} — name one: "
+                         f"trainctl bench --resume {left[-1].name}")
+    return left[0]
+
+
+@command(bench_app, "resume")
+def bench_resume(name: Optional[str] = typer.Argument(None, help="The run (default: the one unfinished run)."),
+                 retry_errors: bool = typer.Option(False, "--retry-errors", help="Also redo error lines."),
+                 home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """Continue an unfinished bench run with its own settings (also `trainctl bench --resume [NAME]`)."""
+    h = Home.open(home)
+    info = unfinished_run(h, name)
+    if info.shown_state == "completed" and not retry_errors:
+        console.print(f"bench run {info.name!r} is already completed ({info.progress.done}/{info.total}); "
+                      "`--retry-errors` redoes its error lines", highlight=False)
+        return
+    if info.shown_state == "running":
+        raise BenchError(f"bench run {info.name!r} is running (pid {info.pid}) — wait for it or stop it")
+    (err_console if json_out else console).print(
+        f"resuming bench run {info.name!r} ({info.shown_state}, {info.progress.done}/{info.total})", highlight=False)
+    spec = _spec(h, info.name, None, None, None, None, False, True, {}, False)
+    _run(h, spec, True, retry_errors, json_out)
 
 
 # ---------------------------------------------------------------- list

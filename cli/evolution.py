@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from cli.app import HomeOpt, JsonOpt, app, command, console
+from cli.common import HomeOpt, JsonOpt, command, console
 from cli.render import bar, clip, sparkline
 from daemon.chat.answers import readable
 from daemon.errors import TrainctlError
@@ -39,7 +39,6 @@ class _ShowByDefault(TyperGroup):
 
 evolution_app = typer.Typer(cls=_ShowByDefault, help="How every training example was learned: per-example "
                             "dynamics, cartography, suspected label errors, probe snapshots.")
-app.add_typer(evolution_app, name="evolution")
 
 
 def _snapshots(h: Home, dataset: str | None) -> Evolution | None:

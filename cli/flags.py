@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cli.app import HomeOpt, JsonOpt, app, command, console, reports_errors
+from cli.common import HomeOpt, JsonOpt, command, console, reports_errors
 from cli.render import bar, dash
 from daemon.atomic import write_jsonl_atomic
 from daemon.chat.answers import readable
@@ -19,7 +19,6 @@ from daemon.home import Home
 
 flags_app = typer.Typer(help="Flagged examples: what the model gets wrong at each evaluation.",
                         invoke_without_command=True, no_args_is_help=False)
-app.add_typer(flags_app, name="flags")
 
 
 def _store(home: str | None, create: bool = False) -> tuple[Home, FlagStore]:

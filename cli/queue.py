@@ -7,14 +7,16 @@ import json
 import typer
 from rich.table import Table
 
-from cli.app import HomeOpt, JsonOpt, app, command, console
+from cli.common import Commands, HomeOpt, JsonOpt, console
 from cli.render import clock, dash, duration
 from daemon.devices import Placement
 from daemon.home import Home
 from daemon.jobs import JobQueue
 
+commands = Commands()
 
-@command(app, "queue")
+
+@commands.command("queue")
 def queue(home: HomeOpt = None, json_out: JsonOpt = False,
           limit: int = typer.Option(50, help="Show at most this many jobs, newest first.")) -> None:
     """Jobs with state, file, times, dataset and adapter paths, and the error of failed ones."""

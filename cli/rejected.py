@@ -9,14 +9,16 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cli.app import HomeOpt, JsonOpt, app, command, console
+from cli.common import Commands, HomeOpt, JsonOpt, console
 from cli.render import bar
 from daemon.atomic import write_jsonl_atomic
 from daemon.errors import TrainctlError
 from daemon.home import Home
 
+commands = Commands()
 
-@command(app, "rejected")
+
+@commands.command("rejected")
 def rejected(
     target: Optional[str] = typer.Argument(None, metavar="[PATH | accept]",
                                            help="A dataset folder (or its rejected.jsonl), or `accept`."),

@@ -12,11 +12,13 @@ from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 
-from cli.app import HomeOpt, JsonOpt, app, command, console
+from cli.common import Commands, HomeOpt, JsonOpt, console
 from cli.render import bar, dash, duration, sparkline
 from daemon.atomic import read_json
 from daemon.home import Home
 from daemon.jobs import JobQueue, pid_alive
+
+commands = Commands()
 
 STALE_AFTER_BEATS = 5
 
@@ -182,7 +184,7 @@ def render(s: dict[str, Any]) -> Group:
     return Group(*parts)
 
 
-@command(app, "status")
+@commands.command("status")
 def status(home: HomeOpt = None, json_out: JsonOpt = False,
            watch: bool = typer.Option(False, "--watch", "-w", help="Refresh every second until Ctrl-C."),
            interval: float = typer.Option(1.0, help="Seconds between refreshes with --watch.")) -> None:

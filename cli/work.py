@@ -10,11 +10,13 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from cli.app import HomeOpt, app, command, console
+from cli.common import Commands, HomeOpt, console
 from daemon.atomic import read_json
 from daemon.errors import TrainctlError
 from daemon.home import Home
 from daemon.jobs import pid_alive
+
+commands = Commands()
 
 Model = Annotated[Optional[str], typer.Option(
     "--model", help="builtin:smollm2-135m (default), builtin:tiny, a hub id or a model folder.")]
@@ -51,7 +53,7 @@ def _settings(h: Home, ov: dict[str, Any]):
     return load_settings(h.settings_file, ov)
 
 
-@command(app, "daemon")
+@commands.command("daemon")
 def daemon_cmd(home: HomeOpt = None, once: bool = typer.Option(False, "--once",
                help="Process what is in the inbox now, then exit."),
                train_duplicates: bool = typer.Option(False, "--train-duplicates",
@@ -76,7 +78,7 @@ def daemon_cmd(home: HomeOpt = None, once: bool = typer.Option(False, "--once",
     raise typer.Exit(d.run(once=once))
 
 
-@command(app, "stop")
+@commands.command("stop")
 def stop(home: HomeOpt = None, timeout: float = typer.Option(300, help="Seconds to wait for the checkpoint."),
          no_wait: bool = typer.Option(False, "--no-wait", help="Ask and return at once.")) -> None:
     """Ask the running daemon to stop: the current job saves a checkpoint and resumes on the next start."""
@@ -98,7 +100,7 @@ def stop(home: HomeOpt = None, timeout: float = typer.Option(300, help="Seconds 
     console.print("[green]daemon stopped[/green]; `trainctl daemon` resumes the interrupted job")
 
 
-@command(app, "train")
+@commands.command("train")
 def train_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of examples."), home: HomeOpt = None,
               force: bool = typer.Option(False, "--force", help="Train even if this content was trained before."),
               model: Model = None, epochs: Epochs = None, max_steps: MaxSteps = None, lr: Lr = None,
@@ -148,7 +150,7 @@ def _count_lines(file: Path) -> int | None:
         return n + (1 if last and not last.endswith(b"\n") else 0)
 
 
-@command(app, "curate")
+@commands.command("curate")
 def curate_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of examples."), home: HomeOpt = None,
                model: Model = None, max_length: MaxLen = None) -> None:
     """Curation only: validate, de-duplicate, split; prints the dataset folder."""
@@ -180,3 +182,30 @@ def curate_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of 
         console.print(f"[yellow]{share:.0%} rejected is more than curation.max_rejected_fraction = "
                       f"{s.curation.max_rejected_fraction:.0%}: a daemon job on this file would fail[/yellow]")
     console.print(str(out))
+
+
+@commands.command("export")
+def export_cmd(job: int = typer.Argument(..., help="A finished job's id (`trainctl queue`)."),
+               merge: bool = typer.Option(False, "--merge", help="The base model with the LoRA merged in: a plain "
+                                          "transformers folder (vLLM loads it as any model)."),
+               best: bool = typer.Option(False, "--best", help="The best checkpoint's adapter (adapter-best/)."),
+               to: Optional[Path] = typer.Option(None, "--to", help="Destination folder (default: "
+                                                 "data/exports/job-N-adapter or -merged); not inside the inbox."),
+               home: HomeOpt = None) -> None:
+    """A finished job's adapter as is, or merged into its base model, as a folder transformers and vLLM load."""
+    from daemon.export import export_job
+
+    h = Home.open(home, create=False)
+    console.print(f"exporting job {job}" + (" merged into its base model" if merge else "'s adapter") + " …")
+    out = export_job(h, job, merge=merge, best=best, to=to)
+    console.print(f"[green]{out}[/green]", highlight=False)
+    if merge:
+        console.print(f"load it with AutoModelForCausalLM.from_pretrained({str(out)!r}), or serve it with "
+                      f"`vllm serve {out}`", highlight=False)
+    else:
+        from daemon.models import resolve_model_path
+
+        base = resolve_model_path(read_json(out / "trainctl_export.json")["base_model"], h.models)
+        console.print(f"serve it without merging: vllm serve {base} --enable-lora --max-lora-rank "
+                      f"{read_json(out / 'adapter_config.json').get('r', 16)} --lora-modules job{job}={out}",
+                      highlight=False)

@@ -110,7 +110,7 @@ def test_bench_run_writes_batch_output_shape_and_refuses_a_changed_resume(home, 
     assert r.exit_code == 1 and "prompt file content changed" in r.output
     assert len(results(home, "base")) == 12
     r = runner.invoke(app, ["bench", "run", "--home", str(home), "--name", "nope", "--resume"])
-    assert r.exit_code == 1 and "no bench run 'nope' to resume" in r.output
+    assert r.exit_code == 1 and "no bench run 'nope' to resume, and no --prompts or --job to start it" in r.output
 
     r = runner.invoke(app, ["bench", "list", "--home", str(home), "--json"])
     assert r.exit_code == 0
@@ -286,7 +286,7 @@ def test_sigterm_stops_cleanly_after_flushing_and_resume_finishes(home, tmp_path
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
-    assert "resume with: trainctl bench run --name t --resume" in out
+    assert "resume with: trainctl bench --resume t" in out
     raw = res.read_bytes()
     assert raw.endswith(b"\n")  # flushed whole lines only
     stopped = len(raw.splitlines())
@@ -397,3 +397,45 @@ def test_data_parallel_ranks_share_the_prompts_exactly_once_through_kills_and_a_
 
     joined = compare_runs(home / "data" / "bench", ["dp", "dp"])  # the run against itself: every row agrees
     assert len(joined.rows) == n and joined.per_run[0]["results"] == n
+
+
+def _stop_midway(home: Path, name: str, keep: int) -> None:
+    """Leave a finished run as a stopped one would be: its first `keep` result lines, state stopped."""
+    from daemon.bench.state import BenchState, load_run
+
+    d = home / "data" / "bench" / name
+    lines = (d / "results.jsonl").read_text().splitlines(keepends=True)
+    (d / "results.jsonl").write_text("".join(lines[:keep]))
+    info = load_run(d)
+    info.state = BenchState.STOPPED
+    info.progress.done = keep
+    info.save(d / "run.json")
+
+
+def test_bench_resume_picks_the_unfinished_run_and_a_resume_of_a_new_run_starts_it(home, tmp_path):
+    """`trainctl bench --resume` as on the product card: the one unfinished run, or NAME; a refusal when there is
+    none or several; and `bench run ... --resume` on a run that does not exist yet starts it."""
+    prompts = write_jsonl(tmp_path / "p.jsonl", [batch_line(f"q{i}", f"question {i}") for i in range(8)])
+    r = runner.invoke(app, ["bench", "--resume", "--home", str(home)])
+    assert r.exit_code == 1 and "no bench run to resume: none is stopped, killed or failed" in r.output
+    for name in ("a", "b"):
+        r = runner.invoke(app, ["bench", "run", "--home", str(home), "--prompts", str(prompts), "--name", name,
+                                "--max-tokens", "6", "--resume"])
+        assert r.exit_code == 0, r.output
+        assert f"there is no bench run {name!r} yet: starting it" in r.output and "completed: 8/8" in r.output
+    _stop_midway(home, "a", 3)
+    r = runner.invoke(app, ["bench", "--resume", "--home", str(home)])
+    assert r.exit_code == 0, r.output
+    assert "resuming bench run 'a' (stopped, 3/8)" in r.output and "5 this session, 3 from before" in r.output
+    assert Counter(x["custom_id"] for x in results(home, "a")) == Counter(f"q{i}" for i in range(8))
+    _stop_midway(home, "a", 2)
+    _stop_midway(home, "b", 4)
+    r = runner.invoke(app, ["bench", "--resume", "--home", str(home)])
+    assert r.exit_code == 1 and "2 bench runs could be resumed" in r.output and "trainctl bench --resume" in r.output
+    assert "Traceback" not in r.output
+    r = runner.invoke(app, ["bench", "--resume", "b", "--home", str(home)])
+    assert r.exit_code == 0 and "4 this session, 4 from before" in r.output, r.output
+    r = runner.invoke(app, ["bench", "--resume", "b", "--home", str(home)])
+    assert r.exit_code == 0 and "already completed (8/8)" in r.output
+    r = runner.invoke(app, ["bench", "--resume", "zzz", "--home", str(home)])
+    assert r.exit_code == 1 and "there is no bench run 'zzz'" in r.output

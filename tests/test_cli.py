@@ -208,3 +208,27 @@ def test_rejected_mistakes_are_one_red_line(curated_home, args, says):
 def test_evolution_mistakes_are_one_red_line(curated_home, args, says):
     r = runner.invoke(app, args + ["--home", str(curated_home.root)])
     assert r.exit_code == 1 and says in r.output and "Traceback" not in r.output, r.output
+
+
+def test_imports_run_one_way_app_to_commands_to_common():
+    """cli/app.py registers the command modules; no command module imports the app (no import circle), and
+    nothing under daemon/ imports cli/."""
+    import ast
+
+    from tests.conftest import ROOT
+
+    def imported(path):
+        tree = ast.parse(path.read_text())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+        return names
+
+    for path in (ROOT / "cli").glob("*.py"):
+        if path.name not in ("app.py", "__main__.py"):
+            assert "cli.app" not in imported(path), f"{path.name} imports cli.app"
+    for path in (ROOT / "daemon").rglob("*.py"):
+        assert not any(n == "cli" or n.startswith("cli.") for n in imported(path)), f"{path} imports cli"

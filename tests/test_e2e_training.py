@@ -219,3 +219,43 @@ def test_nan_loss_stops_the_job_keeps_its_checkpoint_and_the_daemon_moves_on(hom
     assert [e["id"] for e in events if e["severity"] == "critical"] == ["nan_loss"]
     assert good.state == JobState.DONE
     assert (home / "inbox" / "failed" / "bad.jsonl.error.txt").exists()
+
+
+@pytest.mark.slow
+def test_export_adapter_and_merged_model_answer_like_base_plus_adapter(home, tmp_path):
+    """`trainctl export JOB --merge`: a plain transformers folder whose greedy answers on the demo's held-out split
+    equal the base model + adapter's; the adapter export is the adapter; the inbox is refused as a destination."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from daemon.chat.messages import messages_of, tools_of
+    from daemon.chat.render import prompt_text
+    from daemon.generation import generate_texts
+    from daemon.models import load_adapter, load_model
+    from daemon.training.data import read_split
+
+    r = runner.invoke(app, ["train", str(DEMO), "--home", str(home), "--epochs", "2"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["export", "1", "--home", str(home), "--to", str(home / "inbox" / "x")])
+    assert r.exit_code == 1 and "inside the inbox" in r.output
+    r = runner.invoke(app, ["export", "1", "--home", str(home)])
+    assert r.exit_code == 0, r.output
+    adapter = home / "data" / "exports" / "job-1-adapter"
+    assert (adapter / "adapter_model.safetensors").exists() and (adapter / "trainctl_config.json").exists()
+    r = runner.invoke(app, ["export", "1", "--merge", "--home", str(home), "--to", str(tmp_path / "merged")])
+    assert r.exit_code == 0, r.output
+    merged_dir = tmp_path / "merged"
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer_config.json"} <= {
+        p.name for p in merged_dir.iterdir()}
+    assert not list(merged_dir.glob("adapter_*"))  # an ordinary model, no peft needed
+    r = runner.invoke(app, ["export", "1", "--merge", "--home", str(home), "--to", str(tmp_path / "merged")])
+    assert r.exit_code == 1 and "already exists" in r.output
+
+    rows = read_split(next((home / "data" / "datasets").iterdir()) / "test.jsonl")
+    tok = AutoTokenizer.from_pretrained(str(merged_dir))
+    prompts = [prompt_text(tok, messages_of(row), tools_of(row)) for row in rows]
+    merged = AutoModelForCausalLM.from_pretrained(str(merged_dir)).eval()
+    tuned = load_adapter(load_model("builtin:tiny", home / "data" / "models", device="cpu", dtype="fp32"),
+                         home / "data" / "runs" / "job-00001" / "adapter").eval()
+    a = [x["text"] for x in generate_texts(merged, tok, prompts, max_new_tokens=24)]
+    b = [x["text"] for x in generate_texts(tuned, tok, prompts, max_new_tokens=24)]
+    assert a == b and len(a) == len(rows) > 5

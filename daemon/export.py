@@ -1,0 +1,88 @@
+"""`trainctl export JOB`: a finished job's adapter as is, or its base model with the LoRA merged in (peft's
+merge_and_unload), as an ordinary transformers folder that AutoModelForCausalLM and vLLM load directly.
+
+Written to a temporary sibling and renamed, so a kill leaves the old folder or the new one, never half. The
+destination is data/exports/ in the home, or `to` (anywhere but the inbox, where the daemon would take it for input).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from daemon.atomic import read_json, write_json_atomic
+from daemon.errors import HomeError, JobError
+from daemon.home import Home
+from daemon.jobs import JobQueue, JobState
+
+
+def _adapter_of(home: Home, job_id: int, best: bool) -> tuple[Path, dict[str, Any]]:
+    with JobQueue(home.jobs_db, readonly=True) as q:
+        job = q.get(job_id)
+    if job.state != JobState.DONE or not job.adapter_dir:
+        raise JobError(f"job {job_id} is {job.state.value} — only a finished (done) job has an adapter to export; "
+                       "`trainctl queue` shows the jobs")
+    adapter = Path(job.adapter_dir)
+    if best:
+        best_dir = adapter.parent / "adapter-best"
+        adapter = best_dir if best_dir.exists() else adapter  # no adapter-best/: the last step was the best
+    config = read_json(adapter / "trainctl_config.json") or {}
+    if not (adapter / "adapter_config.json").exists() or not config:
+        raise JobError(f"{adapter} is not a complete trainctl adapter (no adapter_config.json or "
+                       "trainctl_config.json)")
+    return adapter, config
+
+
+def _destination(home: Home, job_id: int, merge: bool, best: bool, to: Path | None) -> Path:
+    if to is None:
+        name = f"job-{job_id}" + ("-best" if best else "") + ("-merged" if merge else "-adapter")
+        return home.root / "data" / "exports" / name
+    dest = to.expanduser().resolve()
+    inbox = home.inbox.resolve()
+    if dest == inbox or inbox in dest.parents:
+        raise HomeError(f"{to} is inside the inbox, where the daemon would take the files for training data — "
+                        "choose another --to")
+    return dest
+
+
+def export_job(home: Home, job_id: int, merge: bool = False, best: bool = False, to: Path | None = None) -> Path:
+    """Write job `job_id`'s adapter (or merged model) to its destination; returns the folder."""
+    adapter, config = _adapter_of(home, job_id, best)
+    dest = _destination(home, job_id, merge, best, to)
+    if dest.exists() and any(dest.iterdir()):
+        raise HomeError(f"{dest} already exists and is not empty — remove it or choose another --to")
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    if merge:
+        _write_merged(home, adapter, config, tmp)
+    else:
+        shutil.copytree(adapter, tmp)
+    write_json_atomic(tmp / "trainctl_export.json", {"job_id": job_id, "merged": merge, "adapter": str(adapter),
+                                                     "base_model": config["train"]["model"]})
+    if dest.exists():
+        dest.rmdir()  # empty (checked above)
+    tmp.rename(dest)
+    return dest
+
+
+def _write_merged(home: Home, adapter: Path, config: dict[str, Any], out: Path) -> None:
+    """The base model with the adapter merged in, in the base's own dtype: weights (safetensors), config,
+    generation config, and the tokenizer with its chat template (as trained with)."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    from daemon.models import load_adapter, load_model, resolve_model_path
+
+    train = config["train"]
+    path = resolve_model_path(train["model"], home.models)
+    stored = getattr(AutoConfig.from_pretrained(path, trust_remote_code=train["trust_remote_code"]), "dtype", None)
+    # Merged in fp32 (W + scale * B @ A without rounding twice), then saved as the base was
+    base = load_model(train["model"], home.models, device="cpu", dtype="fp32",
+                      trust_remote_code=train["trust_remote_code"])
+    merged = load_adapter(base, adapter).merge_and_unload()
+    if isinstance(stored, torch.dtype):
+        merged = merged.to(stored)
+    merged.save_pretrained(str(out), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(adapter)).save_pretrained(str(out))  # the tokenizer saved with the adapter
