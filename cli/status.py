@@ -14,6 +14,7 @@ from rich.table import Table
 
 from cli.common import Commands, HomeOpt, JsonOpt, console
 from cli.render import bar, dash, duration, sparkline
+from daemon import instance_lock
 from daemon.atomic import read_json
 from daemon.home import Home
 from daemon.jobs import JobQueue, pid_alive
@@ -31,8 +32,8 @@ def daemon_view(home: Home) -> dict[str, Any]:
     limit = STALE_AFTER_BEATS * float(doc.get("heartbeat_seconds", 2.0))
     if doc.get("state") == "stopped":
         status = "stopped"
-    elif not pid_alive(doc.get("pid")):
-        status = "dead"  # killed without a chance to say so
+    elif not pid_alive(doc.get("pid")) or not instance_lock.held(home.status_dir):
+        status = "dead"  # killed without a chance to say so (its pid may live on in another process)
     elif age > limit:
         status = "stale"
     else:

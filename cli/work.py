@@ -11,6 +11,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from cli.common import Commands, HomeOpt, console
+from daemon import instance_lock
 from daemon.atomic import read_json
 from daemon.errors import TrainctlError
 from daemon.home import Home
@@ -85,7 +86,8 @@ def stop(home: HomeOpt = None, timeout: float = typer.Option(300, help="Seconds 
     h = Home.open(home, create=False)
     doc = read_json(h.daemon_status) or {}
     pid = doc.get("pid")
-    if doc.get("state") == "stopped" or not pid_alive(pid):
+    # The daemon's lock, not the pid alone: a pid left in daemon.json may belong to another process by now
+    if doc.get("state") == "stopped" or not pid_alive(pid) or not instance_lock.held(h.status_dir):
         raise TrainctlError(f"no daemon is running for {h.root} — start one with `trainctl daemon`")
     os.kill(pid, signal.SIGTERM)
     console.print(f"asked daemon (pid {pid}) to stop; the current job saves a checkpoint first")

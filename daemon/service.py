@@ -17,25 +17,18 @@ import sys
 import time
 from pathlib import Path
 
+from daemon import instance_lock
 from daemon.atomic import read_json, write_json_atomic, write_text_atomic
 from daemon.config import Settings
 from daemon.devices import Devices, Placement
 from daemon.errors import TrainctlError
 from daemon.hashing import file_sha256
 from daemon.home import Home
-from daemon.jobs import ACTIVE, TERMINAL, Job, JobQueue, JobState, pid_alive
+from daemon.jobs import ACTIVE, TERMINAL, Job, JobQueue, JobState
 from daemon.watcher import InboxWatcher
 from daemon.worker import PLACEMENT_ENV, job_settings
 
 log = logging.getLogger("trainctl.daemon")
-
-
-def daemon_running(home: Home) -> dict | None:
-    """daemon.json if a live daemon wrote it, else None."""
-    doc = read_json(home.daemon_status)
-    if doc and doc.get("state") != "stopped" and pid_alive(doc.get("pid")):
-        return doc
-    return None
 
 
 class Daemon:
@@ -55,9 +48,11 @@ class Daemon:
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def run(self, once: bool = False) -> int:
-        other = daemon_running(self.home)
-        if other and other.get("pid") != os.getpid():
-            raise TrainctlError(f"a daemon is already running for {self.home.root} (pid {other['pid']}) — "
+        # One daemon per home: a lock the kernel releases when this process dies, however it dies
+        self._lock = instance_lock.hold(self.home.status_dir)
+        if self._lock is None:
+            other = read_json(self.home.daemon_status) or {}
+            raise TrainctlError(f"a daemon is already running for {self.home.root} (pid {other.get('pid', '?')}) — "
                                 f"run `trainctl stop` first")
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
@@ -86,6 +81,7 @@ class Daemon:
             self.watcher.stop()
             self._heartbeat("stopped", force=True)
             self.queue.close()
+            self._lock.close()
         return 0
 
     def _on_signal(self, signum, frame) -> None:

@@ -28,3 +28,37 @@ def test_unreadable_files_go_to_failed_with_a_reason(home, daemons):
         assert {j.state.value for j in q.list()} == {"failed"} and len(q.list()) == 4
     assert list((home / "inbox" / "processing").iterdir()) == []
     assert json.loads((home / "status" / "daemon.json").read_text())["state"] == "stopped"
+
+
+def test_one_daemon_per_home_even_when_its_old_pid_now_belongs_to_another_process(home, daemons):
+    """A second daemon is refused while the first lives; after a kill -9, a daemon.json whose pid is now some other
+    live process (as after a reboot) neither blocks a new daemon nor makes `trainctl stop` signal that process."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, wait_for
+
+    first = daemons(home)
+    wait_for(lambda: (home / "status" / "daemon.json").exists(), 60, "the first daemon")
+    second = daemons(home, "--once")
+    assert second.wait(60) == 1 and "a daemon is already running" in second.output()
+    first.kill(signal.SIGKILL)
+    first.wait(10)
+    # Some unrelated live process now has the pid daemon.json names
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        doc = json.loads((home / "status" / "daemon.json").read_text())
+        doc.update(pid=stranger.pid, state="idle")
+        (home / "status" / "daemon.json").write_text(json.dumps(doc))
+        stop = subprocess.run([sys.executable, "-m", "cli", "stop", "--home", str(home), "--no-wait"], cwd=ROOT,
+                              capture_output=True, text=True, env=dict(os.environ))
+        assert stop.returncode == 1 and "no daemon is running" in stop.stderr and stranger.poll() is None
+        status = subprocess.run([sys.executable, "-m", "cli", "status", "--home", str(home), "--json"], cwd=ROOT,
+                                capture_output=True, text=True)
+        assert json.loads(status.stdout)["daemon"]["status"] == "dead"
+        third = daemons(home, "--once")
+        assert third.wait(60) == 0, third.output()
+    finally:
+        stranger.kill()
