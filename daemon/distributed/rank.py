@@ -37,8 +37,10 @@ def run_rank(home_root: str, job_id: int, launch: dict[str, Any] | None = None) 
         print(f"job {job_id}: no {LAUNCH_FILE} in {run_dir}", file=sys.stderr)
         return 1
     main = is_main()
-    if main and read_outcome(run_dir, launch["launch"]) is not None:
-        return 0  # a restart after rank 0 already recorded how this launch ended: nothing left to do
+    if read_outcome(run_dir, launch["launch"]) is not None:
+        # A restart after rank 0 recorded how this launch ended: nothing left to do, for any rank (every rank of a
+        # torchrun job sees the file; Ray never restarts a group whose outcome is recorded)
+        return 0
     ctx = RunContext(home, job_id, Path(launch["dataset_dir"]), settings_from_dict(launch["settings"]),
                      echo=(lambda s: print(s, flush=True)) if main else (lambda s: None), watch_parent=True,
                      checkpoints_dir=Path(launch["checkpoints_dir"]) if launch.get("checkpoints_dir") else None,

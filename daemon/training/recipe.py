@@ -182,10 +182,10 @@ def _publish(tmp: Path, final: Path) -> Path:
     return final
 
 
-def _save_best_adapter(run_dir: Path, best: dict[str, Any], adapter_dir: Path) -> Path | None:
+def _save_best_adapter(run_dir: Path, ckpt_dir: Path, best: dict[str, Any], adapter_dir: Path) -> Path | None:
     """adapter-best/: the best checkpoint's adapter files beside the final adapter's tokenizer and config, written to
     a temporary folder and renamed. None when the best checkpoint is gone (it never is, unless removed by hand)."""
-    ckpt = run_dir / "checkpoints" / best["checkpoint"]
+    ckpt = ckpt_dir / best["checkpoint"]
     if not (ckpt / "adapter_model.safetensors").exists():
         return None
     final, tmp = run_dir / "adapter-best", run_dir / ".adapter-best.tmp"
@@ -431,7 +431,7 @@ def train(ctx: RunContext) -> TrainOutcome:
     adapter_dir = _save_adapter(model, tok, run_dir, config)
     best = collectors["best"].report(steps) if "best" in collectors else None
     if best is not None:
-        best_dir = None if best["is_last"] else _save_best_adapter(run_dir, best, adapter_dir)
+        best_dir = None if best["is_last"] else _save_best_adapter(run_dir, ctx.checkpoints(), best, adapter_dir)
         best["adapter_dir"] = str(best_dir or adapter_dir)
         config["best"] = best
         write_json_atomic(run_dir / "config.json", config)
