@@ -99,6 +99,22 @@ def fingerprint(spec: BenchSpec, prompts_sha256: str) -> dict[str, Any]:
             "max_tokens": c.max_tokens, "temperature": c.temperature, "top_p": c.top_p, "seed": c.seed}
 
 
+def check_resume(name: str, existing: RunInfo | None, resume: bool, fp: dict[str, Any]) -> None:
+    """Refuse to start over an existing run, to resume one that does not exist, or to resume with another model,
+    adapter, prompt file or sampling setting (naming what changed)."""
+    if existing and not resume:
+        raise BenchError(f"bench run {name!r} already exists ({existing.shown_state}, "
+                         f"{existing.progress.done}/{existing.total}) — add --resume to continue it, "
+                         "or choose another --name")
+    if not existing and resume:
+        raise BenchError(f"there is no bench run {name!r} to resume — drop --resume to start it "
+                         "(`trainctl bench list` shows the runs)")
+    changes = fingerprint_changes(existing.fingerprint, fp) if existing else []
+    if changes:
+        raise BenchError(f"bench run {name!r} cannot resume: " + "; ".join(changes)
+                         + " — resume with the original settings, or start a new run with another --name")
+
+
 # ---------------------------------------------------------------- results.jsonl
 
 def scan_results(path: Path) -> tuple[set[str], set[str], Progress]:
@@ -200,20 +216,9 @@ class BenchRunner:
 
     def open(self) -> tuple[RunInfo, set[str], int]:
         existing = load_run(self.dir, self.run_json.name)
-        if existing and not self.resume:
-            raise BenchError(f"bench run {self.spec.name!r} already exists ({existing.shown_state}, "
-                             f"{existing.progress.done}/{existing.total}) — add --resume to continue it, "
-                             "or choose another --name")
-        if not existing and self.resume:
-            raise BenchError(f"there is no bench run {self.spec.name!r} to resume — drop --resume to start it "
-                             "(`trainctl bench list` shows the runs)")
         scan = scan_prompt_file(self.spec.prompts)
         fp = fingerprint(self.spec, scan.sha256)
-        if existing:
-            changes = fingerprint_changes(existing.fingerprint, fp)
-            if changes:
-                raise BenchError(f"bench run {self.spec.name!r} cannot resume: " + "; ".join(changes)
-                                 + " — resume with the original settings, or start a new run with another --name")
+        check_resume(self.spec.name, existing, self.resume, fp)
         self._lock()
         repaired = repair_torn_tail(self.results)
         if repaired:

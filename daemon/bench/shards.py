@@ -24,8 +24,16 @@ from typing import Any
 
 from daemon.atomic import read_json, write_json_atomic
 from daemon.bench.prompts import scan_prompt_file
-from daemon.bench.runner import BenchRunner, BenchSpec, Outcome, fingerprint, load_backend_for, scan_results
-from daemon.bench.state import BenchState, Progress, RunInfo, count_lines, fingerprint_changes, load_run, results_files
+from daemon.bench.runner import (
+    BenchRunner,
+    BenchSpec,
+    Outcome,
+    check_resume,
+    fingerprint,
+    load_backend_for,
+    scan_results,
+)
+from daemon.bench.state import BenchState, Progress, RunInfo, count_lines, load_run, results_files
 from daemon.config import BenchConfig
 from daemon.devices import visible_gpus
 from daemon.errors import BenchError
@@ -59,18 +67,35 @@ def _spec_from(doc: dict[str, Any]) -> BenchSpec:
 
 
 def _summed(run_dir: Path, info: RunInfo, ranks: int) -> Progress:
-    """The run's progress: every results file's lines, and the ranks' generation time (they run side by side:
-    the longest counts)."""
+    """The run's progress at its end: every results file's lines (exact), and the ranks' generation time (they
+    run side by side: the longest counts)."""
     prog = Progress()
     for f in results_files(run_dir):
-        ok, bad, p = scan_results(f)
+        p = scan_results(f)[2]
         prog.done += p.done
         prog.errors += p.errors
         prog.prompt_tokens += p.prompt_tokens
         prog.completion_tokens += p.completion_tokens
-    session = max((r.progress.active_seconds for i in range(ranks)
-                   if (r := load_run(run_dir, f"run.rank-{i}.json")) is not None), default=0.0)
-    prog.active_seconds = max(info.progress.active_seconds, session)
+    prog.active_seconds = _live(run_dir, info, ranks).active_seconds
+    return prog
+
+
+def _live(run_dir: Path, info: RunInfo, ranks: int) -> Progress:
+    """The run's progress while it runs: the sum of the ranks' own run.rank-R.json (each rank rewrites its own
+    every few seconds), so the coordinator does not re-read every results file each second. Each rank counts its
+    share's answers, so the sum counts every answer once (tokens: this session's files only, until `_summed`)."""
+    prog = Progress(active_seconds=info.progress.active_seconds)
+    session = 0.0
+    for i in range(ranks):
+        r = load_run(run_dir, f"run.rank-{i}.json")
+        if r is None:
+            continue
+        prog.done += r.progress.done
+        prog.errors += r.progress.errors
+        prog.prompt_tokens += r.progress.prompt_tokens
+        prog.completion_tokens += r.progress.completion_tokens
+        session = max(session, r.progress.active_seconds)
+    prog.active_seconds = max(prog.active_seconds, session)
     return prog
 
 
@@ -80,19 +105,10 @@ def run_sharded(home: Home, spec: BenchSpec, resume: bool = False, retry_errors:
     ranks = spec.cfg.data_parallel_size
     run_dir = home.bench_dir(spec.name)
     existing = load_run(run_dir)
-    if existing and not resume:
-        raise BenchError(f"bench run {spec.name!r} already exists ({existing.shown_state}, "
-                         f"{existing.progress.done}/{existing.total}) — add --resume to continue it, or choose "
-                         "another --name")
-    if not existing and resume:
-        raise BenchError(f"there is no bench run {spec.name!r} to resume — drop --resume to start it")
-    groups = gpu_groups(ranks, spec.cfg.tensor_parallel_size * spec.cfg.pipeline_parallel_size)
     scan = scan_prompt_file(spec.prompts)
     fp = fingerprint(spec, scan.sha256)
-    changes = fingerprint_changes(existing.fingerprint, fp) if existing else []
-    if changes:
-        raise BenchError(f"bench run {spec.name!r} cannot resume: " + "; ".join(changes)
-                         + " — resume with the original settings, or start a new run with another --name")
+    check_resume(spec.name, existing, resume, fp)
+    groups = gpu_groups(ranks, spec.cfg.tensor_parallel_size * spec.cfg.pipeline_parallel_size)
     info = existing or RunInfo(name=spec.name, fingerprint=fp, prompts_path=str(spec.prompts), total=scan.total,
                                job_id=spec.job_id)
     before = sum(count_lines(f) for f in results_files(run_dir))
@@ -122,7 +138,7 @@ def run_sharded(home: Home, spec: BenchSpec, resume: bool = False, retry_errors:
     try:
         while any(p.poll() is None for p in procs):
             time.sleep(1.0)
-            info.progress = _summed(run_dir, info, ranks)
+            info.progress = _live(run_dir, info, ranks)
             info.save(run_dir / "run.json")
             if on_progress:
                 on_progress(info)

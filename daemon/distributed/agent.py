@@ -16,14 +16,21 @@ from typing import Any
 _sockets: list[socket.socket] = []  # kept open for the agent's life: the store serves on them
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket listening on `host`:`port` only, to hand to torch's TCPStore (`master_listen_fd`), which otherwise
+    binds every interface. Keep it open as long as the store serves."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(512)
+    return sock
+
+
 def _loopback_store(make: Any) -> Any:
     def store(host_name: str, port: int, world_size: Any = None, is_master: bool = False, *args: Any,
               **kwargs: Any) -> Any:
         if is_master and host_name in ("127.0.0.1", "localhost") and "master_listen_fd" not in kwargs:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", port))
-            sock.listen(512)
+            sock = listening_socket("127.0.0.1", port)
             _sockets.append(sock)
             kwargs["master_listen_fd"] = sock.fileno()
         return make(host_name, port, world_size, is_master, *args, **kwargs)

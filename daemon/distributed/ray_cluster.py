@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ class RankActor:
         import torch
         import torch.distributed as dist
 
+        from daemon.distributed.agent import listening_socket
         from daemon.distributed.rank import run_rank
 
         # The environment torchrun would give: Ray shows each actor only its own GPUs, so each is local rank 0
@@ -56,10 +56,7 @@ class RankActor:
         timeout = datetime.timedelta(minutes=30)
         if rank == 0:
             # The store listens on this node's cluster address only (torch binds every interface otherwise)
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(master)
-            sock.listen(512)
+            sock = listening_socket(*master)
             store = dist.TCPStore(master[0], master[1], world, True, timeout, master_listen_fd=sock.fileno())
         else:
             store = dist.TCPStore(master[0], master[1], world, False, timeout)
