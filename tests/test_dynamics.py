@@ -191,6 +191,7 @@ import json, sys
 from pathlib import Path
 from transformers import TrainingArguments
 from daemon.config import TrainConfig
+from daemon.distributed.rank import leave_group
 from daemon.home import Home
 from daemon.models import load_tokenizer, resolve_model_path
 from daemon.training.dynamics import DynamicsRecorder
@@ -208,6 +209,7 @@ args = TrainingArguments(str(out / "ckpt"), report_to="none", use_cpu=True, ddp_
 trainer = b.trainer_class(model=_model(resolve_model_path("builtin:tiny", models)).train(), args=args,
                           train_dataset=b.dataset, data_collator=b.collator, dynamics=recorder)
 trainer.train()
+leave_group()
 '''
 
 

@@ -79,6 +79,16 @@ def join_group(backend: str | None = None) -> None:
                             rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
 
 
+def leave_group() -> None:
+    """Tear the process group down before the interpreter exits. Left to exit, its background threads meet their
+    destructors still joinable and the C++ runtime aborts the process ("terminate called without an active
+    exception", exit -6): torchrun then takes a finished rank for a crashed one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m daemon.distributed.rank")
     p.add_argument("--home", required=True)
@@ -89,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     # at the end of its step (RunControl watches the parent) and stops with a checkpoint.
     try:
         join_group()
-        return run_rank(a.home, a.job)
+        code = run_rank(a.home, a.job)
+        leave_group()
+        return code
     except Exception:
         traceback.print_exc()
         print(f"rank {os.environ.get('RANK', '?')} of job {a.job} crashed", file=sys.stderr, flush=True)
