@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich.table import Table
@@ -10,6 +11,7 @@ from rich.table import Table
 from cli.common import Commands, HomeOpt, JsonOpt, console
 from cli.render import clock, dash, duration
 from daemon.devices import Placement
+from daemon.file_settings import describe
 from daemon.home import Home
 from daemon.jobs import JobQueue
 
@@ -33,16 +35,19 @@ def queue(home: HomeOpt = None, json_out: JsonOpt = False,
         console.print_json(json.dumps([j.to_dict() for j in jobs], default=str))
         return
     t = Table(title=f"jobs in {h.root}")
-    for col in ("id", "state", "file", "created", "took", "devices", "dataset / adapter", "message / error"):
+    for col in ("id", "state", "file", "settings", "created", "took", "devices", "dataset / adapter",
+                "message / error"):
         t.add_column(col, overflow="fold")
     colours = {"done": "green", "failed": "red", "training": "cyan", "curating": "cyan", "interrupted": "yellow",
-               "skipped": "dim", "queued": "white"}
+               "paused": "yellow", "cancelled": "red", "skipped": "dim", "queued": "white"}
     for j in jobs:
         took = (j.finished_at or 0) - (j.started_at or 0) if j.finished_at and j.started_at else None
         c = colours.get(j.state.value, "white")
         where = "\n".join(x for x in (j.dataset_dir, j.adapter_dir) if x) or "—"
         msg = f"[red]{j.error}[/red]" if j.error else dash(j.message)
         devices = Placement.from_dict(j.devices_dict).describe() if j.devices_dict else "—"
-        t.add_row(str(j.id), f"[{c}]{j.state.value}[/{c}]", j.file_name, clock(j.created_at), duration(took), devices,
-                  where, msg)
+        own = " ".join(x for x in (f"priority={j.priority}" if j.priority else "", describe(j.overrides_dict),
+                                   f"({Path(j.settings_file).name})" if j.settings_file else "") if x)
+        t.add_row(str(j.id), f"[{c}]{j.state.value}[/{c}]", j.file_name, own or "—", clock(j.created_at),
+                  duration(took), devices, where, msg)
     console.print(t)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import click
 import typer
 
 from cli.common import Commands, HomeOpt, console
@@ -54,8 +55,22 @@ def _settings(h: Home, ov: dict[str, Any]):
     return load_settings(h.settings_file, ov)
 
 
+def _same_options(ctx: typer.Context, drop: set[str]) -> list[str]:
+    """The options this command was given (those not at their default), as a command line again."""
+    out: list[str] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if param.name in drop or not isinstance(param, click.Option) or value is None or value == param.default:
+            continue
+        if param.is_flag:
+            out.append(param.opts[0])
+        else:
+            out += [param.opts[0], str(value)]
+    return out
+
+
 @commands.command("daemon")
-def daemon_cmd(home: HomeOpt = None, once: bool = typer.Option(False, "--once",
+def daemon_cmd(ctx: typer.Context, home: HomeOpt = None, once: bool = typer.Option(False, "--once",
                help="Process what is in the inbox now, then exit."),
                train_duplicates: bool = typer.Option(False, "--train-duplicates",
                help="Train files whose content was trained before (daemon.skip_duplicates = false)."),
@@ -64,17 +79,28 @@ def daemon_cmd(home: HomeOpt = None, once: bool = typer.Option(False, "--once",
                lora_alpha: LoraAlpha = None, eval_steps: EvalSteps = None, save_steps: SaveSteps = None,
                nproc: Nproc = None, gpus_per_job: GpusPerJob = None,
                slots: Optional[int] = typer.Option(None, "--slots",
-               help="Jobs at once on a machine without GPUs to hand out (daemon.slots).")) -> None:
-    """Watch inbox/ and work the queue in the foreground (training flags apply to jobs queued by this run)."""
+               help="Jobs at once on a machine without GPUs to hand out (daemon.slots)."),
+               detach: bool = typer.Option(False, "--detach", help="Run in the background: output to "
+                                           "data/logs/daemon.log (`trainctl logs -f`), stop with `trainctl stop`.")
+               ) -> None:
+    """Watch inbox/ and work the queue (training flags apply to jobs queued by this run)."""
     from daemon.service import Daemon, setup_logging
 
     h = Home.open(home)
+    if detach:
+        from daemon.background import start_detached
+
+        _settings(h, {})  # a broken trainctl.toml is reported here, not only in the log
+        pid = start_detached(h, _same_options(ctx, {"home", "detach"}))
+        console.print(f"[green]daemon started[/green] (pid {pid}) on {h.root}; its log: `trainctl logs -f`; "
+                      "stop it with `trainctl stop`", highlight=False)
+        return
     ov = overrides(model, epochs, max_steps, lr, batch_size, max_length, lora_r, lora_alpha, eval_steps, save_steps,
                    nproc, gpus_per_job)
     daemon_ov = {k: v for k, v in {"skip_duplicates": False if train_duplicates else None, "slots": slots}.items()
                  if v is not None}
     settings = _settings(h, {**ov, "daemon": daemon_ov} if daemon_ov else ov)
-    setup_logging()
+    setup_logging(h.daemon_log)
     d = Daemon(h, settings, job_overrides=ov)
     raise typer.Exit(d.run(once=once))
 
@@ -108,7 +134,9 @@ def train_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of e
               model: Model = None, epochs: Epochs = None, max_steps: MaxSteps = None, lr: Lr = None,
               batch_size: Batch = None, max_length: MaxLen = None, lora_r: LoraR = None,
               lora_alpha: LoraAlpha = None, eval_steps: EvalSteps = None, save_steps: SaveSteps = None,
-              nproc: Nproc = None, gpus_per_job: GpusPerJob = None) -> None:
+              nproc: Nproc = None, gpus_per_job: GpusPerJob = None,
+              priority: int = typer.Option(0, "--priority", help="The job's priority if it is interrupted and left "
+                                           "to the daemon to resume (higher starts first).")) -> None:
     """Curate and train one file in the foreground, without the daemon."""
     from daemon.hashing import file_sha256
     from daemon.jobs import JobQueue, JobState
@@ -128,7 +156,7 @@ def train_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of e
                                 f"add --force to train it again")
         # Created already CURATING with our pid, so a running daemon never picks it up.
         job = q.enqueue(file.name, file.resolve(), sha, forced=force, overrides=ov, initial=JobState.CURATING,
-                        worker_pid=os.getpid())
+                        worker_pid=os.getpid(), priority=priority)
     console.print(f"job {job.id}: training {file} in the foreground (Ctrl-C checkpoints and stops)")
     state = run_job(h, job.id, echo=lambda s: console.print(s, highlight=False))
     if state == JobState.FAILED:
@@ -136,6 +164,8 @@ def train_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of e
             raise TrainctlError(f"job {job.id} failed: {q.get(job.id).error}")
     if state == JobState.INTERRUPTED:
         console.print(f"[yellow]job {job.id} interrupted[/yellow]; `trainctl daemon` resumes it")
+    elif state in (JobState.PAUSED, JobState.CANCELLED):
+        console.print(f"[yellow]job {job.id} {state.value}[/yellow]")
 
 
 def _count_lines(file: Path) -> int | None:

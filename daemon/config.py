@@ -264,6 +264,28 @@ class DistributedConfig:
 
 
 @dataclass
+class NotifyConfig:
+    """Notices the daemon sends when a job ends or raises an alert. `[notify]` in trainctl.toml."""
+
+    webhook: str = ""
+    """A URL POSTed one JSON body per notice (event, job, file, state, figures, adapter path); empty = none."""
+    command: str = ""
+    """A shell command run once per notice with the same JSON on its stdin; empty = none."""
+    events: list[str] = field(default_factory=lambda: ["done", "failed", "critical"])
+    """Which notices to send: `done`, `failed`, `cancelled`, `critical` (a critical alert), `warning` (a warning
+    alert)."""
+    retries: int = 3
+    """Tries after the first failed delivery (an error status, no answer, a non-zero exit) before giving up."""
+    backoff_seconds: float = 2.0
+    """Wait before the first retry; doubled before each next one."""
+    timeout_seconds: float = 10.0
+    """One delivery's limit (HTTP request or command); a hook that hangs is abandoned after it."""
+
+
+NOTICE_EVENTS = ("done", "failed", "cancelled", "critical", "warning")
+
+
+@dataclass
 class Settings:
     """All settings of one home folder."""
 
@@ -272,13 +294,19 @@ class Settings:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 _SECTIONS: dict[str, type] = {"train": TrainConfig, "curation": CurationConfig, "daemon": DaemonConfig,
-                              "bench": BenchConfig, "distributed": DistributedConfig}
+                              "bench": BenchConfig, "distributed": DistributedConfig, "notify": NotifyConfig}
+
+PER_FILE_SECTIONS = ("train", "curation")
+"""What a file's own settings (x.toml beside x.jsonl, or `[files."x.jsonl"]`) may set, besides `priority`."""
+FILES_TABLE = "files"
+"""trainctl.toml's table of per-file settings: `[files."x.jsonl"]`."""
 
 
 def _check_type(value: Any, hint: Any) -> Any:
@@ -412,6 +440,34 @@ def _validate(s: Settings) -> list[str]:
     for key in ("label_regex", "name_regex"):
         problem = regex_problem(getattr(b, key))
         need(problem is None, f"bench.{key} is not a valid regular expression: {problem}")
+    n = s.notify
+    unknown = sorted(set(n.events) - set(NOTICE_EVENTS))
+    need(not unknown, f"notify.events has {unknown} (known: {', '.join(NOTICE_EVENTS)})")
+    need(not n.webhook or n.webhook.startswith(("http://", "https://")),
+         f"notify.webhook must be an http:// or https:// URL, not {n.webhook!r}")
+    need(n.retries >= 0 and n.backoff_seconds >= 0, "notify.retries and notify.backoff_seconds must be >= 0")
+    need(n.timeout_seconds > 0, "notify.timeout_seconds must be > 0")
+    return problems
+
+
+def per_file_problems(table: Any, where: str) -> list[str]:
+    """What is wrong with one file's own settings (a sidecar's content, or one `[files."x.jsonl"]` table): only
+    [train], [curation] and `priority`, each setting of the right type."""
+    if not isinstance(table, dict):
+        return [f"{where} must be a table"]
+    problems: list[str] = []
+    scratch = Settings()
+    for key, value in table.items():
+        if key == "priority":
+            if not isinstance(value, int) or isinstance(value, bool):
+                problems.append(f"{where}: priority = {value!r} is not a whole number")
+        elif key in PER_FILE_SECTIONS and isinstance(value, dict):
+            found: list[str] = []
+            _apply(getattr(scratch, key), key, value, found)
+            problems += [f"{where}: {p}" for p in found]
+        else:
+            problems.append(f"{where}: [{key}] cannot be set per file (only {', '.join(PER_FILE_SECTIONS)} and "
+                            "priority)")
     return problems
 
 
@@ -456,6 +512,10 @@ def load_settings(settings_file: Path | None = None, overrides: dict[str, dict[s
         layers.append(("flags", {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in overrides.items()}))
     for _source, doc in layers:
         for section, values in doc.items():
+            if section == FILES_TABLE and _source != "flags":
+                for name, table in (values.items() if isinstance(values, dict) else []):
+                    problems.extend(per_file_problems(table, f'[files."{name}"]'))
+                continue
             if section not in _SECTIONS:
                 problems.append(f"unknown section [{section}] (known: {', '.join(_SECTIONS)})")
                 continue

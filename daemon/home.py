@@ -116,6 +116,19 @@ class Home:
         return self.data / "bench"
 
     @property
+    def logs(self) -> Path:
+        return self.data / "logs"
+
+    @property
+    def daemon_log(self) -> Path:
+        """data/logs/daemon.log: what the daemon says (a detached daemon's whole output)."""
+        return self.logs / "daemon.log"
+
+    def job_log(self, job_id: int) -> Path:
+        """data/logs/job-N.log: the output of job N's worker (curation, training, torchrun), every attempt."""
+        return self.logs / f"job-{int(job_id):05d}.log"
+
+    @property
     def settings_file(self) -> Path:
         return self.root / "trainctl.toml"
 

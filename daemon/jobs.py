@@ -23,23 +23,37 @@ class JobState(str, Enum):
     CURATING = "curating"        # a worker is turning the file into a dataset
     TRAINING = "training"        # a worker is fine-tuning on that dataset
     INTERRUPTED = "interrupted"  # stopped, or its worker died; resumes from its last checkpoint on the next start
+    PAUSED = "paused"            # stopped on request (`trainctl pause`) with a checkpoint; waits for `trainctl resume`
     DONE = "done"                # adapter written; file moved to inbox/done/
     FAILED = "failed"            # gave up; `error` says why; file moved to inbox/failed/ with an .error.txt
+    CANCELLED = "cancelled"      # stopped for good on request (`trainctl cancel`); checkpoints kept; file in failed/
     SKIPPED = "skipped"          # same content as an earlier job; not trained again; file moved to inbox/done/
 
 
-TERMINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.SKIPPED})
+TERMINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.SKIPPED})
 ACTIVE = frozenset({JobState.CURATING, JobState.TRAINING})
+WAITING = frozenset({JobState.QUEUED, JobState.INTERRUPTED})
+"""States the daemon starts jobs from."""
 
 _ALLOWED: dict[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.CURATING, JobState.FAILED, JobState.SKIPPED}),
-    JobState.CURATING: frozenset({JobState.TRAINING, JobState.FAILED, JobState.INTERRUPTED}),
-    JobState.TRAINING: frozenset({JobState.DONE, JobState.FAILED, JobState.INTERRUPTED}),
-    JobState.INTERRUPTED: frozenset({JobState.CURATING, JobState.TRAINING, JobState.FAILED}),
+    # QUEUED -> TRAINING: a retried job whose dataset is already curated
+    JobState.QUEUED: frozenset({JobState.CURATING, JobState.TRAINING, JobState.FAILED, JobState.SKIPPED,
+                                JobState.CANCELLED}),
+    JobState.CURATING: frozenset({JobState.TRAINING, JobState.FAILED, JobState.INTERRUPTED, JobState.PAUSED,
+                                  JobState.CANCELLED}),
+    JobState.TRAINING: frozenset({JobState.DONE, JobState.FAILED, JobState.INTERRUPTED, JobState.PAUSED,
+                                  JobState.CANCELLED}),
+    JobState.INTERRUPTED: frozenset({JobState.CURATING, JobState.TRAINING, JobState.FAILED, JobState.PAUSED,
+                                     JobState.CANCELLED}),
+    JobState.PAUSED: frozenset({JobState.INTERRUPTED, JobState.CANCELLED}),  # resume: back in line, from its checkpoint
     JobState.DONE: frozenset(),
-    JobState.FAILED: frozenset(),
+    JobState.FAILED: frozenset({JobState.QUEUED}),  # retry
+    JobState.CANCELLED: frozenset({JobState.QUEUED}),  # retry
     JobState.SKIPPED: frozenset(),
 }
+
+STOP_REQUESTS = {"pause": JobState.PAUSED, "cancel": JobState.CANCELLED}
+"""A running job asked to stop (`request` column) ends in this state instead of INTERRUPTED."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -60,12 +74,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker_pid INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
     forced INTEGER NOT NULL DEFAULT 0,
-    overrides TEXT,               -- JSON of per-job setting overrides (trainctl train flags)
-    devices TEXT                  -- JSON of the placement it runs on (GPUs, processes, port); daemon.devices
+    overrides TEXT,               -- JSON of per-job setting overrides (flags, [files."x.jsonl"], x.toml)
+    devices TEXT,                 -- JSON of the placement it runs on (GPUs, processes, port); daemon.devices
+    priority INTEGER NOT NULL DEFAULT 0,  -- higher starts first; equal by arrival
+    request TEXT,                 -- a stop asked of the running job: pause or cancel (STOP_REQUESTS)
+    settings_file TEXT            -- the x.toml that came with the file (moved along with it)
 );
 CREATE INDEX IF NOT EXISTS jobs_sha ON jobs(sha256);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 """
+
+_ADDED_COLUMNS = {"devices": "TEXT", "priority": "INTEGER NOT NULL DEFAULT 0", "request": "TEXT",
+                  "settings_file": "TEXT"}
+"""Columns added after the first release, with their declarations: an older queue gets them on open."""
 
 
 @dataclass
@@ -90,6 +111,12 @@ class Job:
     overrides: str | None
     devices: str | None = None
     """JSON of the job's placement (daemon.devices.Placement) while it runs and after: GPUs, processes, port."""
+    priority: int = 0
+    """Higher starts first; jobs of equal priority start in order of arrival."""
+    request: str | None = None
+    """`pause` or `cancel` asked of the job while it ran; applied when its worker stops."""
+    settings_file: str | None = None
+    """The settings file that came with the data file (x.toml beside x.jsonl), where it is now."""
 
     @property
     def devices_dict(self) -> dict[str, Any] | None:
@@ -136,8 +163,9 @@ class JobQueue:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.executescript(_SCHEMA)
             cols = {r[1] for r in self.conn.execute("PRAGMA table_info(jobs)")}
-            if "devices" not in cols:  # a queue from before placements existed
-                self.conn.execute("ALTER TABLE jobs ADD COLUMN devices TEXT")
+            for col, decl in _ADDED_COLUMNS.items():  # a queue written by an older trainctl
+                if col not in cols:
+                    self.conn.execute(f"ALTER TABLE jobs ADD COLUMN {col} {decl}")
         self.conn.row_factory = sqlite3.Row
         self.conn.execute("PRAGMA busy_timeout=30000")
 
@@ -158,7 +186,7 @@ class JobQueue:
 
     def enqueue(self, file_name: str, file_path: Path, sha256: str, forced: bool = False,
                 overrides: dict[str, Any] | None = None, initial: JobState = JobState.QUEUED,
-                worker_pid: int | None = None) -> Job:
+                worker_pid: int | None = None, priority: int = 0, settings_file: Path | None = None) -> Job:
         """A new job. `initial` is QUEUED (the daemon picks it up) or CURATING (a foreground run owns it)."""
         if initial not in (JobState.QUEUED, JobState.CURATING):
             raise JobError(f"a job cannot start in state {initial.value}")
@@ -166,10 +194,11 @@ class JobQueue:
         with self.conn:
             cur = self.conn.execute(
                 "INSERT INTO jobs (file_name, file_path, sha256, state, created_at, updated_at, forced, overrides, "
-                "worker_pid, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "worker_pid, started_at, priority, settings_file) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (file_name, str(file_path), sha256, initial.value, now, now, int(forced),
                  json.dumps(overrides) if overrides else None, worker_pid,
-                 now if initial == JobState.CURATING else None))
+                 now if initial == JobState.CURATING else None, priority,
+                 str(settings_file) if settings_file else None))
         return self.get(int(cur.lastrowid or 0))
 
     def get(self, job_id: int) -> Job:
@@ -197,17 +226,18 @@ class JobQueue:
         return self._job(row) if row else None
 
     def next_runnable(self, exclude: set[int] | frozenset[int] = frozenset()) -> Job | None:
-        """Interrupted jobs first (they hold checkpoints), then the oldest queued one; `exclude`: jobs the daemon
-        has just started (their worker has not moved them out of the queue yet)."""
+        """The highest priority first; within one priority interrupted jobs (they hold checkpoints), then the oldest
+        queued one. `exclude`: jobs the daemon has just started (their worker has not moved them on yet)."""
         rows = self.conn.execute(
-            "SELECT * FROM jobs WHERE state IN (?, ?) ORDER BY CASE state WHEN ? THEN 0 ELSE 1 END, id",
+            "SELECT * FROM jobs WHERE state IN (?, ?) ORDER BY priority DESC, CASE state WHEN ? THEN 0 ELSE 1 END, id",
             (JobState.INTERRUPTED.value, JobState.QUEUED.value, JobState.INTERRUPTED.value)).fetchall()
         return next((self._job(r) for r in rows if r["id"] not in exclude), None)
 
     def transition(self, job_id: int, new: JobState, **fields: Any) -> Job:
         """Move a job to `new`, refusing moves the state machine does not allow."""
         allowed_cols = {"file_path", "started_at", "finished_at", "dataset_dir", "run_dir", "adapter_dir",
-                        "error", "message", "worker_pid", "attempts", "devices"}
+                        "error", "message", "worker_pid", "attempts", "devices", "request", "overrides",
+                        "settings_file"}
         bad = set(fields) - allowed_cols
         if bad:
             raise JobError(f"cannot set {sorted(bad)} on a job")
@@ -237,11 +267,22 @@ class JobQueue:
         with self.conn:
             self.conn.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id))
 
+    def stopped(self, job_id: int, message: str) -> Job:
+        """A job's worker stopped before the end: INTERRUPTED (resumes on the next start), or PAUSED / CANCELLED
+        when that is what was asked of it."""
+        job = self.get(job_id)
+        new = STOP_REQUESTS.get(job.request or "", JobState.INTERRUPTED)
+        if new != JobState.INTERRUPTED:
+            message = {JobState.PAUSED: "paused; `trainctl resume` continues from its checkpoint",
+                       JobState.CANCELLED: "cancelled; its checkpoints are kept"}[new]
+        return self.transition(job_id, new, worker_pid=None, request=None, message=message,
+                               **({"error": "cancelled"} if new == JobState.CANCELLED else {}))
+
     def recover_orphans(self) -> list[Job]:
-        """Jobs left CURATING/TRAINING by a worker that is gone (daemon killed): mark them INTERRUPTED."""
+        """Jobs left CURATING/TRAINING by a worker that is gone (daemon killed): mark them INTERRUPTED (or what
+        was asked of them)."""
         out = []
         for job in self.list(limit=10_000, states=set(ACTIVE)):
             if not pid_alive(job.worker_pid):
-                out.append(self.transition(job.id, JobState.INTERRUPTED, worker_pid=None,
-                                           message="its worker stopped unexpectedly; will resume"))
+                out.append(self.stopped(job.id, "its worker stopped unexpectedly; will resume"))
         return out

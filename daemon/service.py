@@ -1,9 +1,11 @@
-"""The daemon: watch the inbox, queue stable files, run jobs in child processes, record outcomes.
+"""The daemon: watch the inbox, queue stable files (with their own settings), run jobs in child processes, record
+outcomes, send notices.
 
 Devices are a resource of the queue (daemon/devices.py): as many jobs run at once as free GPU sets (or CPU slots)
-allow, each child seeing only its own GPUs and holding its own rendezvous port. The loop is single-threaded
-(watchdog's observer thread only notes paths). Signals set a flag; every running job's child gets SIGTERM, saves a
-checkpoint and exits as INTERRUPTED; the next start resumes them.
+allow, highest priority first, each child seeing only its own GPUs and holding its own rendezvous port. The loop is
+single-threaded (watchdog's observer thread only notes paths; the notifier's thread only delivers). Signals set a
+flag; every running job's child gets SIGTERM, saves a checkpoint and exits as INTERRUPTED; the next start resumes
+them. Each child's output goes to data/logs/job-N.log; the daemon's own lines to stdout and data/logs/daemon.log.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ import sys
 import time
 from pathlib import Path
 
-from daemon import instance_lock
-from daemon.atomic import read_json, write_json_atomic, write_text_atomic
+from daemon import file_settings, instance_lock
+from daemon.atomic import read_json, write_json_atomic
 from daemon.config import Settings
 from daemon.devices import Devices, Placement
-from daemon.errors import TrainctlError
+from daemon.errors import ConfigError, TrainctlError
 from daemon.hashing import file_sha256
 from daemon.home import Home
+from daemon.inbox_files import file_away, processing_name, sidecar_of
 from daemon.jobs import ACTIVE, TERMINAL, Job, JobQueue, JobState
+from daemon.notify import AlertWatch, Notifier, job_notice
 from daemon.watcher import InboxWatcher
 from daemon.worker import PLACEMENT_ENV, job_settings
 
@@ -45,6 +49,8 @@ class Daemon:
         self._last_beat = 0.0
         self.job_overrides = job_overrides or {}
         """Setting overrides (daemon flags) stored with every job this run queues."""
+        self.notifier = Notifier(settings.notify)
+        self.alerts = AlertWatch()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def run(self, once: bool = False) -> int:
@@ -67,6 +73,7 @@ class Daemon:
                 self._heartbeat("working" if self.children else "idle")
                 self._enqueue_ready_files()
                 for job_id in list(self.children):
+                    self._notify_alerts(job_id)
                     self._check_child(job_id)
                 if self.stopping:
                     if not self.children:
@@ -79,6 +86,7 @@ class Daemon:
                 time.sleep(self.settings.daemon.poll_seconds)
         finally:
             self.watcher.stop()
+            self.notifier.close()
             self._heartbeat("stopped", force=True)
             self.queue.close()
             self._lock.close()
@@ -109,36 +117,64 @@ class Daemon:
     def _adopt_processing_files(self) -> None:
         """Files moved to processing/ by a daemon killed before it could insert their job row."""
         known = {Path(j.file_path) for j in self.queue.list(limit=100_000)}
+        known |= {Path(j.settings_file) for j in self.queue.list(limit=100_000) if j.settings_file}
         for p in sorted(self.home.inbox_processing.iterdir()):
-            if p.is_file() and p not in known:
-                self._enqueue(p, p.name.split("-", 1)[-1])
+            if p.is_file() and p not in known and p.suffix != ".toml":
+                name = p.name.split("-", 1)[-1]
+                self._enqueue(p, name, self._take_sidecar(self.home.inbox / name, p))
+
+    def _take_sidecar(self, src: Path, dest: Path) -> Path | None:
+        """The settings file that came with `src` (now at `dest` in processing/), moved beside it; None if none.
+        A daemon killed between the two renames left it in the inbox: it is taken from there."""
+        moved = sidecar_of(dest)
+        if moved.exists():
+            return moved
+        try:
+            os.rename(sidecar_of(src), moved)
+        except FileNotFoundError:
+            return None
+        return moved
 
     def _enqueue_ready_files(self) -> None:
         for path in self.watcher.ready():
-            # The rename is the commit point: once in processing/, the file belongs to the queue.
-            dest = self.home.unique_path(self.home.inbox_processing, f"{time.strftime('%Y%m%d%H%M%S')}-{path.name}")
+            # The rename is the commit point: once in processing/, the file belongs to the queue; its sidecar
+            # (x.toml) follows it.
+            dest = self.home.unique_path(self.home.inbox_processing, processing_name(path.name))
             try:
                 os.rename(path, dest)
             except FileNotFoundError:
                 continue
-            self._enqueue(dest, path.name)
+            self._enqueue(dest, path.name, self._take_sidecar(path, dest))
 
-    def _enqueue(self, path: Path, name: str) -> Job:
+    def _enqueue(self, path: Path, name: str, sidecar: Path | None = None) -> Job:
         try:
             sha = file_sha256(path)
         except OSError as exc:
             log.warning("cannot read %s: %s", path, exc)
             sha = ""
-        job = self.queue.enqueue(name, path, sha, overrides=self.job_overrides or None)
+        try:
+            own = file_settings.resolve(self.home.settings_file, name, sidecar, self.job_overrides)
+            problem = None
+        except ConfigError as exc:
+            own, problem = file_settings.FileSettings(dict(self.job_overrides)), str(exc)
+        job = self.queue.enqueue(name, path, sha, overrides=own.overrides or None, priority=own.priority,
+                                 settings_file=sidecar)
+        if problem is not None:
+            job = self.queue.transition(job.id, JobState.FAILED, error=problem, message="bad settings")
+            log.error("%s: %s", name, problem)
+            self._ended(job)
+            return job
         same = self.queue.find_same_content(sha, exclude_id=job.id) if sha else None
         if same and self.settings.daemon.skip_duplicates:
             msg = (f"same content as job {same.id} ({same.file_name}, {same.state.value}) — not trained again; "
                    f"run `trainctl train {name} --force` to train it anyway")
             job = self.queue.transition(job.id, JobState.SKIPPED, message=msg)
-            self._file_away(job)
+            file_away(self.home, self.queue, job)
             log.info("%s: %s", name, msg)
         else:
-            log.info("queued %s as job %s", name, job.id)
+            extra = f" with settings from {' and '.join(own.sources)}" if own.sources else ""
+            extra += f", priority {own.priority}" if own.priority else ""
+            log.info("queued %s as job %s%s", name, job.id, extra)
         return job
 
     # -- jobs --------------------------------------------------------------------------------------------------
@@ -154,7 +190,7 @@ class Daemon:
             except TrainctlError as exc:  # settings invalid, or more devices than the machine has: never runnable
                 job = self.queue.transition(job.id, JobState.FAILED, error=str(exc), message="cannot be placed")
                 log.error("job %s: %s", job.id, exc)
-                self._file_away(job)
+                self._ended(job)
                 continue
             if place is None:
                 return started  # the next job in line waits for devices; later ones do not overtake it
@@ -166,10 +202,19 @@ class Daemon:
                  job.file_name, place.describe())
         self.queue.update(job.id, devices=json.dumps(place.to_dict()))
         cmd = [sys.executable, "-m", "daemon.worker", "--home", str(self.home.root), "--job", str(job.id)]
-        env = {**os.environ, PLACEMENT_ENV: json.dumps(place.to_dict()), **place.env()}
-        # A new session: Ctrl-C in the daemon's terminal reaches the daemon, which asks the child to checkpoint; the
-        # job's other processes (torchrun and its ranks) join this session and live and die with it.
-        self.children[job.id] = subprocess.Popen(cmd, start_new_session=True, env=env)
+        env = {**os.environ, PLACEMENT_ENV: json.dumps(place.to_dict()), **place.env(), "PYTHONUNBUFFERED": "1"}
+        self.alerts.start(job.id, self.home.run_dir(job.id) / "alerts.jsonl")
+        self.home.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.home.job_log(job.id), "ab") as out:
+            out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} job {job.id}: {job.file_name} on "
+                      f"{place.describe()}\n".encode())
+            out.flush()
+            # A new session: Ctrl-C in the daemon's terminal reaches the daemon, which asks the child to
+            # checkpoint; the job's other processes (torchrun and its ranks) join this session and live and die
+            # with it.
+            self.children[job.id] = subprocess.Popen(cmd, start_new_session=True, env=env, stdin=subprocess.DEVNULL,
+                                                     stdout=out, stderr=subprocess.STDOUT)
+        log.info("job %s: output in %s (`trainctl logs -f %s`)", job.id, self.home.job_log(job.id), job.id)
         self._heartbeat("working", force=True)
 
     def _check_child(self, job_id: int) -> None:
@@ -180,7 +225,9 @@ class Daemon:
         job = self.queue.get(job_id)
         if job.state in ACTIVE or job.state == JobState.QUEUED:
             # The child died without recording an outcome: killed (OOM?), segfault, or killed while curating.
-            if self.stopping and code in (-signal.SIGTERM, 128 + signal.SIGTERM):
+            if job.request and job.state in ACTIVE:  # asked to pause or cancel (trainctl pause/cancel)
+                job = self.queue.stopped(job.id, "stopped")
+            elif self.stopping and code in (-signal.SIGTERM, 128 + signal.SIGTERM):
                 job = self.queue.transition(job.id, JobState.INTERRUPTED, worker_pid=None,
                                             message="stopped before its first checkpoint; restarts on next start")
             else:
@@ -189,24 +236,30 @@ class Daemon:
                 job = self.queue.transition(job.id, JobState.FAILED, worker_pid=None,
                                             error=f"training process {why}{hint}", message="worker crashed")
                 log.error("job %s: training process %s%s", job.id, why, hint)
-        if job.state in TERMINAL:
-            self._file_away(job)
         _end_group(child.pid)
         del self.children[job_id]
         self.devices.release(job_id)
+        self.alerts.forget(job_id)
+        if job.state in TERMINAL:
+            self._ended(job)
+        else:
+            log.info("job %s: %s — %s", job.id, job.state.value, job.message or "")
         self._heartbeat("working" if self.children else "idle", force=True)
 
-    def _file_away(self, job: Job) -> None:
-        """Move a finished job's file out of processing/: done/ for DONE and SKIPPED, failed/ (+ .error.txt)."""
-        src = Path(job.file_path)
-        if not src.exists() or src.parent != self.home.inbox_processing:
+    def _ended(self, job: Job) -> None:
+        """A job reached a terminal state: its file filed away, a line in the log, a notice."""
+        file_away(self.home, self.queue, job)
+        log.info("job %s: %s — %s", job.id, job.state.value, job.error or job.message or "")
+        if job.state in (JobState.DONE, JobState.FAILED, JobState.CANCELLED):
+            self.notifier.send(job_notice(self.home, self.queue.get(job.id), job.state.value))
+
+    def _notify_alerts(self, job_id: int) -> None:
+        """Critical (and warning) alerts a running job has just raised, as notices."""
+        if not self.notifier.enabled:
             return
-        folder = self.home.inbox_failed if job.state == JobState.FAILED else self.home.inbox_done
-        dest = self.home.unique_path(folder, job.file_name)
-        os.rename(src, dest)
-        self.queue.update(job.id, file_path=str(dest))
-        if job.state == JobState.FAILED:
-            write_text_atomic(dest.with_name(dest.name + ".error.txt"), error_text(job))
+        for alert in self.alerts.new_firings(job_id, self.home.run_dir(job_id) / "alerts.jsonl"):
+            if alert.get("severity") in ("critical", "warning"):
+                self.notifier.send(job_notice(self.home, self.queue.get(job_id), alert["severity"], alert))
 
 
 def _end_group(pgid: int) -> None:
@@ -218,18 +271,25 @@ def _end_group(pgid: int) -> None:
         pass
 
 
-def error_text(job: Job) -> str:
-    bad_input = job.message == "bad input"
-    advice = ("Fix the file (see the reason above) and drop it into inbox/ again."
-              if bad_input else
-              "The file itself was read; the training job failed. Fix the cause above, then move the file back "
-              "into inbox/ to try again (or run `trainctl train FILE` to see the error in the foreground).")
-    parts = [f"trainctl could not process {job.file_name} (job {job.id}).", "", f"Why: {job.error}", "", advice]
-    if job.dataset_dir:
-        parts += ["", f"Rejected records and their reasons: trainctl rejected {job.dataset_dir}"]
-    return "\n".join(parts) + "\n"
-
-
-def setup_logging(verbose: bool = True) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
+def setup_logging(log_file: Path | None = None) -> None:
+    """The daemon's lines on stdout and appended to `log_file` (unless stdout already is that file: a detached
+    daemon's output is redirected there whole)."""
+    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    root = logging.getLogger("trainctl")
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    out = logging.StreamHandler(sys.stdout)
+    out.setFormatter(fmt)
+    root.addHandler(out)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            same = os.path.samestat(os.fstat(sys.stdout.fileno()), os.stat(log_file))
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            fh = logging.FileHandler(log_file, encoding="utf-8")
+            fh.setFormatter(fmt)
+            root.addHandler(fh)

@@ -5,6 +5,10 @@ A file is queued only when all hold:
   * its size and mtime have not changed for `stable_seconds`;
   * no process has it open for writing (Linux: /proc/*/fd), so a slow copier holding it open is waited for.
 Renaming a finished file into inbox/ is the safest way to drop one; it is picked up at once.
+
+A data file's own settings (`x.toml` beside `x.jsonl`) travel with it: while the sidecar exists, its size and mtime
+are part of what must stay unchanged, so a sidecar dropped just after its data file (within the stable window)
+restarts the clock and the pair is taken together; a sidecar alone waits for its data file.
 """
 
 from __future__ import annotations
@@ -61,9 +65,19 @@ def open_for_writing(path: Path) -> bool:
 
 @dataclass
 class _Seen:
-    size: int
-    mtime_ns: int
+    signature: tuple[object, ...]
+    """(size, mtime) of the data file and of its sidecar (None while there is none)."""
     since: float
+
+
+def _signature(path: Path) -> tuple[object, ...]:
+    st = path.stat()
+    try:
+        side = path.with_suffix(".toml").stat()
+        side_sig: tuple[int, int] | None = (side.st_size, side.st_mtime_ns)
+    except FileNotFoundError:
+        side_sig = None
+    return (st.st_size, st.st_mtime_ns, side_sig)
 
 
 class InboxWatcher:
@@ -127,20 +141,20 @@ class InboxWatcher:
             items = list(self._pending.items())
         for path, seen in items:
             try:
-                st = path.stat()
+                sig = _signature(path)
             except FileNotFoundError:
                 with self._lock:
                     self._pending.pop(path, None)
                 continue
             if not path.is_file():
                 continue
-            if seen is None or (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
-                seen = _Seen(st.st_size, st.st_mtime_ns, now)  # (re)start the stability clock
+            if seen is None or sig != seen.signature:
+                seen = _Seen(sig, now)  # (re)start the stability clock
                 with self._lock:
                     self._pending[path] = seen
             if now - seen.since < self.stable_seconds:
                 continue
-            if open_for_writing(path):
+            if open_for_writing(path) or (sig[2] is not None and open_for_writing(path.with_suffix(".toml"))):
                 continue  # a writer still holds it: keep waiting however long the pause
             out.append(path)
             with self._lock:

@@ -23,7 +23,7 @@ from daemon.config import Settings, load_settings, settings_from_dict
 from daemon.devices import Devices, Placement
 from daemon.errors import InputFileError, TrainctlError, TrainingError
 from daemon.home import Home
-from daemon.jobs import Job, JobQueue, JobState
+from daemon.jobs import TERMINAL, Job, JobQueue, JobState
 from daemon.models import check_quantization
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 75
@@ -112,10 +112,14 @@ def _train(home: Home, job: Job, dataset: Path, settings: Settings, place: Place
 
 
 def run_job(home: Home, job_id: int, echo: Callable[[str], None] = print, in_child: bool = False) -> JobState:
-    """Run job `job_id` to DONE, INTERRUPTED or FAILED; returns the state it ends in."""
+    """Run job `job_id` to DONE, INTERRUPTED (PAUSED, CANCELLED if asked) or FAILED; returns the state it ends in."""
     q = JobQueue(home.jobs_db)
     try:
         job = q.get(job_id)
+        if job.state not in (JobState.QUEUED, JobState.INTERRUPTED) and job.worker_pid != os.getpid():
+            # Cancelled (or otherwise moved on) between the daemon starting this worker and now: nothing to do
+            echo(f"job {job.id} is {job.state.value}; not started")
+            return job.state
         try:
             settings = job_settings(home, job)
             check_quantization(settings.train.quantization, settings.train.device)  # before any work is done
@@ -128,10 +132,10 @@ def run_job(home: Home, job_id: int, echo: Callable[[str], None] = print, in_chi
                 q.transition(job.id, JobState.TRAINING, dataset_dir=str(dataset), run_dir=str(home.run_dir(job.id)))
             outcome = _train(home, job, dataset, settings, place, echo, in_child)
             if outcome.interrupted:
-                q.transition(job.id, JobState.INTERRUPTED, worker_pid=None,
-                             message=f"stopped at step {outcome.steps}; resumes from its checkpoint on restart")
-                echo(f"job {job.id}: interrupted at step {outcome.steps}, checkpoint kept")
-                return JobState.INTERRUPTED
+                # INTERRUPTED, or PAUSED / CANCELLED when that is why it was stopped (`trainctl pause/cancel`)
+                ended = q.stopped(job.id, f"stopped at step {outcome.steps}; resumes from its checkpoint on restart")
+                echo(f"job {job.id}: {ended.state.value} at step {outcome.steps}, checkpoint kept")
+                return ended.state
             em = {k: (outcome.metrics.get(k) or {}).get("exact_match") for k in ("train_eval", "test_eval",
                                                                                   "base_test_eval")}
             msg = f"{outcome.steps} steps, final loss {outcome.final_loss:.4f}" if outcome.final_loss is not None \
@@ -149,6 +153,8 @@ def run_job(home: Home, job_id: int, echo: Callable[[str], None] = print, in_chi
             echo(f"job {job.id}: done — {msg}; adapter in {outcome.adapter_dir}")
             return JobState.DONE
         except TrainctlError as exc:
+            if q.get(job.id).state in TERMINAL:  # cancelled while it started: the queue already says so
+                return q.get(job.id).state
             q.transition(job.id, JobState.FAILED, error=str(exc), worker_pid=None,
                          message="bad input" if isinstance(exc, InputFileError) else "training failed")
             echo(f"job {job.id}: failed — {exc}")
@@ -182,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     home = Home.open(a.home)
     state = run_job(home, a.job, echo=lambda s: print(s, flush=True), in_child=True)
-    return {JobState.DONE: EXIT_OK, JobState.INTERRUPTED: EXIT_INTERRUPTED}.get(state, EXIT_FAILED)
+    return {JobState.DONE: EXIT_OK, JobState.INTERRUPTED: EXIT_INTERRUPTED, JobState.PAUSED: EXIT_INTERRUPTED,
+            JobState.CANCELLED: EXIT_INTERRUPTED}.get(state, EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,8 @@ def test_read_only_commands_import_no_torch(curated_home):
     n = len((ds / "train.jsonl").read_text().splitlines())
     (run / "dynamics.bin").write_bytes(b"".join(RECORD.pack(i, e, e + 1, 0.5, 0.6, 0.5, 1.0, 5)
                                                 for e in range(2) for i in range(n)))
+    curated_home.logs.mkdir(parents=True, exist_ok=True)
+    curated_home.daemon_log.write_text("12:00:00 watching inbox\n")
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
@@ -121,7 +123,7 @@ def test_read_only_commands_import_no_torch(curated_home):
         "            ['evolution'], ['evolution', '--json'], ['evolution', '--example', 'ex_000'],\n"
         "            ['evolution', '--sort', 'aum'], ['evolution', '--probe'],\n"
         "            ['evolution', 'mixed', '--class', 'hard'],\n"
-        "            ['evolution', 'export', '--out', 'clean.jsonl']):\n"
+        "            ['evolution', 'export', '--out', 'clean.jsonl'], ['logs'], ['service', 'install', '--print']):\n"
         f"    r = CliRunner().invoke(app, cmd + ['--home', {str(tmp_path)!r}])\n"
         "    assert r.exit_code == 0, r.output\n"
         "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]\n"

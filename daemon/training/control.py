@@ -1,37 +1,33 @@
-"""RunControl: stop requests, orphan detection and complete-checkpoint markers, as one TrainerCallback.
+"""RunControl: stop and checkpoint requests, orphan detection and complete-checkpoint markers, as one
+TrainerCallback.
 
-A stop (SIGTERM from `trainctl stop`, or the daemon dying) makes the Trainer save a checkpoint at the end of the
-current step and leave the loop. A checkpoint counts as complete only once `on_save` has run, which happens after
-the Trainer has written every file of it; a folder without the marker (killed mid-write) is never resumed from.
+A stop (SIGTERM from `trainctl stop`, `pause` or `cancel`, or the daemon dying) makes the Trainer save a checkpoint
+at the end of the current step and leave the loop. `trainctl checkpoint` leaves a request file in the run folder:
+the main process sees it at the end of a step and the Trainer saves a checkpoint there (every process of the job
+agrees through AgreeOnStop), then goes on; the file is removed once that checkpoint is complete.
+
+A checkpoint counts as complete only once `on_save` has run, which happens after the Trainer has written every file
+of it (daemon/training/checkpoints.py).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import signal
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-COMPLETE_MARKER = "TRAINCTL_COMPLETE"
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
+from daemon.training.checkpoints import CHECKPOINT_REQUEST, COMPLETE_MARKER, newest_complete_checkpoint
 
-
-def newest_complete_checkpoint(ckpt_dir: Path) -> Path | None:
-    best: tuple[int, Path] | None = None
-    if not ckpt_dir.exists():
-        return None
-    for d in ckpt_dir.iterdir():
-        m = _CKPT.match(d.name)
-        if m and (d / COMPLETE_MARKER).exists() and (best is None or int(m.group(1)) > best[0]):
-            best = (int(m.group(1)), d)
-    return best[1] if best else None
+__all__ = ["RunControl", "COMPLETE_MARKER", "CHECKPOINT_REQUEST", "newest_complete_checkpoint"]
 
 
 class RunControl(TrainerCallback):
-    def __init__(self, ckpt_dir: Path, watch_parent: bool = False):
+    def __init__(self, ckpt_dir: Path, watch_parent: bool = False, request_file: Path | None = None):
         self.ckpt_dir = ckpt_dir
+        self.request_file = request_file
+        self._saving_on_request = False
         self.stop_requested = False
         self.stop_reason = ""
         self.parent = os.getppid() if watch_parent else None
@@ -59,6 +55,12 @@ class RunControl(TrainerCallback):
         if self.stop_requested:
             control.should_save = True
             control.should_training_stop = True
+        elif self.request_file is not None and self.request_file.exists():
+            from daemon.training.ranks import is_main
+
+            if is_main():
+                control.should_save = True
+                self._saving_on_request = True
         return control
 
     def on_save(self, args, state, control, **kw):
@@ -74,3 +76,6 @@ class RunControl(TrainerCallback):
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            if self._saving_on_request and self.request_file is not None:
+                self.request_file.unlink(missing_ok=True)  # answered: checkpoint-N is complete
+                self._saving_on_request = False

@@ -355,7 +355,7 @@ def train(ctx: RunContext) -> TrainOutcome:
     from daemon.chat.render import rendering_report
     from daemon.models import load_tokenizer
     from daemon.training import faults
-    from daemon.training.control import RunControl, newest_complete_checkpoint
+    from daemon.training.control import CHECKPOINT_REQUEST, RunControl, newest_complete_checkpoint
     from daemon.training.packing import Batching
     from daemon.training.ranks import AgreeOnStop
     from daemon.training.status import StatusWriter
@@ -379,7 +379,8 @@ def train(ctx: RunContext) -> TrainOutcome:
     # alone reports (status, metrics, evaluations); every rank trains and agrees on when to stop and save.
     main = is_main()
     args = _training_args(ctx, run_dir, config, model, batching.batch_size)
-    control = RunControl(ctx.checkpoints(), watch_parent=ctx.watch_parent)
+    control = RunControl(ctx.checkpoints(), watch_parent=ctx.watch_parent,
+                         request_file=run_dir / CHECKPOINT_REQUEST)
     control.install_signal_handlers()
     collectors = _collectors(ctx, tok, rows, run_dir,
                              total_steps(cfg, batching.items_per_epoch, batching.batch_size), model)

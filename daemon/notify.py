@@ -1,0 +1,161 @@
+"""Notices: the daemon tells a webhook and/or a command when a job ends (done, failed, cancelled) or raises a
+critical (optionally warning) alert. `[notify]` in trainctl.toml.
+
+Delivered by one thread of the daemon, never by a training process, in the order the events happened. Each delivery
+is tried `1 + retries` times with doubling waits; one that hangs is abandoned after `timeout_seconds`. A failing hook
+is logged and never stops or slows a job: the daemon's loop only puts notices on a queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from daemon.atomic import read_json
+from daemon.config import NotifyConfig
+from daemon.home import Home
+from daemon.jobs import Job
+
+log = logging.getLogger("trainctl.daemon")
+
+_FIGURES = ("steps", "final_loss", "stopped_early", "resumed_from")
+
+
+def job_notice(home: Home, job: Job, event: str, alert: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON body of one notice: what happened to which job, with its figures and adapter."""
+    result = read_json(home.run_dir(job.id) / "result.json") or {}
+    figures = {k: result.get(k) for k in _FIGURES if result.get(k) is not None}
+    for split in ("train_eval", "test_eval", "base_test_eval"):
+        em = (result.get(split) or {}).get("exact_match")
+        if em is not None:
+            figures[f"{split.removesuffix('_eval')}_exact_match"] = em
+    body: dict[str, Any] = {
+        "event": event, "job": job.id, "file": job.file_name, "state": job.state.value, "message": job.message,
+        "error": job.error, "figures": figures, "adapter": job.adapter_dir, "home": str(home.root),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if alert is not None:
+        body["alert"] = {k: alert.get(k) for k in ("id", "severity", "message", "recommendation", "step")}
+    return body
+
+
+class Notifier:
+    """A queue of notices and the one thread that delivers them."""
+
+    def __init__(self, cfg: NotifyConfig):
+        self.cfg = cfg
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.delivered = 0
+        self.given_up = 0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cfg.webhook or self.cfg.command)
+
+    def send(self, notice: dict[str, Any]) -> None:
+        """Queue `notice` if a hook is set and its event is wanted; returns at once."""
+        if not self.enabled or notice["event"] not in self.cfg.events:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="notices", daemon=True)
+            self._thread.start()
+        self._queue.put(notice)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Deliver what is queued (waiting at most `timeout`, default one delivery's limit per queued notice and
+        hook, plus their backoffs), then stop the thread."""
+        if self._thread is None:
+            return
+        pending = self._queue.qsize() + 1
+        hooks = bool(self.cfg.webhook) + bool(self.cfg.command)
+        if timeout is None:
+            timeout = pending * hooks * (self.cfg.timeout_seconds + self.cfg.backoff_seconds) + 5
+        self._queue.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("notices: %d not delivered before the daemon stopped", self._queue.qsize())
+
+    def _run(self) -> None:
+        while (notice := self._queue.get()) is not None:
+            body = json.dumps(notice).encode()
+            what = f"job {notice['job']} {notice['event']}"
+            if self.cfg.webhook:
+                self._deliver(f"webhook {self.cfg.webhook}", what, self._post, body)
+            if self.cfg.command:
+                self._deliver(f"command {self.cfg.command!r}", what, self._run_command, body)
+
+    def _deliver(self, target: str, what: str, attempt: Callable[[bytes], None], body: bytes) -> None:
+        delay = self.cfg.backoff_seconds
+        tries = 1 + self.cfg.retries
+        for n in range(1, tries + 1):
+            try:
+                attempt(body)
+                self.delivered += 1
+                log.info("notice %s: delivered to %s", what, target)
+                return
+            except Exception as exc:  # noqa: BLE001 - any failure of a hook is logged, never raised
+                if n == tries:
+                    self.given_up += 1
+                    log.warning("notice %s: %s failed %d time(s), giving up: %s", what, target, tries, exc)
+                    return
+                log.info("notice %s: %s failed (%s); retrying in %.0fs", what, target, exc, delay)
+                time.sleep(delay)
+                delay *= 2
+
+    def _post(self, body: bytes) -> None:
+        req = urllib.request.Request(self.cfg.webhook, data=body, method="POST",
+                                     headers={"Content-Type": "application/json", "User-Agent": "trainctl"})
+        with urllib.request.urlopen(req, timeout=self.cfg.timeout_seconds) as resp:  # noqa: S310 - the user's URL
+            if not 200 <= resp.status < 300:
+                raise urllib.error.HTTPError(self.cfg.webhook, resp.status, "not a 2xx answer", resp.headers, None)
+
+    def _run_command(self, body: bytes) -> None:
+        r = subprocess.run(self.cfg.command, shell=True, input=body, capture_output=True,  # noqa: S602
+                           timeout=self.cfg.timeout_seconds)
+        if r.returncode != 0:
+            raise RuntimeError(f"exit code {r.returncode}: {r.stderr.decode(errors='replace').strip()[-300:]}")
+
+
+class AlertWatch:
+    """New alert firings of running jobs, read from their alerts.jsonl (appended by the training process)."""
+
+    def __init__(self) -> None:
+        self._offsets: dict[int, int] = {}
+
+    def new_firings(self, job_id: int, path: Path) -> list[dict[str, Any]]:
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(self._offsets.get(job_id, 0))
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        complete = data[: data.rfind(b"\n") + 1]  # a line being written waits for the next look
+        self._offsets[job_id] = self._offsets.get(job_id, 0) + len(complete)
+        out = []
+        for line in complete.splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "fired":
+                out.append(event)
+        return out
+
+    def start(self, job_id: int, path: Path) -> None:
+        """Watch from the end of what is there now (a resumed job's earlier alerts were told before)."""
+        try:
+            self._offsets[job_id] = path.stat().st_size
+        except FileNotFoundError:
+            self._offsets[job_id] = 0
+
+    def forget(self, job_id: int) -> None:
+        self._offsets.pop(job_id, None)
