@@ -3,6 +3,7 @@ transitions; this module only words them). Each works with the daemon running or
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -39,8 +40,9 @@ def cancel_cmd(job: int = JobArg, home: HomeOpt = None, timeout: float = Wait) -
     """Stop a job for good: a running one saves a checkpoint first (kept); its file goes to inbox/failed/."""
     h = Home.open(home, create=False)
     j = queue_control.cancel(h, job, wait=timeout, progress=_say)
-    _say(f"[yellow]job {j.id} cancelled[/yellow]: {j.message}; file in {j.file_path}; "
-         f"`trainctl retry {j.id}` runs it again")
+    where = "stays where it is" if Path(j.file_path).parent.parent != h.inbox else "goes to inbox/failed/"
+    _say(f"[yellow]job {j.id} cancelled[/yellow]: {j.message}; its file {where}; `trainctl retry {j.id}` runs it "
+         "again")
 
 
 @commands.command("pause")

@@ -9,6 +9,7 @@ from daemon.config import (
     CurationConfig,
     DaemonConfig,
     DistributedConfig,
+    NotifyConfig,
     TrainConfig,
     field_docs,
     load_settings,
@@ -56,7 +57,7 @@ def test_bad_toml_names_the_file(tmp_path):
 def test_every_field_has_a_docstring_and_is_in_the_readme():
     readme = (ROOT / "README.md").read_text()
     for section, cls in (("train", TrainConfig), ("curation", CurationConfig), ("daemon", DaemonConfig),
-                         ("bench", BenchConfig), ("distributed", DistributedConfig)):
+                         ("bench", BenchConfig), ("distributed", DistributedConfig), ("notify", NotifyConfig)):
         docs = field_docs(cls)
         for f in dataclasses.fields(cls):
             assert docs.get(f.name), f"{cls.__name__}.{f.name} has no docstring"
