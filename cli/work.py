@@ -150,9 +150,10 @@ def train_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of e
     _settings(h, ov)  # report settings problems before any work
     sha = file_sha256(file)
     with JobQueue(h.jobs_db) as q:
-        same = q.find_same_content(sha)
+        same = q.find_same_content(sha, overrides=ov)
         if same and not force:
-            raise TrainctlError(f"{file.name} has the same content as job {same.id} ({same.state.value}) — "
+            raise TrainctlError(f"{file.name} has the same content and settings as job {same.id} "
+                                f"({same.state.value}) — "
                                 f"add --force to train it again")
         # Created already CURATING with our pid, so a running daemon never picks it up.
         job = q.enqueue(file.name, file.resolve(), sha, forced=force, overrides=ov, initial=JobState.CURATING,

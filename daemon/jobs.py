@@ -218,12 +218,15 @@ class JobQueue:
         out.update({r[0]: r[1] for r in rows})
         return out
 
-    def find_same_content(self, sha256: str, exclude_id: int | None = None) -> Job | None:
-        """An earlier job with this content that finished or is still going (failed ones don't count)."""
-        row = self.conn.execute(
-            "SELECT * FROM jobs WHERE sha256 = ? AND state NOT IN (?, ?) AND id != ? ORDER BY id LIMIT 1",
-            (sha256, JobState.FAILED.value, JobState.SKIPPED.value, exclude_id or -1)).fetchone()
-        return self._job(row) if row else None
+    def find_same_content(self, sha256: str, exclude_id: int | None = None,
+                          overrides: dict[str, Any] | None = None) -> Job | None:
+        """An earlier job with this content and these setting overrides that finished or is still going (failed,
+        cancelled and skipped ones don't count): the same data with other settings is another experiment."""
+        rows = self.conn.execute(
+            "SELECT * FROM jobs WHERE sha256 = ? AND state NOT IN (?, ?, ?) AND id != ? ORDER BY id",
+            (sha256, JobState.FAILED.value, JobState.CANCELLED.value, JobState.SKIPPED.value,
+             exclude_id or -1)).fetchall()
+        return next((j for j in map(self._job, rows) if j.overrides_dict == (overrides or {})), None)
 
     def next_runnable(self, exclude: set[int] | frozenset[int] = frozenset()) -> Job | None:
         """The highest priority first; within one priority interrupted jobs (they hold checkpoints), then the oldest

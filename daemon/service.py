@@ -164,9 +164,10 @@ class Daemon:
             log.error("%s: %s", name, problem)
             self._ended(job)
             return job
-        same = self.queue.find_same_content(sha, exclude_id=job.id) if sha else None
+        same = self.queue.find_same_content(sha, exclude_id=job.id, overrides=own.overrides) if sha else None
         if same and self.settings.daemon.skip_duplicates:
-            msg = (f"same content as job {same.id} ({same.file_name}, {same.state.value}) — not trained again; "
+            msg = (f"same content and settings as job {same.id} ({same.file_name}, {same.state.value}) — not trained "
+                   f"again; "
                    f"run `trainctl train {name} --force` to train it anyway")
             job = self.queue.transition(job.id, JobState.SKIPPED, message=msg)
             file_away(self.home, self.queue, job)

@@ -89,9 +89,10 @@ def test_demo_job_learns_and_leaves_adapter_config_and_metrics(home):
     cmp = json.loads(runner.invoke(app, ["bench", "compare", "job-1-base", "job-1", "--home", str(home),
                                          "--json"]).output)
     assert cmp["pairs"][0]["agree"] == 0 and all(row["disagree"] for row in cmp["rows"])
-    # The same content again is refused unless forced.
-    again = runner.invoke(app, ["train", str(DEMO), "--home", str(home)])
-    assert again.exit_code == 1 and "same content as job 1" in again.output and "--force" in again.output
+    # The same content with the same settings again is refused unless forced.
+    again = runner.invoke(app, ["train", str(DEMO), "--home", str(home), "--epochs", "6"])
+    assert again.exit_code == 1 and "same content and settings as job 1" in again.output, again.output
+    assert "--force" in again.output
 
 
 def _drop(home: Path, name: str = "demo.jsonl") -> Path:

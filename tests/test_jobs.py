@@ -49,3 +49,7 @@ def test_same_content_is_found_but_failed_jobs_do_not_count(tmp_path):
     assert q.find_same_content("abc") is None
     k = q.enqueue("b.jsonl", tmp_path / "b", "abc")
     assert q.find_same_content("abc", exclude_id=None).id == k.id
+    # The same data with other settings is another experiment, not a duplicate
+    m = q.enqueue("c.jsonl", tmp_path / "c", "abc", overrides={"train": {"epochs": 2}})
+    assert q.find_same_content("abc", overrides={"train": {"epochs": 2}}).id == m.id
+    assert q.find_same_content("abc", overrides={"train": {"epochs": 3}}) is None

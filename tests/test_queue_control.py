@@ -168,6 +168,11 @@ def test_cancel_during_training_keeps_checkpoints_and_retry_continues_from_them(
     wait_for(lambda: jobs(home)[0].state == JobState.DONE, 300, "the retried job to finish")
     (job,) = jobs(home)
     assert f"resumed from checkpoint-{kept[-1]}" in job.message
+    run = home / "data" / "runs" / "job-00001"
+    assert json.loads((run / "result.json").read_text())["steps"] == 840
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["current_step"] for r in rows if "train_loss" not in r]
+    assert len(steps) == len(set(steps)) == 840  # nothing lost, no step trained twice
     wait_for(lambda: (home / "inbox" / "done" / "demo.jsonl").exists(), 10, "the file in inbox/done/")
     assert not list((home / "inbox" / "failed").iterdir())
     d.kill(signal.SIGTERM)
