@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # TORCH_CONSTRAINT= (empty) keeps a torch you already have (e.g. a CUDA build): `make setup TORCH_CONSTRAINT=`
 TORCH_CONSTRAINT ?= -c constraints.txt
 
-.PHONY: setup demo test test-fast lint bench clean-runtime
+.PHONY: setup demo test test-fast lint bench screenshots clean-runtime
 
 setup: $(STAMP)
 
@@ -28,6 +28,8 @@ demo: $(STAMP)
 	$(VENV)/bin/trainctl bench compare job-$$job-base job-$$job
 	$(VENV)/bin/trainctl queue --limit 5
 	$(VENV)/bin/trainctl status
+	@echo
+	@echo "Dashboard in a browser: $(VENV)/bin/trainctl ui --open   (then http://127.0.0.1:8080/; Ctrl-C stops it)"
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -36,7 +38,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check daemon cli tests benchmarks
+	$(VENV)/bin/ruff check daemon cli tests benchmarks docs
 
 bench: $(STAMP)
 	$(PY) benchmarks/cli_latency.py
@@ -46,6 +48,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/snapshot_cost.py
 	$(PY) benchmarks/dynamics_cost.py
 	$(PY) benchmarks/train_throughput.py
+
+# The README's pictures of `trainctl ui`, from the run `make demo` left in this checkout (needs Debian's chromium).
+screenshots: $(STAMP)
+	$(PY) docs/screenshots.py --home . --out docs/img
 
 # Empty the runtime folders of this checkout (inbox/, status/, data/), keeping their placeholders.
 clean-runtime:

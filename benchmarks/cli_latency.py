@@ -1,6 +1,8 @@
-"""`trainctl status` wall time against `python -c pass` and `import torch`, measured interleaved in one run.
+"""`trainctl status` wall time, and `trainctl ui` start-up (launch until its first page answers), against
+`python -c pass` and `import torch`, measured interleaved in one run.
 
-Target: `trainctl status` median under 0.3 s. Prints medians and ratios.
+Targets: `trainctl status` median under 0.3 s; `trainctl ui` answering well under a second. Prints medians and
+ratios.
 Usage: python benchmarks/cli_latency.py [--runs 15]
 """
 
@@ -24,6 +26,25 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - t
 
 
+def ui_startup(home: Path) -> float:
+    """Seconds from launching `trainctl ui` to its dashboard page answering (it prints its address when
+    listening)."""
+    import re
+    import urllib.request
+
+    t = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-m", "cli", "ui", "--home", str(home), "--port", "0"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = re.search(r"(http://\S+)", p.stdout.readline()).group(1)
+        with urllib.request.urlopen(url + "api/status", timeout=10) as r:
+            r.read()
+        return time.perf_counter() - t
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=15)
@@ -41,10 +62,12 @@ def main() -> None:
     }
     for c in cmds.values():  # warm the page cache
         timed(c)
-    times: dict[str, list[float]] = {k: [] for k in cmds}
+    ui_startup(home)
+    times: dict[str, list[float]] = {k: [] for k in [*cmds, "trainctl ui (until it answers)"]}
     for _ in range(a.runs):
-        for name, c in cmds.items():  # interleaved so that machine noise hits all three alike
+        for name, c in cmds.items():  # interleaved so that machine noise hits all of them alike
             times[name].append(timed(c))
+        times["trainctl ui (until it answers)"].append(ui_startup(home))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"median wall time over {a.runs} interleaved runs")
     for k, v in med.items():
@@ -55,6 +78,10 @@ def main() -> None:
     print(f"trainctl status / import torch   : {status / torch_import:.2f}x")
     verdict = "PASS" if status < 0.3 else "FAIL"
     print(f"target: trainctl status < 300 ms -> {status * 1000:.0f} ms {verdict}")
+    ui = med["trainctl ui (until it answers)"]
+    print(f"trainctl ui start-up / python -c pass : {ui / med['python -c pass']:.2f}x")
+    verdict = "PASS" if ui < 1.0 else "FAIL"
+    print(f"target: trainctl ui answering < 1000 ms -> {ui * 1000:.0f} ms {verdict}")
 
 
 if __name__ == "__main__":

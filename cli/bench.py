@@ -263,18 +263,8 @@ def bench_resume(name: Optional[str] = typer.Argument(None, help="The run (defau
 @command(bench_app, "list")
 def bench_list(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
     """Bench runs: state, progress, errors, output tokens/s, duration."""
-    from daemon.bench.state import count_lines, list_runs, results_files
-
     h = Home.open(home, create=False)
-    rows = []
-    for d, info in list_runs(h.bench_root):
-        # the results files are the truth, also for a killed run (one per rank of a data-parallel run)
-        done = sum(count_lines(f) for f in results_files(d))
-        rows.append({"name": info.name, "state": info.shown_state, "done": done, "total": info.total,
-                     "errors": info.progress.errors, "output_tokens_per_s": round(info.output_tokens_per_s, 1),
-                     "active_seconds": round(info.progress.active_seconds, 1), "model": info.fingerprint["model"],
-                     "adapter": info.fingerprint.get("adapter"), "backend": info.fingerprint["backend"],
-                     "updated_at": info.updated_at, "message": info.message})
+    rows = runs_doc(h)
     if json_out:
         console.print_json(json.dumps(rows))
         return
@@ -293,7 +283,50 @@ def bench_list(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
     console.print(t)
 
 
+def runs_doc(h: Home) -> list[dict[str, Any]]:
+    """Every bench run with its state and progress (`bench list --json`, the UI's run picker)."""
+    from daemon.bench.state import count_lines, list_runs, results_files
+
+    rows = []
+    for d, info in list_runs(h.bench_root):
+        # the results files are the truth, also for a killed run (one per rank of a data-parallel run)
+        done = sum(count_lines(f) for f in results_files(d))
+        rows.append({"name": info.name, "state": info.shown_state, "done": done, "total": info.total,
+                     "errors": info.progress.errors, "output_tokens_per_s": round(info.output_tokens_per_s, 1),
+                     "active_seconds": round(info.progress.active_seconds, 1), "model": info.fingerprint["model"],
+                     "adapter": info.fingerprint.get("adapter"), "backend": info.fingerprint["backend"],
+                     "updated_at": info.updated_at, "message": info.message})
+    return rows
+
+
 # ---------------------------------------------------------------- compare
+
+def comparison(h: Home, runs: list[str], label_regex: str | None = None, name_field: str | None = None,
+               name_regex: str | None = None) -> Any:
+    """Runs joined by custom_id; the options default to trainctl.toml's [bench]."""
+    from daemon.bench.compare import compare_runs
+    from daemon.config import load_settings
+
+    cfg = load_settings(h.settings_file).bench
+    return compare_runs(h.bench_root, [safe_name(r) for r in runs],
+                        cfg.label_regex if label_regex is None else label_regex,
+                        cfg.name_field if name_field is None else name_field,
+                        cfg.name_regex if name_regex is None else name_regex)
+
+
+def compare_doc(c: Any, diff_only: bool) -> dict[str, Any]:
+    """`bench compare --json` (and the UI's comparison viewer): per-run figures, every pair's agreement and kappa,
+    the joined rows."""
+    from daemon.bench.compare import comparison_rows_json
+
+    return {"runs": c.runs, "label_regex": c.label_regex, "per_run": c.per_run, "pairs": pairs_doc(c),
+            "rows": comparison_rows_json(c, diff_only)}
+
+
+def pairs_doc(c: Any) -> list[dict[str, Any]]:
+    return [{"a": p.a, "b": p.b, "both": p.both, "agree": p.agree, "agreement": round(p.agreement, 4),
+             "kappa": None if p.kappa is None else round(p.kappa, 4)} for p in c.pairs]
+
 
 @command(bench_app, "compare")
 def bench_compare(runs: list[str] = typer.Argument(..., help="Two or more run names."),
@@ -310,23 +343,15 @@ def bench_compare(runs: list[str] = typer.Argument(..., help="Two or more run na
                                                        "(a path inside the home folder)."),
                   home: HomeOpt = None, json_out: JsonOpt = False) -> None:
     """Join runs by custom_id: answers side by side, disagreements marked, agreement for every pair of runs."""
-    from daemon.bench.compare import compare_runs, comparison_rows_json
-    from daemon.config import load_settings
+    from daemon.bench.compare import comparison_rows_json
 
     h = Home.open(home, create=False)
-    cfg = load_settings(h.settings_file).bench
-    label = cfg.label_regex if label_regex is None else label_regex
-    c = compare_runs(h.bench_root, [safe_name(r) for r in runs], label,
-                     cfg.name_field if name_field is None else name_field,
-                     cfg.name_regex if name_regex is None else name_regex)
+    c = comparison(h, runs, label_regex, name_field, name_regex)
     if export:
         dest = h.inside(export)
         write_jsonl_atomic(dest, comparison_rows_json(c, diff_only))
-    pairs = [{"a": p.a, "b": p.b, "both": p.both, "agree": p.agree, "agreement": round(p.agreement, 4),
-              "kappa": None if p.kappa is None else round(p.kappa, 4)} for p in c.pairs]
     if json_out:
-        console.print_json(json.dumps({"runs": c.runs, "label_regex": c.label_regex, "per_run": c.per_run,
-                                       "pairs": pairs, "rows": comparison_rows_json(c, diff_only)}))
+        console.print_json(json.dumps(compare_doc(c, diff_only)))
         return
     shown = [r for r in c.rows if r.disagree or not diff_only]
     what = (f"label /{c.label_regex}/" if c.label_regex
@@ -359,7 +384,7 @@ def bench_compare(runs: list[str] = typer.Argument(..., help="Two or more run na
     pt = Table(title="agreement per pair of runs")
     for col in ("run A", "run B", "answered by both", "agree", "agreement", "Cohen's kappa"):
         pt.add_column(col)
-    for p in pairs:
+    for p in pairs_doc(c):
         pt.add_row(p["a"], p["b"], str(p["both"]), str(p["agree"]), f"{100 * p['agreement']:.1f}%",
                    dash(p["kappa"], "{:.3f}"))
     console.print(pt)

@@ -88,16 +88,7 @@ def show(dataset: Optional[str] = typer.Argument(None, help="Dataset folder name
         _one(dyn, evo, example, json_out)
         return
     if json_out:
-        doc: dict[str, Any] = {}
-        if evo is not None:
-            doc.update(dataset=evo.dataset, curve=evo.curve, probe_classes=evo.classes(),
-                       probe_examples=[e.to_dict() for e in evo.hardest()
-                                       if cls is None or e.cls == cls][: limit or None])
-        if dyn is not None:
-            rows = [e for e in dyn.sorted(sort) if cls is None or e.cls == cls]
-            doc.update(dataset=dyn.dataset, run=str(dyn.run_dir), classes=dyn.classes(),
-                       suspect_label=len(dyn.suspects()), examples=[e.to_dict() for e in rows[: limit or None]])
-        console.print_json(json.dumps(doc))
+        console.print_json(json.dumps(show_doc(dyn, evo, cls, sort, limit)))
         return
     if evo is not None:
         _curve(evo)
@@ -105,6 +96,38 @@ def show(dataset: Optional[str] = typer.Argument(None, help="Dataset folder name
         _whole(dyn, cls, sort, limit)
     elif evo is not None:
         _probe_table(evo, cls, limit)
+
+
+def show_doc(dyn: RunDynamics | None, evo: Evolution | None, cls: str | None, sort: str,
+             limit: int) -> dict[str, Any]:
+    """`trainctl evolution --json` (and the UI's evolution view): the snapshot curve, the probe examples, and every
+    training example's dynamics, `limit` of them (0 = all) in `sort` order, of class `cls` only if given."""
+    doc: dict[str, Any] = {}
+    if evo is not None:
+        doc.update(dataset=evo.dataset, curve=evo.curve, probe_classes=evo.classes(),
+                   probe_examples=[e.to_dict() for e in evo.hardest()
+                                   if cls is None or e.cls == cls][: limit or None])
+    if dyn is not None:
+        rows = [e for e in dyn.sorted(sort) if cls is None or e.cls == cls]
+        doc.update(dataset=dyn.dataset, run=str(dyn.run_dir), classes=dyn.classes(),
+                   suspect_label=len(dyn.suspects()), examples=[e.to_dict() for e in rows[: limit or None]])
+    return doc
+
+
+def example_doc(dyn: RunDynamics | None, evo: Evolution | None, example: str) -> dict[str, Any]:
+    """One example: its per-epoch dynamics and, when it is in the probe set, its snapshot curve with outputs."""
+    d = next((e for e in (dyn.examples if dyn else []) if example in (e.example_id, str(e.index))), None)
+    p = None
+    if evo is not None:
+        try:
+            p = evo.get(example)
+        except TrainctlError:
+            p = next((e for e in evo.examples if d is not None and str(e.metadata.get("id")) == d.example_id), None)
+    if d is None and p is None:
+        raise TrainctlError(f"no example {example!r} — use an id from `trainctl evolution` (the record's id, "
+                            "train_00012, or a probe id like ex_003)")
+    return {"dynamics": d.to_dict() if d else None, "probe": p.to_dict(curve=True) if p else None,
+            "_objects": (d, p)}
 
 
 def _curve(evo: Evolution) -> None:
@@ -175,19 +198,10 @@ def _probe_table(evo: Evolution, cls: str | None, limit: int) -> None:
 
 def _one(dyn: RunDynamics | None, evo: Evolution | None, example: str, json_out: bool) -> None:
     """The example's per-epoch dynamics and, when it is in the probe set, its snapshot curve."""
-    d = next((e for e in (dyn.examples if dyn else []) if example in (e.example_id, str(e.index))), None)
-    p = None
-    if evo is not None:
-        try:
-            p = evo.get(example)
-        except TrainctlError:
-            p = next((e for e in evo.examples if d is not None and str(e.metadata.get("id")) == d.example_id), None)
-    if d is None and p is None:
-        raise TrainctlError(f"no example {example!r} — use an id from `trainctl evolution` (the record's id, "
-                            "train_00012, or a probe id like ex_003)")
+    doc = example_doc(dyn, evo, example)
+    d, p = doc.pop("_objects")
     if json_out:
-        console.print_json(json.dumps({"dynamics": d.to_dict() if d else None,
-                                       "probe": p.to_dict(curve=True) if p else None}))
+        console.print_json(json.dumps(doc))
         return
     if d is not None:
         console.print(f"[bold]{d.example_id}[/bold] (line {d.row.get('line', '—')}; {d.cls}; confidence "

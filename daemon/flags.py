@@ -96,6 +96,15 @@ class FlagStore:
                 ids.append(row["id"])
         return ids
 
+    def note(self, flag_id: int, notes: str) -> dict[str, Any]:
+        """Add notes to a flag without resolving it."""
+        with self._locked() as doc:
+            for f in doc["flags"]:
+                if f["id"] == flag_id:
+                    f["notes"] = (f.get("notes") + "; " if f.get("notes") else "") + notes
+                    return f
+        raise TrainctlError(f"no flag with id {flag_id} — `trainctl flags --all` lists them")
+
     def resolve(self, flag_id: int, notes: str | None = None) -> dict[str, Any]:
         with self._locked() as doc:
             for f in doc["flags"]:
