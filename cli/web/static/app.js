@@ -58,7 +58,7 @@ T.fmt = function (v, digits) {
   if (typeof v !== "number") return String(v);
   if (digits !== undefined) return v.toFixed(digits);
   const a = Math.abs(v);
-  return a !== 0 && (a < 1e-3 || a >= 1e5) ? v.toExponential(2) : String(Math.round(v * 1e4) / 1e4);
+  return a !== 0 && (a < 1e-2 || a >= 1e5) ? v.toExponential(1) : String(Math.round(v * 1e4) / 1e4);
 };
 
 T.pct = (v) => (v === null || v === undefined ? "—" : (100 * v).toFixed(1) + "%");
@@ -113,6 +113,7 @@ T.lineChart = function (node, title, series, opts) {
     title, width, height: (opts && opts.height) || 220,
     scales: { x: { time: false }, y: { distr: opts && opts.log ? 3 : 1 } },
     legend: { live: true },
+    axes: [{}, { size: 64, values: (u, splits) => splits.map((v) => T.fmt(v)) }],
     series: [{ label: "step" }, ...series.map(([label, stroke, extra]) => ({ label, stroke, width: 1.5, spanGaps: true,
       points: { show: false }, ...(extra || {}) }))],
   }, [[], ...series.map(() => [])], node);

@@ -66,13 +66,15 @@
     try {
       const doc = await T.get("/api/evolution", { class: cls.value, sort: sort.value });
       const classes = doc.classes || doc.probe_classes || {};
+      const examples = doc.examples || [];
+      const oneEpoch = examples.length > 0 && examples.every((e) => (e.per_epoch || []).length < 2);
       head.textContent = `dataset ${doc.dataset}: ` + Object.entries(classes).map(([k, v]) => `${k} ${v}`).join(", ") +
-        (doc.suspect_label !== undefined ? `; ${doc.suspect_label} suspected label errors` : "");
+        (doc.suspect_label !== undefined ? `; ${doc.suspect_label} suspected label errors` : "") +
+        (oneEpoch ? " — one epoch only: variability (across epochs) needs two or more" : "");
       if (doc.curve && doc.curve.length) {
         if (!curve) curve = T.lineChart(curveBox, "accuracy and loss over snapshots", [["accuracy", "#1a7f37"], ["avg loss", "#2f5bd3"]]);
         curve.setData([doc.curve.map((c) => c.step), doc.curve.map((c) => c.accuracy), doc.curve.map((c) => c.avg_loss)]);
       } else T.clear(curveBox, el("p", { class: "muted", text: "no probe snapshots (train.evolution_examples)" }));
-      const examples = doc.examples || [];
       drawScatter(examples);
       const rows = examples.length ? examples : doc.probe_examples || [];
       T.clear(list, T.table(["example", "class", "confidence", "variability", "forgetting", "AUM", "suspect"], rows.slice(0, 500),

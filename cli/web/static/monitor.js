@@ -96,7 +96,7 @@
     const counts = Object.entries(q.counts || {}).map(([k, v]) => `${k} ${v}`).join(", ") || "empty";
     const total = t.total_steps, step = t.current_step;
     T.clear(cards,
-      card("daemon", dm.status + (dm.state ? ` (${dm.state})` : ""), dm.status === "alive" ? "ok" : "warn"),
+      card("daemon", dm.status + (dm.state && dm.state !== dm.status ? ` (${dm.state})` : ""), dm.status === "alive" ? "ok" : "warn"),
       card("queue", counts),
       card("job", t.job_id ? `${t.job_id} · ${t.state || "?"}` : "—"),
       card("step", step !== undefined ? `${step} / ${total || "?"}` : "—"),

@@ -33,7 +33,9 @@
             (c) => [String(c.line), c.reason, T.fmt(c.score, 3), T.fmt(c.threshold, 3), T.textCell(c.preview)])
           : el("p", { class: "muted", text: "no quality rejects" })),
         el("div", { class: "panel" }, el("h2", { text: "Quality scores of rejected records" }),
-          bars((r.histogram || []).map((n, i, all) => [`${(i / all.length).toFixed(2)}–${((i + 1) / all.length).toFixed(2)}`, n]))),
+          (r.histogram || []).some((n) => n > 0)
+            ? bars(r.histogram.map((n, i, all) => [`${(i / all.length).toFixed(2)}–${((i + 1) / all.length).toFixed(2)}`, n]))
+            : el("p", { class: "muted", text: "no rejected record was scored (they failed earlier checks)" })),
         el("div", { class: "panel" }, el("h2", { text: "What to change" }),
           el("ul", {}, (r.recommendations || []).map((x) => el("li", { text: x })))));
       T.showError("");
