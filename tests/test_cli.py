@@ -87,7 +87,7 @@ def _bench_run_on_disk(home: Home, name: str, answers: list[str]) -> None:
     info.save(d / "run.json")
 
 
-def test_read_only_commands_import_no_torch(curated_home):
+def test_read_only_commands_and_the_ui_import_no_torch(curated_home):
     tmp_path = curated_home.root
     _bench_run_on_disk(curated_home, "a", ["Yes", "No", "Yes"])
     _bench_run_on_disk(curated_home, "b", ["Yes", "Yes", "Yes"])
@@ -126,6 +126,15 @@ def test_read_only_commands_import_no_torch(curated_home):
         "            ['evolution', 'export', '--out', 'clean.jsonl'], ['logs'], ['service', 'install', '--print']):\n"
         f"    r = CliRunner().invoke(app, cmd + ['--home', {str(tmp_path)!r}])\n"
         "    assert r.exit_code == 0, r.output\n"
+        # trainctl ui: the server and every page and endpoint it serves
+        "import urllib.request\n"
+        "from cli.web.server import PAGES, serve\n"
+        "from daemon.home import Home\n"
+        f"s = serve(Home.open({str(tmp_path)!r}), '127.0.0.1', 0, None)\n"
+        "for path in [*PAGES, '/api/status', '/api/queue', '/api/flags', '/api/bench/runs', '/api/datasets',\n"
+        "             '/api/bench/compare?runs=a,b', '/api/evolution', '/api/rejected']:\n"
+        "    urllib.request.urlopen(s.url.rstrip('/') + path, timeout=30).read()\n"
+        "s.shutdown()\n"
         "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )

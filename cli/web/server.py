@@ -197,7 +197,14 @@ class Handler(BaseHTTPRequestHandler):
             return
         try:
             length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(min(length, 1 << 20)) or b"{}") if length else {}
+        except ValueError:
+            length = -1
+        if not 0 <= length <= 1 << 20:
+            self.close_connection = True  # the unread body must not be taken for the next request
+            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "the body must be JSON of at most 1 MiB")
+            return
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}") if length else {}
         except ValueError:
             self._error(HTTPStatus.BAD_REQUEST, "the body is not JSON")
             return
