@@ -38,9 +38,15 @@ from daemon.home import Home
 STATIC = Path(__file__).parent / "static"
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css",
           ".txt": "text/plain; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
-PAGES = {"/": "index.html", "/flags": "flags.html", "/compare": "compare.html", "/evolution": "evolution.html",
-         "/rejected": "rejected.html"}
-"""URL -> page. Static assets are whatever files cli/web/static holds, by exact name (see `_static`)."""
+PAGES = {"/": ("Monitor", "monitor"), "/flags": ("Flagged examples", "flags"), "/compare": ("Compare runs", "compare"),
+         "/evolution": ("Evolution", "evolution"), "/rejected": ("Rejections", "rejected")}
+"""URL -> (title, its script in static/): every page is static/page.html around its own script. Static assets are
+whatever files cli/web/static holds, by exact name (see `_static`)."""
+
+
+def page_html(path: str) -> bytes:
+    title, script = PAGES[path]
+    return (STATIC / "page.html").read_text().replace("{title}", title).replace("{script}", script).encode()
 COOKIE = "trainctl_token"
 
 
@@ -166,7 +172,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         path, query, extra = routed
         if path in PAGES:
-            self._send(HTTPStatus.OK, (STATIC / PAGES[path]).read_bytes(), _TYPES[".html"], extra)
+            self._send(HTTPStatus.OK, page_html(path), _TYPES[".html"], extra)
             return
         if path in self.server.static:
             f = self.server.static[path]
