@@ -14,7 +14,7 @@ from pathlib import Path
 
 from daemon.atomic import write_text_atomic
 from daemon.home import Home
-from daemon.jobs import Job, JobQueue, JobState
+from daemon.jobs import TERMINAL, Job, JobQueue, JobState
 
 _FAILED_STATES = (JobState.FAILED, JobState.CANCELLED)
 
@@ -44,8 +44,8 @@ def file_away(home: Home, q: JobQueue, job: Job) -> None:
     """Move an ended job's file out of processing/: done/ for DONE and SKIPPED; failed/ with an .error.txt for
     FAILED and CANCELLED. A file elsewhere (a foreground `trainctl train` of the user's own file) stays put."""
     src = Path(job.file_path)
-    if not src.exists() or src.parent != home.inbox_processing:
-        return
+    if job.state not in TERMINAL or not src.exists() or src.parent != home.inbox_processing:
+        return  # a paused or interrupted job keeps its file in processing/
     failed = job.state in _FAILED_STATES
     try:
         dest = _move_with_sidecar(home, q, job, home.unique_path(home.inbox_failed if failed else home.inbox_done,

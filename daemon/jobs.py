@@ -236,8 +236,11 @@ class JobQueue:
             (JobState.INTERRUPTED.value, JobState.QUEUED.value, JobState.INTERRUPTED.value)).fetchall()
         return next((self._job(r) for r in rows if r["id"] not in exclude), None)
 
-    def transition(self, job_id: int, new: JobState, **fields: Any) -> Job:
-        """Move a job to `new`, refusing moves the state machine does not allow."""
+    def transition(self, job_id: int, new: JobState, only_from: frozenset[JobState] | None = None,
+                   **fields: Any) -> Job:
+        """Move a job to `new`, refusing moves the state machine does not allow. `only_from`: do nothing (and
+        return the job as it is) unless it is in one of these states, checked in the same transaction, for moves
+        two processes may race to make."""
         allowed_cols = {"file_path", "started_at", "finished_at", "dataset_dir", "run_dir", "adapter_dir",
                         "error", "message", "worker_pid", "attempts", "devices", "request", "overrides",
                         "settings_file"}
@@ -250,6 +253,8 @@ class JobQueue:
             if row is None:
                 raise JobError(f"no job {job_id} — run `trainctl queue` to see the jobs")
             old = JobState(row[0])
+            if only_from is not None and old not in only_from:
+                return self._job(self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
             if new != old and new not in _ALLOWED[old]:
                 raise JobError(f"job {job_id} cannot go from {old.value} to {new.value}")
             now = time.time()
@@ -271,14 +276,15 @@ class JobQueue:
             self.conn.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id))
 
     def stopped(self, job_id: int, message: str) -> Job:
-        """A job's worker stopped before the end: INTERRUPTED (resumes on the next start), or PAUSED / CANCELLED
-        when that is what was asked of it."""
+        """A running job's worker stopped before the end: INTERRUPTED (resumes on the next start), or PAUSED /
+        CANCELLED when that is what was asked of it. Whoever notices first settles it (the worker, the daemon, the
+        command that asked); later calls find it settled and change nothing."""
         job = self.get(job_id)
         new = STOP_REQUESTS.get(job.request or "", JobState.INTERRUPTED)
         if new != JobState.INTERRUPTED:
             message = {JobState.PAUSED: "paused; `trainctl resume` continues from its checkpoint",
                        JobState.CANCELLED: "cancelled; its checkpoints are kept"}[new]
-        return self.transition(job_id, new, worker_pid=None, request=None, message=message,
+        return self.transition(job_id, new, only_from=ACTIVE, worker_pid=None, request=None, message=message,
                                **({"error": "cancelled"} if new == JobState.CANCELLED else {}))
 
     def recover_orphans(self) -> list[Job]:

@@ -104,8 +104,10 @@ def pause(home: Home, job_id: int, wait: float = 600, progress: Callable[[str], 
                            "drops it")
         if _running(job):
             return _ask_to_stop(home, q, job, "pause", wait, progress)
-        q.update(job.id, request="pause")
-        return q.stopped(job.id, "paused")
+        if job.state in ACTIVE:  # its worker is gone (daemon killed): settle it as asked
+            q.update(job.id, request="pause")
+            return q.stopped(job.id, "paused")
+        return q.transition(job.id, JobState.PAUSED, message="paused; `trainctl resume` continues from its checkpoint")
 
 
 def resume(home: Home, job_id: int) -> Job:

@@ -23,7 +23,7 @@ from daemon.config import Settings, load_settings, settings_from_dict
 from daemon.devices import Devices, Placement
 from daemon.errors import InputFileError, TrainctlError, TrainingError
 from daemon.home import Home
-from daemon.jobs import TERMINAL, Job, JobQueue, JobState
+from daemon.jobs import TERMINAL, WAITING, Job, JobQueue, JobState
 from daemon.models import check_quantization
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 75
@@ -116,7 +116,7 @@ def run_job(home: Home, job_id: int, echo: Callable[[str], None] = print, in_chi
     q = JobQueue(home.jobs_db)
     try:
         job = q.get(job_id)
-        if job.state not in (JobState.QUEUED, JobState.INTERRUPTED) and job.worker_pid != os.getpid():
+        if job.state not in WAITING and job.worker_pid != os.getpid():
             # Cancelled (or otherwise moved on) between the daemon starting this worker and now: nothing to do
             echo(f"job {job.id} is {job.state.value}; not started")
             return job.state

@@ -202,3 +202,31 @@ def test_cancel_of_a_foreground_train_stops_it(home, tmp_path):
     (job,) = jobs(home)
     assert job.state == JobState.CANCELLED and complete_checkpoints(home, 1)
     assert DEMO.exists()  # the user's own file is never moved
+
+
+def test_a_stopped_worker_is_settled_once_whoever_notices_first(tmp_path):
+    """The worker, the daemon and the command may all see a paused job's worker end: the first settles it, the
+    others change nothing (a second settle must not turn PAUSED into INTERRUPTED, which would resume it)."""
+    q = JobQueue(tmp_path / "jobs.db")
+    j = q.enqueue("a.jsonl", tmp_path / "a", "1")
+    q.transition(j.id, JobState.CURATING)
+    q.transition(j.id, JobState.TRAINING)
+    q.update(j.id, request="pause")
+    assert q.stopped(j.id, "stopped").state == JobState.PAUSED
+    again = q.stopped(j.id, "stopped")
+    assert again.state == JobState.PAUSED and again.request is None
+    # Pausing a job that was cut off (INTERRUPTED, no worker) holds it at once
+    k = q.enqueue("b.jsonl", tmp_path / "b", "2")
+    q.transition(k.id, JobState.CURATING)
+    q.transition(k.id, JobState.INTERRUPTED)
+    home = Home.open(tmp_path / "home")
+    home.jobs_db.parent.mkdir(parents=True, exist_ok=True)
+    import shutil
+
+    q.close()
+    shutil.copy(tmp_path / "jobs.db", home.jobs_db)
+    from daemon import queue_control
+
+    assert queue_control.pause(home, k.id).state == JobState.PAUSED
+    with JobQueue(home.jobs_db) as q2:
+        assert q2.next_runnable() is None  # neither paused job runs
