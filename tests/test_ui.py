@@ -44,6 +44,23 @@ def ui_home(curated_home):  # noqa: F811 - the imported fixture
                                                   "severity": "warning", "message": "m", "recommendation": "r"}) + "\n")
     (h.status_dir / "training_status.json").write_text(json.dumps({"job_id": job.id, "state": "training",
                                                                    "current_step": 3, "total_steps": 10}))
+    # Probe snapshots and per-example dynamics of the curated dataset (as in test_cli's torch-free test)
+    from daemon.dynamics import RECORD
+
+    (ds,) = h.datasets.iterdir()
+    snaps = h.evolution_dir(ds.name)
+    snaps.mkdir(parents=True)
+    for step, ok in ((0, False), (10, True)):
+        ex = {"example_id": "ex_000", "input": XSS, "expected_output": "a", "model_output": "a" if ok else "b",
+              "loss": 0.1, "similarity": 1.0, "exact_match": ok, "golden_prob": 0.9, "metadata": {}}
+        (snaps / f"step_{step:06d}.json").write_text(json.dumps({
+            "snapshot_id": f"{ds.name}_step_{step:06d}", "training_step": step, "examples": [ex],
+            "summary": {"avg_loss": 0.1, "accuracy": float(ok), "total_examples": 1, "correct": int(ok),
+                        "incorrect": int(not ok)}}))
+    (run / "dynamics.json").write_text(json.dumps({"dataset": ds.name, "train_split": str(ds / "train.jsonl")}))
+    n = len((ds / "train.jsonl").read_text().splitlines())
+    (run / "dynamics.bin").write_bytes(b"".join(RECORD.pack(i, e, e + 1, 0.5, 0.6, 0.5, 1.0, 5)
+                                                for e in range(2) for i in range(n)))
     FlagStore(h.flagged_file).add([
         {"reason": "mismatch", "step": 2, "loss": 1.5, "file": "mixed.jsonl", "prompt": XSS, "golden": "abc",
          "output": "abd"},
@@ -94,6 +111,14 @@ def test_every_endpoint_answers_from_the_same_readers_as_the_cli(server, ui_home
     assert [r["custom_id"] for r in _json(base + "api/bench/compare?runs=a,b&diff_only=1")[1]["rows"]] == ["q1"]
     paged = _json(base + "api/bench/compare?runs=a,b&offset=1&limit=1")[1]
     assert [r["custom_id"] for r in paged["rows"]] == ["q1"] and paged["total_rows"] == 3
+    evo = _json(base + "api/evolution")[1]
+    assert [c["step"] for c in evo["curve"]] == [0, 10] and evo["examples"] and evo["classes"]
+    assert _json(base + "api/evolution?class=hard")[1]["examples"] == [e for e in evo["examples"]
+                                                                    if e["class"] == "hard"]
+    one = _json(base + "api/evolution/example?id=ex_000")[1]
+    assert [c["model_output"] for c in one["probe"]["curve"]] == ["b", "a"] and one["probe"]["input"] == XSS
+    assert _req(base + "api/evolution/example?id=nope")[0] == 404
+    assert _req(base + "api/evolution?class=weird")[0] == 400
     (ds,) = _json(base + "api/datasets")[1]
     rej = _json(base + "api/rejected?dataset=" + ds)[1]
     assert rej["total_rejected"] > 0 and rej["by_reason"] and rej["recommendations"]
