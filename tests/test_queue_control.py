@@ -161,7 +161,8 @@ def test_cancel_during_training_keeps_checkpoints_and_retry_continues_from_them(
     assert job.state == JobState.CANCELLED and job.error == "cancelled"
     kept = complete_checkpoints(home, 1)
     assert kept and kept[-1] >= 30
-    wait_for(lambda: (home / "inbox" / "failed" / "demo.jsonl").exists(), 10, "the file in inbox/failed/")
+    # the daemon files it away once the worker has exited
+    wait_for(lambda: (home / "inbox" / "failed" / "demo.jsonl.error.txt").exists(), 10, "the file in inbox/failed/")
     assert "cancelled" in (home / "inbox" / "failed" / "demo.jsonl.error.txt").read_text()
     r = cli(home, "retry", "1")
     assert r.exit_code == 0 and "continues from its newest complete checkpoint" in r.output, r.output

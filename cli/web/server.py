@@ -21,8 +21,8 @@ import hmac
 import ipaddress
 import json
 import secrets
+import signal
 import threading
-import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.cookies import SimpleCookie
@@ -244,8 +244,12 @@ def serve(home: Home, host: str = "127.0.0.1", port: int = 8080, token: str | No
 
 
 def wait_forever(server: UIServer) -> None:
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        server.shutdown()
+    """Serve until SIGINT (Ctrl-C) or SIGTERM. Both are set here: a process started in the background inherits
+    SIGINT ignored, and would otherwise never stop on it."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    while not stop.wait(3600):
+        pass
+    server.shutdown()
+    server.server_close()
