@@ -61,6 +61,11 @@ class Notifier:
     def enabled(self) -> bool:
         return bool(self.cfg.webhook or self.cfg.command)
 
+    @property
+    def wants_alerts(self) -> bool:
+        """Whether alert notices are sent at all (else the daemon need not read the jobs' alert files)."""
+        return self.enabled and bool({"critical", "warning"} & set(self.cfg.events))
+
     def send(self, notice: dict[str, Any]) -> None:
         """Queue `notice` if a hook is set and its event is wanted; returns at once."""
         if not self.enabled or notice["event"] not in self.cfg.events:

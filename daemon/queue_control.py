@@ -190,22 +190,22 @@ def checkpoint(home: Home, job_id: int | None = None, wait: float = 600) -> tupl
     """Ask the training job for a complete checkpoint now; returns (job, its step) once saved, or (job, None)
     without waiting (`wait` = 0)."""
     job = running_job(home, job_id)
-    run_dir = home.run_dir(job.id)
-    before = set(complete_checkpoint_steps(job_checkpoints_dir(home, job.id)))
+    run_dir, ckpts = home.run_dir(job.id), job_checkpoints_dir(home, job.id)
+    before = set(complete_checkpoint_steps(ckpts))
     write_text_atomic(run_dir / CHECKPOINT_REQUEST, f"{time.time()}\n")
     deadline = time.time() + wait
-    while time.time() < deadline:
-        if not (run_dir / CHECKPOINT_REQUEST).exists():
-            new = sorted(set(complete_checkpoint_steps(job_checkpoints_dir(home, job.id))) - before)
-            if new:
-                return job, new[-1]
-        with JobQueue(home.jobs_db, readonly=True) as q:
+    with JobQueue(home.jobs_db, readonly=True) as q:
+        while time.time() < deadline:
+            if not (run_dir / CHECKPOINT_REQUEST).exists():
+                new = sorted(set(complete_checkpoint_steps(ckpts)) - before)
+                if new:
+                    return job, new[-1]
             now = q.get(job.id)
-        if now.state != JobState.TRAINING:
-            (run_dir / CHECKPOINT_REQUEST).unlink(missing_ok=True)
-            raise JobError(f"job {job.id} stopped training ({now.state.value}) before saving: "
-                           + (now.message or ""))
-        time.sleep(0.2)
+            if now.state != JobState.TRAINING:
+                (run_dir / CHECKPOINT_REQUEST).unlink(missing_ok=True)
+                raise JobError(f"job {job.id} stopped training ({now.state.value}) before saving: "
+                               + (now.message or ""))
+            time.sleep(0.2)
     if wait:
         raise JobError(f"job {job.id} has not saved within {wait:.0f}s; it will at the end of its current step")
     return job, None

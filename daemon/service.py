@@ -116,8 +116,8 @@ class Daemon:
     # -- inbox -> queue --------------------------------------------------------------------------------------
     def _adopt_processing_files(self) -> None:
         """Files moved to processing/ by a daemon killed before it could insert their job row."""
-        known = {Path(j.file_path) for j in self.queue.list(limit=100_000)}
-        known |= {Path(j.settings_file) for j in self.queue.list(limit=100_000) if j.settings_file}
+        jobs = self.queue.list(limit=100_000)
+        known = {Path(j.file_path) for j in jobs} | {Path(j.settings_file) for j in jobs if j.settings_file}
         for p in sorted(self.home.inbox_processing.iterdir()):
             if p.is_file() and p not in known and p.suffix != ".toml":
                 name = p.name.split("-", 1)[-1]
@@ -256,7 +256,7 @@ class Daemon:
 
     def _notify_alerts(self, job_id: int) -> None:
         """Critical (and warning) alerts a running job has just raised, as notices."""
-        if not self.notifier.enabled:
+        if not self.notifier.wants_alerts:
             return
         for alert in self.alerts.new_firings(job_id, self.home.run_dir(job_id) / "alerts.jsonl"):
             if alert.get("severity") in ("critical", "warning"):

@@ -153,8 +153,9 @@ def run_job(home: Home, job_id: int, echo: Callable[[str], None] = print, in_chi
             echo(f"job {job.id}: done — {msg}; adapter in {outcome.adapter_dir}")
             return JobState.DONE
         except TrainctlError as exc:
-            if q.get(job.id).state in TERMINAL | {JobState.PAUSED}:  # cancelled or paused as it started
-                return q.get(job.id).state
+            now = q.get(job.id).state
+            if now in TERMINAL | {JobState.PAUSED}:  # cancelled or paused as it started
+                return now
             q.transition(job.id, JobState.FAILED, error=str(exc), worker_pid=None,
                          message="bad input" if isinstance(exc, InputFileError) else "training failed")
             echo(f"job {job.id}: failed — {exc}")

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from daemon.jobs import JobQueue, JobState
-from daemon.training.control import COMPLETE_MARKER
+from daemon.training.checkpoints import COMPLETE_MARKER
 from tests.conftest import DEMO, TINY_SETTINGS, wait_for
 
 runner = CliRunner()

@@ -62,3 +62,12 @@ def test_every_field_has_a_docstring_and_is_in_the_readme():
         for f in dataclasses.fields(cls):
             assert docs.get(f.name), f"{cls.__name__}.{f.name} has no docstring"
             assert re.search(rf"`{f.name}`", readme), f"README does not document {section}.{f.name}"
+
+
+def test_bad_notify_settings_are_reported_together(tmp_path):
+    f = tmp_path / "trainctl.toml"
+    f.write_text('[notify]\nwebhook = "ftp://x"\nevents = ["done", "exploded"]\ntimeout_seconds = 0\n')
+    with pytest.raises(ConfigError) as e:
+        load_settings(f)
+    msg = str(e.value)
+    assert "3 problem(s)" in msg and "ftp://x" in msg and "exploded" in msg and "timeout_seconds" in msg

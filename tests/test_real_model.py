@@ -167,7 +167,7 @@ def test_real_model_learns_what_the_base_model_cannot_and_the_adapter_reloads_wi
 
 
 def test_kill_9_mid_training_of_the_real_model_resumes_to_one_adapter(real_home, daemons):
-    from daemon.training.control import COMPLETE_MARKER
+    from daemon.training.checkpoints import COMPLETE_MARKER
 
     home = real_home
     (home / "trainctl.toml").write_text("[train]\nevolution_examples = 0\neval_steps = -1\nfinal_eval_examples = 0\n")

@@ -98,17 +98,6 @@ def test_a_command_hook_gets_the_json_and_a_failing_one_gives_up(tmp_path):
     assert bad.given_up == 1 and bad.delivered == 0
 
 
-def test_bad_notify_settings_are_reported_together(tmp_path):
-    from daemon.config import load_settings
-
-    f = tmp_path / "trainctl.toml"
-    f.write_text('[notify]\nwebhook = "ftp://x"\nevents = ["done", "exploded"]\ntimeout_seconds = 0\n')
-    with pytest.raises(ConfigError) as e:
-        load_settings(f)
-    msg = str(e.value)
-    assert "3 problem(s)" in msg and "ftp://x" in msg and "exploded" in msg and "timeout_seconds" in msg
-
-
 def test_file_settings_layers_and_every_problem_at_once(tmp_path):
     settings = tmp_path / "trainctl.toml"
     settings.write_text(TINY_SETTINGS + '[files."a.jsonl"]\npriority = 2\n[files."a.jsonl".train]\nlr = 0.01\n'

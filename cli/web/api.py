@@ -39,13 +39,17 @@ def _int(params: dict[str, str], key: str, default: int | None = None) -> int | 
         raise BadRequest(f"{key} must be a whole number, not {raw!r}") from None
 
 
-def _job_ids(home: Home) -> list[int]:
+def _job_exists(home: Home, job_id: int) -> bool:
     from daemon.jobs import JobQueue
 
     if not home.jobs_db.exists():
-        return []
+        return False
     with JobQueue(home.jobs_db, readonly=True) as q:
-        return [j.id for j in q.list(limit=100_000)]
+        try:
+            q.get(job_id)
+        except TrainctlError:
+            return False
+    return True
 
 
 # -- live monitor ---------------------------------------------------------------------------------------------------
@@ -76,7 +80,7 @@ def _run_dir(home: Home, params: dict[str, str]) -> tuple[int, Path]:
         job = (read_json(home.training_status) or {}).get("job_id")
         if job is None:
             raise NotFound("no job has trained yet")
-    if job not in _job_ids(home):
+    if not _job_exists(home, job):
         raise NotFound(f"no job {job}")
     return job, home.run_dir(job)
 
@@ -200,8 +204,9 @@ def bench_runs(home: Home) -> list[dict[str, Any]]:
 def bench_compare(home: Home, params: dict[str, str]) -> dict[str, Any]:
     """Runs (?runs=a,b — looked up among the runs) joined by custom_id; rows paged with ?offset=&limit=."""
     from cli.bench import compare_doc, comparison
+    from daemon.bench.state import list_runs
 
-    known = {r["name"] for r in bench_runs(home)}
+    known = {info.name for _, info in list_runs(home.bench_root)}  # (runs_doc would also count every result)
     runs = [r for r in (params.get("runs") or "").split(",") if r]
     if len(runs) < 2:
         raise BadRequest("pick two or more runs")

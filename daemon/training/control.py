@@ -18,9 +18,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from daemon.training.checkpoints import CHECKPOINT_REQUEST, COMPLETE_MARKER, newest_complete_checkpoint
-
-__all__ = ["RunControl", "COMPLETE_MARKER", "CHECKPOINT_REQUEST", "newest_complete_checkpoint"]
+from daemon.training.checkpoints import COMPLETE_MARKER
 
 
 class RunControl(TrainerCallback):

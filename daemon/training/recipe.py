@@ -355,7 +355,8 @@ def train(ctx: RunContext) -> TrainOutcome:
     from daemon.chat.render import rendering_report
     from daemon.models import load_tokenizer
     from daemon.training import faults
-    from daemon.training.control import CHECKPOINT_REQUEST, RunControl, newest_complete_checkpoint
+    from daemon.training.checkpoints import CHECKPOINT_REQUEST, newest_complete_checkpoint
+    from daemon.training.control import RunControl
     from daemon.training.packing import Batching
     from daemon.training.ranks import AgreeOnStop
     from daemon.training.status import StatusWriter
