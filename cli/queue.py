@@ -37,13 +37,14 @@ def queue(home: HomeOpt = None, json_out: JsonOpt = False,
     t = Table(title=f"jobs in {h.root}")
     for col in ("id", "state", "file", "settings", "created", "took", "devices", "dataset / adapter",
                 "message / error"):
-        t.add_column(col, overflow="fold")
+        # short values kept whole on a narrow terminal; the rest wraps
+        t.add_column(col, overflow="fold", no_wrap=col in ("id", "state", "took"))
     colours = {"done": "green", "failed": "red", "training": "cyan", "curating": "cyan", "interrupted": "yellow",
                "paused": "yellow", "cancelled": "red", "skipped": "dim", "queued": "white"}
     for j in jobs:
         took = (j.finished_at or 0) - (j.started_at or 0) if j.finished_at and j.started_at else None
         c = colours.get(j.state.value, "white")
-        where = "\n".join(x for x in (j.dataset_dir, j.adapter_dir) if x) or "—"
+        where = "\n".join(_in_home(h, x) for x in (j.dataset_dir, j.adapter_dir) if x) or "—"
         msg = f"[red]{j.error}[/red]" if j.error else dash(j.message)
         devices = Placement.from_dict(j.devices_dict).describe() if j.devices_dict else "—"
         own = " ".join(x for x in (f"priority={j.priority}" if j.priority else "", describe(j.overrides_dict),
@@ -51,3 +52,11 @@ def queue(home: HomeOpt = None, json_out: JsonOpt = False,
         t.add_row(str(j.id), f"[{c}]{j.state.value}[/{c}]", j.file_name, own or "—", clock(j.created_at),
                   duration(took), devices, where, msg)
     console.print(t)
+
+
+def _in_home(h: Home, path: str) -> str:
+    """A path relative to the home folder (named in the title) when it lies inside it."""
+    try:
+        return str(Path(path).relative_to(h.root))
+    except ValueError:
+        return path

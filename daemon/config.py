@@ -261,6 +261,9 @@ class DistributedConfig:
     max_restarts: int = 3
     """Several processes: when one dies (killed, OOM), the whole group is restarted from the newest complete
     checkpoint up to this many times before the job fails."""
+    stop_timeout_seconds: int = 600
+    """Several processes on this machine: after a stop (daemon stopped or killed, `pause`, `cancel`), the seconds
+    the ranks get to finish their step and save a checkpoint before torchrun kills them."""
 
 
 @dataclass
@@ -426,6 +429,7 @@ def _validate(s: Settings) -> list[str]:
     need(r.cpus_per_worker >= 0 and r.gpus_per_worker >= 0,
          "distributed.cpus_per_worker and gpus_per_worker must be >= 0")
     need(r.max_restarts >= 0, "distributed.max_restarts must be >= 0")
+    need(r.stop_timeout_seconds >= 1, "distributed.stop_timeout_seconds must be >= 1")
     for key in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
         need(getattr(b, key) >= 1, f"bench.{key} must be >= 1")
     need(b.backend == "vllm" or (b.tensor_parallel_size, b.pipeline_parallel_size) == (1, 1),

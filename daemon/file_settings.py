@@ -96,5 +96,7 @@ def describe(overrides: dict[str, dict[str, Any]]) -> str:
     parts = []
     for section, values in overrides.items():
         for key, value in values.items():
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)  # `--epochs 2` is stored as 2.0
             parts.append(f"{key}={value}" if section == "train" else f"{section}.{key}={value}")
     return " ".join(parts)

@@ -5,9 +5,14 @@ These train builtin:tiny for real: rank 0 alone reports, every rank trains, a ki
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +20,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from daemon.jobs import JobQueue, JobState
-from tests.conftest import DEMO, TINY_SETTINGS, wait_for
+from tests.conftest import DEMO, ROOT, TINY_SETTINGS, wait_for
 
 runner = CliRunner()
 
@@ -125,14 +130,24 @@ def test_kill_9_of_one_rank_and_of_the_daemon_lose_nothing(home, daemons):
     wait_for(lambda: len(rank_pids(home)) == 2 and set(rank_pids(home)).isdisjoint(first), 120,
              "torchrun to restart the group")
     wait_for(lambda: max(complete_checkpoints(home)) >= 40, 240, "progress after the restart")
+    worker = jobs(home)[0].worker_pid
     d.kill(signal.SIGKILL)
     d.wait(10)
+    # The kernel sends the worker its parent-death SIGTERM once for each thread of the killed daemon it passes
+    # through on the way to a new parent: a few, within milliseconds, and when they come far enough apart not to
+    # merge into one, each used to reach torchrun's agent, which then left its ranks and hung. Send more, apart,
+    # so the test never depends on how many this daemon's threads happen to give
+    for _ in range(4):
+        time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGTERM)
     wait_for(lambda: not rank_pids(home), 120, "the ranks to checkpoint and leave")
     # the worker records the interruption once torchrun has returned
     wait_for(lambda: jobs(home)[0].state != JobState.TRAINING, 60, "the worker to record the outcome")
     (job,) = jobs(home)
-    assert job.state == JobState.INTERRUPTED, job
     kept = max(complete_checkpoints(home))
+    # recorded from rank 0's outcome: the worker waited for the ranks' checkpoint at the step they stopped at
+    assert job.state == JobState.INTERRUPTED and job.message.startswith(f"stopped at step {kept};"), (job, kept)
     d2 = daemons(home, "--once")
     assert d2.wait(600) == 0, d2.output()
     (job,) = jobs(home)
@@ -170,8 +185,71 @@ def test_two_slots_train_two_files_at_once_on_their_own_ports(home, daemons):
     assert done[0].started_at < done[1].finished_at and done[1].started_at < done[0].finished_at  # overlapped
     for j in done:
         assert (home / "status" / "jobs" / f"job-{j.id:05d}.json").exists()
-    q = runner.invoke(app, ["queue", "--home", str(home)])
-    assert "cpu slot" in q.output and "x2" in q.output
+    q = runner.invoke(app, ["queue", "--home", str(home)], env={"COLUMNS": "250"})  # cells unfolded
+    assert "cpu slot 0 x2" in q.output and "cpu slot 1 x2" in q.output
+
+
+STOP_TWICE = """
+import os, signal, sys
+from daemon.stop_signals import StopSignals
+asked = []
+with StopSignals(asked.append):
+    if sys.argv[1] == "stop":
+        for _ in range(3):
+            os.kill(os.getpid(), signal.SIGTERM)  # the same stop, three times (a killed daemon's threads)
+print(asked, flush=True)
+os.kill(os.getpid(), signal.SIGTERM)  # after the block: ignored once a stop came, the default action otherwise
+print("still here", flush=True)
+"""
+
+
+@pytest.mark.parametrize("case", ["stop", "none"])
+def test_a_worker_takes_a_repeated_stop_once_and_lives_to_record_it(case):
+    """A job's worker passes one stop to its launcher however often it comes, and a late repeat does not kill it
+    before it records how the job ended; without a stop, the handlers it put in place are undone."""
+    run = subprocess.run([sys.executable, "-c", STOP_TWICE, case], capture_output=True, text=True, cwd=ROOT,
+                         timeout=60)
+    if case == "stop":
+        assert run.returncode == 0 and run.stdout.split("\n")[:2] == ["['SIGTERM']", "still here"], run
+    else:
+        assert run.returncode == -signal.SIGTERM and run.stdout.strip() == "[]", run
+
+
+SAVING_RANK = """
+import os, signal, sys, time
+def stop(signum, frame):
+    time.sleep(3)  # finishing its step and saving a checkpoint
+    open(os.path.join(sys.argv[1], "saved-" + os.environ["RANK"]), "w").close()
+    os._exit(0)
+signal.signal(signal.SIGTERM, stop)
+open(os.path.join(sys.argv[1], "ready-" + os.environ["RANK"]), "w").close()
+time.sleep(120)  # never reached in a passing test: stopped long before
+"""
+
+
+def test_the_agent_waits_for_its_ranks_to_save_however_often_it_is_asked_to_stop(tmp_path):
+    """The same stop three times (Ctrl-C on the terminal and the worker passing it on; a killed daemon's repeats):
+    torchrun's agent still waits for every rank to save and leave, and only then exits."""
+    (tmp_path / "rank.py").write_text(SAVING_RANK)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agent = subprocess.Popen([sys.executable, "-m", "daemon.distributed.agent", "--nnodes", "1",
+                              "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port),
+                              "--max-restarts", "0", "--shutdown-timeout", "60", str(tmp_path / "rank.py"),
+                              str(tmp_path)], cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(list(tmp_path.glob("ready-*"))) == 2, 120, "both ranks to start")
+        for _ in range(3):
+            agent.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+        agent.wait(60)
+        saved = sorted(p.name for p in tmp_path.glob("saved-*"))
+        assert saved == ["saved-0", "saved-1"], agent.stderr.read()[-3000:]
+    finally:
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)
 
 
 def test_a_job_that_cannot_be_placed_fails_with_the_reason_and_the_daemon_goes_on(home, daemons):

@@ -104,7 +104,7 @@ def test_commands_refuse_what_the_state_machine_does_not_allow(tmp_path):
     r = cli(home, "priority", str(job.id), "7")
     assert r.exit_code == 0 and "priority 7" in r.output
     r = cli(home, "queue")
-    assert "priority=7 epochs=2.0" in r.output
+    assert "priority=7 epochs=2" in r.output and "epochs=2.0" not in r.output  # as typed, not 2.0
 
 
 @pytest.mark.slow

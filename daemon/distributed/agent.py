@@ -4,11 +4,17 @@ It is torch's own launcher (torch.distributed.run) with two differences:
 - it dies with the job's worker (the kernel sends it SIGTERM when the worker dies, even by kill -9), which makes it
   stop its ranks; they checkpoint;
 - with static rendezvous on 127.0.0.1, the store it serves listens on 127.0.0.1 only (torch's TCPStore binds every
-  interface unless it is handed an already bound socket).
+  interface unless it is handed an already bound socket);
+- it takes a stop once. torchrun raises SignalException from its handler at every signal: the first makes it pass
+  the stop to the ranks and wait (`--shutdown-timeout`) while they finish their step and save a checkpoint; a second,
+  raised inside that wait, abandons it, and a third can leave the agent hung at exit with its log threads running.
+  A killed daemon sends the same stop several times (daemon/stop_signals.py), so repeats are ignored here.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import sys
 from typing import Any
@@ -37,8 +43,23 @@ def _loopback_store(make: Any) -> Any:
     return store
 
 
+def _stop_once(handler: Any) -> Any:
+    stopping: list[int] = []
+
+    def once(signum: int, frame: Any) -> None:
+        if stopping:
+            # os.write, not print: the handler may run while the main thread is inside a write to stderr
+            os.write(2, f"trainctl agent: {signal.Signals(signum).name} again — already stopping; the ranks are "
+                        "saving a checkpoint\n".encode())
+            return
+        stopping.append(signum)
+        handler(signum, frame)
+    return once
+
+
 def main(argv: list[str]) -> None:
     from torch.distributed import TCPStore
+    from torch.distributed.elastic.multiprocessing import api as elastic_processes
     from torch.distributed.elastic.rendezvous import static_tcp_rendezvous
     from torch.distributed.run import main as torchrun
 
@@ -47,6 +68,9 @@ def main(argv: list[str]) -> None:
     die_with_parent()
     if getattr(static_tcp_rendezvous, "TCPStore", None) is TCPStore:
         static_tcp_rendezvous.TCPStore = _loopback_store(TCPStore)  # type: ignore[attr-defined]
+    # torchrun installs this module-level handler (looked up when it starts the ranks, at every restart)
+    if callable(getattr(elastic_processes, "_terminate_process_handler", None)):
+        elastic_processes._terminate_process_handler = _stop_once(elastic_processes._terminate_process_handler)
     torchrun(argv)
 
 

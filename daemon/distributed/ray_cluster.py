@@ -27,6 +27,7 @@ from daemon.distributed.outcome import read_outcome
 from daemon.distributed.torchrun import prepare_launch
 from daemon.errors import PlacementError, TrainingError
 from daemon.home import Home
+from daemon.stop_signals import StopSignals
 
 
 class RankActor:
@@ -147,17 +148,13 @@ def _wait(ray: Any, refs: list[Any], pid0: int) -> bool:
     """Wait for every rank; a stop request (SIGTERM/SIGINT to the worker) is passed to rank 0, which tells the
     others at the end of the step. True if a stop was requested. A failed rank ends the wait (its error is logged
     by Ray); the caller restarts the group."""
-    stopping: list[int] = []
-
-    def forward(signum: int, frame: Any) -> None:
-        stopping.append(signum)
+    def forward(name: str) -> None:
         try:
             os.kill(pid0, signal.SIGTERM)
         except ProcessLookupError:
             pass
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with StopSignals(forward) as stop:  # once (daemon/stop_signals.py)
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
@@ -166,8 +163,5 @@ def _wait(ray: Any, refs: list[Any], pid0: int) -> bool:
                     ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - a rank died: the attempt is over
                     print(f"a training process failed: {type(exc).__name__}: {str(exc)[:500]}", flush=True)
-                    return bool(stopping)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    return bool(stopping)
+                    return stop.received is not None
+    return stop.received is not None

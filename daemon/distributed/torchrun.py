@@ -25,6 +25,7 @@ from daemon.distributed.outcome import read_outcome
 from daemon.distributed.rank import LAUNCH_FILE
 from daemon.errors import TrainingError
 from daemon.home import Home
+from daemon.stop_signals import StopSignals
 
 
 def prepare_launch(home: Home, job_id: int, dataset: Path, settings: Settings, place: Placement,
@@ -38,12 +39,14 @@ def prepare_launch(home: Home, job_id: int, dataset: Path, settings: Settings, p
     return doc
 
 
-def torchrun_command(home: Home, job_id: int, place: Placement, max_restarts: int) -> list[str]:
+def torchrun_command(home: Home, job_id: int, place: Placement, max_restarts: int, stop_timeout: int) -> list[str]:
     assert place.port is not None, "a job with several processes holds a rendezvous port"
     return [sys.executable, "-m", "daemon.distributed.agent",
             "--nnodes", "1", "--nproc-per-node", str(place.nproc),
             "--master-addr", "127.0.0.1", "--master-port", str(place.port),
             "--max-restarts", str(max_restarts),
+            # after a stop, the ranks finish their step and save before torchrun would kill them
+            "--shutdown-timeout", str(stop_timeout),
             # each rank's output also in data/runs/<job>/ranks/ (the console shows it too)
             "--log-dir", str(home.run_dir(job_id) / "ranks"), "--tee", "3",
             "-m", "daemon.distributed.rank", "--home", str(home.root), "--job", str(job_id)]
@@ -63,26 +66,22 @@ def run_torchrun(home: Home, job_id: int, dataset: Path, settings: Settings, pla
                  echo: Callable[[str], None]) -> dict[str, Any]:
     """Train under torchrun; returns rank 0's outcome document (daemon/distributed/outcome.py)."""
     launch = prepare_launch(home, job_id, dataset, settings, place)["launch"]
-    cmd = torchrun_command(home, job_id, place, settings.distributed.max_restarts)
+    cmd = torchrun_command(home, job_id, place, settings.distributed.max_restarts,
+                           settings.distributed.stop_timeout_seconds)
     echo(f"job {job_id}: {place.nproc} processes under torchrun ({place.describe()})")
     agent = subprocess.Popen(cmd, env=rank_env(place))  # it dies with this worker (agent.py)
-    stopping: list[str] = []
 
-    def forward(signum: int, frame: Any) -> None:
-        stopping.append(signal.Signals(signum).name)
+    def forward(name: str) -> None:
         if agent.poll() is None:
             agent.send_signal(signal.SIGTERM)  # the agent passes it to every rank; they checkpoint
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    # Once: a repeat would make the agent give up waiting for the ranks' checkpoint (daemon/stop_signals.py)
+    with StopSignals(forward) as stop:
         code = agent.wait()
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
     doc = read_outcome(home.run_dir(job_id), launch)
     if doc is not None:
         return doc
-    if stopping:
+    if stop.received:
         return {"interrupted": True, "steps": None, "error": None}
     raise TrainingError(f"the job's {place.nproc} training processes failed (torchrun exit code {code}, "
                         f"after up to {settings.distributed.max_restarts} restarts) — each rank's output is in "

@@ -13,11 +13,11 @@ of it (daemon/training/checkpoints.py).
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 from transformers import TrainerCallback
 
+from daemon.stop_signals import StopSignals
 from daemon.training.checkpoints import COMPLETE_MARKER
 
 
@@ -29,19 +29,19 @@ class RunControl(TrainerCallback):
         self.stop_requested = False
         self.stop_reason = ""
         self.parent = os.getppid() if watch_parent else None
-        self._previous: dict[int, object] = {}
+        self._signals = StopSignals(lambda name: self.request_stop(f"signal {name}"))
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT ask for a checkpoint and a stop instead of killing; undone at the end of training."""
-        def handler(signum, frame):
-            self.request_stop(f"signal {signal.Signals(signum).name}")
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, handler)
+        """SIGTERM/SIGINT ask for a checkpoint and a stop instead of killing (repeats of it change nothing:
+        daemon/stop_signals.py); undone at the end of training unless a stop came."""
+        self._signals.install()
+
+    def release_signal_handlers(self) -> None:
+        """Undo install_signal_handlers (once; a stop that came keeps later signals ignored)."""
+        self._signals.release()
 
     def on_train_end(self, args, state, control, **kw):
-        for sig, old in self._previous.items():
-            signal.signal(sig, old)  # type: ignore[arg-type]
-        self._previous.clear()
+        self.release_signal_handlers()
 
     def request_stop(self, reason: str) -> None:
         self.stop_requested = True

@@ -409,6 +409,7 @@ def train(ctx: RunContext) -> TrainOutcome:
     try:
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
+        control.release_signal_handlers()  # on_train_end does it too, but not when training raised
         if status:
             status.close()  # the metrics file (on_train_end closes it too, but not when training raised)
     steps = trainer.state.global_step
