@@ -381,12 +381,19 @@ def test_data_parallel_ranks_share_the_prompts_exactly_once_through_kills_and_a_
         assert all(shard_of(json.loads(x)["custom_id"], 2) == r for x in rows if x.endswith("}"))
     listed = json.loads(runner.invoke(app, ["bench", "list", "--home", str(home), "--json"]).output)
     assert listed[0]["state"] == "killed" and listed[0]["done"] == len(first)
-    # Resume with two ranks, stopped by SIGTERM after some progress, then finish with one rank
+    # Resume with two ranks, stopped by one Ctrl-C on its terminal (SIGINT to its process group) after some progress:
+    # each rank finishes the requests in flight (it is not taken as a second press), then finish with one rank
     proc = subprocess.Popen(_bench_cmd(home, prompts, "dp", "--resume", *dp), cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     wait_for(lambda: len(all_results(home, "dp")) > len(first) + 10 or proc.poll() is not None, 180, "progress")
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(120) in (0, 130)
+    from daemon.bench.state import BenchState, load_run
+
+    for r in (0, 1):
+        rank = load_run(run_dir, f"run.rank-{r}.json")
+        assert rank.state is BenchState.COMPLETED or (
+            rank.state is BenchState.STOPPED and rank.message == "stopped by a signal; `--resume` continues"), rank
     done = subprocess.run(_bench_cmd(home, prompts, "dp", "--resume"), cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -126,7 +126,10 @@ def run_sharded(home: Home, spec: BenchSpec, resume: bool = False, retry_errors:
         if retry_errors:
             cmd.append("--retry-errors")
         env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if gpus else {})}
-        procs.append(subprocess.Popen(cmd, env=env))
+        # A session of its own: a Ctrl-C on the terminal reaches the coordinator alone, which passes it on once.
+        # Reaching a rank from both, one press would count as the second that abandons the requests in flight. The
+        # ranks still die with the coordinator (PR_SET_PDEATHSIG, main below).
+        procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
     log(f"{ranks} ranks started (pids {', '.join(str(p.pid) for p in procs)}); each writes results.rank-R.jsonl")
 
     def forward(signum: int, frame: Any) -> None:
