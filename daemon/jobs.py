@@ -152,13 +152,35 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+def _create_whole(db_path: Path) -> None:
+    """Make a new queue appear whole: built under a temporary name, then linked into place (never over one another
+    process has just made). A reader that finds the file (`trainctl queue`, `status`) finds its table too; created
+    in place, it could meet an empty database in the instant before the schema ("no such table: jobs")."""
+    if db_path.exists():
+        return
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = db_path.with_name(f".{db_path.name}.{os.getpid()}.new")
+    conn = sqlite3.connect(tmp)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")  # kept in the file's header
+        conn.executescript(_SCHEMA)
+    finally:
+        conn.close()  # checkpoints and removes its -wal: the file holds everything
+    try:
+        os.link(tmp, db_path)
+    except FileExistsError:
+        pass  # another process made it first: use that one
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class JobQueue:
     def __init__(self, db_path: Path, readonly: bool = False):
         self.path = db_path
         if readonly:
             self.conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
         else:
-            db_path.parent.mkdir(parents=True, exist_ok=True)
+            _create_whole(db_path)
             self.conn = sqlite3.connect(db_path, timeout=30)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.executescript(_SCHEMA)

@@ -53,3 +53,32 @@ def test_same_content_is_found_but_failed_jobs_do_not_count(tmp_path):
     m = q.enqueue("c.jsonl", tmp_path / "c", "abc", overrides={"train": {"epochs": 2}})
     assert q.find_same_content("abc", overrides={"train": {"epochs": 2}}).id == m.id
     assert q.find_same_content("abc", overrides={"train": {"epochs": 3}}) is None
+
+
+MAKE_QUEUES = """
+import sys
+from pathlib import Path
+from daemon.jobs import JobQueue
+for i in range(int(sys.argv[2])):
+    JobQueue(Path(sys.argv[1]) / str(i) / "jobs.db").close()
+"""
+
+
+def test_a_queue_being_made_is_never_seen_without_its_table(tmp_path):
+    """`trainctl queue` or `status` run in the instant the daemon makes its queue see an empty queue, never
+    "no such table: jobs": each new queue is read the moment its file appears."""
+    n = 40
+    maker = subprocess.Popen([sys.executable, "-c", MAKE_QUEUES, str(tmp_path), str(n)])
+    seen, errors = 0, []
+    while seen < n and (maker.poll() is None or (tmp_path / str(seen) / "jobs.db").exists()):
+        db = tmp_path / str(seen) / "jobs.db"
+        if not db.exists():
+            continue
+        try:
+            with JobQueue(db, readonly=True) as q:
+                assert q.list() == []
+        except Exception as exc:  # noqa: BLE001 - every failure is what this test looks for
+            errors.append(f"{type(exc).__name__}: {exc}")
+        seen += 1
+    assert maker.wait(60) == 0
+    assert seen == n and errors == [], (seen, errors[:3])
