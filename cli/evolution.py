@@ -114,8 +114,9 @@ def show_doc(dyn: RunDynamics | None, evo: Evolution | None, cls: str | None, so
     return doc
 
 
-def example_doc(dyn: RunDynamics | None, evo: Evolution | None, example: str) -> dict[str, Any]:
-    """One example: its per-epoch dynamics and, when it is in the probe set, its snapshot curve with outputs."""
+def find_example(dyn: RunDynamics | None, evo: Evolution | None, example: str) -> tuple[Any, Any]:
+    """(its per-epoch dynamics, its probe entry): either may be None, not both; `example` is the record's id, its
+    index, or a probe id."""
     d = next((e for e in (dyn.examples if dyn else []) if example in (e.example_id, str(e.index))), None)
     p = None
     if evo is not None:
@@ -126,8 +127,13 @@ def example_doc(dyn: RunDynamics | None, evo: Evolution | None, example: str) ->
     if d is None and p is None:
         raise TrainctlError(f"no example {example!r} — use an id from `trainctl evolution` (the record's id, "
                             "train_00012, or a probe id like ex_003)")
-    return {"dynamics": d.to_dict() if d else None, "probe": p.to_dict(curve=True) if p else None,
-            "_objects": (d, p)}
+    return d, p
+
+
+def example_doc(d: Any, p: Any) -> dict[str, Any]:
+    """`trainctl evolution EXAMPLE --json` (and the UI's example view): the example's per-epoch dynamics and, when
+    it is in the probe set, its snapshot curve with outputs."""
+    return {"dynamics": d.to_dict() if d else None, "probe": p.to_dict(curve=True) if p else None}
 
 
 def _curve(evo: Evolution) -> None:
@@ -198,10 +204,9 @@ def _probe_table(evo: Evolution, cls: str | None, limit: int) -> None:
 
 def _one(dyn: RunDynamics | None, evo: Evolution | None, example: str, json_out: bool) -> None:
     """The example's per-epoch dynamics and, when it is in the probe set, its snapshot curve."""
-    doc = example_doc(dyn, evo, example)
-    d, p = doc.pop("_objects")
+    d, p = find_example(dyn, evo, example)
     if json_out:
-        console.print_json(json.dumps(doc))
+        console.print_json(json.dumps(example_doc(d, p)))
         return
     if d is not None:
         console.print(f"[bold]{d.example_id}[/bold] (line {d.row.get('line', '—')}; {d.cls}; confidence "

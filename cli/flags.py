@@ -39,8 +39,9 @@ def flags_list(ctx: typer.Context,
     if ctx.invoked_subcommand is not None:
         return
     _, store = _store(home)
-    rows = store.query(reason, sort.replace("-", "_"), limit or None, include_resolved=all_)
-    st = store.stats()
+    flags = store.load()
+    rows = store.query(reason, sort.replace("-", "_"), limit or None, include_resolved=all_, flags=flags)
+    st = store.stats(flags)
     if json_out:
         console.print_json(json.dumps(st if stats else {"stats": st, "flags": rows}))
         return

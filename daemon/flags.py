@@ -41,12 +41,13 @@ class FlagStore:
         return list(doc.get("flags", []))
 
     def query(self, reason: str | None = None, sort: str = "recent", limit: int | None = None,
-              include_resolved: bool = False) -> list[dict[str, Any]]:
+              include_resolved: bool = False, flags: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """`flags`: what `load()` returned, when the caller asks several questions of one read."""
         if reason is not None and reason not in REASONS:
             raise TrainctlError(f"unknown reason {reason!r} — use one of {', '.join(REASONS)}")
         if sort not in SORTS:
             raise TrainctlError(f"unknown sort {sort!r} — use one of {', '.join(SORTS)}")
-        rows = [f for f in self.load() if (include_resolved or not f.get("resolved"))
+        rows = [f for f in (self.load() if flags is None else flags) if (include_resolved or not f.get("resolved"))
                 and (reason is None or f["reason"] == reason)]
         key = {"recent": lambda f: (-f["id"],), "oldest": lambda f: (f["id"],),
                "highest_loss": lambda f: (-(f.get("loss") if f.get("loss") is not None else -1e9), -f["id"]),
@@ -54,8 +55,8 @@ class FlagStore:
         rows.sort(key=key)
         return rows[:limit] if limit else rows
 
-    def stats(self) -> dict[str, Any]:
-        flags = self.load()
+    def stats(self, flags: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        flags = self.load() if flags is None else flags
         open_ = [f for f in flags if not f.get("resolved")]
         losses = [f["loss"] for f in open_ if isinstance(f.get("loss"), (int, float))]
         return {"total": len(flags), "open": len(open_), "resolved": len(flags) - len(open_),
@@ -98,19 +99,18 @@ class FlagStore:
 
     def note(self, flag_id: int, notes: str) -> dict[str, Any]:
         """Add notes to a flag without resolving it."""
-        with self._locked() as doc:
-            for f in doc["flags"]:
-                if f["id"] == flag_id:
-                    f["notes"] = (f.get("notes") + "; " if f.get("notes") else "") + notes
-                    return f
-        raise TrainctlError(f"no flag with id {flag_id} — `trainctl flags --all` lists them")
+        return self._change(flag_id, notes, resolve=False)
 
     def resolve(self, flag_id: int, notes: str | None = None) -> dict[str, Any]:
+        return self._change(flag_id, notes, resolve=True)
+
+    def _change(self, flag_id: int, notes: str | None, resolve: bool) -> dict[str, Any]:
         with self._locked() as doc:
             for f in doc["flags"]:
                 if f["id"] == flag_id:
-                    f["resolved"] = True
-                    f["resolved_at"] = time.time()
+                    if resolve:
+                        f["resolved"] = True
+                        f["resolved_at"] = time.time()
                     if notes:
                         f["notes"] = (f.get("notes") + "; " if f.get("notes") else "") + notes
                     return f

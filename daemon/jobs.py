@@ -54,6 +54,9 @@ _ALLOWED: dict[JobState, frozenset[JobState]] = {
 
 STOP_REQUESTS = {"pause": JobState.PAUSED, "cancel": JobState.CANCELLED}
 """A running job asked to stop (`request` column) ends in this state instead of INTERRUPTED."""
+STOPPED_AS_ASKED = {JobState.PAUSED: "paused; `trainctl resume` continues from its checkpoint",
+                    JobState.CANCELLED: "cancelled; its checkpoints are kept"}
+"""The message of a job stopped because `trainctl pause` / `cancel` asked it to."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -304,8 +307,7 @@ class JobQueue:
         job = self.get(job_id)
         new = STOP_REQUESTS.get(job.request or "", JobState.INTERRUPTED)
         if new != JobState.INTERRUPTED:
-            message = {JobState.PAUSED: "paused; `trainctl resume` continues from its checkpoint",
-                       JobState.CANCELLED: "cancelled; its checkpoints are kept"}[new]
+            message = STOPPED_AS_ASKED[new]
         return self.transition(job_id, new, only_from=ACTIVE, worker_pid=None, request=None, message=message,
                                **({"error": "cancelled"} if new == JobState.CANCELLED else {}))
 

@@ -25,7 +25,7 @@ from daemon.errors import JobError
 from daemon.file_settings import merge
 from daemon.home import Home
 from daemon.inbox_files import file_away, take_back
-from daemon.jobs import ACTIVE, TERMINAL, Job, JobQueue, JobState, pid_alive
+from daemon.jobs import ACTIVE, STOPPED_AS_ASKED, TERMINAL, Job, JobQueue, JobState, pid_alive
 from daemon.training.checkpoints import CHECKPOINT_REQUEST, complete_checkpoint_steps, job_checkpoints_dir
 
 
@@ -107,7 +107,7 @@ def pause(home: Home, job_id: int, wait: float = 600, progress: Callable[[str], 
         if job.state in ACTIVE:  # its worker is gone (daemon killed): settle it as asked
             q.update(job.id, request="pause")
             return q.stopped(job.id, "paused")
-        return q.transition(job.id, JobState.PAUSED, message="paused; `trainctl resume` continues from its checkpoint")
+        return q.transition(job.id, JobState.PAUSED, message=STOPPED_AS_ASKED[JobState.PAUSED])
 
 
 def resume(home: Home, job_id: int) -> Job:

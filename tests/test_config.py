@@ -35,12 +35,18 @@ def test_toml_then_flags_override(tmp_path):
     assert s.curation.val_fraction == 0.2
 
 
-def test_every_problem_is_reported_at_once(tmp_path):
+def problems(tmp_path, toml: str) -> str:
+    """The ConfigError message loading this trainctl.toml gives (it must give one)."""
     f = tmp_path / "trainctl.toml"
-    f.write_text('[train]\nlr = -1\nbatch_size = "big"\nwarmp = 3\n[curation]\nval_fraction = 1.5\n[oops]\nx = 1\n')
+    f.write_text(toml)
     with pytest.raises(ConfigError) as e:
         load_settings(f)
-    msg = str(e.value)
+    return str(e.value)
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    msg = problems(tmp_path, '[train]\nlr = -1\nbatch_size = "big"\nwarmp = 3\n[curation]\nval_fraction = 1.5\n'
+                             '[oops]\nx = 1\n')
     for needle in ("train.lr", "train.batch_size", "unknown setting train.warmp", "curation.val_fraction",
                    "unknown section [oops]"):
         assert needle in msg
@@ -65,9 +71,5 @@ def test_every_field_has_a_docstring_and_is_in_the_readme():
 
 
 def test_bad_notify_settings_are_reported_together(tmp_path):
-    f = tmp_path / "trainctl.toml"
-    f.write_text('[notify]\nwebhook = "ftp://x"\nevents = ["done", "exploded"]\ntimeout_seconds = 0\n')
-    with pytest.raises(ConfigError) as e:
-        load_settings(f)
-    msg = str(e.value)
+    msg = problems(tmp_path, '[notify]\nwebhook = "ftp://x"\nevents = ["done", "exploded"]\ntimeout_seconds = 0\n')
     assert "3 problem(s)" in msg and "ftp://x" in msg and "exploded" in msg and "timeout_seconds" in msg

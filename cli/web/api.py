@@ -164,16 +164,16 @@ def flags(home: Home, params: dict[str, str]) -> dict[str, Any]:
         raise BadRequest("state must be open, resolved or all")
     reason = params.get("reason") or None
     sort = (params.get("sort") or "recent").replace("-", "_")
+    all_flags = store.load()  # one read of the file for every part of the answer
     try:
-        rows = store.query(reason, sort, None, include_resolved=state != "open")
+        rows = store.query(reason, sort, None, include_resolved=state != "open", flags=all_flags)
     except TrainctlError as exc:
         raise BadRequest(str(exc)) from None
     if state == "resolved":
         rows = [f for f in rows if f.get("resolved")]
     if params.get("file"):
         rows = [f for f in rows if f.get("file") == params["file"]]
-    all_flags = store.load()
-    return {"stats": store.stats(), "flags": rows,
+    return {"stats": store.stats(all_flags), "flags": rows,
             "files": sorted({f["file"] for f in all_flags if f.get("file")}),
             "reasons": sorted({f["reason"] for f in all_flags})}
 
@@ -252,17 +252,15 @@ def evolution(home: Home, params: dict[str, str]) -> dict[str, Any]:
 
 
 def evolution_example(home: Home, params: dict[str, str]) -> dict[str, Any]:
-    from cli.evolution import _pick, example_doc
+    from cli.evolution import _pick, example_doc, find_example
 
     if not params.get("id"):
         raise BadRequest("id is missing")
     try:
         dyn, evo = _pick(home, params.get("dataset") or None)
-        doc = example_doc(dyn, evo, params["id"])
+        return example_doc(*find_example(dyn, evo, params["id"]))
     except TrainctlError as exc:
         raise NotFound(str(exc)) from None
-    doc.pop("_objects", None)
-    return doc
 
 
 # -- rejections -----------------------------------------------------------------------------------------------------

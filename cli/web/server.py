@@ -38,6 +38,8 @@ from daemon.home import Home
 STATIC = Path(__file__).parent / "static"
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css",
           ".txt": "text/plain; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
+COOKIE = "trainctl_token"
+"""Where the access token is kept once a page was opened with ?token=."""
 PAGES = {"/": ("Monitor", "monitor"), "/flags": ("Flagged examples", "flags"), "/compare": ("Compare runs", "compare"),
          "/evolution": ("Evolution", "evolution"), "/rejected": ("Rejections", "rejected")}
 """URL -> (title, its script in static/): every page is static/page.html around its own script. Static assets are
@@ -47,7 +49,6 @@ whatever files cli/web/static holds, by exact name (see `_static`)."""
 def page_html(path: str) -> bytes:
     title, script = PAGES[path]
     return (STATIC / "page.html").read_text().replace("{title}", title).replace("{script}", script).encode()
-COOKIE = "trainctl_token"
 
 
 def _static() -> dict[str, Path]:
