@@ -114,16 +114,20 @@ def run_on_ray(home: Home, job_id: int, dataset: Path, settings: Settings, place
             n = r.num_workers
             echo(f"job {job_id}: {n} Ray workers at {r.address} (attempt {attempt + 1})")
             opts = {"num_cpus": r.cpus_per_worker, "num_gpus": r.gpus_per_worker}
-            # Rank 0 on this machine (it writes the home's status and adapter); the others where Ray finds room
+            # Rank 0 on this machine (it writes the home's status and adapter), placed before the others are asked
+            # for: asked for together, another rank could take this node's last CPU/GPU and leave rank 0, pinned
+            # here, waiting. The others go where Ray finds room.
             workers = [actor.options(**opts, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
                                      ).remote()]
-            workers += [actor.options(**opts).remote() for _ in range(n - 1)]
             try:
-                found = ray.get([w.where.remote() for w in workers], timeout=600)
+                found = ray.get([workers[0].where.remote()], timeout=600)
+                workers += [actor.options(**opts).remote() for _ in range(n - 1)]
+                found += ray.get([w.where.remote() for w in workers[1:]], timeout=600)
             except ray.exceptions.GetTimeoutError:
-                raise PlacementError(f"the Ray cluster found no room for a worker with {opts} on this machine in 10 "
-                                     "minutes — rank 0 runs here: give this node CPUs/GPUs in the cluster "
-                                     "(`ray start --num-cpus/--num-gpus`) or lower distributed.*_per_worker") from None
+                where = "on this machine (rank 0 runs here)" if len(workers) == 1 else f"for all {n} of them"
+                raise PlacementError(f"the Ray cluster found no room for a worker with {opts} {where} in 10 minutes "
+                                     "— give the nodes CPUs/GPUs (`ray start --num-cpus/--num-gpus`) or lower "
+                                     "distributed.*_per_worker") from None
             ip, pid0, _ = found[0]
             echo(f"job {job_id}: ranks on nodes " + ", ".join(f"{i}:{node[:8]} ({addr})"
                                                             for i, (addr, _, node) in enumerate(found)))
