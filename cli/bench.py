@@ -78,7 +78,8 @@ def _home_model(h: Home) -> str:
 
 
 def _spec(h: Home, name: str | None, model: str | None, prompts: str | None, adapter: str | None,
-          job: int | None, base: bool, resume: bool, bench_flags: dict[str, Any], best: bool = False) -> Any:
+          job: int | None, base: bool, resume: bool, bench_flags: dict[str, Any], best: bool = False,
+          limit: int | None = None) -> Any:
     from daemon.bench.runner import BenchSpec
     from daemon.bench.state import load_run
     from daemon.config import load_settings
@@ -109,6 +110,7 @@ def _spec(h: Home, name: str | None, model: str | None, prompts: str | None, ada
         for key in ("backend", "max_tokens", "temperature", "top_p", "seed"):
             bench_flags.setdefault(key, fp[key])
         job_id = stored.job_id
+        limit = limit or stored.limit
     if not prompts:
         raise BenchError("give --prompts FILE (OpenAI batch lines or any training format), or --job ID")
     prompts_path = Path(prompts).expanduser().resolve()
@@ -125,8 +127,10 @@ def _spec(h: Home, name: str | None, model: str | None, prompts: str | None, ada
         tail = safe_name(model.rstrip("/").split("/")[-1].replace(":", "-"))
         name = f"{safe_name(prompts_path.stem)}-{tail}" + ("-lora" if adapter_path else "")
     name = safe_name(name)
+    if limit is not None and limit < 1:
+        raise BenchError(f"--limit {limit}: give a number of prompts >= 1 (or leave it out for all of them)")
     return BenchSpec(name=name, model=model, prompts=prompts_path, adapter=adapter_path, cfg=settings.bench,
-                     job_id=job_id)
+                     job_id=job_id, limit=limit)
 
 
 @command(bench_app, "run")
@@ -137,9 +141,13 @@ def bench_run(model: Optional[str] = typer.Option(None, "--model", help="builtin
               job: Optional[int] = typer.Option(None, "--job", help="A finished job: its adapter on its test split."),
               base: bool = typer.Option(False, "--base", help="With --job: the job's base model, no adapter."),
               best: bool = typer.Option(False, "--best", help="With --job: its best checkpoint's adapter."),
-              backend: Optional[str] = typer.Option(None, "--backend", help="hf or vllm."),
+              backend: Optional[str] = typer.Option(None, "--backend", help="auto (vLLM when it loads the "
+                                                    "model, else hf), vllm or hf."),
               name: Optional[str] = typer.Option(None, "--name", help="Run name (data/bench/<name>/)."),
-              resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
+              resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (the same line "
+                                          "without it also continues a run with the same settings)."),
+              limit: Optional[int] = typer.Option(None, "--limit", help="Answer only the first N prompts (the "
+                                                  "same line without it answers the rest)."),
               retry_errors: bool = typer.Option(False, "--retry-errors", help="With --resume: redo error lines."),
               max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
               temperature: Optional[float] = typer.Option(None, "--temperature"),
@@ -159,7 +167,7 @@ def bench_run(model: Optional[str] = typer.Option(None, "--model", help="builtin
     flags = {k: v for k, v in dict(backend=backend, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                    seed=seed, batch_size=batch_size,
                                    data_parallel_size=data_parallel_size).items() if v is not None}
-    spec = _spec(h, name, model, prompts, adapter, job, base, resume, flags, best)
+    spec = _spec(h, name, model, prompts, adapter, job, base, resume, flags, best, limit)
     out = err_console if json_out else console
     if resume and load_run(h.bench_dir(spec.name)) is None:
         # the same command line can be re-run blindly after every crash: the first time, it starts the run
@@ -197,21 +205,81 @@ def _run(h: Home, spec: Any, resume: bool, retry_errors: bool, json_out: bool) -
             outcome = run_sharded(h, spec, resume=resume, retry_errors=retry_errors, on_progress=on_progress, log=say)
         else:
             runner = BenchRunner(h, spec, resume=resume, retry_errors=retry_errors, on_progress=on_progress, log=say)
-            outcome = runner.run(load_backend_for(h))
+            loader = load_backend_for(h, say)
+            try:
+                outcome = runner.run(loader)
+            finally:
+                loader.close()
         bar.update(task, total=outcome.info.total, completed=outcome.info.progress.done)
     info = outcome.info
+    engine = info.engine or {}
     summary = {"name": info.name, "state": info.state.value, "done": info.progress.done, "total": info.total,
+               "backend": engine.get("backend"), "engine_version": engine.get("version"),
                "errors": info.progress.errors, "written_now": outcome.written, "skipped_done": outcome.skipped,
                "repaired_bytes": outcome.repaired_bytes, "output_tokens_per_s": round(info.output_tokens_per_s, 1),
                "results": str(outcome.results)}
     if json_out:
         console.print_json(json.dumps(summary))
     else:
+        by = f" by {engine['backend']} {engine['version']}" if engine else ""
         console.print(f"{info.state.value}: {info.progress.done}/{info.total} results ({info.progress.errors} errors; "
-                      f"{outcome.written} this session, {outcome.skipped} from before), "
+                      f"{outcome.written} this session, {outcome.skipped} from before){by}, "
                       f"{info.output_tokens_per_s:,.0f} output tok/s → {outcome.results}", highlight=False)
     if info.state is not BenchState.COMPLETED:
         console.print(f"resume with: trainctl bench --resume {info.name}", highlight=False)
+        raise typer.Exit(128 + signal.SIGINT)
+
+
+@command(bench_app, "sweep")
+def bench_sweep(job: int = typer.Option(..., "--job", help="A finished job: its checkpoints on its test split."),
+                backend: Optional[str] = typer.Option(None, "--backend", help="auto, vllm or hf."),
+                max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+                limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N test prompts."),
+                home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """Judge every checkpoint of a job in one engine: the base model, each kept checkpoint, adapter-best/ and the
+    final adapter answer the held-out test split (one bench run each, resumable); exact match per step, the best
+    marked, and the command that uses it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from daemon.bench.sweep import run_sweep, sweep_doc, use_command
+    from daemon.config import load_settings
+
+    h = Home.open(home)
+    flags = {k: v for k, v in dict(backend=backend, max_tokens=max_tokens).items() if v is not None}
+    cfg = load_settings(h.settings_file, {"bench": flags}).bench
+    if limit is not None and limit < 1:
+        raise BenchError(f"--limit {limit}: give a number of prompts >= 1 (or leave it out for all of them)")
+    out = err_console if json_out else console
+    say = lambda m: out.print(f"[yellow]{m}[/yellow]", highlight=False)  # noqa: E731
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=out) as bar:
+        task = bar.add_task("loading", total=None)
+
+        def on_target(target: Any, i: int, n: int) -> None:
+            bar.update(task, description=f"[{i + 1}/{n}] {target.label}", completed=0, total=None)
+
+        def on_progress(info: Any) -> None:
+            bar.update(task, total=info.total, completed=info.progress.done)
+
+        rows, finished = run_sweep(h, job, cfg, limit, log=say, on_progress=on_progress, on_target=on_target)
+    if json_out:
+        console.print_json(json.dumps(sweep_doc(job, rows)))
+    else:
+        t = Table(title=f"job {job}: every checkpoint on its held-out test split")
+        for col in ("", "adapter", "step", "exact match", "agrees with final", "answers"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row("[green]★[/green]" if r.best else "", r.label, dash(r.step),
+                      dash(r.exact_match, "{:.0%}"), dash(r.agreement_with_final, "{:.0%}"),
+                      f"{r.answered}" + (f" ({r.errors} errors)" if r.errors else ""))
+        console.print(t)
+        best = next((r for r in rows if r.best), None)
+        if finished and best:
+            console.print(f"best: {best.label}" + (f" (step {best.step})" if best.step is not None else "")
+                          + f" — {use_command(job, best)}", highlight=False)
+    if not finished:
+        console.print(f"stopped before the end — the same command continues: trainctl bench sweep --job {job}",
+                      highlight=False)
         raise typer.Exit(128 + signal.SIGINT)
 
 
@@ -294,7 +362,9 @@ def runs_doc(h: Home) -> list[dict[str, Any]]:
         rows.append({"name": info.name, "state": info.shown_state, "done": done, "total": info.total,
                      "errors": info.progress.errors, "output_tokens_per_s": round(info.output_tokens_per_s, 1),
                      "active_seconds": round(info.progress.active_seconds, 1), "model": info.fingerprint["model"],
-                     "adapter": info.fingerprint.get("adapter"), "backend": info.fingerprint["backend"],
+                     "adapter": info.fingerprint.get("adapter"),
+                     "backend": (info.engine or {}).get("backend") or info.fingerprint["backend"],
+                     "engine_version": (info.engine or {}).get("version"),
                      "updated_at": info.updated_at, "message": info.message})
     return rows
 

@@ -222,6 +222,8 @@ def export_cmd(job: int = typer.Argument(..., help="A finished job's id (`trainc
                merge: bool = typer.Option(False, "--merge", help="The base model with the LoRA merged in: a plain "
                                           "transformers folder (vLLM loads it as any model)."),
                best: bool = typer.Option(False, "--best", help="The best checkpoint's adapter (adapter-best/)."),
+               checkpoint: Optional[int] = typer.Option(None, "--checkpoint", help="The adapter of the kept "
+                                                        "checkpoint at this step (`bench sweep` judges them)."),
                to: Optional[Path] = typer.Option(None, "--to", help="Destination folder (default: "
                                                  "data/exports/job-N-adapter or -merged); not inside the inbox."),
                home: HomeOpt = None) -> None:
@@ -230,7 +232,7 @@ def export_cmd(job: int = typer.Argument(..., help="A finished job's id (`trainc
 
     h = Home.open(home, create=False)
     console.print(f"exporting job {job}" + (" merged into its base model" if merge else "'s adapter") + " …")
-    out = export_job(h, job, merge=merge, best=best, to=to)
+    out = export_job(h, job, merge=merge, best=best, to=to, checkpoint=checkpoint)
     console.print(f"[green]{out}[/green]", highlight=False)
     if merge:
         console.print(f"load it with AutoModelForCausalLM.from_pretrained({str(out)!r}), or serve it with "

@@ -199,12 +199,17 @@ class DaemonConfig:
     holds its own, so concurrent jobs never collide (and none uses torch's fixed 29500)."""
 
 
+BENCH_BACKENDS = ("auto", "hf", "vllm")
+
+
 @dataclass
 class BenchConfig:
     """How `trainctl bench run` generates and `bench compare` compares. `[bench]` in trainctl.toml."""
 
-    backend: str = "hf"
-    """`hf` (transformers generate, batched; CPU or GPU) or `vllm` (needs the vllm extra and a GPU)."""
+    backend: str = "auto"
+    """`auto`: vLLM when it is installed and loads the model, else `hf` (saying why in one line); `vllm`: vLLM's
+    engine (its CUDA build on GPUs, its CPU build elsewhere; `make setup` installs it); `hf`: transformers
+    `generate`, batched."""
     batch_size: int = 16
     """hf backend: prompts generated together in one batch."""
     max_in_flight: int = 256
@@ -233,6 +238,18 @@ class BenchConfig:
     """vllm backend: GPUs one engine splits each layer across (vLLM `tensor_parallel_size`)."""
     pipeline_parallel_size: int = 1
     """vllm backend: GPUs one engine splits the layers across (vLLM `pipeline_parallel_size`)."""
+    kv_cache_gib: float = 0.0
+    """vllm backend: memory for the KV cache, in GiB. 0 = on CPU a quarter of the free RAM, at most 4 GiB (on
+    CPU vLLM's `gpu_memory_utilization` would reserve that share of all RAM); on a GPU, what
+    `gpu_memory_utilization` leaves after the weights."""
+    gpu_memory_utilization: float = 0.9
+    """vllm backend on a GPU: the share of its memory the engine takes for weights and KV cache."""
+    dtype: str = "auto"
+    """vllm backend: `auto` (the model's own; bfloat16 for float32 weights on CPU), `bfloat16`, `float16` or
+    `float32`."""
+    max_model_len: int = 0
+    """vllm backend: the longest prompt + answer in tokens the engine plans for; 0 = the run's longest prompt +
+    max_tokens, rounded up to 256 and capped by the model's context."""
     data_parallel_size: int = 1
     """Engines run side by side, each in its own process on its own GPUs (tensor x pipeline parallel of them) with a
     share of the prompts (by a hash of `custom_id`), each appending to its own results file; list, compare and
@@ -432,9 +449,14 @@ def _validate(s: Settings) -> list[str]:
     need(r.stop_timeout_seconds >= 1, "distributed.stop_timeout_seconds must be >= 1")
     for key in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
         need(getattr(b, key) >= 1, f"bench.{key} must be >= 1")
-    need(b.backend == "vllm" or (b.tensor_parallel_size, b.pipeline_parallel_size) == (1, 1),
-         "bench.tensor_parallel_size and pipeline_parallel_size need bench.backend = 'vllm'")
-    need(b.backend in ("hf", "vllm"), f"bench.backend must be hf or vllm, not {b.backend!r}")
+    need(b.backend != "hf" or (b.tensor_parallel_size, b.pipeline_parallel_size) == (1, 1),
+         "bench.tensor_parallel_size and pipeline_parallel_size need bench.backend = 'vllm' (or auto)")
+    need(b.backend in BENCH_BACKENDS, f"bench.backend must be auto, hf or vllm, not {b.backend!r}")
+    need(b.kv_cache_gib >= 0, "bench.kv_cache_gib must be >= 0 (0 = sized from free memory)")
+    need(0 < b.gpu_memory_utilization <= 1, "bench.gpu_memory_utilization must be in (0, 1]")
+    need(b.dtype in ("auto", "bfloat16", "float16", "float32"),
+         f"bench.dtype must be auto, bfloat16, float16 or float32, not {b.dtype!r}")
+    need(b.max_model_len >= 0, "bench.max_model_len must be >= 0 (0 = from the prompts)")
     need(b.batch_size >= 1, "bench.batch_size must be >= 1")
     need(b.max_in_flight >= 1, "bench.max_in_flight must be >= 1")
     need(b.max_tokens >= 1, "bench.max_tokens must be >= 1")

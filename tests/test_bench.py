@@ -95,9 +95,17 @@ def test_bench_run_writes_batch_output_shape_and_refuses_a_changed_resume(home, 
     broken = next(x for x in rows if x["error"])
     assert broken["custom_id"] == "line-12" and broken["error"]["code"] == "invalid_json" and broken["line"] == 12
 
-    # The same name again without --resume: refused, nothing touched.
+    # backend auto: builtin:tiny cannot run on vLLM, which is said in one line; the run records its engine.
+    assert "answering with transformers (hf): builtin:tiny is a test model vLLM's engine cannot run" in r.output
+    run_json = json.loads((home / "data" / "bench" / "base" / "run.json").read_text())
+    assert run_json["engine"]["backend"] == "hf" and run_json["engine"]["version"]
+    # The very same line again (as after a crash): it continues the run and says so; nothing is redone.
     r = runner.invoke(app, base)
-    assert r.exit_code == 1 and "already exists (completed, 12/12) — add --resume" in r.output
+    assert r.exit_code == 0 and "exists with the same settings (completed, 12/12): continuing it" in r.output
+    assert "0 this session, 12 from before" in r.output and len(results(home, "base")) == 12
+    # The same name with other settings and no --resume: refused, naming the change, nothing touched.
+    r = runner.invoke(app, [*base[:-1], "9"])
+    assert r.exit_code == 1 and "already exists with other settings: max_tokens was 8, now 9" in r.output
     # A resume with other sampling settings, another model or a changed prompt file: refused, saying what changed.
     r = runner.invoke(app, ["bench", "run", "--home", str(home), "--name", "base", "--resume", "--temperature", "0.7"])
     assert r.exit_code == 1 and "temperature was 0.0, now 0.7" in r.output
@@ -139,7 +147,7 @@ def test_sampling_is_per_request_whatever_the_batch(home):
 class ScriptedBackend:
     """Answers with the custom_id upper-cased; ids in `fail` end in an error."""
 
-    name = "hf"
+    name, version = "hf", "scripted"
 
     def __init__(self, fail: set[str] = frozenset(), answer=lambda cid: cid.upper()):
         self.fail, self.answer, self.seen = set(fail), answer, []

@@ -76,7 +76,7 @@ def test_a_port_in_use_by_another_program_is_skipped_and_an_exhausted_range_is_a
 def test_settings_are_checked_together():
     with pytest.raises(Exception) as err:
         settings(train={"gpus_per_job": 0, "nproc": -1}, daemon={"gpus": "some", "slots": 0},
-                 bench={"tensor_parallel_size": 2}, distributed={"backend": "slurm"})
+                 bench={"tensor_parallel_size": 2, "backend": "hf"}, distributed={"backend": "slurm"})
     msg = str(err.value)
     for part in ("gpus_per_job", "train.nproc", "daemon.gpus", "daemon.slots", "need bench.backend = 'vllm'",
                  "distributed.backend"):

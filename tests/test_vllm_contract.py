@@ -1,9 +1,10 @@
-"""Our vllm backend and the stand-in engine its tests use, held against vLLM's real classes and signatures.
+"""Our vllm backend and the stand-in engine the fault tests use, held against vLLM's real classes and signatures.
 
-vLLM cannot run an engine without CUDA, so this checks the contract, not generation: the calls our backend makes
-bind to the real `LLMEngine` methods, the real `SamplingParams`, `EngineArgs` and `LoRARequest` accept what we
-pass, and real `RequestOutput` / `CompletionOutput` objects carry what our backend reads. Skipped where vllm is
-not installed (CI, most machines); run it in a venv with `pip install 'vllm<0.33'`.
+The stand-in is kept only where a fault must be injected inside the engine (a refused request, a dropped one);
+generation itself is tested on the real engine in tests/test_vllm_engine.py. This checks the contract: the calls
+our backend makes bind to the real `LLMEngine` methods, the real `SamplingParams`, `EngineArgs` and `LoRARequest`
+accept what we pass, and real `RequestOutput` / `CompletionOutput` objects carry what our backend reads. `make
+setup` installs vLLM (its CPU build here); skipped only where a user set up without it (`make setup VLLM=none`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from daemon.bench.backends import Request, VllmBackend
 from tests.vllm_standin import StandInCompletionOutput, StandInEngine, StandInRequestOutput, StandInSamplingParams
 
-vllm = pytest.importorskip("vllm", reason="vllm is not installed (it has no CPU wheel); see the module docstring")
+vllm = pytest.importorskip("vllm", reason="vllm is not installed (`make setup VLLM=none`)")
 
 
 def _params(cls) -> set[str]:
@@ -59,16 +60,24 @@ def test_engine_args_and_lora_request_take_our_arguments():
     assert (lora.lora_name, lora.lora_int_id, lora.lora_path) == ("adapter", 1, "/tmp/adapter")
 
 
-def test_parallel_settings_reach_engine_args():
-    """[bench] tensor_parallel_size and pipeline_parallel_size are the real EngineArgs fields of the same name."""
+def test_parallel_and_memory_settings_reach_engine_args():
+    """[bench] settings are the real EngineArgs fields: parallelism, the KV cache in bytes on CPU (where
+    gpu_memory_utilization would reserve that share of all RAM), gpu_memory_utilization on a GPU, dtype, the
+    length plan and the LoRA rank."""
     from vllm import EngineArgs
 
-    from daemon.bench.backends import engine_args
+    from daemon.bench.engines import engine_args
     from daemon.config import BenchConfig
 
-    cfg = BenchConfig(backend="vllm", tensor_parallel_size=4, pipeline_parallel_size=2, max_in_flight=64)
-    args = EngineArgs(**engine_args("some/model", None, cfg))
-    assert (args.tensor_parallel_size, args.pipeline_parallel_size, args.max_num_seqs) == (4, 2, 64)
+    cfg = BenchConfig(backend="vllm", tensor_parallel_size=4, pipeline_parallel_size=2, max_in_flight=64,
+                      kv_cache_gib=1.5, dtype="bfloat16")
+    cpu = EngineArgs(**engine_args("some/model", cfg, lora_rank=16, max_model_len=512, on_gpu=False))
+    assert (cpu.tensor_parallel_size, cpu.pipeline_parallel_size, cpu.max_num_seqs) == (4, 2, 64)
+    assert cpu.kv_cache_memory_bytes == int(1.5 * 2**30) and cpu.dtype == "bfloat16"
+    assert (cpu.enable_lora, cpu.max_lora_rank, cpu.max_model_len) == (True, 16, 512)
+    gpu = EngineArgs(**engine_args("some/model", BenchConfig(gpu_memory_utilization=0.7), lora_rank=None,
+                                   max_model_len=None, on_gpu=True))
+    assert gpu.gpu_memory_utilization == 0.7 and gpu.kv_cache_memory_bytes is None and not gpu.enable_lora
 
 
 def test_stand_in_outputs_have_the_real_output_fields():

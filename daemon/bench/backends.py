@@ -5,8 +5,11 @@
 - `VllmBackend`: vLLM's engine loop. Requests are added with `add_request` until `max_in_flight` are in the
   engine, `step()` is called, every finished output is yielded at once and the engine is topped up again: the
   engine stays full and a result is written as soon as it ends (one `generate` over everything would write
-  nothing until the whole set is done). Tests run it against a stand-in engine; `tests/test_vllm_contract.py`
-  holds that stand-in and this module against vLLM's real classes where vllm is installed.
+  nothing until the whole set is done). A LoRA adapter rides on each request (`LoRARequest`), so one engine
+  answers for the base model and any number of adapters.
+
+A loaded model (`HfModel`, `VllmModel`) is the expensive part: it is built once and hands out a backend per
+adapter (`backend(adapter)`), which is how `bench sweep` judges every checkpoint of a job in one engine.
 
 Both take token ids (the chat template is applied once, by the runner, with the model's tokenizer) and a seed per
 request derived from the run seed and custom_id, so a resumed request samples the same.
@@ -16,9 +19,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from daemon.config import BenchConfig
 
 
 @dataclass
@@ -47,6 +53,9 @@ class Completion:
 
 class Backend(Protocol):
     name: str
+    """`hf` or `vllm`: recorded with each run."""
+    version: str
+    """The engine's version (transformers' or vLLM's), recorded with each run."""
 
     def run(self, requests: Iterable[Request]) -> Iterator[Completion]:
         """Pull requests as capacity frees up; yield each completion as soon as it is finished. When `requests` is
@@ -57,14 +66,20 @@ class Backend(Protocol):
 class HfBackend:
     name = "hf"
 
-    def __init__(self, model: Any, tok: Any, batch_size: int):
-        self.model, self.tok, self.batch_size = model, tok, batch_size
+    def __init__(self, model: Any, tok: Any, batch_size: int,
+                 context: Callable[[], AbstractContextManager[Any]] = nullcontext):
+        """`context`: entered around each generate call (peft's `disable_adapter` answers as the base model)."""
+        import transformers
+
+        self.model, self.tok, self.batch_size, self.context = model, tok, batch_size, context
+        self.version = transformers.__version__
 
     def _generate(self, batch: list[Request]) -> list[dict[str, Any]]:
         from daemon.generation import RowSampling, generate_batch
 
         rows = [RowSampling(r.max_tokens, r.temperature, r.top_p, r.seed) for r in batch]
-        return generate_batch(self.model, self.tok, [r.prompt_ids for r in batch], rows)
+        with self.context():
+            return generate_batch(self.model, self.tok, [r.prompt_ids for r in batch], rows)
 
     def run(self, requests: Iterable[Request]) -> Iterator[Completion]:
         it = iter(requests)
@@ -96,30 +111,61 @@ class HfBackend:
                                      out["finish_reason"], started, finished)
 
 
-def load_hf_backend(model: str, models_dir: Path, adapter: Path | None, tok: Any, batch_size: int) -> HfBackend:
-    """`model` as the user named it (builtin:tiny, hub id, folder); on a GPU when there is one."""
-    from transformers.utils import logging as hf_logging
+class HfModel:
+    """One transformers model in memory. With one adapter it is merged in once (generation then costs what the
+    base model costs); with several (a sweep) each is loaded as a named peft adapter and switched per run, and
+    the base model answers with the adapters disabled."""
 
-    from daemon.models import load_adapter, load_model
+    name = "hf"
 
-    hf_logging.disable_progress_bar()  # the bench draws its own progress bar
-    net = load_model(model, models_dir)
-    if adapter is not None:
-        # Merged once: generation then costs what the base model costs (no extra LoRA matmuls per token).
-        net = load_adapter(net, adapter).merge_and_unload()
-    net.eval()
-    return HfBackend(net, tok, batch_size)
+    def __init__(self, model: str, models_dir: Path, tok: Any, batch_size: int, adapters: list[Path]):
+        """`model` as the user named it (builtin:tiny, hub id, folder); on a GPU when there is one."""
+        from transformers.utils import logging as hf_logging
+
+        from daemon.models import load_adapter, load_model
+
+        hf_logging.disable_progress_bar()  # the bench draws its own progress bar
+        self.tok, self.batch_size = tok, batch_size
+        self.net = load_model(model, models_dir)
+        self.merged: Path | None = None
+        self.peft: Any = None
+        self.names: dict[str, str] = {}
+        if len(adapters) == 1:
+            self.net, self.merged = load_adapter(self.net, adapters[0]).merge_and_unload(), adapters[0]
+        self.net.eval()
+
+    def close(self) -> None:
+        pass
+
+    def backend(self, adapter: Path | None) -> HfBackend:
+        if self.merged is not None:
+            if adapter != self.merged:
+                raise ValueError(f"this model was loaded with {self.merged} merged in, not {adapter}")
+            return HfBackend(self.net, self.tok, self.batch_size)
+        if adapter is None:
+            context = self.peft.disable_adapter if self.peft is not None else nullcontext
+            return HfBackend(self.peft or self.net, self.tok, self.batch_size, context)
+        name = self.names.setdefault(str(adapter), f"adapter-{len(self.names) + 1}")
+        if self.peft is None:
+            from peft import PeftModel
+
+            self.peft = PeftModel.from_pretrained(self.net, str(adapter), adapter_name=name).eval()
+        elif name not in self.peft.peft_config:
+            self.peft.load_adapter(str(adapter), adapter_name=name)
+        self.peft.set_adapter(name)
+        return HfBackend(self.peft, self.tok, self.batch_size)
 
 
 class VllmBackend:
     name = "vllm"
 
     def __init__(self, engine: Any, max_in_flight: int, sampling_params: Callable[..., Any],
-                 lora_request: Any = None):
+                 lora_request: Any = None, version: str = ""):
         """`engine` follows vLLM's LLMEngine contract (add_request / step / has_unfinished_requests);
         `sampling_params` builds a vllm.SamplingParams from keyword arguments."""
         self.engine, self.max_in_flight = engine, max_in_flight
         self.sampling_params, self.lora_request = sampling_params, lora_request
+        self.version = version
 
     def _add(self, r: Request) -> None:
         params = self.sampling_params(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
@@ -163,28 +209,43 @@ class VllmBackend:
                                  str(first.finish_reason or "stop"), t0, time.time())
 
 
-def engine_args(model_path: str, adapter: Path | None, cfg: Any, trust_remote_code: bool = False) -> dict[str, Any]:
-    """vLLM `EngineArgs` for one engine: the model, the LoRA adapter, how many requests it schedules at once, and
-    how it splits the model over GPUs (`bench.tensor_parallel_size`, `pipeline_parallel_size`)."""
-    lora_rank = 16
-    if adapter is not None:
-        import json
+class VllmModel:
+    """One vLLM engine for a model; each adapter is a `LoRARequest` on the requests (loaded by the engine on first
+    use), so the base model and every adapter share the engine."""
 
-        lora_rank = int(json.loads((adapter / "adapter_config.json").read_text()).get("r", 16))
-    return {"model": model_path, "seed": cfg.seed, "enable_lora": adapter is not None, "max_lora_rank": lora_rank,
-            "max_num_seqs": cfg.max_in_flight, "trust_remote_code": trust_remote_code,
-            "tensor_parallel_size": cfg.tensor_parallel_size, "pipeline_parallel_size": cfg.pipeline_parallel_size}
+    name = "vllm"
 
+    def __init__(self, model_path: str, cfg: BenchConfig, adapters: list[Path], max_model_len: int | None,
+                 trust_remote_code: bool = False):
+        import os
 
-def load_vllm_backend(model_path: str, adapter: Path | None, cfg: Any, trust_remote_code: bool = False) -> VllmBackend:
-    try:
+        # vLLM logs every engine detail at INFO; the bench draws its own progress and says what matters.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        import torch
         from vllm import EngineArgs, LLMEngine, SamplingParams
         from vllm.lora.request import LoRARequest
-    except ImportError as exc:
-        from daemon.errors import BenchError
 
-        raise BenchError(f"the vllm backend needs vLLM ({exc}) — `pip install 'trainctl[vllm]'` on a CUDA machine, "
-                         "or use --backend hf") from exc
-    engine = LLMEngine.from_engine_args(EngineArgs(**engine_args(model_path, adapter, cfg, trust_remote_code)))
-    lora = LoRARequest("adapter", 1, str(adapter)) if adapter is not None else None
-    return VllmBackend(engine, cfg.max_in_flight, SamplingParams, lora)
+        from daemon.bench.engines import engine_args, lora_rank_of, vllm_version
+
+        args = engine_args(model_path, cfg, lora_rank=lora_rank_of(adapters), max_model_len=max_model_len,
+                           on_gpu=torch.cuda.is_available(), trust_remote_code=trust_remote_code)
+        self.args = args
+        self.engine = LLMEngine.from_engine_args(EngineArgs(**args))
+        self.cfg, self.sampling_params, self.lora_request = cfg, SamplingParams, LoRARequest
+        self.version = vllm_version() or ""
+        self.ids: dict[str, int] = {}
+
+    def close(self) -> None:
+        """Stop the engine's processes now (left to the interpreter's exit, they report a crash)."""
+        core = getattr(self.engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+
+    def backend(self, adapter: Path | None) -> VllmBackend:
+        lora = None
+        if adapter is not None:
+            if not self.args["enable_lora"]:
+                raise ValueError(f"this engine was built without LoRA, so it cannot answer with {adapter}")
+            lora_id = self.ids.setdefault(str(adapter), len(self.ids) + 1)
+            lora = self.lora_request(f"adapter-{lora_id}", lora_id, str(adapter))
+        return VllmBackend(self.engine, self.cfg.max_in_flight, self.sampling_params, lora, self.version)

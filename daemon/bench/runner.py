@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from typing import Any
 
 from daemon.atomic import JsonlAppender, iter_jsonl, repair_torn_tail, write_bytes_atomic
 from daemon.bench.backends import Backend, Completion, Request
+from daemon.bench.engines import model_context, one_line, plan_max_model_len, vllm_unusable
 from daemon.bench.prompts import BenchPrompt, iter_prompts, scan_prompt_file
 from daemon.bench.state import (
     BenchState,
@@ -51,6 +53,9 @@ class BenchSpec:
     adapter: Path | None
     cfg: BenchConfig
     job_id: int | None = None
+    limit: int | None = None
+    """Answer only the first `limit` prompts of the file (`--limit`: try 100 first); a later run of the same
+    line without it answers the rest."""
 
 
 @dataclass
@@ -99,20 +104,24 @@ def fingerprint(spec: BenchSpec, prompts_sha256: str) -> dict[str, Any]:
             "max_tokens": c.max_tokens, "temperature": c.temperature, "top_p": c.top_p, "seed": c.seed}
 
 
-def check_resume(name: str, existing: RunInfo | None, resume: bool, fp: dict[str, Any]) -> None:
-    """Refuse to start over an existing run, to resume one that does not exist, or to resume with another model,
-    adapter, prompt file or sampling setting (naming what changed)."""
-    if existing and not resume:
-        raise BenchError(f"bench run {name!r} already exists ({existing.shown_state}, "
-                         f"{existing.progress.done}/{existing.total}) — add --resume to continue it, "
-                         "or choose another --name")
+def check_resume(name: str, existing: RunInfo | None, resume: bool, fp: dict[str, Any],
+                 log: Callable[[str], None]) -> None:
+    """Refuse to resume a run that does not exist, or to continue one with another model, adapter, prompt file or
+    sampling setting (naming what changed). The same command line run again on an existing run with the same
+    settings continues it, saying so: after a crash, a user re-runs the line they ran."""
     if not existing and resume:
         raise BenchError(f"there is no bench run {name!r} to resume — drop --resume to start it "
                          "(`trainctl bench list` shows the runs)")
     changes = fingerprint_changes(existing.fingerprint, fp) if existing else []
+    if changes and not resume:
+        raise BenchError(f"bench run {name!r} already exists with other settings: " + "; ".join(changes)
+                         + " — run it with its own settings, or choose another --name")
     if changes:
         raise BenchError(f"bench run {name!r} cannot resume: " + "; ".join(changes)
                          + " — resume with the original settings, or start a new run with another --name")
+    if existing and not resume:
+        log(f"bench run {name!r} exists with the same settings ({existing.shown_state}, "
+            f"{existing.progress.done}/{existing.total}): continuing it")
 
 
 # ---------------------------------------------------------------- results.jsonl
@@ -218,7 +227,7 @@ class BenchRunner:
         existing = load_run(self.dir, self.run_json.name)
         scan = scan_prompt_file(self.spec.prompts)
         fp = fingerprint(self.spec, scan.sha256)
-        check_resume(self.spec.name, existing, self.resume, fp)
+        check_resume(self.spec.name, existing, self.resume, fp, self.log)
         self._lock()
         repaired = repair_torn_tail(self.results)
         if repaired:
@@ -230,32 +239,38 @@ class BenchRunner:
             prog.done -= len(bad)
             prog.errors = 0
             bad = set()
-        total = scan.total
+        limit = self.spec.limit
+        total = min(scan.total, limit) if limit else scan.total
         others = [f for f in results_files(self.dir) if f != self.results]
         for f in others:
             # Answers in the other ranks' files (of this session's ranks or, after a change of
             # data_parallel_size, of earlier sessions) are never redone: every prompt keeps exactly one answer
             other_ok, other_bad, _ = scan_results(f)
             ok, bad = ok | other_ok, bad | other_bad
-        if self.shard is not None:
-            total = sum(1 for p in iter_prompts(self.spec.prompts) if self.mine(p.custom_id))
-        if others or self.shard is not None:
-            prog.done = sum(1 for cid in ok | bad if self.mine(cid))
-            prog.errors = sum(1 for cid in bad if self.mine(cid))
+        if self.shard is not None or limit:
+            wanted = {p.custom_id for p in self.prompts() if self.mine(p.custom_id)}
+            total = len(wanted)
+            prog.done = len((ok | bad) & wanted)
+            prog.errors = len(bad & wanted)
         info = existing or RunInfo(name=self.spec.name, fingerprint=fp, prompts_path=str(self.spec.prompts),
                                    total=total, job_id=self.spec.job_id)
         info.total = total
+        info.limit = limit
         info.prompts_path = str(self.spec.prompts)
         prog.active_seconds = info.progress.active_seconds
         info.progress = prog
         return info, ok | bad, repaired
+
+    def prompts(self) -> Iterator[BenchPrompt]:
+        """The prompts this run answers: the file's, or its first `limit`."""
+        return itertools.islice(iter_prompts(self.spec.prompts), self.spec.limit or None)
 
     # -- the prompt stream: skip what has a result, render the rest
     def _requests(self, tok: Any, pending: dict[str, BenchPrompt], writer: JsonlAppender,
                   done: set[str], info: RunInfo) -> Iterator[Request]:
         c = self.spec.cfg
         max_pos = _max_positions(tok)
-        for p in iter_prompts(self.spec.prompts):
+        for p in self.prompts():
             if self.stop_requested:
                 return
             if p.custom_id in done or not self.mine(p.custom_id):
@@ -287,6 +302,15 @@ class BenchRunner:
             prog.prompt_tokens += c.prompt_tokens
             prog.completion_tokens += c.completion_tokens
         self.written += 1
+
+    def _record_engine(self, info: RunInfo, backend: Backend) -> None:
+        """Which engine answered (each session's; a run resumed on another engine says so)."""
+        engine = {"backend": backend.name, "version": backend.version}
+        if info.engine and info.engine != engine:
+            self.log(f"this session answers with {backend.name} {backend.version}; earlier sessions used "
+                     f"{info.engine['backend']} {info.engine['version']}")
+        info.engine = engine
+        info.save(self.run_json)
 
     def _signals(self) -> Callable[[], None]:
         def handler(signum: int, frame: Any) -> None:
@@ -333,7 +357,8 @@ class BenchRunner:
                     raise
                 except Exception as exc:  # noqa: BLE001 - the model/engine failed to load: a FAILED run
                     raise BenchError(f"cannot load {self.spec.model!r} for {self.spec.cfg.backend}: "
-                                     f"{type(exc).__name__}: {exc}") from exc
+                                     f"{one_line(exc)}") from exc
+                self._record_engine(info, backend)
                 session_start = time.monotonic()  # loading the model is not generation time
                 pending: dict[str, BenchPrompt] = {}
                 for c in backend.run(self._requests(tok, pending, writer, done, info)):
@@ -361,18 +386,63 @@ class BenchRunner:
         return Outcome(info, self.results, self.written, skipped, repaired)
 
 
-def load_backend_for(home: Home) -> Callable[[BenchSpec], tuple[Backend, Any]]:
-    """The real loader: the model's tokenizer, then the hf or vllm backend."""
-    def load(spec: BenchSpec) -> tuple[Backend, Any]:
-        from daemon.bench.backends import load_hf_backend, load_vllm_backend
-        from daemon.models import load_tokenizer, resolve_model_path
+class ModelLoader:
+    """The real `load_backend`: the model's tokenizer, then one loaded model (vLLM engine or transformers) for the
+    whole process, handing out a backend per adapter. `adapters`: every adapter the model must answer with (a
+    sweep's); by default the spec's own. `bench.backend = "auto"` falls back to hf with a one-line reason."""
 
-        tok = load_tokenizer(spec.model, home.models)
-        if spec.cfg.backend == "vllm":
-            path = resolve_model_path(spec.model, home.models)
-            return load_vllm_backend(path, spec.adapter, spec.cfg), tok
-        return load_hf_backend(spec.model, home.models, spec.adapter, tok, spec.cfg.batch_size), tok
-    return load
+    def __init__(self, home: Home, log: Callable[[str], None] = print, adapters: list[Path] | None = None):
+        self.home, self.log, self.adapters = home, log, adapters
+        self.loaded: Any = None
+        self.tok: Any = None
+
+    def close(self) -> None:
+        """Release the loaded model (a vLLM engine's processes stop)."""
+        if self.loaded is not None:
+            self.loaded.close()
+            self.loaded = None
+
+    def __call__(self, spec: BenchSpec) -> tuple[Backend, Any]:
+        if self.loaded is None:
+            self.loaded, self.tok = self._load(spec)
+        return self.loaded.backend(spec.adapter), self.tok
+
+    def _load(self, spec: BenchSpec) -> tuple[Any, Any]:
+        from daemon.bench.backends import HfModel
+        from daemon.models import load_tokenizer
+
+        tok = load_tokenizer(spec.model, self.home.models)
+        adapters = self.adapters if self.adapters is not None else [a for a in [spec.adapter] if a]
+        choice = spec.cfg.backend
+        if choice in ("auto", "vllm"):
+            reason = vllm_unusable(spec.model) if choice == "auto" else None
+            if reason is None:
+                try:
+                    return self._vllm(spec, tok, adapters), tok
+                except Exception as exc:  # noqa: BLE001 - auto: any engine failure falls back to hf
+                    if choice == "vllm":
+                        raise
+                    reason = f"vLLM could not load {spec.model}: {one_line(exc)}"
+            self.log(f"answering with transformers (hf): {reason}")
+        return HfModel(spec.model, self.home.models, tok, spec.cfg.batch_size, adapters), tok
+
+    def _vllm(self, spec: BenchSpec, tok: Any, adapters: list[Path]) -> Any:
+        from daemon.bench.backends import VllmModel
+        from daemon.models import resolve_model_path
+
+        path = resolve_model_path(spec.model, self.home.models)
+        longest, answer = 0, spec.cfg.max_tokens
+        for p in itertools.islice(iter_prompts(spec.prompts), spec.limit or None):
+            if p.error is None:
+                longest = max(longest, len(prompt_ids(tok, p.messages, p.tools)))
+                answer = max(answer, p.max_tokens or 0)
+        length = plan_max_model_len(spec.cfg, longest, answer, model_context(path))
+        return VllmModel(path, spec.cfg, adapters, length)
+
+
+def load_backend_for(home: Home, log: Callable[[str], None] = print) -> ModelLoader:
+    """The loader a single bench run uses (also each data-parallel rank)."""
+    return ModelLoader(home, log)
 
 
 def _max_positions(tok: Any) -> int | None:

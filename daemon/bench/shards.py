@@ -57,13 +57,13 @@ def gpu_groups(ranks: int, per_rank: int) -> list[list[int]]:
 def _spec_doc(spec: BenchSpec) -> dict[str, Any]:
     return {"name": spec.name, "model": spec.model, "prompts": str(spec.prompts),
             "adapter": str(spec.adapter) if spec.adapter else None, "cfg": dataclasses.asdict(spec.cfg),
-            "job_id": spec.job_id}
+            "job_id": spec.job_id, "limit": spec.limit}
 
 
 def _spec_from(doc: dict[str, Any]) -> BenchSpec:
     return BenchSpec(name=doc["name"], model=doc["model"], prompts=Path(doc["prompts"]),
                      adapter=Path(doc["adapter"]) if doc["adapter"] else None, cfg=BenchConfig(**doc["cfg"]),
-                     job_id=doc["job_id"])
+                     job_id=doc["job_id"], limit=doc.get("limit"))
 
 
 def _summed(run_dir: Path, info: RunInfo, ranks: int) -> Progress:
@@ -107,10 +107,12 @@ def run_sharded(home: Home, spec: BenchSpec, resume: bool = False, retry_errors:
     existing = load_run(run_dir)
     scan = scan_prompt_file(spec.prompts)
     fp = fingerprint(spec, scan.sha256)
-    check_resume(spec.name, existing, resume, fp)
+    check_resume(spec.name, existing, resume, fp, log)
     groups = gpu_groups(ranks, spec.cfg.tensor_parallel_size * spec.cfg.pipeline_parallel_size)
-    info = existing or RunInfo(name=spec.name, fingerprint=fp, prompts_path=str(spec.prompts), total=scan.total,
+    total = min(scan.total, spec.limit) if spec.limit else scan.total
+    info = existing or RunInfo(name=spec.name, fingerprint=fp, prompts_path=str(spec.prompts), total=total,
                                job_id=spec.job_id)
+    info.total, info.limit = total, spec.limit
     before = sum(count_lines(f) for f in results_files(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / SPEC_FILE, _spec_doc(spec))

@@ -70,6 +70,10 @@ class RunInfo:
     message: str = ""
     job_id: int | None = None
     progress: Progress = field(default_factory=Progress)
+    engine: dict[str, str] | None = None
+    """The engine of the latest session: {"backend": "vllm" | "hf", "version": ...}."""
+    limit: int | None = None
+    """`--limit N`: the run answers the first N prompts (total is then at most N)."""
 
     def transition(self, new: BenchState, message: str | None = None) -> None:
         if new not in _ALLOWED[self.state]:

@@ -1,0 +1,196 @@
+"""The bench on vLLM's real engine (its CPU build, which `make setup` installs), on a real trained job.
+
+One module-scoped job trains builtin:smollm2-135m one epoch on the demo task (word-order reversal), as `make demo`
+does. On it: the sweep judges base, checkpoints and adapters in one engine; vLLM's greedy answers equal
+transformers'; kill -9 of a vLLM bench run loses and duplicates nothing; vLLM's own OpenAI server answers as the
+bench did, for the merged export and for the adapter served as a LoRA module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
+from tests.conftest import ROOT, wait_for
+
+pytest.importorskip("vllm", reason="vllm is not installed (`make setup VLLM=none`)")
+pytestmark = pytest.mark.slow
+
+REVERSE = ROOT / "examples" / "demo_reverse.jsonl"
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def wide_console():
+    """Long paths (the serve line) on one line, as on a wide terminal."""
+    from cli.common import console, err_console
+
+    console.width = err_console.width = 400
+
+
+def cli(home: Path, *args: str) -> str:
+    """The command's standard output (progress and notes go to standard error)."""
+    r = runner.invoke(app, [*args, "--home", str(home)])
+    assert r.exit_code == 0, r.output
+    return r.stdout
+
+
+def answers(home: Path, run: str) -> dict[str, str]:
+    rows = [json.loads(line) for line in (home / "data" / "bench" / run / "results.jsonl").read_text().splitlines()]
+    return {r["custom_id"]: " ".join(r["response"]["body"]["choices"][0]["message"]["content"].split())
+            for r in rows}
+
+
+@pytest.fixture(scope="module")
+def job_home(tmp_path_factory, smollm2) -> Path:
+    """A home with job 1 done: builtin:smollm2-135m, one epoch of the demo task, checkpoints kept."""
+    from daemon.home import Home
+
+    home = Home.open(tmp_path_factory.mktemp("vllm") / "home").root
+    cli(home, "train", str(REVERSE), "--epochs", "1")
+    return home
+
+
+def test_sweep_judges_every_checkpoint_in_one_vllm_engine_and_vllm_answers_as_hf(job_home):
+    home = job_home
+    out = json.loads(cli(home, "bench", "sweep", "--job", "1", "--max-tokens", "24", "--json"))
+    rows = {r["label"]: r for r in out["rows"]}
+    ckpts = sorted(p.name for p in (home / "data" / "runs" / "job-00001" / "checkpoints").iterdir())
+    assert list(rows) == ["base", *[f"step-{c.split('-')[1]}" for c in sorted(ckpts, key=lambda c: int(c[11:]))],
+                          *(["best"] if (home / "data" / "runs" / "job-00001" / "adapter-best").exists() else []),
+                          "final"]
+    # Base vs adapter differ as trained: the base model cannot reverse word order, the adapter can.
+    assert rows["base"]["exact_match"] <= 0.1 and rows["final"]["exact_match"] >= 0.8, rows
+    assert rows["final"]["agreement_with_final"] == 1.0 and rows["base"]["agreement_with_final"] <= 0.1
+    assert out["best"]["exact_match"] == max(r["exact_match"] for r in rows.values()) and out["use"]
+    for label in rows:  # every run answered by the one vLLM engine, each prompt once
+        run = json.loads((home / "data" / "bench" / f"job-1-sweep-{label}" / "run.json").read_text())
+        assert run["engine"]["backend"] == "vllm" and run["engine"]["version"].startswith("0.32")
+        assert run["state"] == "completed" and run["progress"]["done"] == rows[label]["answered"] == 16
+    assert json.loads((home / "data" / "bench" / "job-1-sweep.json").read_text())["best"] == out["best"]
+    # The table and the line that uses the best one.
+    table = cli(home, "bench", "sweep", "--job", "1", "--max-tokens", "24")
+    assert "exact match" in table and "★" in table and "best: " in table
+    assert ("trainctl export 1" in table) or ("--checkpoint" in table)
+
+    # Greedy answers on the real engine equal transformers' (hf backend) on the same prompts and adapter.
+    cli(home, "bench", "run", "--job", "1", "--backend", "hf", "--max-tokens", "24", "--name", "hf")
+    hf, vllm = answers(home, "hf"), answers(home, "job-1-sweep-final")
+    same = sum(hf[c] == vllm[c] for c in hf) / len(hf)
+    assert len(hf) == 16 and same >= 0.9, (hf, vllm)
+
+
+def test_kill_9_of_a_vllm_bench_run_three_times_then_resume_gives_every_answer_once(job_home, tmp_path):
+    home = job_home
+    # The training split (hundreds of prompts) so that a kill lands mid-run; answered with the job's adapter.
+    from daemon.jobs import JobQueue
+
+    with JobQueue(home / "status" / "jobs.db", readonly=True) as q:
+        job = q.get(1)
+    prompts = Path(job.dataset_dir) / "train.jsonl"
+    total = sum(1 for line in prompts.read_text().splitlines() if line.strip())
+    cmd = [sys.executable, "-m", "cli", "bench", "run", "--home", str(home), "--prompts", str(prompts), "--adapter",
+           job.adapter_dir, "--name", "killed", "--max-tokens", "16", "--backend", "vllm"]
+    results = home / "data" / "bench" / "killed" / "results.jsonl"
+    rng = random.Random(7)
+
+    def lines() -> int:
+        return len(results.read_bytes().splitlines()) if results.exists() else 0
+
+    for _ in range(3):
+        before = lines()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        wait_for(lambda b=before: lines() >= b + rng.randint(1, 20), 180, "answers from the vLLM engine")
+        os.killpg(proc.pid, signal.SIGKILL)  # the bench and its engine processes, as a crash takes them all
+        proc.wait(30)
+        assert lines() < total, "the run finished before the kill: make the prompt set larger"
+    r = subprocess.run([sys.executable, "-m", "cli", "bench", "--resume", "killed", "--home", str(home)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    ids = Counter(row["custom_id"] for row in rows)
+    assert len(ids) == total and set(ids.values()) == {1}
+    assert all(row["error"] is None for row in rows)
+    run = json.loads((results.parent / "run.json").read_text())
+    assert run["state"] == "completed" and run["sessions"] == 4 and run["engine"]["backend"] == "vllm"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _chat(port: int, model: str, prompt: str) -> str:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 24,
+                       "temperature": 0}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", body,
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return " ".join(json.loads(resp.read())["choices"][0]["message"]["content"].split())
+
+
+def _serve(args: list[str], port: int, log: Path) -> subprocess.Popen:
+    vllm_cli = Path(sys.executable).parent / "vllm"
+    fh = open(log, "w")
+    proc = subprocess.Popen([str(vllm_cli), "serve", *args, "--host", "127.0.0.1", "--port", str(port),
+                             "--kv-cache-memory-bytes", str(1 << 30), "--max-model-len", "512"],
+                            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"vllm serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    wait_for(ready, 300, "vllm serve to answer /health", interval=1)
+    return proc
+
+
+def test_vllm_serves_the_merged_export_and_the_adapter_as_the_bench_answered(job_home, tmp_path):
+    home = job_home
+    bench = answers(home, "job-1-sweep-final") if (home / "data" / "bench" / "job-1-sweep-final").exists() else None
+    if bench is None:
+        cli(home, "bench", "run", "--job", "1", "--max-tokens", "24", "--name", "job-1-sweep-final")
+        bench = answers(home, "job-1-sweep-final")
+    test = [json.loads(line) for line in
+            (next((home / "data" / "datasets").iterdir()) / "test.jsonl").read_text().splitlines()][:3]
+    merged = cli(home, "export", "1", "--merge")
+    assert "vllm serve" in merged
+    merged_dir = home / "data" / "exports" / "job-1-merged"
+    adapter_out = cli(home, "export", "1")
+    served = next(line for line in adapter_out.splitlines() if line.startswith("serve it without merging: "))
+    lora_args = served.split("vllm serve ", 1)[1].split()
+    lora_name = next(a for a in lora_args if a.startswith("job1=")).split("=")[0]
+    for args, model in (([str(merged_dir)], str(merged_dir)), (lora_args, lora_name)):
+        port = _free_port()
+        proc = _serve(args, port, tmp_path / f"serve-{port}.log")
+        try:
+            for row in test:
+                got = _chat(port, model, row["messages"][0]["content"])
+                assert got == bench[row["id"]], (args, row["id"], got, bench[row["id"]])
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        time.sleep(1)
