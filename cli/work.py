@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -228,19 +229,21 @@ def export_cmd(job: int = typer.Argument(..., help="A finished job's id (`trainc
                                                  "data/exports/job-N-adapter or -merged); not inside the inbox."),
                home: HomeOpt = None) -> None:
     """A finished job's adapter as is, or merged into its base model, as a folder transformers and vLLM load."""
+    from daemon.bench.engines import serve_command
     from daemon.export import export_job
 
     h = Home.open(home, create=False)
     console.print(f"exporting job {job}" + (" merged into its base model" if merge else "'s adapter") + " …")
     out = export_job(h, job, merge=merge, best=best, to=to, checkpoint=checkpoint)
     console.print(f"[green]{out}[/green]", highlight=False)
+    python = sys.executable  # the venv's interpreter, which has vLLM
     if merge:
-        console.print(f"load it with AutoModelForCausalLM.from_pretrained({str(out)!r}), or serve it with "
-                      f"`vllm serve {out}`", highlight=False)
+        console.print(f"load it with AutoModelForCausalLM.from_pretrained({str(out)!r})", highlight=False)
+        console.print(f"serve it with vLLM: {serve_command(str(out), python)}", highlight=False, soft_wrap=True)
     else:
         from daemon.models import resolve_model_path
 
         base = resolve_model_path(read_json(out / "trainctl_export.json")["base_model"], h.models)
-        console.print(f"serve it without merging: vllm serve {base} --enable-lora --max-lora-rank "
-                      f"{read_json(out / 'adapter_config.json').get('r', 16)} --lora-modules job{job}={out}",
-                      highlight=False)
+        rank = read_json(out / "adapter_config.json").get("r", 16)
+        console.print(f"serve it without merging: {serve_command(base, python)} --enable-lora --max-lora-rank "
+                      f"{rank} --lora-modules job{job}={out}", highlight=False, soft_wrap=True)

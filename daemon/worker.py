@@ -7,10 +7,8 @@ a NaN never takes the daemon down; `trainctl train` runs it in the foreground.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
-import signal
 import sys
 import time
 import traceback
@@ -25,6 +23,7 @@ from daemon.errors import InputFileError, TrainctlError, TrainingError
 from daemon.home import Home
 from daemon.jobs import TERMINAL, WAITING, Job, JobQueue, JobState
 from daemon.models import check_quantization
+from daemon.parent_death import die_with_parent
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 75
 PLACEMENT_ENV = "TRAINCTL_PLACEMENT"
@@ -170,15 +169,6 @@ def run_job(home: Home, job_id: int, echo: Callable[[str], None] = print, in_chi
             return JobState.FAILED
     finally:
         q.close()
-
-
-def die_with_parent() -> None:
-    """Linux: get SIGTERM when the daemon dies (even by kill -9), so that training checkpoints and stops."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass  # other systems: RunControl also notices the parent change at the next step
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -134,7 +134,8 @@ def test_real_model_learns_what_the_base_model_cannot_and_the_adapter_reloads_wi
     assert status["base_test_exact_match"] == result["base_test_eval"]["exact_match"]
     # The same through the bench, on the job's held-out test split: base model vs adapter.
     for extra in (["--base"], []):
-        b = runner.invoke(app, ["bench", "run", "--home", str(home), "--job", "1", "--max-tokens", "24", *extra])
+        b = runner.invoke(app, ["bench", "run", "--home", str(home), "--job", "1", "--max-tokens", "24",
+                               "--backend", "hf", *extra])  # transformers: compared with peft below
         assert b.exit_code == 0, b.output
     base, tuned = _answers(home, "job-1-base"), _answers(home, "job-1")
     assert len(tuned) == result["test_eval"]["count"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import signal
 import socket
 import subprocess
@@ -96,14 +97,15 @@ def test_sweep_judges_every_checkpoint_in_one_vllm_engine_and_vllm_answers_as_hf
 def test_kill_9_of_a_vllm_bench_run_three_times_then_resume_gives_every_answer_once(job_home, tmp_path):
     home = job_home
     # The training split (hundreds of prompts) so that a kill lands mid-run; answered with the job's adapter.
+    from daemon.home import Home
     from daemon.jobs import JobQueue
 
-    with JobQueue(home / "status" / "jobs.db", readonly=True) as q:
+    with JobQueue(Home.open(home).jobs_db, readonly=True) as q:
         job = q.get(1)
     prompts = Path(job.dataset_dir) / "train.jsonl"
-    total = sum(1 for line in prompts.read_text().splitlines() if line.strip())
+    total = 48  # the first 48 of its prompts (--limit): enough that each kill lands mid-run
     cmd = [sys.executable, "-m", "cli", "bench", "run", "--home", str(home), "--prompts", str(prompts), "--adapter",
-           job.adapter_dir, "--name", "killed", "--max-tokens", "16", "--backend", "vllm"]
+           job.adapter_dir, "--name", "killed", "--max-tokens", "8", "--backend", "vllm", "--limit", str(total)]
     results = home / "data" / "bench" / "killed" / "results.jsonl"
     rng = random.Random(7)
 
@@ -114,7 +116,7 @@ def test_kill_9_of_a_vllm_bench_run_three_times_then_resume_gives_every_answer_o
         before = lines()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
-        wait_for(lambda b=before: lines() >= b + rng.randint(1, 20), 180, "answers from the vLLM engine")
+        wait_for(lambda b=before, k=rng.randint(1, 12): lines() >= b + k, 180, "answers from the vLLM engine")
         os.killpg(proc.pid, signal.SIGKILL)  # the bench and its engine processes, as a crash takes them all
         proc.wait(30)
         assert lines() < total, "the run finished before the kill: make the prompt set larger"
@@ -144,12 +146,11 @@ def _chat(port: int, model: str, prompt: str) -> str:
         return " ".join(json.loads(resp.read())["choices"][0]["message"]["content"].split())
 
 
-def _serve(args: list[str], port: int, log: Path) -> subprocess.Popen:
-    vllm_cli = Path(sys.executable).parent / "vllm"
+def _serve(command: str, port: int, log: Path) -> subprocess.Popen:
+    """The serve line `trainctl export` printed, as a user would paste it, on 127.0.0.1."""
     fh = open(log, "w")
-    proc = subprocess.Popen([str(vllm_cli), "serve", *args, "--host", "127.0.0.1", "--port", str(port),
-                             "--kv-cache-memory-bytes", str(1 << 30), "--max-model-len", "512"],
-                            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([*shlex.split(command), "--host", "127.0.0.1", "--port", str(port), "--max-model-len",
+                             "512"], stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
 
     def ready() -> bool:
         if proc.poll() is not None:
@@ -173,19 +174,18 @@ def test_vllm_serves_the_merged_export_and_the_adapter_as_the_bench_answered(job
     test = [json.loads(line) for line in
             (next((home / "data" / "datasets").iterdir()) / "test.jsonl").read_text().splitlines()][:3]
     merged = cli(home, "export", "1", "--merge")
-    assert "vllm serve" in merged
-    merged_dir = home / "data" / "exports" / "job-1-merged"
-    adapter_out = cli(home, "export", "1")
-    served = next(line for line in adapter_out.splitlines() if line.startswith("serve it without merging: "))
-    lora_args = served.split("vllm serve ", 1)[1].split()
-    lora_name = next(a for a in lora_args if a.startswith("job1=")).split("=")[0]
-    for args, model in (([str(merged_dir)], str(merged_dir)), (lora_args, lora_name)):
+    adapter = cli(home, "export", "1")
+    serve_merged = next(x for x in merged.splitlines() if x.startswith("serve it with vLLM: "))
+    serve_lora = next(x for x in adapter.splitlines() if x.startswith("serve it without merging: "))
+    merged_dir = str(home / "data" / "exports" / "job-1-merged")
+    for command, model in ((serve_merged.split(": ", 1)[1], merged_dir), (serve_lora.split(": ", 1)[1], "job1")):
+        assert "--lora-modules job1=" in command or model == merged_dir
         port = _free_port()
-        proc = _serve(args, port, tmp_path / f"serve-{port}.log")
+        proc = _serve(command, port, tmp_path / f"serve-{port}.log")
         try:
             for row in test:
                 got = _chat(port, model, row["messages"][0]["content"])
-                assert got == bench[row["id"]], (args, row["id"], got, bench[row["id"]])
+                assert got == bench[row["id"]], (command, row["id"], got, bench[row["id"]])
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             try:

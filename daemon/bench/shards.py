@@ -167,7 +167,7 @@ def run_sharded(home: Home, spec: BenchSpec, resume: bool = False, retry_errors:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from daemon.worker import die_with_parent
+    from daemon.parent_death import die_with_parent
 
     p = argparse.ArgumentParser(prog="python -m daemon.bench.shards")
     p.add_argument("--home", required=True)

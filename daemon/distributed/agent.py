@@ -63,7 +63,7 @@ def main(argv: list[str]) -> None:
     from torch.distributed.elastic.rendezvous import static_tcp_rendezvous
     from torch.distributed.run import main as torchrun
 
-    from daemon.worker import die_with_parent
+    from daemon.parent_death import die_with_parent
 
     die_with_parent()
     if getattr(static_tcp_rendezvous, "TCPStore", None) is TCPStore:
