@@ -121,7 +121,7 @@ def bare_vllm(home_root: str, model: str, prompts: str, adapter: str, max_tokens
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
-    from daemon.bench.engines import engine_args
+    from daemon.bench.engines import cpu_engine_env, engine_args
     from daemon.bench.prompts import iter_prompts
     from daemon.bench.runner import prompt_ids
     from daemon.config import load_settings
@@ -132,6 +132,7 @@ def bare_vllm(home_root: str, model: str, prompts: str, adapter: str, max_tokens
     cfg = load_settings(home.settings_file).bench
     tok = load_tokenizer(model, home.models)
     ids = [{"prompt_token_ids": prompt_ids(tok, p.messages)} for p in iter_prompts(Path(prompts))]
+    cpu_engine_env()  # the same engine environment as the bench's
     llm = LLM(**engine_args(resolve_model_path(model, home.models), cfg, lora_rank=16,
                             max_model_len=cfg.max_model_len, on_gpu=False))
     t0 = time.perf_counter()
@@ -162,7 +163,8 @@ def vllm_vs_bare(args, home, prompts: Path) -> None:
         out = subprocess.run([sys.executable, __file__, "--bare-vllm", str(home.root), args.vllm_model, str(prompts),
                               str(adapter), str(args.max_tokens)], cwd=ROOT, check=True, capture_output=True,
                              text=True)
-        doc = json.loads(out.stdout.strip().splitlines()[-1])
+        # vLLM prints to stdout too (its shutdown): the result is the line this script wrote
+        doc = json.loads(next(x for x in reversed(out.stdout.splitlines()) if x.startswith('{"tokens"')))
         return doc["seconds"], doc["tokens"], doc["texts"]
 
     bench_rates, bare_rates, hf_rates = [], [], []

@@ -89,6 +89,27 @@ def test_demo_job_learns_and_leaves_adapter_config_and_metrics(home):
     cmp = json.loads(runner.invoke(app, ["bench", "compare", "job-1-base", "job-1", "--home", str(home),
                                          "--json"]).output)
     assert cmp["pairs"][0]["agree"] == 0 and all(row["disagree"] for row in cmp["rows"])
+    # Every kept checkpoint in one model (builtin:tiny: transformers, with the adapters switched, unmerged).
+    r = runner.invoke(app, ["bench", "sweep", "--job", "1", "--max-tokens", "64", "--home", str(home), "--json"])
+    assert r.exit_code == 0, r.output
+    sweep = json.loads(r.stdout)
+    rows = {row["label"]: row for row in sweep["rows"]}
+    steps = complete_checkpoints(home, 1)
+    assert [label for label in rows if label.startswith("step-")] == [f"step-{s}" for s in steps]
+    assert list(rows)[0] == "base" and list(rows)[-1] == "final"
+    assert rows["base"]["exact_match"] == 0.0 and rows["final"]["exact_match"] == exact("job-1")
+    assert rows["final"]["agreement_with_final"] == 1.0 and sweep["best"]["exact_match"] >= 0.8
+    assert json.loads((home / "data" / "bench" / "job-1-sweep-final" / "run.json").read_text())["engine"][
+        "backend"] == "hf"
+    # The first kept checkpoint as an adapter folder of its own: its weights, the job's tokenizer and settings.
+    r = runner.invoke(app, ["export", "1", "--checkpoint", str(steps[0]), "--home", str(home)])
+    assert r.exit_code == 0, r.output
+    out = home / "data" / "exports" / f"job-1-step-{steps[0]}-adapter"
+    ckpt = home / "data" / "runs" / "job-00001" / "checkpoints" / f"checkpoint-{steps[0]}"
+    assert (out / "adapter_model.safetensors").read_bytes() == (ckpt / "adapter_model.safetensors").read_bytes()
+    assert (out / "trainctl_config.json").exists() and (out / "tokenizer_config.json").exists()
+    r = runner.invoke(app, ["export", "1", "--checkpoint", "99999", "--home", str(home)])
+    assert r.exit_code == 1 and "no complete checkpoint at step 99999" in r.output
     # The same content with the same settings again is refused unless forced.
     again = runner.invoke(app, ["train", str(DEMO), "--home", str(home), "--epochs", "6"])
     assert again.exit_code == 1 and "same content and settings as job 1" in again.output, again.output

@@ -225,10 +225,13 @@ class VllmModel:
         from vllm import EngineArgs, LLMEngine, SamplingParams
         from vllm.lora.request import LoRARequest
 
-        from daemon.bench.engines import engine_args, lora_rank_of, vllm_version
+        from daemon.bench.engines import cpu_engine_env, engine_args, lora_rank_of, vllm_version
 
+        on_gpu = torch.cuda.is_available()
+        if not on_gpu:
+            cpu_engine_env()
         args = engine_args(model_path, cfg, lora_rank=lora_rank_of(adapters), max_model_len=max_model_len,
-                           on_gpu=torch.cuda.is_available(), trust_remote_code=trust_remote_code)
+                           on_gpu=on_gpu, trust_remote_code=trust_remote_code)
         self.args = args
         from daemon.parent_death import spawning_engine_children
 

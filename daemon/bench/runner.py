@@ -252,6 +252,8 @@ class BenchRunner:
             total = len(wanted)
             prog.done = len((ok | bad) & wanted)
             prog.errors = len(bad & wanted)
+        elif others:
+            prog.done, prog.errors = len(ok | bad), len(bad)
         info = existing or RunInfo(name=self.spec.name, fingerprint=fp, prompts_path=str(self.spec.prompts),
                                    total=total, job_id=self.spec.job_id)
         info.total = total
@@ -432,7 +434,8 @@ class ModelLoader:
 
         path = resolve_model_path(spec.model, self.home.models)
         longest, answer = 0, spec.cfg.max_tokens
-        for p in itertools.islice(iter_prompts(spec.prompts), spec.limit or None):
+        prompts = [] if spec.cfg.max_model_len else itertools.islice(iter_prompts(spec.prompts), spec.limit or None)
+        for p in prompts:  # the length plan: the longest rendered prompt and its answer budget
             if p.error is None:
                 longest = max(longest, len(prompt_ids(tok, p.messages, p.tools)))
                 answer = max(answer, p.max_tokens or 0)
