@@ -67,7 +67,23 @@ def job_home(tmp_path_factory, smollm2) -> Path:
 
 def test_sweep_judges_every_checkpoint_in_one_vllm_engine_and_vllm_answers_as_hf(job_home):
     home = job_home
+    # A sweep killed with kill -9 once it has answered with the base model and begun the first checkpoint...
+    bench = home / "data" / "bench"
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "bench", "sweep", "--job", "1", "--max-tokens", "24",
+                             "--home", str(home)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    ckpts = home / "data" / "runs" / "job-00001" / "checkpoints"
+    first_step = min(int(p.name.split("-")[1]) for p in ckpts.iterdir())
+    killed_in = bench / f"job-1-sweep-step-{first_step}" / "run.json"
+    wait_for(killed_in.exists, 300, "the sweep to reach its second adapter")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    assert not (bench / "job-1-sweep.json").exists()  # the kill stopped it before the end
+    # ... is carried on by the same command: every (adapter, prompt) pair answered exactly once.
     out = json.loads(cli(home, "bench", "sweep", "--job", "1", "--max-tokens", "24", "--json"))
+    for run in bench.glob("job-1-sweep-*/results.jsonl"):
+        ids = Counter(json.loads(line)["custom_id"] for line in run.read_text().splitlines())
+        assert len(ids) == 16 and set(ids.values()) == {1}, run
     rows = {r["label"]: r for r in out["rows"]}
     ckpts = sorted(p.name for p in (home / "data" / "runs" / "job-00001" / "checkpoints").iterdir())
     assert list(rows) == ["base", *[f"step-{c.split('-')[1]}" for c in sorted(ckpts, key=lambda c: int(c[11:]))],

@@ -99,6 +99,12 @@ def run_on_ray(home: Home, job_id: int, dataset: Path, settings: Settings, place
     except ImportError:
         raise PlacementError("distributed.backend = 'ray' needs Ray on this machine and the cluster's — "
                              "pip install 'trainctl[ray]', or set distributed.backend = 'local'") from None
+    if host in ("127.0.0.1", "localhost"):
+        # Ray reads that setting once, when it is first imported; in a process that imported it earlier (a test
+        # run, a notebook) the loopback address would still be rewritten
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         ray.init(address=r.address, logging_level="WARNING", log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:
