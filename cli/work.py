@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import click
 import typer
 
 from cli.common import Commands, HomeOpt, console
@@ -61,7 +60,8 @@ def _same_options(ctx: typer.Context, drop: set[str]) -> list[str]:
     out: list[str] = []
     for param in ctx.command.params:
         value = ctx.params.get(param.name or "")
-        if param.name in drop or not isinstance(param, click.Option) or value is None or value == param.default:
+        # by its kind, not its class: typer >= 0.26 has click's classes under typer._click
+        if param.name in drop or param.param_type_name != "option" or value is None or value == param.default:
             continue
         if param.is_flag:
             out.append(param.opts[0])
