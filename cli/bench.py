@@ -40,18 +40,9 @@ bench_app = typer.Typer(cls=_ResumeOption, no_args_is_help=True,
 def _job_target(h: Home, job_id: int, base: bool, best: bool = False) -> tuple[str, Path, Path | None]:
     """(model, prompts, adapter) of a finished training job: its base model, its test split, its adapter (with
     `best`: adapter-best/, or the final adapter when the last step was the best)."""
-    from daemon.jobs import JobQueue, JobState
+    from daemon.bench.state import finished_job
 
-    if not h.jobs_db.exists():
-        raise BenchError("there are no training jobs yet — `trainctl train FILE` or the daemon makes one")
-    with JobQueue(h.jobs_db, readonly=True) as q:
-        job = q.get(job_id)
-    if job.state is not JobState.DONE or not job.adapter_dir or not job.dataset_dir:
-        raise BenchError(f"job {job_id} is {job.state.value}, not done with an adapter — `trainctl queue` shows "
-                         "the finished jobs")
-    test = Path(job.dataset_dir) / "test.jsonl"
-    if not test.exists() or test.stat().st_size == 0:
-        raise BenchError(f"job {job_id}'s test split ({test}) is empty — pass --prompts FILE instead")
+    job, test = finished_job(h, job_id, " — pass --prompts FILE instead")
     adapter = Path(job.adapter_dir)
     model = _adapter_base(adapter) or _home_model(h)
     if best:

@@ -16,7 +16,7 @@ from typing import Any
 
 from daemon.atomic import read_json, write_json_atomic
 from daemon.errors import BenchError
-from daemon.jobs import pid_alive
+from daemon.jobs import Job, JobQueue, JobState, pid_alive
 
 
 class BenchState(str, Enum):
@@ -165,3 +165,19 @@ def count_lines(path: Path) -> int:
     except FileNotFoundError:
         return 0
     return n
+
+
+def finished_job(home: Any, job_id: int, if_empty: str) -> tuple[Job, Path]:
+    """A done training job with an adapter, and its held-out test split (`bench run --job`, `bench sweep`);
+    `if_empty` ends the message when that split is empty."""
+    if not home.jobs_db.exists():
+        raise BenchError("there are no training jobs yet — `trainctl train FILE` or the daemon makes one")
+    with JobQueue(home.jobs_db, readonly=True) as q:
+        job = q.get(job_id)
+    if job.state is not JobState.DONE or not job.adapter_dir or not job.dataset_dir:
+        raise BenchError(f"job {job_id} is {job.state.value}, not done with an adapter — `trainctl queue` shows "
+                         "the finished jobs")
+    test = Path(job.dataset_dir) / "test.jsonl"
+    if not test.exists() or test.stat().st_size == 0:
+        raise BenchError(f"job {job_id}'s test split ({test}) is empty{if_empty}")
+    return job, test

@@ -20,11 +20,10 @@ from typing import Any
 from daemon.atomic import read_json, write_json_atomic
 from daemon.bench.compare import compare_runs, extract
 from daemon.bench.runner import BenchRunner, BenchSpec, ModelLoader
-from daemon.bench.state import BenchState, RunInfo, load_run
+from daemon.bench.state import BenchState, RunInfo, finished_job, load_run
 from daemon.config import BenchConfig
 from daemon.errors import BenchError
 from daemon.home import Home
-from daemon.jobs import JobQueue, JobState
 from daemon.training.checkpoints import complete_checkpoint_steps, job_checkpoints_dir
 
 
@@ -64,17 +63,8 @@ def summary_path(home: Home, job_id: int) -> Path:
 
 def job_targets(home: Home, job_id: int) -> tuple[str, Path, list[Target]]:
     """(model, test split, targets) of a finished job: base, each complete checkpoint, adapter-best/, final."""
-    if not home.jobs_db.exists():
-        raise BenchError("there are no training jobs yet — `trainctl train FILE` or the daemon makes one")
-    with JobQueue(home.jobs_db, readonly=True) as q:
-        job = q.get(job_id)
-    if job.state is not JobState.DONE or not job.adapter_dir or not job.dataset_dir:
-        raise BenchError(f"job {job_id} is {job.state.value}, not done with an adapter — `trainctl queue` shows "
-                         "the finished jobs")
-    test = Path(job.dataset_dir) / "test.jsonl"
-    if not test.exists() or test.stat().st_size == 0:
-        raise BenchError(f"job {job_id}'s test split ({test}) is empty: there is nothing to judge the checkpoints "
-                         "on — `trainctl bench run --prompts FILE --adapter DIR` takes a prompt file")
+    job, test = finished_job(home, job_id, ": there is nothing to judge the checkpoints on — `trainctl bench run "
+                                           "--prompts FILE --adapter DIR` takes a prompt file")
     final = Path(job.adapter_dir)
     config = read_json(final / "trainctl_config.json") or {}
     model = (config.get("train") or {}).get("model")
