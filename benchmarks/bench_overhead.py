@@ -51,8 +51,8 @@ def throughput(args, home, prompts: Path) -> None:
     from daemon.bench.prompts import iter_prompts
     from daemon.bench.runner import BenchRunner, BenchSpec, prompt_ids
     from daemon.config import BenchConfig
-    from daemon.generation import RowSampling, generate_batch
-    from daemon.models import load_model, load_tokenizer
+    from daemon.models.generation import RowSampling, generate_batch
+    from daemon.models.loading import load_model, load_tokenizer
 
     tok = load_tokenizer(args.model, home.models)
     model = load_model(args.model, home.models).eval()
@@ -108,7 +108,7 @@ def make_adapter(home, model: str, out: Path) -> Path:
     trained one does, with no training run."""
     from peft import LoraConfig, get_peft_model
 
-    from daemon.models import load_model
+    from daemon.models.loading import load_model
 
     net = get_peft_model(load_model(model, home.models), LoraConfig(
         r=16, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
@@ -126,7 +126,7 @@ def bare_vllm(home_root: str, model: str, prompts: str, adapter: str, max_tokens
     from daemon.bench.runner import prompt_ids
     from daemon.config import load_settings
     from daemon.home import Home
-    from daemon.models import load_tokenizer, resolve_model_path
+    from daemon.models.loading import load_tokenizer, resolve_model_path
 
     home = Home.open(Path(home_root))
     cfg = load_settings(home.settings_file).bench

@@ -73,7 +73,7 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     from benchmarks.prepared_job import prepare, timed_train
     from daemon.training.recipe import _collectors, _model, _training_args, resolved_config
-    from daemon.training.status import StatusWriter
+    from daemon.training.status_writer import StatusWriter
 
     if a.model.startswith("random:"):
         model_path = _random_llama(a.model, Path(tempfile.mkdtemp(prefix="trainctl-random-")))

@@ -177,7 +177,7 @@ def main() -> None:
     home = tmp / "home"
     home.mkdir()
     # Build the tiny model's tokenizer first so the timed run measures curation, not the one-off model build.
-    subprocess.run([sys.executable, "-c", "from pathlib import Path; from daemon.models import load_tokenizer; "
+    subprocess.run([sys.executable, "-c", "from pathlib import Path; from daemon.models.loading import load_tokenizer; "
                     f"load_tokenizer('builtin:tiny', Path({str(home / 'data' / 'models')!r}))"],
                    cwd=ROOT, check=True, capture_output=True)
     t = time.perf_counter()

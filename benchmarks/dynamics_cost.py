@@ -31,7 +31,7 @@ def main() -> None:
     import torch
 
     from benchmarks.prepared_job import prepare, timed_train
-    from daemon.dynamics import read_records
+    from daemon.runs.dynamics import read_records
     from daemon.training.recipe import _collectors, _model, _training_args, resolved_config
 
     job = prepare(a.model, a.steps, a.batch_size)

@@ -60,8 +60,8 @@ check flash-varlen 60 "$PY" - <<'EOF'
 import torch
 from transformers import AutoModelForCausalLM
 
-from daemon.model_cache import SMOLLM2_135M, ensure_packaged
-from daemon.models import load_tokenizer
+from daemon.models.cache import SMOLLM2_135M, ensure_packaged
+from daemon.models.loading import load_tokenizer
 from daemon.training.packing import PackedCollator
 from tests.test_packing import _examples
 

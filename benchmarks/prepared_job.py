@@ -42,7 +42,7 @@ def prepare(model: str, steps: int, batch_size: int, tok_model: str | None = Non
     from daemon.config import Settings
     from daemon.curation.curator import Curator
     from daemon.home import Home
-    from daemon.models import load_tokenizer
+    from daemon.models.loading import load_tokenizer
     from daemon.training.recipe import RunContext, _data
 
     home = Home.open(Path(tempfile.mkdtemp(prefix="trainctl-bench-")))

@@ -74,7 +74,7 @@ def worker(side: str, model_name: str, n: int) -> dict:
     from daemon.chat.render import encode_messages
     from daemon.config import Settings
     from daemon.home import Home
-    from daemon.models import load_tokenizer
+    from daemon.models.loading import load_tokenizer
     from daemon.training.data import PadCollator
     from daemon.training.packing import Batching
     from daemon.training.recipe import RunContext, _collectors, _model, _training_args, resolved_config, total_steps

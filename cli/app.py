@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import bench, control, evolution, flags, queue, rejected, service, status, ui, work
+from cli import bench, control, evolution, flags, queue, rejected, service_cmds, status, ui, work
 from cli.common import HomeOpt, JsonOpt, command, console, err_console, reports_errors
 
 __all__ = ["app", "main", "console", "err_console", "HomeOpt", "JsonOpt", "command", "reports_errors"]
@@ -14,8 +14,8 @@ app = typer.Typer(name="trainctl", help="Drop JSONL into inbox/, get a LoRA adap
 app.add_typer(bench.bench_app, name="bench")
 app.add_typer(evolution.evolution_app, name="evolution")
 app.add_typer(flags.flags_app, name="flags")
-app.add_typer(service.service_app, name="service")
-for module in (status, queue, work, control, service, rejected, ui):
+app.add_typer(service_cmds.service_app, name="service")
+for module in (status, queue, work, control, service_cmds, rejected, ui):
     module.commands.register(app)
 
 

@@ -1,4 +1,4 @@
-"""`trainctl bench run | list | compare` (SPEC section 8). `list` and `compare` read JSON only (no torch); `run`
+"""`trainctl bench run | list | compare | sweep`. `list` and `compare` read JSON only (no torch); `run`
 imports the backends inside the command."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from cli.common import HomeOpt, JsonOpt, command, console, err_console
-from cli.render import clip, dash, duration
+from cli.formatting import clip, dash, duration
 from daemon.atomic import read_json, write_jsonl_atomic
 from daemon.chat.answers import readable
 from daemon.errors import BenchError

@@ -1,5 +1,7 @@
-"""Queue control: `cancel`, `pause`, `resume`, `priority`, `retry`, `checkpoint` (daemon/queue_control.py holds the
-transitions; this module only words them). Each works with the daemon running or not."""
+"""Queue control: `cancel`, `pause`, `resume`, `priority`, `retry`, `checkpoint`.
+
+daemon/service/queue_control.py holds the transitions; this module only words them. Each works with the
+daemon running or not."""
 
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ from cli.work import (
     SaveSteps,
     overrides,
 )
-from daemon import queue_control
 from daemon.home import Home
+from daemon.service import queue_control
 
 commands = Commands()
 

@@ -14,14 +14,14 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from cli.common import HomeOpt, JsonOpt, command, console
-from cli.render import bar, clip, sparkline
+from cli.formatting import bar, clip, sparkline
 from daemon.chat.answers import readable
 from daemon.errors import TrainctlError
 from daemon.home import Home
 
 if TYPE_CHECKING:
-    from daemon.dynamics import RunDynamics
-    from daemon.evolution import Evolution
+    from daemon.runs.dynamics import RunDynamics
+    from daemon.runs.snapshots import Evolution
 
 CLASSES = ("easy", "ambiguous", "hard")
 COLOUR = {"easy": "green", "ambiguous": "yellow", "hard": "red"}
@@ -42,7 +42,7 @@ evolution_app = typer.Typer(cls=_ShowByDefault, help="How every training example
 
 
 def _snapshots(h: Home, dataset: str | None) -> Evolution | None:
-    from daemon.evolution import datasets, load  # (statistics is slow to import: only when the command runs)
+    from daemon.runs.snapshots import datasets, load  # (statistics is slow to import: only when the command runs)
 
     for d in reversed(datasets(h.evolution_root)):
         if dataset is None or d.name == dataset or d.name.startswith(dataset):
@@ -50,8 +50,8 @@ def _snapshots(h: Home, dataset: str | None) -> Evolution | None:
     return None
 
 
-def _pick(h: Home, dataset: str | None) -> tuple[RunDynamics | None, Evolution | None]:
-    from daemon.dynamics import latest
+def pick_sources(h: Home, dataset: str | None) -> tuple[RunDynamics | None, Evolution | None]:
+    from daemon.runs.dynamics import latest
 
     dyn, evo = latest(h.runs, dataset), _snapshots(h, dataset)
     if dyn is None and evo is None:
@@ -75,13 +75,13 @@ def show(dataset: Optional[str] = typer.Argument(None, help="Dataset folder name
          limit: int = typer.Option(15, "--limit", help="Examples listed (0 = all)."),
          home: HomeOpt = None, json_out: JsonOpt = False) -> None:
     """Which examples were learned, late, never, or forgotten; suspected label errors; the learning curve."""
-    from daemon.dynamics import SORTS
+    from daemon.runs.dynamics import SORTS
 
     if cls is not None and cls not in CLASSES:
         raise TrainctlError(f"unknown class {cls!r} — use one of {', '.join(CLASSES)}")
     if sort not in SORTS:
         raise TrainctlError(f"unknown sort {sort!r} — use one of {', '.join(SORTS)}")
-    dyn, evo = _pick(Home.open(home, create=False), dataset)
+    dyn, evo = pick_sources(Home.open(home, create=False), dataset)
     if probe and evo is None:
         raise TrainctlError("no probe snapshots for this dataset — they need train.evolution_examples > 0")
     if example is not None:
@@ -246,7 +246,7 @@ def export(dataset: Optional[str] = typer.Argument(None, help="Dataset folder na
            home: HomeOpt = None, json_out: JsonOpt = False) -> None:
     """The dataset's records (every split) without the suspected label errors (or a class), to train again."""
     from daemon.atomic import iter_jsonl, write_jsonl_atomic
-    from daemon.dynamics import latest
+    from daemon.runs.dynamics import latest
 
     bad = [w for w in without if w not in WITHOUT]
     if bad:

@@ -10,12 +10,12 @@ import typer
 from rich.table import Table
 
 from cli.common import HomeOpt, JsonOpt, command, console, reports_errors
-from cli.render import bar, dash
+from cli.formatting import bar, dash
 from daemon.atomic import write_jsonl_atomic
 from daemon.chat.answers import readable
 from daemon.errors import TrainctlError
-from daemon.flags import REASONS, SORTS, FlagStore, to_training_record
 from daemon.home import Home
+from daemon.runs.flag_store import REASONS, SORTS, FlagStore, to_training_record
 
 flags_app = typer.Typer(help="Flagged examples: what the model gets wrong at each evaluation.",
                         invoke_without_command=True, no_args_is_help=False)

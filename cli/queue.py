@@ -9,11 +9,11 @@ import typer
 from rich.table import Table
 
 from cli.common import Commands, HomeOpt, JsonOpt, console
-from cli.render import clock, dash, duration
+from cli.formatting import clock, dash, duration
 from daemon.devices import Placement
-from daemon.file_settings import describe
 from daemon.home import Home
 from daemon.jobs import JobQueue
+from daemon.service.file_settings import describe
 
 commands = Commands()
 

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from cli.common import Commands, HomeOpt, JsonOpt, console
-from cli.render import bar
+from cli.formatting import bar
 from daemon.atomic import write_jsonl_atomic
 from daemon.errors import TrainctlError
 from daemon.home import Home

@@ -13,11 +13,11 @@ from rich.panel import Panel
 from rich.table import Table
 
 from cli.common import Commands, HomeOpt, JsonOpt, console
-from cli.render import bar, dash, duration, sparkline
-from daemon import instance_lock
+from cli.formatting import bar, dash, duration, sparkline
 from daemon.atomic import read_json
 from daemon.home import Home
 from daemon.jobs import JobQueue, pid_alive
+from daemon.service import instance_lock
 
 commands = Commands()
 

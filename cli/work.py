@@ -12,11 +12,11 @@ from typing import Annotated, Any, Optional
 import typer
 
 from cli.common import Commands, HomeOpt, console
-from daemon import instance_lock
 from daemon.atomic import read_json
 from daemon.errors import TrainctlError
 from daemon.home import Home
 from daemon.jobs import pid_alive
+from daemon.service import instance_lock
 
 commands = Commands()
 
@@ -85,11 +85,11 @@ def daemon_cmd(ctx: typer.Context, home: HomeOpt = None, once: bool = typer.Opti
                                            "data/logs/daemon.log (`trainctl logs -f`), stop with `trainctl stop`.")
                ) -> None:
     """Watch inbox/ and work the queue (training flags apply to jobs queued by this run)."""
-    from daemon.service import Daemon, setup_logging
+    from daemon.service.loop import Daemon, setup_logging
 
     h = Home.open(home)
     if detach:
-        from daemon.background import start_detached
+        from daemon.service.background import start_detached
 
         _settings(h, {})  # a broken trainctl.toml is reported here, not only in the log
         pid = start_detached(h, _same_options(ctx, {"home", "detach"}))
@@ -141,7 +141,7 @@ def train_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of e
     """Curate and train one file in the foreground, without the daemon."""
     from daemon.hashing import file_sha256
     from daemon.jobs import JobQueue, JobState
-    from daemon.worker import run_job
+    from daemon.service.worker import run_job
 
     if not file.is_file():
         raise TrainctlError(f"{file} is not a file — pass the path of a .jsonl or .json file")
@@ -191,7 +191,7 @@ def curate_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from daemon.curation.curator import Curator, dataset_stamp
-    from daemon.models import load_tokenizer
+    from daemon.models.loading import load_tokenizer
 
     if not file.is_file():
         raise TrainctlError(f"{file} is not a file — pass the path of a .jsonl or .json file")
@@ -230,7 +230,7 @@ def export_cmd(job: int = typer.Argument(..., help="A finished job's id (`trainc
                home: HomeOpt = None) -> None:
     """A finished job's adapter as is, or merged into its base model, as a folder transformers and vLLM load."""
     from daemon.bench.engines import serve_command
-    from daemon.export import export_job
+    from daemon.models.export import export_job
 
     h = Home.open(home, create=False)
     console.print(f"exporting job {job}" + (" merged into its base model" if merge else "'s adapter") + " …")
@@ -241,7 +241,7 @@ def export_cmd(job: int = typer.Argument(..., help="A finished job's id (`trainc
         console.print(f"load it with AutoModelForCausalLM.from_pretrained({str(out)!r})", highlight=False)
         console.print(f"serve it with vLLM: {serve_command(str(out), python)}", highlight=False, soft_wrap=True)
     else:
-        from daemon.models import resolve_model_path
+        from daemon.models.loading import resolve_model_path
 
         base = resolve_model_path(read_json(out / "trainctl_export.json")["base_model"], h.models)
         rank = read_json(out / "adapter_config.json").get("r", 16)

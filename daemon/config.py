@@ -92,7 +92,7 @@ class TrainConfig:
     """Validation examples in the fixed evaluation set (training examples if the val split is empty)."""
     evolution_examples: int = 100
     """Training examples in the evolution probe set (the first N of the train split), answered at the snapshot steps
-    of SPEC section 7 (0, 10, 25, 50, 100, ... then every 1000) and at the last step; 0 = no snapshots."""
+    (0, 10, 25, 50, 100, 250, 500, 1000, then every 1000) and at the last step; 0 = no snapshots."""
     diagnostics_budget: float = 0.05
     """Largest share of the training wall time for fixed evaluations and evolution snapshots together: the schedule
     keeps its steps while they fit, then thins itself (measured cost per pass), always keeping step 0 and the last

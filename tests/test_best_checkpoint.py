@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from daemon.jobs import JobQueue, JobState
-from daemon.training.checkpoints import COMPLETE_MARKER
+from daemon.runs.checkpoints import COMPLETE_MARKER
 from tests.conftest import DEMO, TINY_SETTINGS, wait_for
 
 runner = CliRunner()
@@ -39,7 +39,7 @@ def _fixed_set_em(home: Path, adapter: Path) -> float:
     """Greedy exact match of `adapter` on the run's fixed evaluation set (the validation split)."""
     from peft import PeftModel
 
-    from daemon.models import load_model, load_tokenizer
+    from daemon.models.loading import load_model, load_tokenizer
     from daemon.training.data import read_split
     from daemon.training.recipe import exact_match
 

@@ -101,7 +101,7 @@ def test_read_only_commands_and_the_ui_import_no_torch(curated_home):
             "summary": {"avg_loss": 0.1, "accuracy": float(ok), "total_examples": 1, "correct": int(ok),
                         "incorrect": int(not ok)}}))
     # Per-example dynamics of a run over the curated dataset's train split
-    from daemon.dynamics import RECORD
+    from daemon.runs.dynamics import RECORD
 
     (ds,) = curated_home.datasets.iterdir()
     run = curated_home.run_dir(1)

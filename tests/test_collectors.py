@@ -18,7 +18,7 @@ from tests.conftest import DEMO
 
 @pytest.fixture(scope="module")
 def demo_rows(tmp_path_factory, tiny_models):
-    from daemon.models import load_tokenizer
+    from daemon.models.loading import load_tokenizer
 
     tok = load_tokenizer("builtin:tiny", tiny_models)
     out = tmp_path_factory.mktemp("ds") / "demo"
@@ -31,7 +31,7 @@ def _trainer(tmp_path, tiny_models, demo_rows, lr: float, steps: int, callbacks,
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments
 
-    from daemon.models import load_model
+    from daemon.models.loading import load_model
     from daemon.training.data import PadCollator, encode_rows
 
     tok, rows = demo_rows
@@ -120,7 +120,7 @@ def test_ece_on_known_values():
 
 
 def test_fixed_eval_measures_em_ce_ece(tmp_path, tiny_models, demo_rows):
-    from daemon.models import load_model
+    from daemon.models.loading import load_model
 
     tok, rows = demo_rows
     model = load_model("builtin:tiny", tiny_models, "cpu")

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
+from daemon.chat.formats import normalise
 from daemon.config import CurationConfig, TrainConfig
 from daemon.curation.curator import Curator
-from daemon.curation.formats import normalise
 from daemon.errors import InputFileError
-from daemon.models import load_tokenizer
+from daemon.models.loading import load_tokenizer
 from tests.conftest import DEMO, write_jsonl
 
 
@@ -81,7 +81,7 @@ def test_curation_tokenizer_is_the_training_tokenizer_without_torch(tmp_path, ti
     import subprocess
     import sys
 
-    code = ("import sys; from pathlib import Path; from daemon.models import load_tokenizer; "
+    code = ("import sys; from pathlib import Path; from daemon.models.loading import load_tokenizer; "
             f"t = load_tokenizer('builtin:tiny', Path({str(tiny_models)!r}), light=True); "
             "print(type(t).__name__, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

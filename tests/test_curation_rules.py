@@ -13,7 +13,7 @@ from daemon.config import CurationConfig, TrainConfig, load_settings
 from daemon.curation.curator import Curator
 from daemon.curation.neardup import jaccard, shingles
 from daemon.errors import ConfigError
-from daemon.models import load_tokenizer
+from daemon.models.loading import load_tokenizer
 
 GOOD = "The river carries fresh water from the mountains down to the green valley below."
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from daemon.training.collectors.diagnostics_budget import FULL, SCORED, SKIP, DiagnosticsBudget
-from daemon.training.collectors.evolution import is_snapshot_step
+from daemon.training.collectors.evolution_snapshots import is_snapshot_step
 
 
 def simulate(share: float, steps: int, step_s: float, snap_s: float, snap_decode_s: float, eval_s: float,

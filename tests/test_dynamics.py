@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app, console, err_console
-from daemon.dynamics import RECORD, aggregate, read_records
+from daemon.runs.dynamics import RECORD, aggregate, read_records
 from tests.conftest import TINY_SETTINGS
 from tests.test_evolution import planted_dataset
 from tests.test_packing import _examples, _model
@@ -57,8 +57,8 @@ def test_recorded_figures_equal_a_separate_eval_pass(home, tmp_path, packing):
 
     from daemon.config import TrainConfig
     from daemon.home import Home
-    from daemon.models import load_tokenizer, resolve_model_path
-    from daemon.training.dynamics import DynamicsRecorder
+    from daemon.models.loading import load_tokenizer, resolve_model_path
+    from daemon.training.dynamics_recorder import DynamicsRecorder
     from daemon.training.packing import Batching
 
     models = Home.open(home).models
@@ -84,7 +84,7 @@ def test_recorded_figures_equal_a_separate_eval_pass(home, tmp_path, packing):
 def test_resume_drops_the_redone_steps_and_a_torn_tail(tmp_path):
     from types import SimpleNamespace
 
-    from daemon.training.dynamics import DynamicsRecorder
+    from daemon.training.dynamics_recorder import DynamicsRecorder
 
     rec = DynamicsRecorder(tmp_path, "d", tmp_path / "train.jsonl", 4)
     path = tmp_path / "dynamics.bin"
@@ -193,8 +193,8 @@ from transformers import TrainingArguments
 from daemon.config import TrainConfig
 from daemon.distributed.rank import leave_group
 from daemon.home import Home
-from daemon.models import load_tokenizer, resolve_model_path
-from daemon.training.dynamics import DynamicsRecorder
+from daemon.models.loading import load_tokenizer, resolve_model_path
+from daemon.training.dynamics_recorder import DynamicsRecorder
 from daemon.training.packing import Batching
 from tests.test_packing import _examples, _model
 

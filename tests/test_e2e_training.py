@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from daemon.jobs import JobQueue, JobState
-from daemon.training.checkpoints import COMPLETE_MARKER
+from daemon.runs.checkpoints import COMPLETE_MARKER
 from tests.conftest import DEMO, ROOT, wait_for
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,7 @@ def test_demo_job_learns_and_leaves_adapter_config_and_metrics(home):
     st = status(home)
     assert st["state"] == "done" and st["current_step"] == st["total_steps"] == result["steps"]
     assert st["tokens_per_sec_avg"] > 0
-    # Every status field of SPEC section 5 is there (flagged_count comes with flagged examples).
+    # Every documented status field is there (flagged_count comes with flagged examples).
     for f in ("state", "job_id", "dataset", "current_step", "total_steps", "epoch", "loss", "learning_rate",
               "streaming_ce", "loss_variance", "token_entropy", "loss_trend", "tokens_per_sec", "tokens_per_sec_avg",
               "throughput_trend", "eta_seconds", "lora_stats", "lora_summary", "active_alerts", "alert_summary",
@@ -251,8 +251,8 @@ def test_export_adapter_and_merged_model_answer_like_base_plus_adapter(home, tmp
 
     from daemon.chat.messages import messages_of, tools_of
     from daemon.chat.render import prompt_text
-    from daemon.generation import generate_texts
-    from daemon.models import load_adapter, load_model
+    from daemon.models.generation import generate_texts
+    from daemon.models.loading import load_adapter, load_model
     from daemon.training.data import read_split
 
     r = runner.invoke(app, ["train", str(DEMO), "--home", str(home), "--epochs", "2"])

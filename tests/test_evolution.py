@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app, console, err_console
-from daemon.evolution import load
-from daemon.training.collectors.evolution import is_snapshot_step
+from daemon.runs.snapshots import load
+from daemon.training.collectors.evolution_snapshots import is_snapshot_step
 from tests.conftest import TINY_SETTINGS
 
 runner = CliRunner()
@@ -36,7 +36,7 @@ def test_snapshot_schedule_is_the_specs():
 def test_last_step_is_snapshotted_unless_a_scheduled_one_is_near(tmp_path, max_steps, last):
     from types import SimpleNamespace
 
-    from daemon.training.collectors.evolution import EvolutionSnapshots
+    from daemon.training.collectors.evolution_snapshots import EvolutionSnapshots
 
     ev = EvolutionSnapshots(None, [{"messages": []}], tmp_path, "d")
     ev.snapshot = lambda model, step, **kw: ev.taken.append(step)  # when, not what: no model needed
@@ -112,8 +112,8 @@ def test_lowest_confidence_examples_are_the_planted_wrong_answers(home, tmp_path
 
 
 def test_a_failing_snapshot_is_logged_and_training_goes_on(home, tmp_path):
-    from daemon.models import load_tokenizer
-    from daemon.training.collectors.evolution import EvolutionSnapshots
+    from daemon.models.loading import load_tokenizer
+    from daemon.training.collectors.evolution_snapshots import EvolutionSnapshots
 
     class Broken:
         training = True

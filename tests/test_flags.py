@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cli.app import app, console, err_console
 from daemon.errors import TrainctlError
-from daemon.flags import FlagStore, flags_from_eval
+from daemon.runs.flag_store import FlagStore, flags_from_eval
 
 runner = CliRunner()
 

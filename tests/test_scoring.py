@@ -33,8 +33,8 @@ def test_answers_equal_generation_at_every_stage_of_training(tiny_models, monkey
     from transformers import AutoModelForCausalLM
 
     from daemon.chat.render import encode_messages
-    from daemon.generation import generate_texts
-    from daemon.models import load_tokenizer, resolve_model_path
+    from daemon.models.generation import generate_texts
+    from daemon.models.loading import load_tokenizer, resolve_model_path
     from daemon.training import scoring
     from daemon.training.data import PadCollator
     from daemon.training.scoring import answer, prepare_probe
@@ -93,8 +93,8 @@ def test_lora_model_answers_merged_as_it_generates_unmerged(tiny_models, monkeyp
     from transformers import AutoModelForCausalLM
 
     from daemon.chat.render import encode_messages
-    from daemon.generation import generate_texts
-    from daemon.models import load_tokenizer, resolve_model_path
+    from daemon.models.generation import generate_texts
+    from daemon.models.loading import load_tokenizer, resolve_model_path
     from daemon.training import scoring
     from daemon.training.data import PadCollator
 
@@ -143,8 +143,8 @@ def test_a_model_without_a_reusable_cache_is_answered_whole_and_generated(tiny_m
     import torch
     from transformers import AutoModelForCausalLM
 
-    from daemon.generation import generate_texts
-    from daemon.models import load_tokenizer, resolve_model_path
+    from daemon.models.generation import generate_texts
+    from daemon.models.loading import load_tokenizer, resolve_model_path
     from daemon.training import scoring
 
     tok = load_tokenizer("builtin:tiny", tiny_models)
@@ -169,7 +169,7 @@ def test_a_model_without_a_reusable_cache_is_answered_whole_and_generated(tiny_m
         from_prompt.extend(prompts)
         return generate_texts(model_, tok_, prompts, **kw)
 
-    monkeypatch.setattr("daemon.generation.generate_texts", spy)  # answer() imports it when it runs
+    monkeypatch.setattr("daemon.models.generation.generate_texts", spy)  # answer() imports it when it runs
     sc2, outputs2, decoded2 = scoring.answer(model, tok, probe, 64, 128)
     assert decoded == decoded2 == len(from_prompt) == 12  # untrained: every answer decoded, here from its prompt
     assert outputs == outputs2 == reference

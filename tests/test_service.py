@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 from cli.app import app
 from daemon.config import NotifyConfig
 from daemon.errors import ConfigError
-from daemon.file_settings import resolve
 from daemon.jobs import JobState
-from daemon.notify import Notifier
-from daemon.watcher import InboxWatcher
+from daemon.service.file_settings import resolve
+from daemon.service.notify import Notifier
+from daemon.service.watcher import InboxWatcher
 from tests.conftest import DEMO, ROOT, TINY_SETTINGS, wait_for
 from tests.test_e2e_training import jobs
 

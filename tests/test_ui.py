@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.flags import FlagStore
 from daemon.home import Home
 from daemon.jobs import JobQueue
+from daemon.runs.flag_store import FlagStore
 from tests.conftest import DEMO, ROOT, wait_for
 from tests.test_cli import _bench_run_on_disk, curated_home  # noqa: F401 - a fixture
 
@@ -45,7 +45,7 @@ def ui_home(curated_home):  # noqa: F811 - the imported fixture
     (h.status_dir / "training_status.json").write_text(json.dumps({"job_id": job.id, "state": "training",
                                                                    "current_step": 3, "total_steps": 10}))
     # Probe snapshots and per-example dynamics of the curated dataset (as in test_cli's torch-free test)
-    from daemon.dynamics import RECORD
+    from daemon.runs.dynamics import RECORD
 
     (ds,) = h.datasets.iterdir()
     snaps = h.evolution_dir(ds.name)

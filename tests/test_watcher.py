@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from daemon.watcher import InboxWatcher, is_candidate, open_for_writing
+from daemon.service.watcher import InboxWatcher, is_candidate, open_for_writing
 from tests.conftest import wait_for
 
 SLOW_WRITER = """

@@ -151,7 +151,7 @@ def devices() -> dict[str, Any]:
 # -- flagged examples -----------------------------------------------------------------------------------------------
 
 def _flags(home: Home) -> Any:
-    from daemon.flags import FlagStore
+    from daemon.runs.flag_store import FlagStore
 
     return FlagStore(home.flagged_file)
 
@@ -234,8 +234,8 @@ def bench_compare(home: Home, params: dict[str, str]) -> dict[str, Any]:
 
 def evolution(home: Home, params: dict[str, str]) -> dict[str, Any]:
     """The snapshot curve, the cartography of every training example, the probe examples (?class=, ?sort=)."""
-    from cli.evolution import CLASSES, _pick, show_doc
-    from daemon.dynamics import SORTS
+    from cli.evolution import CLASSES, pick_sources, show_doc
+    from daemon.runs.dynamics import SORTS
 
     cls = params.get("class") or None
     sort = params.get("sort") or "confidence"
@@ -245,19 +245,19 @@ def evolution(home: Home, params: dict[str, str]) -> dict[str, Any]:
         raise BadRequest(f"sort must be one of {', '.join(SORTS)}")
     dataset = params.get("dataset") or None
     try:
-        dyn, evo = _pick(home, dataset)
+        dyn, evo = pick_sources(home, dataset)
     except TrainctlError as exc:
         raise NotFound(str(exc)) from None
     return show_doc(dyn, evo, cls, sort, _int(params, "limit", 0) or 0)
 
 
 def evolution_example(home: Home, params: dict[str, str]) -> dict[str, Any]:
-    from cli.evolution import _pick, example_doc, find_example
+    from cli.evolution import example_doc, find_example, pick_sources
 
     if not params.get("id"):
         raise BadRequest("id is missing")
     try:
-        dyn, evo = _pick(home, params.get("dataset") or None)
+        dyn, evo = pick_sources(home, params.get("dataset") or None)
         return example_doc(*find_example(dyn, evo, params["id"]))
     except TrainctlError as exc:
         raise NotFound(str(exc)) from None

@@ -75,7 +75,7 @@ class HfBackend:
         self.version = transformers.__version__
 
     def _generate(self, batch: list[Request]) -> list[dict[str, Any]]:
-        from daemon.generation import RowSampling, generate_batch
+        from daemon.models.generation import RowSampling, generate_batch
 
         rows = [RowSampling(r.max_tokens, r.temperature, r.top_p, r.seed) for r in batch]
         with self.context():
@@ -122,7 +122,7 @@ class HfModel:
         """`model` as the user named it (builtin:tiny, hub id, folder); on a GPU when there is one."""
         from transformers.utils import logging as hf_logging
 
-        from daemon.models import load_adapter, load_model
+        from daemon.models.loading import load_adapter, load_model
 
         hf_logging.disable_progress_bar()  # the bench draws its own progress bar
         self.tok, self.batch_size = tok, batch_size

@@ -1,10 +1,10 @@
-"""Read a bench prompt file as a stream of `BenchPrompt`s (SPEC section 8).
+"""Read a bench prompt file as a stream of `BenchPrompt`s.
 
 Accepted lines: OpenAI Batch API requests (`custom_id`, `method`, `url`, `body.messages`, `body.tools`,
-`body.max_tokens`, `body.temperature`, `body.top_p`) or any record of SPEC section 3. For a section-3 record that
-ends with an assistant turn, the prompt is everything before it and the answer is kept as the `reference`. The id is
-`custom_id`, else `id`, else `line-N`. A line that cannot be run becomes a prompt with an `error`, so that it still
-ends with exactly one (error) result.
+`body.max_tokens`, `body.temperature`, `body.top_p`) or any training record (daemon/chat/formats.py). For a
+training record that ends with an assistant turn, the prompt is everything before it and the answer is kept as
+the `reference`. The id is `custom_id`, else `id`, else `line-N`. A line that cannot be run becomes a prompt
+with an `error`, so that it still ends with exactly one (error) result.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.curation.formats import FormatError, normalise
-from daemon.curation.reader import read_items
+from daemon.chat.formats import FormatError, normalise
 from daemon.errors import BenchError
 from daemon.hashing import update_from_file
+from daemon.jsonl_reader import read_items
 
 
 @dataclass
@@ -82,7 +82,7 @@ def _from_record(rec: Any, line: int) -> BenchPrompt:
     except FormatError as exc:
         return BenchPrompt(cid, line, error=f"invalid_request: {exc}")
     if ex is None:
-        return BenchPrompt(cid, line, error="unknown_format: not a batch request nor a SPEC section 3 record")
+        return BenchPrompt(cid, line, error="unknown_format: not a batch request nor a training record")
     msgs = ex.messages
     reference = None
     if ex.fmt == "text":

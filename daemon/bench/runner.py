@@ -411,7 +411,7 @@ class ModelLoader:
 
     def _load(self, spec: BenchSpec) -> tuple[Any, Any]:
         from daemon.bench.backends import HfModel
-        from daemon.models import load_tokenizer
+        from daemon.models.loading import load_tokenizer
 
         tok = load_tokenizer(spec.model, self.home.models)
         adapters = self.adapters if self.adapters is not None else [a for a in [spec.adapter] if a]
@@ -430,7 +430,7 @@ class ModelLoader:
 
     def _vllm(self, spec: BenchSpec, tok: Any, adapters: list[Path]) -> Any:
         from daemon.bench.backends import VllmModel
-        from daemon.models import resolve_model_path
+        from daemon.models.loading import resolve_model_path
 
         path = resolve_model_path(spec.model, self.home.models)
         longest, answer = 0, spec.cfg.max_tokens

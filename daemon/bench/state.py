@@ -1,4 +1,4 @@
-"""A bench run's state machine and its run.json: fingerprint, progress, sessions (SPEC section 8).
+"""A bench run's state machine and its run.json: fingerprint, progress, sessions.
 
 results.jsonl is the truth about which prompts are answered; run.json says what the run is (its fingerprint, so
 that a resume with another model, adapter, prompt file or sampling settings is refused) and a progress summary

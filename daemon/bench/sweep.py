@@ -24,7 +24,7 @@ from daemon.bench.state import BenchState, RunInfo, finished_job, load_run
 from daemon.config import BenchConfig
 from daemon.errors import BenchError
 from daemon.home import Home
-from daemon.training.checkpoints import complete_checkpoint_steps, job_checkpoints_dir
+from daemon.runs.checkpoints import complete_checkpoint_steps, job_checkpoints_dir
 
 
 @dataclass

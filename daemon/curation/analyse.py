@@ -16,11 +16,11 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from daemon.chat.formats import Example, FormatError, normalise
 from daemon.chat.messages import Message, text_bytes
 from daemon.chat.render import length_and_first_trained, trains_on
 from daemon.config import CurationConfig, TrainConfig
 from daemon.curation import validate
-from daemon.curation.formats import Example, FormatError, normalise
 from daemon.curation.neardup import NearDupIndex, shingles
 from daemon.curation.quality import Quality, QualityScorer
 

@@ -38,9 +38,9 @@ from daemon.curation.analyse import (
 )
 from daemon.curation.neardup import NearDupIndex
 from daemon.curation.quality import QualityScorer
-from daemon.curation.reader import read_items
 from daemon.errors import InputFileError
 from daemon.hashing import file_sha256
+from daemon.jsonl_reader import read_items
 
 SPLITS = ("train", "val", "test")
 

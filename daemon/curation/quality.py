@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daemon.chat.formats import Example
 from daemon.config import CurationConfig
-from daemon.curation.formats import Example
 from daemon.errors import ConfigError
 
 _WORD = re.compile(r"[^\W_]+(?:['’.-][^\W_]+)*")

@@ -1,11 +1,12 @@
-"""Structural checks on a normalised example. Each failure is one stable detail code (SPEC section 4)."""
+"""Structural checks on a normalised example. Each failure is one stable detail code
+(the `detail` of a rejected record, listed by `trainctl rejected`)."""
 
 from __future__ import annotations
 
 import re
 
+from daemon.chat.formats import Example
 from daemon.chat.messages import tool_names
-from daemon.curation.formats import Example
 
 _PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_][\w.]*\s*\}\}")
 

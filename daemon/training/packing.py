@@ -169,7 +169,7 @@ class PackedCollator:
         labels = torch.full(shape, IGNORE, dtype=torch.long)
         shift = torch.full(shape, IGNORE, dtype=torch.long)
         real = torch.zeros(shape, dtype=torch.long)
-        index = torch.full(shape, -1, dtype=torch.long)  # each token's example (daemon/training/dynamics.py)
+        index = torch.full(shape, -1, dtype=torch.long)  # each token's example (daemon/training/dynamics_recorder.py)
         starts = [0]
         for r, row in enumerate(rows):
             at = 0

@@ -54,7 +54,7 @@ class RunContext:
 def resolved_config(ctx: RunContext) -> dict[str, Any]:
     """The settings as trained with, defaults filled in: saved as config.json beside the adapter. `precision` says
     which device and dtypes `train.device`/`train.dtype` resolved to, and why."""
-    from daemon.models import default_lr, pick_device, pick_precision
+    from daemon.models.loading import default_lr, pick_device, pick_precision
 
     cfg = ctx.settings.train
     doc = ctx.settings.to_dict()
@@ -96,7 +96,7 @@ def _data(ctx: RunContext, tok: Any) -> tuple[list[dict[str, Any]], list[dict[st
 def _model(ctx: RunContext) -> Any:
     from peft import LoraConfig, get_peft_model
 
-    from daemon.models import load_model
+    from daemon.models.loading import load_model
 
     cfg = ctx.settings.train
     base = load_model(cfg.model, ctx.home.models, cfg.device, cfg.dtype, cfg.trust_remote_code, cfg.quantization)
@@ -202,7 +202,7 @@ def exact_match(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens
     from daemon.chat.answers import same_answer
     from daemon.chat.messages import messages_of, question_and_answer, tools_of
     from daemon.chat.render import prompt_text
-    from daemon.generation import generate_texts
+    from daemon.models.generation import generate_texts
 
     if not rows:
         return {"count": 0, "exact_match": None}
@@ -232,10 +232,10 @@ def _final_checks(ctx: RunContext, model: Any, tok: Any, rows: list[dict[str, An
 
 
 def _flag_suspects(ctx: RunContext, run_dir: Path) -> dict[str, Any]:
-    """Per-example dynamics summed up; the suspected label errors flagged `suspect_label` (daemon/dynamics.py)."""
-    from daemon.dynamics import load, suspect_flags
+    """Per-example dynamics summed up; the suspected label errors flagged `suspect_label` (daemon/runs/dynamics.py)."""
     from daemon.errors import TrainctlError
-    from daemon.flags import FlagStore
+    from daemon.runs.dynamics import load, suspect_flags
+    from daemon.runs.flag_store import FlagStore
 
     try:
         run = load(run_dir)
@@ -290,8 +290,8 @@ def _rendering_status(report: dict[str, Any]) -> dict[str, Any]:
 
 def _collectors(ctx: RunContext, tok: Any, rows: list[dict[str, Any]], run_dir: Path, steps: int,
                 model: Any) -> dict[str, Any]:
-    """Every collector of SPEC section 5, wired together; each is an ordinary TrainerCallback."""
-    from daemon.models import pick_precision
+    """Every collector, wired together; each is an ordinary TrainerCallback."""
+    from daemon.models.loading import pick_precision
     from daemon.training.collectors.alerts import Alerts
     from daemon.training.collectors.diagnostics_budget import DiagnosticsBudget
     from daemon.training.collectors.fixed_eval import FixedEval
@@ -319,13 +319,13 @@ def _collectors(ctx: RunContext, tok: Any, rows: list[dict[str, Any]], run_dir: 
         out["fixed_eval"] = FixedEval(tok, probe, interval, cfg.max_length, cfg.max_new_tokens, cfg.loss_on,
                                       throughput=throughput, budget=budget, autocast=autocast)
     if "fixed_eval" in out:
-        from daemon.flags import FlagStore
+        from daemon.runs.flag_store import FlagStore
         from daemon.training.collectors.flagged import FlaggedExamples
 
         out["flagged"] = FlaggedExamples(FlagStore(ctx.home.flagged_file, cfg.flags_keep), out["fixed_eval"],
                                          file=ctx.dataset_dir.name, loss_threshold=cfg.flag_loss_threshold)
     if cfg.evolution_examples:
-        from daemon.training.collectors.evolution import EvolutionSnapshots
+        from daemon.training.collectors.evolution_snapshots import EvolutionSnapshots
 
         out["evolution"] = EvolutionSnapshots(tok, rows[: cfg.evolution_examples],
                                               ctx.home.evolution_dir(ctx.dataset_dir.name), ctx.dataset_dir.name,
@@ -344,7 +344,7 @@ def _collectors(ctx: RunContext, tok: Any, rows: list[dict[str, Any]], run_dir: 
 def _dynamics(ctx: RunContext, run_dir: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     if not ctx.settings.train.dynamics:
         return {}
-    from daemon.training.dynamics import DynamicsRecorder
+    from daemon.training.dynamics_recorder import DynamicsRecorder
 
     return {"dynamics": DynamicsRecorder(run_dir, ctx.dataset_dir.name, ctx.dataset_dir / "train.jsonl", len(rows))}
 
@@ -353,13 +353,13 @@ def train(ctx: RunContext) -> TrainOutcome:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from daemon.chat.render import rendering_report
-    from daemon.models import load_tokenizer
+    from daemon.models.loading import load_tokenizer
+    from daemon.runs.checkpoints import CHECKPOINT_REQUEST, newest_complete_checkpoint
     from daemon.training import faults
-    from daemon.training.checkpoints import CHECKPOINT_REQUEST, newest_complete_checkpoint
-    from daemon.training.control import RunControl
     from daemon.training.packing import Batching
     from daemon.training.ranks import AgreeOnStop
-    from daemon.training.status import StatusWriter
+    from daemon.training.run_control import RunControl
+    from daemon.training.status_writer import StatusWriter
 
     cfg = ctx.settings.train
     # 1. setup: run folder, resolved config, seeds

@@ -168,7 +168,7 @@ def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: 
     teacher-forced pass only; an example greedy decoding would not reproduce gets "" as its output."""
     import torch
 
-    from daemon.generation import generate_texts
+    from daemon.models.generation import generate_texts
 
     device = next(model.parameters()).device
     pad = tok.pad_token_id or 0

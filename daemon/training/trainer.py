@@ -3,7 +3,7 @@
 - Packed batches (daemon/training/packing.py): the collator's counting-only `attention_mask` is dropped before the
   forward pass, so that the model builds its block-diagonal mask from the position ids (transformers does that only
   when no attention mask and no cache are passed); each epoch gets its own packing plan (`EpochPlan`).
-- Per-example dynamics (daemon/training/dynamics.py): the collators carry each token's example index
+- Per-example dynamics (daemon/training/dynamics_recorder.py): the collators carry each token's example index
   (`example_index`, [rows, width], -1 where no example's token is); it never reaches the model. The logits the
   forward pass computed for the loss are handed to the recorder, before the optimizer step.
 

@@ -2,7 +2,7 @@
 
 Each collector keeps its own state, updates it from the Trainer's hooks, and reports `summary()`: the fields it
 contributes to status/training_status.json and metrics.jsonl. Collectors never import each other; they meet in
-`daemon.training.status.StatusWriter`.
+`daemon.training.status_writer.StatusWriter`.
 """
 
 from __future__ import annotations

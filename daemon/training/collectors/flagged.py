@@ -1,12 +1,12 @@
 """Flagged examples: after each fixed evaluation, the examples the model got wrong (`mismatch`), found hard
 (`high_loss`: golden-answer loss above a threshold) or could not be evaluated on (`error`) go to the flag store
-(data/flagged_examples/flagged_examples.json, see daemon.flags). Reports `flagged_count` (open flags)."""
+(data/flagged_examples/flagged_examples.json, see daemon.runs.flag_store). Reports `flagged_count` (open flags)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from daemon.flags import FlagStore, flags_from_eval
+from daemon.runs.flag_store import FlagStore, flags_from_eval
 from daemon.training.collectors import Collector
 
 

@@ -1,4 +1,6 @@
-"""Per-example dynamics read off the training forward pass (the record's format and its reading: daemon/dynamics.py).
+"""Per-example dynamics read off the training forward pass.
+
+The record's format and its reading are in daemon/runs/dynamics.py.
 
 The Trainer (daemon/training/trainer.py) hands `record()` each training forward pass's outputs and inputs, and the
 collators' `example_index` (each token's row in the train split, -1 where none). From the logits the loss was just
@@ -22,7 +24,7 @@ from typing import Any
 
 from daemon.atomic import write_bytes_atomic, write_json_atomic
 from daemon.chat.render import IGNORE
-from daemon.dynamics import DYNAMICS_FILE, FIELDS, HEADER_FILE, RECORD, read_records
+from daemon.runs.dynamics import DYNAMICS_FILE, FIELDS, HEADER_FILE, RECORD, read_records
 from daemon.training.collectors import Collector
 
 CHUNK_TOKENS = 2048

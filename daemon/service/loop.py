@@ -19,18 +19,18 @@ import sys
 import time
 from pathlib import Path
 
-from daemon import file_settings, instance_lock
 from daemon.atomic import read_json, write_json_atomic
 from daemon.config import Settings
 from daemon.devices import Devices, Placement
 from daemon.errors import ConfigError, TrainctlError
 from daemon.hashing import file_sha256
 from daemon.home import Home
-from daemon.inbox_files import file_away, processing_name, sidecar_of
 from daemon.jobs import ACTIVE, TERMINAL, Job, JobQueue, JobState
-from daemon.notify import AlertWatch, Notifier, job_notice
-from daemon.watcher import InboxWatcher
-from daemon.worker import PLACEMENT_ENV, job_settings
+from daemon.service import file_settings, instance_lock
+from daemon.service.inbox_files import file_away, processing_name, sidecar_of
+from daemon.service.notify import AlertWatch, Notifier, job_notice
+from daemon.service.watcher import InboxWatcher
+from daemon.service.worker import PLACEMENT_ENV, job_settings
 
 log = logging.getLogger("trainctl.daemon")
 
@@ -202,7 +202,7 @@ class Daemon:
         log.info("job %s: %s %s on %s", job.id, "resuming" if job.state == JobState.INTERRUPTED else "starting",
                  job.file_name, place.describe())
         self.queue.update(job.id, devices=json.dumps(place.to_dict()))
-        cmd = [sys.executable, "-m", "daemon.worker", "--home", str(self.home.root), "--job", str(job.id)]
+        cmd = [sys.executable, "-m", "daemon.service.worker", "--home", str(self.home.root), "--job", str(job.id)]
         env = {**os.environ, PLACEMENT_ENV: json.dumps(place.to_dict()), **place.env(), "PYTHONUNBUFFERED": "1"}
         self.alerts.start(job.id, self.home.run_dir(job.id) / "alerts.jsonl")
         self.home.logs.mkdir(parents=True, exist_ok=True)

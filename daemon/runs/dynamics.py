@@ -1,12 +1,13 @@
 """Per-example training dynamics of a run: what every training example's forward passes said, read without torch.
 
-**The record** (`data/runs/<job>/dynamics.bin`, written by daemon/training/dynamics.py): one fixed-size little-endian
-record per example per training pass (`RECORD`): the example's row in the train split, the epoch, the optimizer step
-it belonged to, and four figures over its trained tokens, measured on the training forward pass before that step's
-update: mean loss, mean probability of the golden token, share of golden tokens that were the argmax, and the
-AUM-style margin (golden logit minus the largest other logit, averaged), with the number of trained tokens. Records
-are appended per step; a torn last record (a kill mid-append) is ignored, and a resumed run first drops the records
-of the steps it will redo, so no pass is counted twice. `dynamics.json` beside it names the dataset and the fields.
+**The record** (`data/runs/<job>/dynamics.bin`, written by daemon/training/dynamics_recorder.py): one fixed-size
+little-endian record per example per training pass (`RECORD`): the example's row in the train split, the epoch,
+the optimizer step it belonged to, and four figures over its trained tokens, measured on the training forward
+pass before that step's update: mean loss, mean probability of the golden token, share of golden tokens that
+were the argmax, and the AUM-style margin (golden logit minus the largest other logit, averaged), with the
+number of trained tokens. Records are appended per step; a torn last record (a kill mid-append) is ignored, and
+a resumed run first drops the records of the steps it will redo, so no pass is counted twice. `dynamics.json`
+beside it names the dataset and the fields.
 
 **Per example** (Swayamdipta et al. 2020; Toneva et al. 2019; Pleiss et al. 2020): an epoch's figures are the
 token-weighted mean of its passes (a turn its template renders on its own is a pass too). Confidence = mean golden
@@ -15,7 +16,7 @@ epochs after the first when there are several (during the first the model is sti
 example's figure says mostly how early in the epoch it came: on SmolLM2, 2 epochs, 10% planted wrong answers, the
 lowest-confidence 15% held 80% of the planted over both epochs, 100% over the second). Correctness = share of epochs
 in which every golden token was the argmax; forgetting events = epochs correct followed by one not (all epochs). The
-classes use the thresholds of daemon/evolution.py (easy: confidence >= 0.6; hard: confidence < 0.3 and variability
+classes use the thresholds of daemon/runs/snapshots.py (easy: confidence >= 0.6; hard: confidence < 0.3 and variability
 < 0.2; ambiguous: the rest).
 
 **Suspected label errors**: an example is `suspect_label` when it is a low outlier of this dataset on both
@@ -41,7 +42,7 @@ from typing import Any
 
 from daemon.atomic import iter_jsonl
 from daemon.errors import TrainctlError
-from daemon.evolution import cartography_class, count_classes
+from daemon.runs.snapshots import cartography_class, count_classes
 
 RECORD = struct.Struct("<iiiffffi")
 """example, epoch, step, loss, golden probability, argmax share, margin, trained tokens."""

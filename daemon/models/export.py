@@ -15,7 +15,7 @@ from daemon.atomic import read_json, write_json_atomic
 from daemon.errors import HomeError, JobError
 from daemon.home import Home
 from daemon.jobs import JobQueue, JobState
-from daemon.training.checkpoints import complete_checkpoint_steps, job_checkpoints_dir
+from daemon.runs.checkpoints import complete_checkpoint_steps, job_checkpoints_dir
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -97,7 +97,7 @@ def _write_merged(home: Home, adapter: Path, final: Path, config: dict[str, Any]
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
-    from daemon.models import load_adapter, load_model, resolve_model_path
+    from daemon.models.loading import load_adapter, load_model, resolve_model_path
 
     train = config["train"]
     path = resolve_model_path(train["model"], home.models)

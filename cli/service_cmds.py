@@ -8,11 +8,11 @@ from typing import Optional
 import typer
 
 from cli.common import Commands, HomeOpt, command, console
-from daemon import instance_lock
-from daemon.background import follow, install_unit, systemd_unit, tail, unit_name
 from daemon.errors import TrainctlError
 from daemon.home import Home
 from daemon.jobs import ACTIVE, JobQueue, pid_alive
+from daemon.service import instance_lock
+from daemon.service.background import follow, install_unit, systemd_unit, tail, unit_name
 
 commands = Commands()
 service_app = typer.Typer(help="Run the daemon under systemd.", no_args_is_help=True)

@@ -1,7 +1,7 @@
 """One job from start to end: curate (unless already done), train, record the outcome in the queue.
 
-The daemon runs this in a child process (`python -m daemon.worker --home H --job N`) so that a crash, an OOM kill or
-a NaN never takes the daemon down; `trainctl train` runs it in the foreground.
+The daemon runs this in a child process (`python -m daemon.service.worker --home H --job N`) so that
+a crash, an OOM kill or a NaN never takes the daemon down; `trainctl train` runs it in the foreground.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from daemon.devices import Devices, Placement
 from daemon.errors import InputFileError, TrainctlError, TrainingError
 from daemon.home import Home
 from daemon.jobs import TERMINAL, WAITING, Job, JobQueue, JobState
-from daemon.models import check_quantization
+from daemon.models.loading import check_quantization
 from daemon.parent_death import die_with_parent
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 75
@@ -53,7 +53,7 @@ def job_settings(home: Home, job: Job) -> Settings:
 
 def _curate(home: Home, q: JobQueue, job: Job, settings: Settings, echo: Callable[[str], None]) -> Path:
     from daemon.curation.curator import Curator, dataset_stamp
-    from daemon.models import load_tokenizer
+    from daemon.models.loading import load_tokenizer
 
     q.transition(job.id, JobState.CURATING, worker_pid=os.getpid(), started_at=job.started_at or time.time(),
                  attempts=job.attempts + 1)
@@ -172,7 +172,7 @@ def run_job(home: Home, job_id: int, echo: Callable[[str], None] = print, in_chi
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m daemon.worker")
+    p = argparse.ArgumentParser(prog="python -m daemon.service.worker")
     p.add_argument("--home", required=True)
     p.add_argument("--job", type=int, required=True)
     a = p.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Flagged examples: data/flagged_examples/flagged_examples.json (SPEC section 6).
+"""Flagged examples: data/flagged_examples/flagged_examples.json.
 
 One JSON document `{"next_id": N, "flags": [...]}`, the most recent `cap` flags kept. Writers take an exclusive
 `flock` on a sidecar lock file, read, change and replace the document atomically; readers never lock and always
@@ -7,7 +7,7 @@ see a whole document (old or new). No torch here: `trainctl flags` reads it.
 A flag: id, step, file, reason (mismatch | high_loss | suspect_label | error | manual), loss, matches, prompt,
 golden, output, timestamp, notes, resolved; from training also the prompt turns (`messages`), the golden turn as a
 row (`answer`, with its reasoning and calls) and the record's `tools`, so that `flags export` writes the example back
-whole. `suspect_label` flags are added at the end of training from the per-example dynamics (daemon/dynamics.py),
+whole. `suspect_label` flags are added at the end of training from the per-example dynamics (daemon/runs/dynamics.py),
 with their figures under `dynamics`.
 """
 

@@ -7,7 +7,8 @@ do instead. They work with the daemon running or not:
     request in the job's row and send its worker SIGTERM; it saves a checkpoint at the end of the step and ends
     PAUSED or CANCELLED instead of INTERRUPTED. A worker that dies before recording it (killed while curating) is
     settled by whoever notices first: the daemon, the next daemon start, or the command itself.
-  * `checkpoint` leaves a request file the training loop answers at the end of its step (daemon/training/control.py).
+  * `checkpoint` leaves a request file the training loop answers at the end of its step
+    (daemon/training/run_control.py).
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from typing import Any
 
 from daemon.atomic import write_text_atomic
 from daemon.errors import JobError
-from daemon.file_settings import merge
 from daemon.home import Home
-from daemon.inbox_files import file_away, take_back
 from daemon.jobs import ACTIVE, STOPPED_AS_ASKED, TERMINAL, Job, JobQueue, JobState, pid_alive
-from daemon.training.checkpoints import CHECKPOINT_REQUEST, complete_checkpoint_steps, job_checkpoints_dir
+from daemon.runs.checkpoints import CHECKPOINT_REQUEST, complete_checkpoint_steps, job_checkpoints_dir
+from daemon.service.file_settings import merge
+from daemon.service.inbox_files import file_away, take_back
 
 
 def _running(job: Job) -> bool:

@@ -7,7 +7,7 @@ the main process sees it at the end of a step and the Trainer saves a checkpoint
 agrees through AgreeOnStop), then goes on; the file is removed once that checkpoint is complete.
 
 A checkpoint counts as complete only once `on_save` has run, which happens after the Trainer has written every file
-of it (daemon/training/checkpoints.py).
+of it (daemon/runs/checkpoints.py).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from daemon.runs.checkpoints import COMPLETE_MARKER
 from daemon.stop_signals import StopSignals
-from daemon.training.checkpoints import COMPLETE_MARKER
 
 
 class RunControl(TrainerCallback):

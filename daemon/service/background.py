@@ -3,7 +3,7 @@ or kept by systemd (`trainctl service install`).
 
 A detached daemon is an ordinary `trainctl daemon` in a session of its own, its whole output appended to
 data/logs/daemon.log and its pid in status/daemon.json. It counts as started once it holds the home's lock
-(daemon/instance_lock.py) and has written its pid; one that exits first is reported with the end of its log.
+(daemon/service/instance_lock.py) and has written its pid; one that exits first is reported with the end of its log.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from daemon import instance_lock
 from daemon.atomic import read_json, write_text_atomic
 from daemon.errors import TrainctlError
 from daemon.home import Home, safe_name
+from daemon.service import instance_lock
 
 
 def start_detached(home: Home, daemon_args: list[str], timeout: float = 60) -> int:

@@ -1,4 +1,4 @@
-"""Recognise one input record and normalise it to chat messages (SPEC section 3).
+"""Recognise one input record and normalise it to chat messages (the formats the README lists).
 
 Each format is one small function `record -> list[Message] | None`; `normalise` tries them in order. A record
 that none recognises is `unknown_format`. Metadata fields (`id`, `domain`, `source`, anything else) are kept.

@@ -1,4 +1,4 @@
-"""Reading evolution snapshots (SPEC section 7): the accuracy/loss curve over snapshots and, per example, when it
+"""Reading evolution snapshots: the accuracy/loss curve over snapshots and, per example, when it
 was first learned, how often it was forgotten, and its Dataset-Cartography class.
 
 Confidence is the mean probability the model gives the golden answer's tokens, averaged over the snapshots after

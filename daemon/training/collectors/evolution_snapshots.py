@@ -1,4 +1,4 @@
-"""Evolution snapshots (SPEC section 7): at steps 0, 10, 25, 50, 100, ... the model answers a fixed probe set of
+"""Evolution snapshots: at steps 0, 10, 25, 50, 100, ... the model answers a fixed probe set of
 training examples, and each snapshot lands in data/evolution_snapshots/<dataset>/step_NNNNNN.json.
 
 A snapshot is one teacher-forced pass over the probe set (loss, mean golden-token probability, greedy
@@ -29,7 +29,7 @@ _EARLY = (0, 10, 25, 50, 100, 150, 200, 250, 500, 750, 1000, 1500, 2000, 2500, 3
 
 
 def is_snapshot_step(step: int) -> bool:
-    """SPEC section 7's schedule: the listed steps, then every 1000."""
+    """The snapshot schedule: the listed steps, then every 1000."""
     return step in _EARLY or (step > 20000 and step % 1000 == 0)
 
 
