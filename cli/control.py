@@ -11,19 +11,7 @@ from typing import Optional
 import typer
 
 from cli.common import Commands, HomeOpt, console
-from cli.work import (
-    Batch,
-    Epochs,
-    EvalSteps,
-    LoraAlpha,
-    LoraR,
-    Lr,
-    MaxLen,
-    MaxSteps,
-    Model,
-    SaveSteps,
-    overrides,
-)
+from cli.settings_flags import COMMON, Overrides, settings_flags
 from daemon.home import Home
 from daemon.service import queue_control
 
@@ -73,15 +61,13 @@ def priority_cmd(job: int = JobArg, priority: int = typer.Argument(..., help="Hi
 
 
 @commands.command("retry")
-def retry_cmd(job: int = JobArg, home: HomeOpt = None,
+@settings_flags(*(name for name in COMMON if name not in ("nproc", "gpus_per_job")))
+def retry_cmd(overrides: Overrides, job: int = JobArg, home: HomeOpt = None,
               fresh: bool = typer.Option(False, "--fresh", help="Start over: curate again and train from step 0 "
-                                         "(the earlier run folder is kept as job-N.try-K)."),
-              model: Model = None, epochs: Epochs = None, max_steps: MaxSteps = None, lr: Lr = None,
-              batch_size: Batch = None, max_length: MaxLen = None, lora_r: LoraR = None,
-              lora_alpha: LoraAlpha = None, eval_steps: EvalSteps = None, save_steps: SaveSteps = None) -> None:
+                                         "(the earlier run folder is kept as job-N.try-K).")) -> None:
     """Queue a failed or cancelled job again: same file and settings (flags change some, and start it over)."""
     h = Home.open(home, create=False)
-    ov = overrides(model, epochs, max_steps, lr, batch_size, max_length, lora_r, lora_alpha, eval_steps, save_steps)
+    ov = overrides
     if ov:
         from daemon.config import load_settings
 

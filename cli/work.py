@@ -7,47 +7,20 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Any, Optional
 
 import typer
 
 from cli.common import Commands, HomeOpt, console
+from cli.settings_flags import COMMON, Overrides, settings_flags
 from daemon.atomic import read_json
+from daemon.config import PER_FILE_SECTIONS
 from daemon.errors import TrainctlError
 from daemon.home import Home
 from daemon.jobs import pid_alive
 from daemon.service import instance_lock
 
 commands = Commands()
-
-Model = Annotated[Optional[str], typer.Option(
-    "--model", help="builtin:smollm2-135m (default), builtin:tiny, a hub id or a model folder.")]
-Epochs = Annotated[Optional[float], typer.Option("--epochs")]
-MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N steps (0 = use epochs).")]
-Lr = Annotated[Optional[float], typer.Option("--lr")]
-Batch = Annotated[Optional[int], typer.Option("--batch-size")]
-MaxLen = Annotated[Optional[int], typer.Option("--max-length")]
-LoraR = Annotated[Optional[int], typer.Option("--lora-r")]
-LoraAlpha = Annotated[Optional[int], typer.Option("--lora-alpha")]
-EvalSteps = Annotated[Optional[int], typer.Option("--eval-steps")]
-SaveSteps = Annotated[Optional[int], typer.Option("--save-steps")]
-Nproc = Annotated[Optional[int], typer.Option(
-    "--nproc", help="Processes per job (train.nproc): on CPU N gloo processes; 0 = one per GPU.")]
-GpusPerJob = Annotated[Optional[str], typer.Option(
-    "--gpus-per-job", help="GPUs one job holds (train.gpus_per_job): a number or 'all'.")]
-
-
-def overrides(model: Any = None, epochs: Any = None, max_steps: Any = None, lr: Any = None, batch_size: Any = None,
-              max_length: Any = None, lora_r: Any = None, lora_alpha: Any = None, eval_steps: Any = None,
-              save_steps: Any = None, nproc: Any = None, gpus_per_job: Any = None) -> dict[str, dict[str, Any]]:
-    if isinstance(gpus_per_job, str) and gpus_per_job.isdigit():
-        gpus_per_job = int(gpus_per_job)
-    train = {k: v for k, v in dict(model=model, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
-                                   max_length=max_length, lora_r=lora_r, lora_alpha=lora_alpha,
-                                   eval_steps=eval_steps, save_steps=save_steps, nproc=nproc,
-                                   gpus_per_job=gpus_per_job).items() if v is not None}
-    return {"train": train} if train else {}
-
 
 def _settings(h: Home, ov: dict[str, Any]):
     from daemon.config import load_settings
@@ -65,20 +38,19 @@ def _same_options(ctx: typer.Context, drop: set[str]) -> list[str]:
             continue
         if param.is_flag:
             out.append(param.opts[0])
+        elif isinstance(value, (list, tuple)):
+            out += [part for item in value for part in (param.opts[0], str(item))]
         else:
             out += [param.opts[0], str(value)]
     return out
 
 
 @commands.command("daemon")
-def daemon_cmd(ctx: typer.Context, home: HomeOpt = None, once: bool = typer.Option(False, "--once",
-               help="Process what is in the inbox now, then exit."),
+@settings_flags(*COMMON)
+def daemon_cmd(ctx: typer.Context, overrides: Overrides, home: HomeOpt = None,
+               once: bool = typer.Option(False, "--once", help="Process what is in the inbox now, then exit."),
                train_duplicates: bool = typer.Option(False, "--train-duplicates",
                help="Train files whose content was trained before (daemon.skip_duplicates = false)."),
-               model: Model = None, epochs: Epochs = None, max_steps: MaxSteps = None, lr: Lr = None,
-               batch_size: Batch = None, max_length: MaxLen = None, lora_r: LoraR = None,
-               lora_alpha: LoraAlpha = None, eval_steps: EvalSteps = None, save_steps: SaveSteps = None,
-               nproc: Nproc = None, gpus_per_job: GpusPerJob = None,
                slots: Optional[int] = typer.Option(None, "--slots",
                help="Jobs at once on a machine without GPUs to hand out (daemon.slots)."),
                detach: bool = typer.Option(False, "--detach", help="Run in the background: output to "
@@ -96,11 +68,14 @@ def daemon_cmd(ctx: typer.Context, home: HomeOpt = None, once: bool = typer.Opti
         console.print(f"[green]daemon started[/green] (pid {pid}) on {h.root}; its log: `trainctl logs -f`; "
                       "stop it with `trainctl stop`", highlight=False)
         return
-    ov = overrides(model, epochs, max_steps, lr, batch_size, max_length, lora_r, lora_alpha, eval_steps, save_steps,
-                   nproc, gpus_per_job)
-    daemon_ov = {k: v for k, v in {"skip_duplicates": False if train_duplicates else None, "slots": slots}.items()
-                 if v is not None}
-    settings = _settings(h, {**ov, "daemon": daemon_ov} if daemon_ov else ov)
+    # [train] and [curation] go with each job this daemon queues; the rest are the daemon's own
+    ov = {section: values for section, values in overrides.items() if section in PER_FILE_SECTIONS}
+    own = {section: dict(values) for section, values in overrides.items()}
+    if train_duplicates:
+        own.setdefault("daemon", {})["skip_duplicates"] = False
+    if slots is not None:
+        own.setdefault("daemon", {})["slots"] = slots
+    settings = _settings(h, own)
     setup_logging(h.daemon_log)
     d = Daemon(h, settings, job_overrides=ov)
     raise typer.Exit(d.run(once=once))
@@ -130,12 +105,10 @@ def stop(home: HomeOpt = None, timeout: float = typer.Option(300, help="Seconds 
 
 
 @commands.command("train")
-def train_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of examples."), home: HomeOpt = None,
+@settings_flags(*COMMON)
+def train_cmd(overrides: Overrides,
+              file: Path = typer.Argument(..., help="A .jsonl or .json file of examples."), home: HomeOpt = None,
               force: bool = typer.Option(False, "--force", help="Train even if this content was trained before."),
-              model: Model = None, epochs: Epochs = None, max_steps: MaxSteps = None, lr: Lr = None,
-              batch_size: Batch = None, max_length: MaxLen = None, lora_r: LoraR = None,
-              lora_alpha: LoraAlpha = None, eval_steps: EvalSteps = None, save_steps: SaveSteps = None,
-              nproc: Nproc = None, gpus_per_job: GpusPerJob = None,
               priority: int = typer.Option(0, "--priority", help="The job's priority if it is interrupted and left "
                                            "to the daemon to resume (higher starts first).")) -> None:
     """Curate and train one file in the foreground, without the daemon."""
@@ -146,8 +119,7 @@ def train_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of e
     if not file.is_file():
         raise TrainctlError(f"{file} is not a file — pass the path of a .jsonl or .json file")
     h = Home.open(home)
-    ov = overrides(model, epochs, max_steps, lr, batch_size, max_length, lora_r, lora_alpha, eval_steps, save_steps,
-                   nproc, gpus_per_job)
+    ov = overrides
     _settings(h, ov)  # report settings problems before any work
     sha = file_sha256(file)
     with JobQueue(h.jobs_db) as q:
@@ -185,8 +157,10 @@ def _count_lines(file: Path) -> int | None:
 
 
 @commands.command("curate")
-def curate_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of examples."), home: HomeOpt = None,
-               model: Model = None, max_length: MaxLen = None) -> None:
+@settings_flags("model", "max_length")
+def curate_cmd(overrides: Overrides,
+               file: Path = typer.Argument(..., help="A .jsonl or .json file of examples."),
+               home: HomeOpt = None) -> None:
     """Curation only: validate, de-duplicate, split; prints the dataset folder."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -196,7 +170,7 @@ def curate_cmd(file: Path = typer.Argument(..., help="A .jsonl or .json file of 
     if not file.is_file():
         raise TrainctlError(f"{file} is not a file — pass the path of a .jsonl or .json file")
     h = Home.open(home)
-    s = _settings(h, overrides(model=model, max_length=max_length))
+    s = _settings(h, overrides)
     tok = load_tokenizer(s.train.model, h.models, s.train.trust_remote_code, light=True)
     out = h.unique_path(h.datasets, h.dataset_dir(file.stem, dataset_stamp()).name)
     total = _count_lines(file)

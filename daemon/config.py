@@ -141,6 +141,55 @@ class TrainConfig:
     """Shard the model across the job's GPUs (FSDP full_shard) instead of replicating it (DDP), for models that do
     not fit one device; needs CUDA and more than one process."""
 
+    def problems(self) -> list[str]:
+        """Every out-of-range or unknown value, each as one sentence."""
+        checks = [
+            (bool(self.model.strip()), "train.model is empty — use builtin:smollm2-135m, a hub id or a folder"),
+            (self.epochs > 0 or self.max_steps > 0, "train.epochs must be > 0 (or set train.max_steps)"),
+            (self.max_steps >= 0, "train.max_steps must be >= 0"),
+            (self.lr >= 0, "train.lr must be >= 0 (0 = the model's default)"),
+            (self.batch_size >= 1, "train.batch_size must be >= 1"),
+            (self.grad_accum >= 1, "train.grad_accum must be >= 1"),
+            (self.batch_tokens >= 0, "train.batch_tokens must be >= 0 (0 = batch_size examples' worth)"),
+            (self.quantization in ("none", "4bit", "8bit"),
+             f"train.quantization must be 'none', '4bit' or '8bit', not {self.quantization!r}"),
+            (0 <= self.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
+            (self.max_length >= 16, "train.max_length must be >= 16"),
+            (self.lora_r >= 1, "train.lora_r must be >= 1"),
+            (self.lora_alpha >= 1, "train.lora_alpha must be >= 1"),
+            (0 <= self.lora_dropout < 1, "train.lora_dropout must be in [0, 1)"),
+            (bool(self.target_modules), "train.target_modules must name at least one module (or all-linear)"),
+            (self.loss_on in ("assistant", "all"),
+             f"train.loss_on must be 'assistant' or 'all', not {self.loss_on!r}"),
+            (self.save_steps >= 1, "train.save_steps must be >= 1"),
+            (self.save_total_limit >= 2,
+             "train.save_total_limit must be >= 2 (so a complete checkpoint survives a kill)"),
+            (self.eval_steps >= -1, "train.eval_steps must be >= 0 (or -1 = never)"),
+            (self.fixed_eval_examples >= 0, "train.fixed_eval_examples must be >= 0"),
+            (self.evolution_examples >= 0, "train.evolution_examples must be >= 0"),
+            (0 <= self.diagnostics_budget < 1,
+             "train.diagnostics_budget must be in [0, 1) (a share of training time)"),
+            (self.best_metric in ("exact_match", "fixed_eval_ce", "loss"),
+             f"train.best_metric must be exact_match, fixed_eval_ce or loss, not {self.best_metric!r}"),
+            (self.early_stop_patience >= 0, "train.early_stop_patience must be >= 0 (0 = off)"),
+            (0 < self.regression_threshold <= 1, "train.regression_threshold must be in (0, 1]"),
+            (0 < self.ema_alpha <= 1, "train.ema_alpha must be in (0, 1]"),
+            (self.monitor_every >= 1, "train.monitor_every must be >= 1"),
+            (self.peak_tflops >= 0, "train.peak_tflops must be >= 0"),
+            (self.flag_loss_threshold > 0, "train.flag_loss_threshold must be > 0"),
+            (self.flags_keep >= 1, "train.flags_keep must be >= 1"),
+            (self.logging_steps >= 1, "train.logging_steps must be >= 1"),
+            (self.device in ("auto", "cuda", "cpu", "mps"),
+             f"train.device must be auto, cuda, cpu or mps, not {self.device!r}"),
+            (self.dtype in ("auto", "bf16", "fp16", "fp32", "bf16-mixed"),
+             f"train.dtype must be auto, bf16, fp16, fp32 or bf16-mixed, not {self.dtype!r}"),
+            (self.final_eval_examples >= 0, "train.final_eval_examples must be >= 0"),
+            (self.max_new_tokens >= 1, "train.max_new_tokens must be >= 1"),
+            (self.gpus_per_job == "all" or (isinstance(self.gpus_per_job, int) and self.gpus_per_job >= 1),
+             f"train.gpus_per_job must be a number >= 1 or 'all', not {self.gpus_per_job!r}"),
+            (self.nproc >= 0, "train.nproc must be >= 0 (0 = one process per GPU)"),
+        ]
+        return [message for ok, message in checks if not ok]
 
 @dataclass
 class CurationConfig:
@@ -176,6 +225,31 @@ class CurationConfig:
     """`reject` (reason near_duplicate, naming the record duplicated) or `keep` (accepted, in the same split as the
     record it duplicates, so a cluster never straddles train and val/test)."""
 
+    def problems(self) -> list[str]:
+        """Every out-of-range or unknown value, each as one sentence."""
+        checks = [
+            (0 <= self.val_fraction < 1, "curation.val_fraction must be in [0, 1)"),
+            (0 <= self.test_fraction < 1, "curation.test_fraction must be in [0, 1)"),
+            (self.val_fraction + self.test_fraction < 1,
+             "curation.val_fraction + curation.test_fraction must be < 1"),
+            (self.on_too_long in ("truncate", "reject"),
+             f"curation.on_too_long must be truncate or reject, not {self.on_too_long!r}"),
+            (0 < self.max_rejected_fraction <= 1, "curation.max_rejected_fraction must be in (0, 1]"),
+            (0 <= self.min_quality <= 1, "curation.min_quality must be in [0, 1]"),
+            *((0 <= value <= 1, f"curation.domain_min_quality.{domain} must be in [0, 1]")
+              for domain, value in self.domain_min_quality.items()),
+            (0 <= self.min_diversity <= 1, "curation.min_diversity must be in [0, 1]"),
+            *((weight >= 0, f"curation.quality_weights.{component} must be >= 0")
+              for component, weight in self.quality_weights.items()),
+            (len(self.answer_chars) == 2 and 0 <= self.answer_chars[0] <= self.answer_chars[1],
+             "curation.answer_chars must be [shortest, longest] with 0 <= shortest <= longest"),
+            *((bool(path.partition(":")[0]) and path.partition(":")[2].isidentifier(),
+               f"curation.scorers entry {path!r} must look like module:function") for path in self.scorers),
+            (0 < self.near_dup_threshold <= 1, "curation.near_dup_threshold must be in (0, 1]"),
+            (self.near_duplicates in ("reject", "keep"),
+             f"curation.near_duplicates must be reject or keep, not {self.near_duplicates!r}"),
+        ]
+        return [message for ok, message in checks if not ok]
 
 @dataclass
 class DaemonConfig:
@@ -198,6 +272,23 @@ class DaemonConfig:
     """[first, last] TCP ports (on 127.0.0.1) for the rendezvous of jobs with several processes: each running job
     holds its own, so concurrent jobs never collide (and none uses torch's fixed 29500)."""
 
+    def problems(self) -> list[str]:
+        """Every out-of-range or unknown value, each as one sentence."""
+        ports = self.rendezvous_ports
+        checks = [
+            (self.poll_seconds > 0, "daemon.poll_seconds must be > 0"),
+            (self.stable_seconds >= 0, "daemon.stable_seconds must be >= 0"),
+            (self.heartbeat_seconds > 0, "daemon.heartbeat_seconds must be > 0"),
+            (self.gpus == "all" or isinstance(self.gpus, list),
+             f"daemon.gpus must be 'all' or a list of GPU indices such as [0, 1], not {self.gpus!r}"),
+            (not isinstance(self.gpus, list)
+             or (all(gpu >= 0 for gpu in self.gpus) and len(set(self.gpus)) == len(self.gpus)),
+             "daemon.gpus must list distinct GPU indices >= 0"),
+            (self.slots >= 1, "daemon.slots must be >= 1"),
+            (len(ports) == 2 and 1024 <= ports[0] <= ports[1] <= 65535,
+             "daemon.rendezvous_ports must be [first, last] with 1024 <= first <= last <= 65535"),
+        ]
+        return [message for ok, message in checks if not ok]
 
 BENCH_BACKENDS = ("auto", "hf", "vllm")
 
@@ -255,6 +346,30 @@ class BenchConfig:
     share of the prompts (by a hash of `custom_id`), each appending to its own results file; list, compare and
     resume read them as one run. On CPU (hf backend) N processes share the cores."""
 
+    def problems(self) -> list[str]:
+        """Every out-of-range or unknown value, each as one sentence."""
+        checks = [
+            *((getattr(self, key) >= 1, f"bench.{key} must be >= 1")
+              for key in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")),
+            (self.backend != "hf" or (self.tensor_parallel_size, self.pipeline_parallel_size) == (1, 1),
+             "bench.tensor_parallel_size and pipeline_parallel_size need bench.backend = 'vllm' (or auto)"),
+            (self.backend in BENCH_BACKENDS, f"bench.backend must be auto, hf or vllm, not {self.backend!r}"),
+            (self.kv_cache_gib >= 0, "bench.kv_cache_gib must be >= 0 (0 = sized from free memory)"),
+            (0 < self.gpu_memory_utilization <= 1, "bench.gpu_memory_utilization must be in (0, 1]"),
+            (self.dtype in ("auto", "bfloat16", "float16", "float32"),
+             f"bench.dtype must be auto, bfloat16, float16 or float32, not {self.dtype!r}"),
+            (self.max_model_len >= 0, "bench.max_model_len must be >= 0 (0 = from the prompts)"),
+            (self.batch_size >= 1, "bench.batch_size must be >= 1"),
+            (self.max_in_flight >= 1, "bench.max_in_flight must be >= 1"),
+            (self.max_tokens >= 1, "bench.max_tokens must be >= 1"),
+            (self.temperature >= 0, "bench.temperature must be >= 0 (0 = greedy)"),
+            (0 < self.top_p <= 1, "bench.top_p must be in (0, 1]"),
+            (self.fsync_seconds >= 0, "bench.fsync_seconds must be >= 0"),
+        ]
+        for key in ("label_regex", "name_regex"):
+            problem = regex_problem(getattr(self, key))
+            checks.append((problem is None, f"bench.{key} is not a valid regular expression: {problem}"))
+        return [message for ok, message in checks if not ok]
 
 @dataclass
 class DistributedConfig:
@@ -282,6 +397,19 @@ class DistributedConfig:
     """Several processes on this machine: after a stop (daemon stopped or killed, `pause`, `cancel`), the seconds
     the ranks get to finish their step and save a checkpoint before torchrun kills them."""
 
+    def problems(self) -> list[str]:
+        """Every out-of-range or unknown value, each as one sentence."""
+        checks = [
+            (self.backend in ("local", "ray"), f"distributed.backend must be local or ray, not {self.backend!r}"),
+            (bool(self.address.strip()),
+             "distributed.address is empty — use auto, HOST:PORT or ray://HOST:PORT"),
+            (self.num_workers >= 1, "distributed.num_workers must be >= 1"),
+            (self.cpus_per_worker >= 0 and self.gpus_per_worker >= 0,
+             "distributed.cpus_per_worker and gpus_per_worker must be >= 0"),
+            (self.max_restarts >= 0, "distributed.max_restarts must be >= 0"),
+            (self.stop_timeout_seconds >= 1, "distributed.stop_timeout_seconds must be >= 1"),
+        ]
+        return [message for ok, message in checks if not ok]
 
 @dataclass
 class NotifyConfig:
@@ -301,6 +429,18 @@ class NotifyConfig:
     timeout_seconds: float = 10.0
     """One delivery's limit (HTTP request or command); a hook that hangs is abandoned after it."""
 
+    def problems(self) -> list[str]:
+        """Every out-of-range or unknown value, each as one sentence."""
+        unknown = sorted(set(self.events) - set(NOTICE_EVENTS))
+        checks = [
+            (not unknown, f"notify.events has {unknown} (known: {', '.join(NOTICE_EVENTS)})"),
+            (not self.webhook or self.webhook.startswith(("http://", "https://")),
+             f"notify.webhook must be an http:// or https:// URL, not {self.webhook!r}"),
+            (self.retries >= 0 and self.backoff_seconds >= 0,
+             "notify.retries and notify.backoff_seconds must be >= 0"),
+            (self.timeout_seconds > 0, "notify.timeout_seconds must be > 0"),
+        ]
+        return [message for ok, message in checks if not ok]
 
 NOTICE_EVENTS = ("done", "failed", "cancelled", "critical", "warning")
 
@@ -315,6 +455,14 @@ class Settings:
     bench: BenchConfig = field(default_factory=BenchConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+
+    def sections(self) -> dict[str, Any]:
+        """Section name -> its settings object, in the order trainctl.toml documents them."""
+        return {name: getattr(self, name) for name in _SECTIONS}
+
+    def problems(self) -> list[str]:
+        """Every section's problems, all reported at once."""
+        return [problem for section in self.sections().values() for problem in section.problems()]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -358,122 +506,6 @@ def _check_type(value: Any, hint: Any) -> Any:
     if isinstance(hint, type) and isinstance(value, hint):
         return value
     raise TypeError
-
-
-def _validate(s: Settings) -> list[str]:
-    t, c, d, b, r = s.train, s.curation, s.daemon, s.bench, s.distributed
-    problems: list[str] = []
-
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            problems.append(msg)
-
-    need(bool(t.model.strip()), "train.model is empty — use builtin:smollm2-135m, a hub id or a folder")
-    need(t.epochs > 0 or t.max_steps > 0, "train.epochs must be > 0 (or set train.max_steps)")
-    need(t.max_steps >= 0, "train.max_steps must be >= 0")
-    need(t.lr >= 0, "train.lr must be >= 0 (0 = the model's default)")
-    need(t.batch_size >= 1, "train.batch_size must be >= 1")
-    need(t.grad_accum >= 1, "train.grad_accum must be >= 1")
-    need(t.batch_tokens >= 0, "train.batch_tokens must be >= 0 (0 = batch_size examples' worth)")
-    need(t.quantization in ("none", "4bit", "8bit"),
-         f"train.quantization must be 'none', '4bit' or '8bit', not {t.quantization!r}")
-    need(0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)")
-    need(t.max_length >= 16, "train.max_length must be >= 16")
-    need(t.lora_r >= 1, "train.lora_r must be >= 1")
-    need(t.lora_alpha >= 1, "train.lora_alpha must be >= 1")
-    need(0 <= t.lora_dropout < 1, "train.lora_dropout must be in [0, 1)")
-    need(bool(t.target_modules), "train.target_modules must name at least one module (or all-linear)")
-    need(t.loss_on in ("assistant", "all"), f"train.loss_on must be 'assistant' or 'all', not {t.loss_on!r}")
-    need(t.save_steps >= 1, "train.save_steps must be >= 1")
-    need(t.save_total_limit >= 2, "train.save_total_limit must be >= 2 (so a complete checkpoint survives a kill)")
-    need(t.eval_steps >= -1, "train.eval_steps must be >= 0 (or -1 = never)")
-    need(t.fixed_eval_examples >= 0, "train.fixed_eval_examples must be >= 0")
-    need(t.evolution_examples >= 0, "train.evolution_examples must be >= 0")
-    need(0 <= t.diagnostics_budget < 1, "train.diagnostics_budget must be in [0, 1) (a share of training time)")
-    need(t.best_metric in ("exact_match", "fixed_eval_ce", "loss"),
-         f"train.best_metric must be exact_match, fixed_eval_ce or loss, not {t.best_metric!r}")
-    need(t.early_stop_patience >= 0, "train.early_stop_patience must be >= 0 (0 = off)")
-    need(0 < t.regression_threshold <= 1, "train.regression_threshold must be in (0, 1]")
-    need(0 < t.ema_alpha <= 1, "train.ema_alpha must be in (0, 1]")
-    need(t.monitor_every >= 1, "train.monitor_every must be >= 1")
-    need(t.peak_tflops >= 0, "train.peak_tflops must be >= 0")
-    need(t.flag_loss_threshold > 0, "train.flag_loss_threshold must be > 0")
-    need(t.flags_keep >= 1, "train.flags_keep must be >= 1")
-    need(t.logging_steps >= 1, "train.logging_steps must be >= 1")
-    need(t.device in ("auto", "cuda", "cpu", "mps"), f"train.device must be auto, cuda, cpu or mps, not {t.device!r}")
-    need(t.dtype in ("auto", "bf16", "fp16", "fp32", "bf16-mixed"),
-         f"train.dtype must be auto, bf16, fp16, fp32 or bf16-mixed, not {t.dtype!r}")
-    need(t.final_eval_examples >= 0, "train.final_eval_examples must be >= 0")
-    need(t.max_new_tokens >= 1, "train.max_new_tokens must be >= 1")
-    need(0 <= c.val_fraction < 1, "curation.val_fraction must be in [0, 1)")
-    need(0 <= c.test_fraction < 1, "curation.test_fraction must be in [0, 1)")
-    need(c.val_fraction + c.test_fraction < 1, "curation.val_fraction + curation.test_fraction must be < 1")
-    need(c.on_too_long in ("truncate", "reject"),
-         f"curation.on_too_long must be truncate or reject, not {c.on_too_long!r}")
-    need(0 < c.max_rejected_fraction <= 1, "curation.max_rejected_fraction must be in (0, 1]")
-    need(0 <= c.min_quality <= 1, "curation.min_quality must be in [0, 1]")
-    for dom, v in c.domain_min_quality.items():
-        need(0 <= v <= 1, f"curation.domain_min_quality.{dom} must be in [0, 1]")
-    need(0 <= c.min_diversity <= 1, "curation.min_diversity must be in [0, 1]")
-    for comp, w in c.quality_weights.items():
-        need(w >= 0, f"curation.quality_weights.{comp} must be >= 0")
-    need(len(c.answer_chars) == 2 and 0 <= c.answer_chars[0] <= c.answer_chars[1],
-         "curation.answer_chars must be [shortest, longest] with 0 <= shortest <= longest")
-    for path in c.scorers:
-        mod, _, fn = path.partition(":")
-        need(bool(mod) and fn.isidentifier(), f"curation.scorers entry {path!r} must look like module:function")
-    need(0 < c.near_dup_threshold <= 1, "curation.near_dup_threshold must be in (0, 1]")
-    need(c.near_duplicates in ("reject", "keep"),
-         f"curation.near_duplicates must be reject or keep, not {c.near_duplicates!r}")
-    need(d.poll_seconds > 0, "daemon.poll_seconds must be > 0")
-    need(d.stable_seconds >= 0, "daemon.stable_seconds must be >= 0")
-    need(d.heartbeat_seconds > 0, "daemon.heartbeat_seconds must be > 0")
-    need(t.gpus_per_job == "all" or (isinstance(t.gpus_per_job, int) and t.gpus_per_job >= 1),
-         f"train.gpus_per_job must be a number >= 1 or 'all', not {t.gpus_per_job!r}")
-    need(t.nproc >= 0, "train.nproc must be >= 0 (0 = one process per GPU)")
-    need(d.gpus == "all" or isinstance(d.gpus, list),
-         f"daemon.gpus must be 'all' or a list of GPU indices such as [0, 1], not {d.gpus!r}")
-    if isinstance(d.gpus, list):
-        need(all(g >= 0 for g in d.gpus) and len(set(d.gpus)) == len(d.gpus),
-             "daemon.gpus must list distinct GPU indices >= 0")
-    need(d.slots >= 1, "daemon.slots must be >= 1")
-    ports = d.rendezvous_ports
-    need(len(ports) == 2 and 1024 <= ports[0] <= ports[1] <= 65535,
-         "daemon.rendezvous_ports must be [first, last] with 1024 <= first <= last <= 65535")
-    need(r.backend in ("local", "ray"), f"distributed.backend must be local or ray, not {r.backend!r}")
-    need(bool(r.address.strip()), "distributed.address is empty — use auto, HOST:PORT or ray://HOST:PORT")
-    need(r.num_workers >= 1, "distributed.num_workers must be >= 1")
-    need(r.cpus_per_worker >= 0 and r.gpus_per_worker >= 0,
-         "distributed.cpus_per_worker and gpus_per_worker must be >= 0")
-    need(r.max_restarts >= 0, "distributed.max_restarts must be >= 0")
-    need(r.stop_timeout_seconds >= 1, "distributed.stop_timeout_seconds must be >= 1")
-    for key in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
-        need(getattr(b, key) >= 1, f"bench.{key} must be >= 1")
-    need(b.backend != "hf" or (b.tensor_parallel_size, b.pipeline_parallel_size) == (1, 1),
-         "bench.tensor_parallel_size and pipeline_parallel_size need bench.backend = 'vllm' (or auto)")
-    need(b.backend in BENCH_BACKENDS, f"bench.backend must be auto, hf or vllm, not {b.backend!r}")
-    need(b.kv_cache_gib >= 0, "bench.kv_cache_gib must be >= 0 (0 = sized from free memory)")
-    need(0 < b.gpu_memory_utilization <= 1, "bench.gpu_memory_utilization must be in (0, 1]")
-    need(b.dtype in ("auto", "bfloat16", "float16", "float32"),
-         f"bench.dtype must be auto, bfloat16, float16 or float32, not {b.dtype!r}")
-    need(b.max_model_len >= 0, "bench.max_model_len must be >= 0 (0 = from the prompts)")
-    need(b.batch_size >= 1, "bench.batch_size must be >= 1")
-    need(b.max_in_flight >= 1, "bench.max_in_flight must be >= 1")
-    need(b.max_tokens >= 1, "bench.max_tokens must be >= 1")
-    need(b.temperature >= 0, "bench.temperature must be >= 0 (0 = greedy)")
-    need(0 < b.top_p <= 1, "bench.top_p must be in (0, 1]")
-    need(b.fsync_seconds >= 0, "bench.fsync_seconds must be >= 0")
-    for key in ("label_regex", "name_regex"):
-        problem = regex_problem(getattr(b, key))
-        need(problem is None, f"bench.{key} is not a valid regular expression: {problem}")
-    n = s.notify
-    unknown = sorted(set(n.events) - set(NOTICE_EVENTS))
-    need(not unknown, f"notify.events has {unknown} (known: {', '.join(NOTICE_EVENTS)})")
-    need(not n.webhook or n.webhook.startswith(("http://", "https://")),
-         f"notify.webhook must be an http:// or https:// URL, not {n.webhook!r}")
-    need(n.retries >= 0 and n.backoff_seconds >= 0, "notify.retries and notify.backoff_seconds must be >= 0")
-    need(n.timeout_seconds > 0, "notify.timeout_seconds must be > 0")
-    return problems
 
 
 def per_file_problems(table: Any, where: str) -> list[str]:
@@ -549,7 +581,7 @@ def load_settings(settings_file: Path | None = None, overrides: dict[str, dict[s
                 problems.append(f"[{section}] must be a table")
                 continue
             _apply(getattr(s, section), section, values, problems)
-    problems.extend(_validate(s))
+    problems.extend(s.problems())
     if problems:
         where = f" in {settings_file}" if settings_file and settings_file.exists() else ""
         raise ConfigError(f"{len(problems)} problem(s) with settings{where}: " + "; ".join(problems))
@@ -581,3 +613,25 @@ def field_docs(cls: type) -> dict[str, str]:
             if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
                 docs[node.target.id] = nxt.value.value
     return docs
+
+
+def settings_table(cls: type) -> str:
+    """One section's table for the README (setting, default, meaning), from the fields and their docstrings.
+
+    docs/settings_tables.py writes these into README.md; tests/test_config.py checks that they are there, so a
+    setting is documented where it is declared and nowhere else.
+    """
+    import json
+
+    docs = field_docs(cls)
+    rows = ["| setting | default | meaning |", "| --- | --- | --- |"]
+    for spec in dataclasses.fields(cls):
+        default = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default  # type: ignore[misc]
+        meaning = " ".join(docs.get(spec.name, "").split()).replace("|", "\\|")
+        rows.append(f"| `{spec.name}` | `{json.dumps(default, ensure_ascii=False)}` | {meaning} |")
+    return "\n".join(rows)
+
+
+def section_classes() -> dict[str, type]:
+    """Section name -> its dataclass, in the order trainctl.toml documents them."""
+    return dict(_SECTIONS)

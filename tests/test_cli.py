@@ -1,6 +1,7 @@
 """The CLI through Typer's CliRunner: exit codes, one-line errors, and no torch in read-only commands."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -67,6 +68,29 @@ def test_bad_settings_are_reported_all_at_once_by_the_cli(tmp_path):
     r = runner.invoke(app, ["train", str(tmp_path / "f.jsonl"), "--home", str(tmp_path)])
     assert r.exit_code == 1
     assert "2 problem(s)" in r.output and "train.lr" in r.output and "train.batch_size" in r.output
+
+
+def test_any_setting_is_a_set_flag_and_bad_ones_are_all_reported(tmp_path):
+    (tmp_path / "f.jsonl").write_text('{"text": "x"}\n')
+    r = runner.invoke(app, ["train", str(tmp_path / "f.jsonl"), "--home", str(tmp_path), "--set",
+                            "train.warmup_ratio=2", "--set", "curation.val_fraction=0.99", "--lr", "-1"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "3 problem(s)" in r.output, r.output
+    for name in ("train.warmup_ratio", "curation.val_fraction", "train.lr"):
+        assert name in r.output, name
+    for bad in ("train.warmup_ratio", "nosuch.key=1"):
+        r = runner.invoke(app, ["train", str(tmp_path / "f.jsonl"), "--home", str(tmp_path), "--set", bad])
+        assert r.exit_code == 1 and r.output.startswith("Error:") and "--set" in r.output, r.output
+
+
+def test_set_reaches_the_curation_a_command_runs(tmp_path):
+    rows = [{"prompt": f"question number {i}", "completion": f"answer number {i} is here"} for i in range(40)]
+    (tmp_path / "f.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    r = runner.invoke(app, ["curate", str(tmp_path / "f.jsonl"), "--home", str(tmp_path), "--model",
+                            "builtin:tiny", "--set", "curation.val_fraction=0.5", "--set", "curation.test_fraction=0"])
+    assert r.exit_code == 0, r.output
+    split = re.search(r"train (\d+), val (\d+), test (\d+)", r.output)
+    assert split and int(split[3]) == 0 and 10 <= int(split[2]) <= 30, r.output
 
 
 def _bench_run_on_disk(home: Home, name: str, answers: list[str]) -> None:

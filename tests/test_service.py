@@ -238,7 +238,7 @@ def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_detached_daemon_logs_and_stop(home):
-    r = _cli("daemon", "--detach", "--home", str(home), "--max-steps", "5")
+    r = _cli("daemon", "--detach", "--home", str(home), "--epochs", "1", "--set", "train.max_steps=5")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "daemon started" in r.stdout
     doc = json.loads((home / "status" / "daemon.json").read_text())
