@@ -43,8 +43,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
+# ruff over everything; mypy over daemon/ and cli/ (its settings in pyproject.toml); the import layering is a test
 lint: $(STAMP)
 	$(VENV)/bin/ruff check daemon cli tests benchmarks docs
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) benchmarks/cli_latency.py

@@ -72,8 +72,9 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     from benchmarks.prepared_job import prepare, timed_train
-    from daemon.training.recipe import _collectors, _model, _training_args, resolved_config
+    from daemon.training.recipe import build_model, resolved_config, training_args
     from daemon.training.status_writer import StatusWriter
+    from daemon.training.wiring import build_collectors
 
     if a.model.startswith("random:"):
         model_path = _random_llama(a.model, Path(tempfile.mkdtemp(prefix="trainctl-random-")))
@@ -86,16 +87,16 @@ def main() -> None:
 
     def run(kind: str) -> float:
         s.train.eval_steps = 0 if kind == "all+eval" else -1
-        model = _model(ctx)
+        model = build_model(ctx)
         run_dir = home.run_dir({"bare": 1, "all": 2, "all+eval": 3}[kind])
         b = job.batching()
-        args = _training_args(ctx, run_dir, resolved_config(ctx), model, b.batch_size)
+        args = training_args(ctx, resolved_config(ctx), model, b.batch_size)
         callbacks = []
         clock = CallbackClock()
         if kind != "bare":
-            cols = _collectors(ctx, tok, rows, run_dir, a.steps, model)
-            callbacks = [*cols.values(), StatusWriter(run_dir / "status.json", run_dir / "metrics.jsonl", {},
-                                                      list(cols.values()))]
+            cols = build_collectors(s.train, home, ctx.job_id, ctx.dataset_dir, run_dir, tok, rows, a.steps, model)
+            callbacks = [*cols.callbacks(), StatusWriter(run_dir / "status.json", run_dir / "metrics.jsonl", {},
+                                                      list(cols.callbacks()))]
             if kind == "all":
                 for cb in callbacks:
                     clock.wrap(cb)

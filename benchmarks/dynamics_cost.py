@@ -32,7 +32,8 @@ def main() -> None:
 
     from benchmarks.prepared_job import prepare, timed_train
     from daemon.runs.dynamics import read_records
-    from daemon.training.recipe import _collectors, _model, _training_args, resolved_config
+    from daemon.training.recipe import build_model, resolved_config, training_args
+    from daemon.training.wiring import build_collectors
 
     job = prepare(a.model, a.steps, a.batch_size)
     ctx, home = job.ctx, job.ctx.home
@@ -41,13 +42,14 @@ def main() -> None:
 
     def run(on: bool, n: int) -> float:
         ctx.settings.train.dynamics = on
-        model = _model(ctx)
+        model = build_model(ctx)
         run_dir = home.run_dir(n)
         b = job.batching()
-        args = _training_args(ctx, run_dir, resolved_config(ctx), model, b.batch_size)
-        cols = _collectors(ctx, job.tok, job.rows, run_dir, a.steps, model)
+        args = training_args(ctx, resolved_config(ctx), model, b.batch_size)
+        cols = build_collectors(ctx.settings.train, home, ctx.job_id, ctx.dataset_dir, run_dir, job.tok,
+                                job.rows, a.steps, model)
         spent = [0.0]
-        rec = cols.get("dynamics")
+        rec = cols.dynamics
         if rec is not None:  # time inside the recorder: the figures per pass and the append per step
             for name in ("record", "on_step_end"):
                 fn = getattr(rec, name)
@@ -59,7 +61,7 @@ def main() -> None:
                     finally:
                         spent[0] += time.perf_counter() - t0
                 setattr(rec, name, timed)
-        _, wall = timed_train(job, model, args, list(cols.values()), b)
+        _, wall = timed_train(job, model, args, list(cols.callbacks()), b)
         if on:
             inside.append(spent[0] / (wall - spent[0]))
             passes.append(len(read_records(run_dir / "dynamics.bin")))

@@ -43,7 +43,7 @@ def prepare(model: str, steps: int, batch_size: int, tok_model: str | None = Non
     from daemon.curation.curator import Curator
     from daemon.home import Home
     from daemon.models.loading import load_tokenizer
-    from daemon.training.recipe import RunContext, _data
+    from daemon.training.recipe import RunContext, load_data
 
     home = Home.open(Path(tempfile.mkdtemp(prefix="trainctl-bench-")))
     s = Settings()
@@ -57,7 +57,7 @@ def prepare(model: str, steps: int, batch_size: int, tok_model: str | None = Non
     ds = home.datasets / "bench"
     Curator(s.curation, s.train, tokenizer=tok).run(sample_file(tok_model or model), ds)
     ctx = RunContext(home=home, job_id=1, dataset_dir=ds, settings=s, echo=lambda m: None)
-    rows, train_set = _data(ctx, tok)
+    rows, train_set = load_data(ctx, tok)
     return PreparedJob(ctx, tok, rows, train_set)
 
 

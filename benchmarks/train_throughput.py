@@ -77,7 +77,8 @@ def worker(side: str, model_name: str, n: int) -> dict:
     from daemon.models.loading import load_tokenizer
     from daemon.training.data import PadCollator
     from daemon.training.packing import Batching
-    from daemon.training.recipe import RunContext, _collectors, _model, _training_args, resolved_config, total_steps
+    from daemon.training.recipe import RunContext, build_model, resolved_config, total_steps, training_args
+    from daemon.training.wiring import build_collectors
 
     home = Home.open(Path(tempfile.mkdtemp(prefix="trainctl-tput-")))
     s = Settings()
@@ -97,7 +98,7 @@ def worker(side: str, model_name: str, n: int) -> dict:
         train = [{**e, "index": i} for i, e in enumerate(train)]
     ctx = RunContext(home=home, job_id=1, dataset_dir=home.datasets, settings=s, echo=lambda m: None)
     torch.manual_seed(0)
-    model = _model(ctx)  # the same LoRA (r, alpha, targets) for every side
+    model = build_model(ctx)  # the same LoRA (r, alpha, targets) for every side
     run_dir = home.run_dir(1)
     config = resolved_config(ctx)
     if side == "bare":
@@ -111,11 +112,12 @@ def worker(side: str, model_name: str, n: int) -> dict:
                           data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
     else:
         b = Batching(train, s.train, tok.pad_token_id)
-        args = _training_args(ctx, run_dir, config, model, b.batch_size)
+        args = training_args(ctx, config, model, b.batch_size)
         steps = total_steps(s.train, b.items_per_epoch, b.batch_size)
-        collectors = _collectors(ctx, tok, [], run_dir, steps, model)
+        collectors = build_collectors(s.train, home, ctx.job_id, ctx.dataset_dir, run_dir, tok, [], steps,
+                                      model)
         trainer = b.trainer_class(model=model, args=args, train_dataset=b.dataset, data_collator=b.collator,
-                                  callbacks=list(collectors.values()), dynamics=collectors.get("dynamics"))
+                                  callbacks=list(collectors.callbacks()), dynamics=collectors.dynamics)
     wall = train_seconds(trainer)
     real = sum(len(x["input_ids"]) for x in train)
     model.eval()

@@ -8,7 +8,6 @@ import signal
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import typer
 from rich.table import Table
 from typer.core import TyperGroup
@@ -24,7 +23,7 @@ from daemon.home import Home, safe_name
 class _ResumeOption(TyperGroup):
     """`trainctl bench --resume [NAME]`, as on the product card, is the `bench resume [NAME]` command."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
         if args and args[0] == "--resume":
             args = ["resume", *args[1:]]
         return super().parse_args(ctx, args)
@@ -43,6 +42,7 @@ def _job_target(h: Home, job_id: int, base: bool, best: bool = False) -> tuple[s
     from daemon.bench.state import finished_job
 
     job, test = finished_job(h, job_id, " — pass --prompts FILE instead")
+    assert job.adapter_dir is not None  # finished_job checks it
     adapter = Path(job.adapter_dir)
     model = _adapter_base(adapter) or _home_model(h)
     if best:

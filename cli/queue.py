@@ -30,7 +30,7 @@ def queue(home: HomeOpt = None, json_out: JsonOpt = False,
             console.print("No jobs yet — drop a .jsonl file into inbox/ and run `trainctl daemon`.")
         return
     with JobQueue(h.jobs_db, readonly=True) as q:
-        jobs = q.list(limit=limit)
+        jobs = q.newest(limit=limit)
     if json_out:
         console.print_json(json.dumps([j.to_dict() for j in jobs], default=str))
         return

@@ -17,6 +17,7 @@ from cli.formatting import bar, dash, duration, sparkline
 from daemon.atomic import read_json
 from daemon.home import Home
 from daemon.jobs import JobQueue, pid_alive
+from daemon.runs.training_status import TrainingStatus, read_training_status
 from daemon.service import instance_lock
 
 commands = Commands()
@@ -47,7 +48,7 @@ def queue_view(home: Home) -> dict[str, Any]:
         return {"counts": {}, "current": None}
     with JobQueue(home.jobs_db, readonly=True) as q:
         counts = {k: v for k, v in q.counts().items() if v}
-        active = [j for j in q.list(limit=200) if j.state.value in ("curating", "training")]
+        active = [j for j in q.newest(limit=200) if j.state.value in ("curating", "training")]
         return {"counts": counts, "current": active[0].to_dict() if active else None,
                 "running": [j.to_dict() for j in reversed(active)]}
 
@@ -75,7 +76,7 @@ def loss_history(run_dir: str | None, points: int = 40) -> list[float]:
 
 
 def gather(home: Home) -> dict[str, Any]:
-    training = read_json(home.training_status) or {}
+    training = read_training_status(home.training_status)
     return {"daemon": daemon_view(home), "queue": queue_view(home), "training": training,
             "loss_history": loss_history(training.get("run_dir"))}
 
@@ -89,7 +90,8 @@ def _num(v: Any, fmt: str) -> str:
 
 
 def render(s: dict[str, Any]) -> Group:
-    d, q, t = s["daemon"], s["queue"], s["training"]
+    d, q = s["daemon"], s["queue"]
+    t: TrainingStatus = s["training"]
     colour = {"alive": "green", "stale": "yellow", "dead": "red", "stopped": "dim"}.get(d["status"], "dim")
     head = Table.grid(padding=(0, 2))
     head.add_row("daemon", f"[{colour}]{d['status']}[/{colour}]"
@@ -174,7 +176,7 @@ def render(s: dict[str, Any]) -> Group:
                 a.add_column(col, overflow="fold")
             sev_colour = {"critical": "red", "warning": "yellow", "info": "cyan"}
             for al in alerts:
-                c = sev_colour.get(al.get("severity"), "white")
+                c = sev_colour.get(str(al.get("severity")), "white")
                 a.add_row(f"[{c}]{al.get('severity')}[/{c}]", f"{al.get('id')}: {al.get('message')}",
                           str(al.get("since_step")), al.get("recommendation", ""))
             parts.append(a)

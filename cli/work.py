@@ -36,7 +36,7 @@ def _same_options(ctx: typer.Context, drop: set[str]) -> list[str]:
         # by its kind, not its class: typer >= 0.26 has click's classes under typer._click
         if param.name in drop or param.param_type_name != "option" or value is None or value == param.default:
             continue
-        if param.is_flag:
+        if getattr(param, "is_flag", False):
             out.append(param.opts[0])
         elif isinstance(value, (list, tuple)):
             out += [part for item in value for part in (param.opts[0], str(item))]
@@ -89,7 +89,8 @@ def stop(home: HomeOpt = None, timeout: float = typer.Option(300, help="Seconds 
     doc = read_json(h.daemon_status) or {}
     pid = doc.get("pid")
     # The daemon's lock, not the pid alone: a pid left in daemon.json may belong to another process by now
-    if doc.get("state") == "stopped" or not pid_alive(pid) or not instance_lock.held(h.status_dir):
+    if doc.get("state") == "stopped" or not isinstance(pid, int) or not pid_alive(pid) \
+            or not instance_lock.held(h.status_dir):
         raise TrainctlError(f"no daemon is running for {h.root} — start one with `trainctl daemon`")
     os.kill(pid, signal.SIGTERM)
     console.print(f"asked daemon (pid {pid}) to stop; the current job saves a checkpoint first")

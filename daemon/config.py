@@ -626,7 +626,8 @@ def settings_table(cls: type) -> str:
     docs = field_docs(cls)
     rows = ["| setting | default | meaning |", "| --- | --- | --- |"]
     for spec in dataclasses.fields(cls):
-        default = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default  # type: ignore[misc]
+        factory = spec.default_factory
+        default = factory() if callable(factory) else spec.default
         meaning = " ".join(docs.get(spec.name, "").split()).replace("|", "\\|")
         rows.append(f"| `{spec.name}` | `{json.dumps(default, ensure_ascii=False)}` | {meaning} |")
     return "\n".join(rows)

@@ -232,7 +232,8 @@ class JobQueue:
             raise JobError(f"no job {job_id} — run `trainctl queue` to see the jobs")
         return self._job(row)
 
-    def list(self, limit: int = 50, states: set[JobState] | None = None) -> list[Job]:
+    def newest(self, limit: int = 50, states: set[JobState] | None = None) -> list[Job]:
+        """Up to `limit` jobs, newest first (only those in `states`, when given)."""
         rows = self.conn.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         jobs = [self._job(r) for r in rows]
         return [j for j in jobs if states is None or j.state in states]
@@ -315,7 +316,7 @@ class JobQueue:
         """Jobs left CURATING/TRAINING by a worker that is gone (daemon killed): mark them INTERRUPTED (or what
         was asked of them)."""
         out = []
-        for job in self.list(limit=10_000, states=set(ACTIVE)):
+        for job in self.newest(limit=10_000, states=set(ACTIVE)):
             if not pid_alive(job.worker_pid):
                 out.append(self.stopped(job.id, "its worker stopped unexpectedly; will resume"))
         return out

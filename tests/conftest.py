@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "examples" / "demo_uppercase.jsonl"
+from tests.helpers import TINY_SETTINGS, DaemonProc
 
 
 @pytest.fixture(scope="session")
@@ -26,10 +18,6 @@ def tiny_models(tmp_path_factory) -> Path:
     models = tmp_path_factory.mktemp("models")
     build_tiny(models)
     return models
-
-
-TINY_SETTINGS = '[train]\nmodel = "builtin:tiny"\n'
-"""The fast tests train builtin:tiny (the default model is the real builtin:smollm2-135m)."""
 
 
 @pytest.fixture
@@ -62,50 +50,6 @@ def real_home(tmp_path, smollm2) -> Path:
     return Home.open(tmp_path / "home").root
 
 
-def write_jsonl(path: Path, rows: list[Any]) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-class DaemonProc:
-    """A real `trainctl daemon` process on a test home, its output in a log file."""
-
-    def __init__(self, home: Path, *args: str):
-        self.log = home / f"daemon-{time.time_ns()}.log"
-        self.fh = open(self.log, "w")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "daemon", "--home", str(home), *args],
-                                     stdout=self.fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self.fh.close()
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        self.proc.send_signal(sig)
-
-    def cleanup(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.fh.close()
-
-
 @pytest.fixture
 def daemons():
     started: list[DaemonProc] = []
@@ -118,3 +62,30 @@ def daemons():
     yield start
     for d in started:
         d.cleanup()
+
+
+@pytest.fixture
+def wide_console():
+    from cli.common import console, err_console
+
+    # CliRunner has no terminal: give Rich a wide one so table cells are not folded mid-phrase.
+    console.width = err_console.width = 200
+
+
+@pytest.fixture
+def curated_home(tmp_path):
+    """A home with one curated dataset whose rejects cover quality, duplicates and validation."""
+    from daemon.config import CurationConfig, TrainConfig
+    from daemon.curation.curator import Curator
+    from daemon.home import Home
+
+    good = "The river carries fresh water from the mountains down to the green valley below."
+    rows = [{"prompt": f"q{i}", "completion": f"{good} Item {i}.", "domain": "geo"} for i in range(6)]
+    rows += [{"prompt": "noise", "completion": "%$#@ ^&*! ~~~ ||| <<>> ;;; ### @@@", "domain": "junk"},
+             {"prompt": "short", "completion": "ok ok ok ok ok fine", "domain": "geo"},
+             {"prompt": "q0", "completion": f"{good} Item 0."}, '{"prompt": broken']
+    src = tmp_path / "mixed.jsonl"
+    src.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    h = Home.open(tmp_path)
+    Curator(CurationConfig(min_quality=0.7), TrainConfig()).run(src, h.datasets / "mixed_20260101_000000")
+    return h

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("daemon", "cli")
+PACKAGES = ("daemon", "cli", "benchmarks")
 
 # The rooms, lowest first. A module imports from its own room and from rooms below it, never above: the CLI sits
 # on the daemon's rooms, the service on everything it runs, and the foundation (daemon/'s top-level modules) on
@@ -29,6 +29,7 @@ ROOMS = (
     "daemon.bench",  # batch generation over a prompt file, comparison of runs
     "daemon.service",  # the daemon: inbox, queue control, notices, the worker a job runs in
     "cli",  # the commands and the browser views
+    "benchmarks",  # scripts that time and measure the above (they use its public names only)
 )
 
 

@@ -13,7 +13,7 @@ from daemon.chat.messages import messages_of, tools_of
 from daemon.chat.render import IGNORE, encode_messages, rendering_of
 from daemon.config import CurationConfig, TrainConfig
 from daemon.curation.curator import Curator
-from tests.conftest import write_jsonl
+from tests.helpers import write_jsonl
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
                                             "parameters": {"type": "object",
@@ -270,7 +270,7 @@ def test_flags_show_calls_readably(home):
 
 @pytest.mark.parametrize("path", ["examples/agent_tools.jsonl", "examples/agent_reasoning.jsonl"])
 def test_sample_agent_files_curate(home, tmp_path, path):
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     records = [json.loads(x) for x in (ROOT / path).read_text().splitlines()]
     result, rows, rejected = _curate(tmp_path, records, _tiny_tok(home))
@@ -290,7 +290,7 @@ def test_a_tool_use_file_trains_end_to_end_on_the_real_model(real_home, tmp_path
     from typer.testing import CliRunner
 
     from cli.app import app
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     runner = CliRunner()
     home = real_home

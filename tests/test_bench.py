@@ -16,22 +16,20 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app, console, err_console
+from cli.app import app
 from daemon.bench.backends import Completion, VllmBackend
 from daemon.bench.prompts import iter_prompts, scan_prompt_file
 from daemon.bench.runner import BenchRunner, BenchSpec, request_seed
 from daemon.config import BenchConfig
 from daemon.errors import BenchError
 from daemon.home import Home
-from tests.conftest import ROOT, wait_for, write_jsonl
+from tests.helpers import ROOT, wait_for, write_jsonl
 from tests.vllm_standin import StandInEngine, StandInSamplingParams
 
+# CliRunner has no terminal: a wide console keeps Rich from folding table cells mid-phrase
+pytestmark = pytest.mark.usefixtures("wide_console")
+
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def wide_console():
-    console.width = err_console.width = 200
 
 
 def batch_line(cid: str, text: str, **body) -> dict:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from cli.app import app
 from daemon.jobs import JobQueue, JobState
 from daemon.runs.checkpoints import COMPLETE_MARKER
-from tests.conftest import DEMO, TINY_SETTINGS, wait_for
+from tests.helpers import DEMO, TINY_SETTINGS, wait_for
 
 runner = CliRunner()
 PEAK_THEN_DEGRADE = "lr_jump_at_step=80x30"
@@ -23,7 +23,7 @@ RUN = Path("data") / "runs" / "job-00001"
 
 def _jobs(home: Path):
     with JobQueue(home / "data" / "jobs.db") as q:
-        return q.list()
+        return q.newest()
 
 
 def _checkpoints(home: Path) -> list[int]:
@@ -41,7 +41,7 @@ def _fixed_set_em(home: Path, adapter: Path) -> float:
 
     from daemon.models.loading import load_model, load_tokenizer
     from daemon.training.data import read_split
-    from daemon.training.recipe import exact_match
+    from daemon.training.outputs import exact_match
 
     config = json.loads((home / RUN / "config.json").read_text())
     rows = read_split(Path(config["dataset_dir"]) / "val.jsonl")[: config["train"]["fixed_eval_examples"]]

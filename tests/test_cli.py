@@ -8,18 +8,15 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app, console, err_console
+from cli.app import app
 from daemon.home import Home
 from daemon.jobs import JobQueue, JobState
-from tests.conftest import ROOT
+from tests.helpers import ROOT, bench_run_on_disk
+
+# CliRunner has no terminal: a wide console keeps Rich from folding table cells mid-phrase
+pytestmark = pytest.mark.usefixtures("wide_console")
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def wide_console():
-    # CliRunner has no terminal: give Rich a wide one so table cells are not folded mid-phrase.
-    console.width = err_console.width = 200
 
 
 def test_status_on_a_fresh_home(tmp_path):
@@ -93,28 +90,10 @@ def test_set_reaches_the_curation_a_command_runs(tmp_path):
     assert split and int(split[3]) == 0 and 10 <= int(split[2]) <= 30, r.output
 
 
-def _bench_run_on_disk(home: Home, name: str, answers: list[str]) -> None:
-    """A finished bench run written directly (no model): what `bench list` and `bench compare` read."""
-    from daemon.bench.backends import Completion
-    from daemon.bench.prompts import BenchPrompt
-    from daemon.bench.runner import result_row
-    from daemon.bench.state import BenchState, RunInfo
-
-    d = home.bench_dir(name)
-    d.mkdir(parents=True)
-    with open(d / "results.jsonl", "w") as fh:
-        for i, text in enumerate(answers):
-            c = Completion(f"q{i}", text, 5, 3, "stop", 100.0, 100.5)
-            fh.write(json.dumps(result_row(name, "m", BenchPrompt(f"q{i}", i + 1), c, None)) + "\n")
-    info = RunInfo(name=name, fingerprint={"model": "m", "backend": "hf"}, prompts_path="p.jsonl",
-                   total=len(answers), state=BenchState.COMPLETED)
-    info.save(d / "run.json")
-
-
 def test_read_only_commands_and_the_ui_import_no_torch(curated_home):
     tmp_path = curated_home.root
-    _bench_run_on_disk(curated_home, "a", ["Yes", "No", "Yes"])
-    _bench_run_on_disk(curated_home, "b", ["Yes", "Yes", "Yes"])
+    bench_run_on_disk(curated_home, "a", ["Yes", "No", "Yes"])
+    bench_run_on_disk(curated_home, "b", ["Yes", "Yes", "Yes"])
     snaps = curated_home.evolution_dir("mixed_x")
     snaps.mkdir(parents=True)
     for step, ok in ((0, False), (10, True)):
@@ -164,24 +143,6 @@ def test_read_only_commands_and_the_ui_import_no_torch(curated_home):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
-
-
-@pytest.fixture
-def curated_home(tmp_path):
-    """A home with one curated dataset whose rejects cover quality, duplicates and validation."""
-    from daemon.config import CurationConfig, TrainConfig
-    from daemon.curation.curator import Curator
-
-    good = "The river carries fresh water from the mountains down to the green valley below."
-    rows = [{"prompt": f"q{i}", "completion": f"{good} Item {i}.", "domain": "geo"} for i in range(6)]
-    rows += [{"prompt": "noise", "completion": "%$#@ ^&*! ~~~ ||| <<>> ;;; ### @@@", "domain": "junk"},
-             {"prompt": "short", "completion": "ok ok ok ok ok fine", "domain": "geo"},
-             {"prompt": "q0", "completion": f"{good} Item 0."}, '{"prompt": broken']
-    src = tmp_path / "mixed.jsonl"
-    src.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
-    h = Home.open(tmp_path)
-    Curator(CurationConfig(min_quality=0.7), TrainConfig()).run(src, h.datasets / "mixed_20260101_000000")
-    return h
 
 
 def test_rejected_shows_reasons_closest_histogram_and_advice(curated_home):
@@ -250,7 +211,7 @@ def test_imports_run_one_way_app_to_commands_to_common():
     nothing under daemon/ imports cli/."""
     import ast
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     def imported(path):
         tree = ast.parse(path.read_text())

@@ -13,7 +13,7 @@ from daemon.training.collectors.alerts import Alerts
 from daemon.training.collectors.fixed_eval import FixedEval, expected_calibration_error
 from daemon.training.collectors.lora_monitor import LoRAMonitor
 from daemon.training.collectors.streaming import StreamingMetrics
-from tests.conftest import DEMO
+from tests.helpers import DEMO
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from daemon.config import CurationConfig, TrainConfig
 from daemon.curation.curator import Curator
 from daemon.errors import InputFileError
 from daemon.models.loading import load_tokenizer
-from tests.conftest import DEMO, write_jsonl
+from tests.helpers import DEMO, write_jsonl
 
 
 def test_demo_file_is_fully_accounted_for(tmp_path, tiny_models):

@@ -3,7 +3,7 @@
 import json
 
 from daemon.jobs import JobQueue
-from tests.conftest import write_jsonl
+from tests.helpers import write_jsonl
 
 
 def test_unreadable_files_go_to_failed_with_a_reason(home, daemons):
@@ -25,7 +25,7 @@ def test_unreadable_files_go_to_failed_with_a_reason(home, daemons):
     for n in ("empty", "binary", "latin1", "novalid"):
         assert (failed / f"{n}.jsonl").exists()  # the file itself is kept, never lost
     with JobQueue(home / "data" / "jobs.db") as q:
-        assert {j.state.value for j in q.list()} == {"failed"} and len(q.list()) == 4
+        assert {j.state.value for j in q.newest()} == {"failed"} and len(q.newest()) == 4
     assert list((home / "inbox" / "processing").iterdir()) == []
     assert json.loads((home / "status" / "daemon.json").read_text())["state"] == "stopped"
 
@@ -38,7 +38,7 @@ def test_one_daemon_per_home_even_when_its_old_pid_now_belongs_to_another_proces
     import subprocess
     import sys
 
-    from tests.conftest import ROOT, wait_for
+    from tests.helpers import ROOT, wait_for
 
     first = daemons(home)
     wait_for(lambda: (home / "status" / "daemon.json").exists(), 60, "the first daemon")

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from daemon.jobs import JobQueue, JobState
-from tests.conftest import DEMO, ROOT, TINY_SETTINGS, wait_for
+from tests.helpers import DEMO, ROOT, TINY_SETTINGS, wait_for
 
 runner = CliRunner()
 
@@ -29,7 +29,7 @@ def jobs(home: Path):
     if not (home / "data" / "jobs.db").exists():
         return []
     with JobQueue(home / "data" / "jobs.db", readonly=True) as q:
-        return sorted(q.list(), key=lambda j: j.id)
+        return sorted(q.newest(), key=lambda j: j.id)
 
 
 def result(home: Path, job: int = 1) -> dict:

@@ -10,18 +10,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app, console, err_console
+from cli.app import app
 from daemon.runs.dynamics import RECORD, aggregate, read_records
-from tests.conftest import TINY_SETTINGS
-from tests.test_evolution import planted_dataset
-from tests.test_packing import _examples, _model
+from tests.helpers import TINY_SETTINGS, packing_examples, planted_dataset, small_model
+
+# CliRunner has no terminal: a wide console keeps Rich from folding table cells mid-phrase
+pytestmark = pytest.mark.usefixtures("wide_console")
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def wide_console():
-    console.width = err_console.width = 200
 
 
 def _reference(model, examples, pad_id) -> list[tuple[float, float, float, float]]:
@@ -63,9 +59,9 @@ def test_recorded_figures_equal_a_separate_eval_pass(home, tmp_path, packing):
 
     models = Home.open(home).models
     tok = load_tokenizer("builtin:tiny", models)
-    examples = [{**e, "index": i} for i, e in enumerate(_examples(tok))]
+    examples = [{**e, "index": i} for i, e in enumerate(packing_examples(tok))]
     b = Batching(examples, TrainConfig(packing=packing, batch_size=5), tok.pad_token_id)
-    model = _model(resolve_model_path("builtin:tiny", models))
+    model = small_model(resolve_model_path("builtin:tiny", models))
     recorder = DynamicsRecorder(tmp_path, "d", tmp_path / "train.jsonl", len(examples))
     args = TrainingArguments(str(tmp_path / "out"), report_to="none", use_cpu=True,
                              per_device_train_batch_size=b.batch_size)
@@ -196,17 +192,17 @@ from daemon.home import Home
 from daemon.models.loading import load_tokenizer, resolve_model_path
 from daemon.training.dynamics_recorder import DynamicsRecorder
 from daemon.training.packing import Batching
-from tests.test_packing import _examples, _model
+from tests.helpers import packing_examples, small_model
 
 home, out = Path(sys.argv[1]), Path(sys.argv[2])
 models = Home.open(home).models
 tok = load_tokenizer("builtin:tiny", models)
-examples = [{**e, "index": i} for i, e in enumerate(_examples(tok) * 4)]  # 20 examples
+examples = [{**e, "index": i} for i, e in enumerate(packing_examples(tok) * 4)]  # 20 examples
 b = Batching(examples, TrainConfig(packing=True, batch_size=2), tok.pad_token_id)
 recorder = DynamicsRecorder(out, "d", out / "train.jsonl", len(examples))
 args = TrainingArguments(str(out / "ckpt"), report_to="none", use_cpu=True, ddp_backend="gloo", num_train_epochs=2,
                          per_device_train_batch_size=1, save_strategy="no", logging_steps=1)
-trainer = b.trainer_class(model=_model(resolve_model_path("builtin:tiny", models)).train(), args=args,
+trainer = b.trainer_class(model=small_model(resolve_model_path("builtin:tiny", models)).train(), args=args,
                           train_dataset=b.dataset, data_collator=b.collator, dynamics=recorder)
 trainer.train()
 leave_group()
@@ -221,7 +217,7 @@ def test_two_processes_gather_every_example_to_rank_zero(home, tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)

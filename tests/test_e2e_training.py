@@ -12,29 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
-from daemon.jobs import JobQueue, JobState
-from daemon.runs.checkpoints import COMPLETE_MARKER
-from tests.conftest import DEMO, ROOT, wait_for
+from daemon.jobs import JobState
+from daemon.runs.training_status import STATUS_KEYS
+from tests.helpers import DEMO, ROOT, complete_checkpoints, drop_demo, jobs, status, wait_for
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
-
-
-def jobs(home: Path):
-    with JobQueue(home / "data" / "jobs.db") as q:
-        return q.list()
-
-
-def status(home: Path) -> dict:
-    try:
-        return json.loads((home / "status" / "training_status.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def complete_checkpoints(home: Path, job_id: int) -> list[int]:
-    d = home / "data" / "runs" / f"job-{job_id:05d}" / "checkpoints"
-    return sorted(int(p.name.split("-")[1]) for p in d.glob("checkpoint-*") if (p / COMPLETE_MARKER).exists())
 
 
 def test_demo_job_learns_and_leaves_adapter_config_and_metrics(home):
@@ -64,6 +47,8 @@ def test_demo_job_learns_and_leaves_adapter_config_and_metrics(home):
               "fixed_eval_em", "fixed_eval_ce", "fixed_eval_ece", "fixed_eval_trend", "accuracy_last_20",
               "accuracy_last_50", "updated_at"):
         assert f in st, f
+    # ... and nothing the schema that `trainctl status` and the browser read (TrainingStatus) does not declare
+    assert set(st) - STATUS_KEYS == set()
     assert st["fixed_eval_em"] >= 0.9 and st["fixed_eval_ece"] < 0.3 and st["lora_summary"]["dead"] == []
     assert len(st["lora_stats"]) == 21 and st["token_entropy"] > 0
     # A healthy run raises no warning or critical alert at any point.
@@ -116,18 +101,10 @@ def test_demo_job_learns_and_leaves_adapter_config_and_metrics(home):
     assert "--force" in again.output
 
 
-def _drop(home: Path, name: str = "demo.jsonl") -> Path:
-    tmp = home / f".{name}.tmp"
-    tmp.write_bytes(DEMO.read_bytes())
-    dest = home / "inbox" / name
-    tmp.rename(dest)
-    return dest
-
-
 @pytest.mark.parametrize("kill_worker_too", [False, True], ids=["daemon-only", "daemon-and-worker"])
 def test_kill_9_mid_training_resumes_from_checkpoint(home, daemons, kill_worker_too):
     d = daemons(home, "--epochs", "20", "--save-steps", "40")
-    _drop(home)
+    drop_demo(home)
     assert wait_for(lambda: jobs(home) and jobs(home)[0].state == JobState.TRAINING, 60, "training to start")
     wait_for(lambda: complete_checkpoints(home, 1) and status(home).get("current_step", 0) > 50, 120,
              "a complete checkpoint and some progress past it")
@@ -153,7 +130,7 @@ def test_kill_9_mid_training_resumes_from_checkpoint(home, daemons, kill_worker_
 
 def test_stop_checkpoints_and_next_start_resumes(home, daemons):
     d = daemons(home, "--epochs", "20", "--save-steps", "500")
-    _drop(home)
+    drop_demo(home)
     wait_for(lambda: status(home).get("current_step", 0) >= 30, 120, "training progress")
     r = runner.invoke(app, ["stop", "--home", str(home), "--timeout", "120"])
     assert r.exit_code == 0, r.output
@@ -170,7 +147,7 @@ def test_stop_checkpoints_and_next_start_resumes(home, daemons):
 
 def test_crashed_worker_fails_its_job_and_the_daemon_carries_on(home, daemons):
     d = daemons(home, "--max-steps", "400", "--once")
-    _drop(home, "first.jsonl")
+    drop_demo(home, "first.jsonl")
     wait_for(lambda: jobs(home) and jobs(home)[-1].state == JobState.TRAINING, 60, "first job training")
     victim = next(j for j in jobs(home) if j.state == JobState.TRAINING)
     rows = DEMO.read_text().splitlines()
@@ -192,7 +169,7 @@ def test_exception_in_a_job_is_recorded_with_a_traceback(home, daemons):
     broken.mkdir()
     (broken / "config.json").write_text("{ this is not json")
     (home / "trainctl.toml").write_text(f'[train]\nmodel = "{broken}"\n')
-    _drop(home, "x.jsonl")
+    drop_demo(home, "x.jsonl")
     d = daemons(home, "--once")
     assert d.wait(120) == 0, d.output()
     (job,) = jobs(home)
@@ -204,7 +181,7 @@ def test_daemon_queues_a_dropped_file_and_status_shows_it(home, daemons):
     d = daemons(home, "--max-steps", "150")
     wait_for(lambda: (home / "status" / "daemon.json").exists(), 30, "daemon start")
     t0 = time.time()
-    _drop(home, "live.jsonl")
+    drop_demo(home, "live.jsonl")
     wait_for(lambda: jobs(home), 10, "the job row")
     assert time.time() - t0 < 2.5
     wait_for(lambda: status(home).get("current_step", 0) >= 10, 120, "training progress")
@@ -228,7 +205,7 @@ def test_nan_loss_stops_the_job_keeps_its_checkpoint_and_the_daemon_moves_on(hom
         d = daemons(home, "--epochs", "2", "--save-steps", "10", "--once")
     finally:
         del os.environ["TRAINCTL_FAULT"]
-    _drop(home, "bad.jsonl")
+    drop_demo(home, "bad.jsonl")
     (home / "inbox" / "good.jsonl").write_bytes(DEMO.read_bytes() + b'{"text": "one more record"}\n')
     assert d.wait(300) == 0, d.output()
     by_file = {j.file_name: j for j in jobs(home)}

@@ -3,27 +3,20 @@ the examples evolution ranks hardest are the ones whose answers were planted wro
 
 from __future__ import annotations
 
-import itertools
 import json
-import random
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app, console, err_console
+from cli.app import app
 from daemon.runs.snapshots import load
 from daemon.training.collectors.evolution_snapshots import is_snapshot_step
-from tests.conftest import TINY_SETTINGS
+from tests.helpers import TINY_SETTINGS, planted_dataset
+
+# CliRunner has no terminal: a wide console keeps Rich from folding table cells mid-phrase
+pytestmark = pytest.mark.usefixtures("wide_console")
 
 runner = CliRunner()
-WORDS = ["apple", "river", "stone", "cloud", "tiger", "maple", "orbit", "piano", "lemon", "candle",
-         "forest", "silver", "rocket", "garden", "window", "planet", "bridge", "coffee", "dragon", "mirror"]
-
-
-@pytest.fixture(autouse=True)
-def wide_console():
-    console.width = err_console.width = 200
 
 
 def test_snapshot_schedule_is_the_specs():
@@ -44,22 +37,6 @@ def test_last_step_is_snapshotted_unless_a_scheduled_one_is_near(tmp_path, max_s
         ev.on_step_end(None, SimpleNamespace(global_step=step, max_steps=max_steps), None, model=object())
     assert ev.taken[-1] == last and ev.taken == sorted(set(ev.taken))
     assert all(is_snapshot_step(s) for s in ev.taken[:-1])
-
-
-def planted_dataset(path: Path, n: int = 200, wrong_share: float = 0.1, seed: int = 3) -> set[str]:
-    """Upper-case two words (a rule builtin:tiny learns); `wrong_share` of the answers are another pair's."""
-    rng = random.Random(seed)
-    pairs = list(itertools.permutations(WORDS, 2))
-    rng.shuffle(pairs)
-    wrong = set(rng.sample(range(n), int(n * wrong_share)))
-    with open(path, "w") as fh:
-        for i, (a, b) in enumerate(pairs[:n]):
-            answer = f"{a.upper()} {b.upper()}"
-            if i in wrong:
-                c, d = rng.choice([p for p in pairs if a not in p and b not in p])
-                answer = f"{c.upper()} {d.upper()}"
-            fh.write(json.dumps({"prompt": f"Uppercase: {a} {b}", "completion": answer, "id": f"r{i:03d}"}) + "\n")
-    return {f"r{i:03d}" for i in wrong}
 
 
 @pytest.mark.slow

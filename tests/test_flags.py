@@ -9,16 +9,14 @@ import threading
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app, console, err_console
+from cli.app import app
 from daemon.errors import TrainctlError
 from daemon.runs.flag_store import FlagStore, flags_from_eval
 
+# CliRunner has no terminal: a wide console keeps Rich from folding table cells mid-phrase
+pytestmark = pytest.mark.usefixtures("wide_console")
+
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def wide_console():
-    console.width = err_console.width = 200
 
 
 def _results(n: int, wrong: set[int], loss: float = 1.0):

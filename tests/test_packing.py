@@ -4,33 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.chat.messages import Message
 from daemon.chat.render import IGNORE, encode_messages
 from daemon.training.data import PadCollator
 from daemon.training.packing import PackedCollator, plan_batches
-
-
-def _examples(tok) -> list[dict[str, list[int]]]:
-    """Mixed lengths, a multi-turn one, and a plain-text one whose loss starts at its second token."""
-    convs = [[Message("user", "hi"), Message("assistant", "HELLO THERE")],
-             [Message("user", "a much longer question " * 6), Message("assistant", "SHORT")],
-             [Message("user", "q1"), Message("assistant", "A1"), Message("user", "q2"), Message("assistant", "A2!")],
-             [Message("assistant", "plain text trained from its start", train=True)],
-             [Message("system", "be brief"), Message("user", "why"), Message("assistant", "BECAUSE " * 5)]]
-    return [{"input_ids": e.input_ids, "labels": e.labels} for e in (encode_messages(tok, c, 512) for c in convs)]
-
-
-def _model(path, lora: bool = True):
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    m.config.use_cache = False
-    if lora:
-        m = get_peft_model(m, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
-    return m.eval()  # no dropout: both paths see the same function
+from tests.helpers import packing_examples, small_model
 
 
 def _per_example_padded(model, examples, pad_id):
@@ -69,12 +46,12 @@ def _per_example_packed(model, rows, pad_id):
 def _check_equal(model_path, tok):
     import torch
 
-    examples = _examples(tok)
+    examples = packing_examples(tok)
     pad = tok.pad_token_id
     rows = [[examples[0], examples[1], examples[2]], [examples[3], examples[4]]]
     flat = [ex for row in rows for ex in row]
 
-    model = _model(model_path)
+    model = small_model(model_path)
     padded, _ = _per_example_padded(model, flat, pad)
     total = sum(c for c, _ in padded) / sum(n for _, n in padded)
     total.backward()
@@ -129,8 +106,8 @@ def test_no_attention_across_examples(home):
 
     models = Home.open(home).models
     tok = load_tokenizer("builtin:tiny", models)
-    model = _model(resolve_model_path("builtin:tiny", models), lora=False)
-    a, b, c = _examples(tok)[:3]
+    model = small_model(resolve_model_path("builtin:tiny", models), lora=False)
+    a, b, c = packing_examples(tok)[:3]
     changed = {"input_ids": [(t + 7) % 200 + 30 for t in b["input_ids"]], "labels": b["labels"]}
     with torch.no_grad():
         _, before, _ = _per_example_packed(model, [[a, b, c]], tok.pad_token_id)
@@ -185,10 +162,10 @@ def test_the_trainer_replans_each_epoch_and_sees_every_example_each_time(home, t
 
     models = Home.open(home).models
     tok = load_tokenizer("builtin:tiny", models)
-    examples = _examples(tok) * 8  # 40 examples
+    examples = packing_examples(tok) * 8  # 40 examples
     cfg = TrainConfig(packing=True, batch_size=4)
     b = Batching(examples, cfg, tok.pad_token_id)
-    trainer = b.trainer_class(model=_model(resolve_model_path("builtin:tiny", models)).train(),
+    trainer = b.trainer_class(model=small_model(resolve_model_path("builtin:tiny", models)).train(),
                               args=TrainingArguments(str(tmp_path / "out"), per_device_train_batch_size=1,
                                                      num_train_epochs=3, save_strategy="no", report_to="none",
                                                      use_cpu=True, logging_steps=1),
@@ -234,11 +211,11 @@ def test_gradient_checkpointing_gives_the_same_gradients(home):
 
     models = Home.open(home).models
     tok = load_tokenizer("builtin:tiny", models)
-    batch = PackedCollator(tok.pad_token_id)([[_examples(tok)]])
+    batch = PackedCollator(tok.pad_token_id)([[packing_examples(tok)]])
     inputs = {k: v for k, v in batch.items() if k != "attention_mask"}
     grads = []
     for checkpointing in (False, True):
-        model = _model(resolve_model_path("builtin:tiny", models))
+        model = small_model(resolve_model_path("builtin:tiny", models))
         if checkpointing:
             model.gradient_checkpointing_enable({"use_reentrant": False})
         model.train()
@@ -252,7 +229,7 @@ def test_quantization_on_cpu_is_refused_before_the_job(home, tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import DEMO, ROOT, TINY_SETTINGS
+    from tests.helpers import DEMO, ROOT, TINY_SETTINGS
 
     (home / "trainctl.toml").write_text(TINY_SETTINGS + 'quantization = "4bit"\n')
     r = subprocess.run([sys.executable, "-m", "cli", "train", str(DEMO), "--home", str(home)], cwd=ROOT,
@@ -271,7 +248,7 @@ def test_a_packed_job_trains_and_counts_only_real_tokens(home):
     from daemon.chat.messages import messages_of
     from daemon.models.loading import load_tokenizer
     from daemon.training.data import read_split
-    from tests.conftest import DEMO, TINY_SETTINGS
+    from tests.helpers import DEMO, TINY_SETTINGS
 
     (home / "trainctl.toml").write_text(TINY_SETTINGS + "packing = true\n")
     r = CliRunner().invoke(app, ["train", str(DEMO), "--home", str(home), "--epochs", "2"])

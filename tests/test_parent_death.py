@@ -15,7 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tests.conftest import ROOT, wait_for
+from tests.helpers import ROOT, wait_for
 
 PARENT = textwrap.dedent("""
     import multiprocessing as mp, os, sys, time

@@ -13,8 +13,7 @@ from typer.testing import CliRunner
 from cli.app import app
 from daemon.home import Home
 from daemon.jobs import JobQueue, JobState
-from tests.conftest import DEMO, wait_for
-from tests.test_e2e_training import _drop, complete_checkpoints, jobs, status
+from tests.helpers import DEMO, complete_checkpoints, drop_demo, jobs, status, wait_for
 
 runner = CliRunner()
 
@@ -60,7 +59,7 @@ def test_an_older_queue_gets_the_new_columns(tmp_path):
     con.commit()
     con.close()
     with JobQueue(db) as q:
-        (job,) = q.list()
+        (job,) = q.newest()
         assert job.priority == 0 and job.request is None and job.settings_file is None
 
 
@@ -110,7 +109,7 @@ def test_commands_refuse_what_the_state_machine_does_not_allow(tmp_path):
 @pytest.mark.slow
 def test_checkpoint_pause_and_resume_across_a_daemon_restart_train_no_step_twice(home, daemons):
     d = daemons(home, "--epochs", "20", "--save-steps", "500")
-    _drop(home)
+    drop_demo(home)
     wait_for(lambda: status(home).get("current_step", 0) >= 20, 120, "training progress")
     # checkpoint: saved now, and it keeps training
     r = cli(home, "checkpoint", "--timeout", "60")
@@ -153,7 +152,7 @@ def test_checkpoint_pause_and_resume_across_a_daemon_restart_train_no_step_twice
 @pytest.mark.slow
 def test_cancel_during_training_keeps_checkpoints_and_retry_continues_from_them(home, daemons):
     d = daemons(home, "--epochs", "20", "--save-steps", "500")
-    _drop(home)
+    drop_demo(home)
     wait_for(lambda: status(home).get("current_step", 0) >= 30, 120, "training progress")
     r = cli(home, "cancel", "1", "--timeout", "120")
     assert r.exit_code == 0, r.output
@@ -186,7 +185,7 @@ def test_cancel_of_a_foreground_train_stops_it(home, tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     p = subprocess.Popen([sys.executable, "-m", "cli", "train", str(DEMO), "--home", str(home), "--epochs", "20",
                           "--save-steps", "500"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from daemon.jobs import JobQueue, JobState
-from tests.conftest import ROOT, wait_for
+from tests.helpers import ROOT, wait_for
 
 pytestmark = pytest.mark.slow  # the first use on a machine fetches and converts the model (~30 s)
 runner = CliRunner()
@@ -25,7 +25,7 @@ REVERSE = ROOT / "examples" / "demo_reverse.jsonl"
 
 def _jobs(home: Path):
     with JobQueue(home / "data" / "jobs.db") as q:
-        return q.list()
+        return q.newest()
 
 
 def _answers(home: Path, run: str) -> dict[str, tuple[str, str]]:

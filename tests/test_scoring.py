@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from daemon.chat.messages import Message
-from tests.conftest import DEMO
+from tests.helpers import DEMO
 
 
 def _conversations() -> list[list[Message]]:

@@ -20,8 +20,7 @@ from daemon.jobs import JobState
 from daemon.service.file_settings import resolve
 from daemon.service.notify import Notifier
 from daemon.service.watcher import InboxWatcher
-from tests.conftest import DEMO, ROOT, TINY_SETTINGS, wait_for
-from tests.test_e2e_training import jobs
+from tests.helpers import DEMO, ROOT, TINY_SETTINGS, jobs, wait_for
 
 runner = CliRunner()
 

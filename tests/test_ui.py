@@ -18,8 +18,7 @@ import pytest
 from daemon.home import Home
 from daemon.jobs import JobQueue
 from daemon.runs.flag_store import FlagStore
-from tests.conftest import DEMO, ROOT, wait_for
-from tests.test_cli import _bench_run_on_disk, curated_home  # noqa: F401 - a fixture
+from tests.helpers import DEMO, ROOT, bench_run_on_disk, wait_for
 
 XSS = '<img src=x onerror="window.pwned=1"><script>window.pwned=1</script>'
 
@@ -33,8 +32,8 @@ def _metric_row(step: int) -> str:
 @pytest.fixture
 def ui_home(curated_home):  # noqa: F811 - the imported fixture
     h: Home = curated_home
-    _bench_run_on_disk(h, "a", ["Yes", "No", XSS])
-    _bench_run_on_disk(h, "b", ["Yes", "Yes", XSS])
+    bench_run_on_disk(h, "a", ["Yes", "No", XSS])
+    bench_run_on_disk(h, "b", ["Yes", "Yes", XSS])
     with JobQueue(h.jobs_db) as q:
         job = q.enqueue("mixed.jsonl", h.inbox_processing / "x", "sha")
     run = h.run_dir(job.id)
@@ -280,7 +279,7 @@ def _loss_rows(run: Path) -> int:
 @pytest.mark.browser
 def test_pages_in_a_browser_while_a_real_job_trains(home, daemons):
     sync_playwright, exe = _browser()
-    from tests.test_cli import _bench_run_on_disk as bench_run
+    from tests.helpers import bench_run_on_disk as bench_run
 
     h = Home.open(home)
     bench_run(h, "base", ["Yes", "No", XSS, "Maybe"])

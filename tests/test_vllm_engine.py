@@ -25,7 +25,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
-from tests.conftest import ROOT, wait_for
+from tests.helpers import ROOT, wait_for
 
 pytest.importorskip("vllm", reason="vllm is not installed (`make setup VLLM=none`)")
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from daemon.service.watcher import InboxWatcher, is_candidate, open_for_writing
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 SLOW_WRITER = """
 import pathlib, sys, time

@@ -68,16 +68,16 @@ def queue(home: Home, params: dict[str, str]) -> list[dict[str, Any]]:
     if not home.jobs_db.exists():
         return []
     with JobQueue(home.jobs_db, readonly=True) as q:
-        return [j.to_dict() for j in q.list(limit=_int(params, "limit", 50) or 50)]
+        return [j.to_dict() for j in q.newest(limit=_int(params, "limit", 50) or 50)]
 
 
 def _run_dir(home: Home, params: dict[str, str]) -> tuple[int, Path]:
     """The job named by ?job=N (looked up in the queue), else the one training_status.json is about."""
-    from daemon.atomic import read_json
+    from daemon.runs.training_status import read_training_status
 
     job = _int(params, "job")
     if job is None:
-        job = (read_json(home.training_status) or {}).get("job_id")
+        job = read_training_status(home.training_status).get("job_id")
         if job is None:
             raise NotFound("no job has trained yet")
     if not _job_exists(home, job):
@@ -190,7 +190,7 @@ def flag_write(home: Home, flag_id: int, body: dict[str, Any], resolve: bool) ->
         return store.resolve(flag_id, (notes or "").strip() or None)
     if not (notes or "").strip():
         raise BadRequest("notes are empty")
-    return store.note(flag_id, notes.strip())
+    return store.note(flag_id, (notes or "").strip())
 
 
 # -- bench comparison -----------------------------------------------------------------------------------------------

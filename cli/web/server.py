@@ -78,7 +78,7 @@ class UIServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://{host!s}:{port}/" if isinstance(host, str) else f"http://{host.decode()}:{port}/"
 
 
 _GET: dict[str, Callable[[Home, dict[str, str]], Any]] = {

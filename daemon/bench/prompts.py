@@ -67,7 +67,8 @@ def _from_batch_line(rec: dict[str, Any], line: int) -> BenchPrompt:
         top_p = _number(body.get("top_p"), float)
     except (FormatError, ValueError) as exc:
         return BenchPrompt(cid, line, error=f"invalid_request: {exc}")
-    meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+    metadata = body.get("metadata")
+    meta: dict[str, Any] = metadata if isinstance(metadata, dict) else {}
     return BenchPrompt(cid, line, [m.to_row() for m in parsed.messages], parsed.tools,
                        max_tokens, temperature, top_p, metadata=dict(meta))
 

@@ -174,8 +174,8 @@ def result_row(run: str, model: str, prompt: BenchPrompt, c: Completion | None, 
             "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                       "total_tokens": c.prompt_tokens + c.completion_tokens}}}
     else:
-        code, _, message = (error or "error").partition(": ")
-        row["error"] = {"code": code, "message": message or code}
+        code, _, detail = (error or "error").partition(": ")
+        row["error"] = {"code": code, "message": detail or code}
     if c is not None:
         latency = max(c.finished_at - c.started_at, 1e-9)
         row["timing"] = {"started_at": round(c.started_at, 3), "finished_at": round(c.finished_at, 3),

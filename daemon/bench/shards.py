@@ -156,9 +156,10 @@ def run_sharded(home: Home, spec: BenchSpec, resume: bool = False, retry_errors:
         info.transition(BenchState.COMPLETED, f"{info.progress.done} results, {info.progress.errors} errors, "
                         f"from {ranks} engines")
     elif any(s is BenchState.FAILED for s in states):
-        info.transition(BenchState.FAILED, "a rank failed: " + "; ".join(
-            f"rank {i}: {load_run(run_dir, f'run.rank-{i}.json').message}" for i, s in enumerate(states)
-            if s is BenchState.FAILED and load_run(run_dir, f"run.rank-{i}.json")))
+        failed = [(i, run) for i, s in enumerate(states) if s is BenchState.FAILED
+                  and (run := load_run(run_dir, f"run.rank-{i}.json")) is not None]
+        info.transition(BenchState.FAILED, "a rank failed: " + "; ".join(f"rank {i}: {run.message}"
+                                                                           for i, run in failed))
     else:
         info.transition(BenchState.STOPPED, "stopped; `--resume` continues every rank")
     info.save(run_dir / "run.json")

@@ -65,6 +65,7 @@ def job_targets(home: Home, job_id: int) -> tuple[str, Path, list[Target]]:
     """(model, test split, targets) of a finished job: base, each complete checkpoint, adapter-best/, final."""
     job, test = finished_job(home, job_id, ": there is nothing to judge the checkpoints on — `trainctl bench run "
                                            "--prompts FILE --adapter DIR` takes a prompt file")
+    assert job.adapter_dir is not None  # finished_job checks it
     final = Path(job.adapter_dir)
     config = read_json(final / "trainctl_config.json") or {}
     model = (config.get("train") or {}).get("model")
@@ -120,13 +121,13 @@ def summarise(home: Home, job_id: int, targets: list[Target]) -> list[SweepRow]:
         if name not in present:
             continue
         col = present.index(name)
-        cells = [(r.cells[col], r) for r in c.rows if r.cells[col] is not None]
+        cells = [(cell, r) for r in c.rows if (cell := r.cells[col]) is not None]
         answered = [(cell, r) for cell, r in cells if cell.value != "<error>"]
         refs = [(cell, r) for cell, r in answered if r.reference is not None]
         em = sum(cell.value == extract(r.reference or "", None) for cell, r in refs) / len(refs) if refs else None
         agree = None
         if final_col is not None:
-            both = [(cell, r.cells[final_col]) for cell, r in answered if r.cells[final_col] is not None]
+            both = [(cell, other) for cell, r in answered if (other := r.cells[final_col]) is not None]
             agree = sum(a.value == b.value for a, b in both) / len(both) if both else None
         rows.append(SweepRow(name, t.label, t.step, str(t.adapter) if t.adapter else None, len(cells),
                              len(cells) - len(answered), em, agree))

@@ -99,7 +99,8 @@ def tool_call(obj: Any, where: str) -> ToolCall:
     flat {"name", "arguments"|"parameters"}, a `tool_call` content part. Arguments may be a JSON string."""
     if not isinstance(obj, dict):
         raise FormatError("bad_tool_call", f"{where}: a tool call is not an object")
-    fn = obj.get("function") if isinstance(obj.get("function"), dict) else obj
+    function = obj.get("function")
+    fn: dict[str, Any] = function if isinstance(function, dict) else obj
     name = fn.get("name")
     if not isinstance(name, str) or not name.strip():
         raise FormatError("bad_tool_call", f"{where}: a tool call has no function name")

@@ -67,7 +67,7 @@ def main(argv: list[str]) -> None:
 
     die_with_parent()
     if getattr(static_tcp_rendezvous, "TCPStore", None) is TCPStore:
-        static_tcp_rendezvous.TCPStore = _loopback_store(TCPStore)  # type: ignore[attr-defined]
+        static_tcp_rendezvous.TCPStore = _loopback_store(TCPStore)
     # torchrun installs this module-level handler (looked up when it starts the ranks, at every restart)
     if callable(getattr(elastic_processes, "_terminate_process_handler", None)):
         elastic_processes._terminate_process_handler = _stop_once(elastic_processes._terminate_process_handler)

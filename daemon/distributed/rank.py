@@ -28,7 +28,7 @@ def run_rank(home_root: str, job_id: int, launch: dict[str, Any] | None = None) 
     """`launch`: the worker's launch document (Ray hands it over, as other nodes may not see this home folder);
     None = read data/runs/<job>/launch.json."""
     from daemon.training.ranks import is_main
-    from daemon.training.recipe import RunContext, train
+    from daemon.training.recipe import LoRARecipe, RunContext
 
     home = Home.open(home_root)
     run_dir = home.run_dir(job_id)
@@ -45,8 +45,11 @@ def run_rank(home_root: str, job_id: int, launch: dict[str, Any] | None = None) 
                      echo=(lambda s: print(s, flush=True)) if main else (lambda s: None), watch_parent=True,
                      checkpoints_dir=Path(launch["checkpoints_dir"]) if launch.get("checkpoints_dir") else None,
                      placement=launch.get("placement") or {})
+    recipe = LoRARecipe(ctx)
     try:
-        outcome = train(ctx)
+        recipe.setup()
+        recipe.train()
+        outcome = recipe.finish()
     except TrainctlError as exc:
         if main:
             write_outcome(run_dir, launch["launch"], error=str(exc))

@@ -79,7 +79,7 @@ class ExampleEvolution:
         return cartography_class(self.confidence, self.variability)
 
     def to_dict(self, curve: bool = False) -> dict[str, Any]:
-        d = {"example_id": self.example_id, "input": self.input, "expected_output": self.expected,
+        d: dict[str, Any] = {"example_id": self.example_id, "input": self.input, "expected_output": self.expected,
              "metadata": self.metadata, "first_learned_step": self.first_learned,
              "forgetting_events": self.forgetting_events, "confidence": round(self.confidence, 4),
              "variability": round(self.variability, 4), "class": self.cls,

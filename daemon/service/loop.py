@@ -116,7 +116,7 @@ class Daemon:
     # -- inbox -> queue --------------------------------------------------------------------------------------
     def _adopt_processing_files(self) -> None:
         """Files moved to processing/ by a daemon killed before it could insert their job row."""
-        jobs = self.queue.list(limit=100_000)
+        jobs = self.queue.newest(limit=100_000)
         known = {Path(j.file_path) for j in jobs} | {Path(j.settings_file) for j in jobs if j.settings_file}
         for p in sorted(self.home.inbox_processing.iterdir()):
             if p.is_file() and p not in known and p.suffix != ".toml":

@@ -178,7 +178,7 @@ def running_job(home: Home, job_id: int | None) -> Job:
                 raise JobError(f"job {job.id} is {job.state.value}, not training — only a training job saves a "
                                "checkpoint")
             return job
-        training = [j for j in q.list(limit=10_000, states={JobState.TRAINING}) if pid_alive(j.worker_pid)]
+        training = [j for j in q.newest(limit=10_000, states={JobState.TRAINING}) if pid_alive(j.worker_pid)]
     if not training:
         raise JobError("no job is training — `trainctl queue` shows the jobs")
     if len(training) > 1:

@@ -104,9 +104,10 @@ class InboxWatcher:
                     if p:
                         watcher.note(Path(os.fsdecode(p)))
 
-        self._observer = Observer()
-        self._observer.schedule(Handler(), str(self.inbox), recursive=False)
-        self._observer.start()
+        observer = Observer()
+        observer.schedule(Handler(), str(self.inbox), recursive=False)
+        observer.start()
+        self._observer = observer
         self.scan()
 
     def stop(self) -> None:

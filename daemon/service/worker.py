@@ -89,11 +89,14 @@ def job_placement(q: JobQueue, job: Job, settings: Settings) -> Placement:
 def _train(home: Home, job: Job, dataset: Path, settings: Settings, place: Placement, echo: Callable[[str], None],
            in_child: bool) -> Any:
     """Train in this process (one process), under torchrun (several on this machine) or on a Ray cluster."""
-    from daemon.training.recipe import RunContext, TrainOutcome, train
+    from daemon.training.recipe import LoRARecipe, RunContext, TrainOutcome
 
     if place.backend == "local" and place.nproc == 1:
-        return train(RunContext(home, job.id, dataset, settings, echo=echo, watch_parent=in_child,
-                                placement=place.to_dict()))
+        recipe = LoRARecipe(RunContext(home, job.id, dataset, settings, echo=echo, watch_parent=in_child,
+                                       placement=place.to_dict()))
+        recipe.setup()
+        recipe.train()
+        return recipe.finish()
     if place.backend == "ray":
         from daemon.distributed.ray_cluster import run_on_ray
 

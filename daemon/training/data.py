@@ -22,7 +22,7 @@ def read_split(path: Path) -> list[dict[str, Any]]:
 
 
 def encode_rows(tok: Any, rows: Iterable[dict[str, Any]], max_length: int, loss_on: str,
-                reasoning_loss: bool = True) -> list[dict[str, list[int]]]:
+                reasoning_loss: bool = True) -> list[dict[str, Any]]:
     """Training sequences of curated rows: one per row, plus one per turn its template renders on its own; `index`
     is the row's position in `rows` (per-example dynamics are per row)."""
     out = []

@@ -342,7 +342,7 @@ def lora_merged(model: Any, budget: int | None = None) -> Iterator[None]:
         yield
         return
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    plans = []
+    plans: list[tuple[Any, ...]] = []
     for layer in layers:
         base = layer.get_base_layer()
         active = [a for a in layer.active_adapters if a in layer.lora_A]

@@ -12,12 +12,13 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from transformers import TrainerCallback
 
 from daemon.atomic import JsonlAppender, write_bytes_atomic
+from daemon.runs.training_status import TrainingStatus
 
 _INDENTED = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
 
@@ -56,8 +57,8 @@ class StatusWriter(TrainerCallback):
     def set(self, **fields: Any) -> None:
         self.fields.update(fields)
 
-    def snapshot(self, state: Any = None) -> dict[str, Any]:
-        doc = dict(self.base)
+    def snapshot(self, state: Any = None) -> TrainingStatus:
+        doc: dict[str, Any] = dict(self.base)
         if state is not None:
             doc.update(current_step=state.global_step, total_steps=state.max_steps,
                        epoch=round(state.epoch or 0.0, 3))
@@ -68,13 +69,14 @@ class StatusWriter(TrainerCallback):
                 doc.setdefault("collector_errors", {})[getattr(c, "name", type(c).__name__)] = str(exc)
         doc.update(self.fields)
         doc["updated_at"] = now_iso()
-        return {k: _clean(v) for k, v in doc.items()}
+        return cast(TrainingStatus, {k: _clean(v) for k, v in doc.items()})
 
-    def write(self, state: Any = None, force: bool = False) -> dict[str, Any]:
-        t = time.monotonic()
-        if not force and t - self._last_write < self.min_interval:
-            return {}
-        self._last_write = t
+    def write(self, state: Any = None, force: bool = False) -> TrainingStatus | None:
+        """The record as written, or None when it was written less than min_interval ago (and not forced)."""
+        now = time.monotonic()
+        if not force and now - self._last_write < self.min_interval:
+            return None
+        self._last_write = now
         doc = self.snapshot(state)
         data = orjson.dumps(doc, default=str, option=_INDENTED) + b"\n"
         for path in (self.status_path, self.job_path):

@@ -26,10 +26,16 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.atomic import append_jsonl
 from daemon.training.collectors import Collector
+
+if TYPE_CHECKING:
+    from daemon.training.collectors.best_checkpoint import BestCheckpoint
+    from daemon.training.collectors.fixed_eval import FixedEval
+    from daemon.training.collectors.lora_monitor import LoRAMonitor
+    from daemon.training.collectors.streaming import StreamingMetrics
 
 SEVERITIES = ("info", "warning", "critical")
 WARMUP_STEPS = 5
@@ -48,8 +54,9 @@ class Alert:
 class Alerts(Collector):
     name = "alerts"
 
-    def __init__(self, streaming: Any = None, lora: Any = None, fixed_eval: Any = None, log_path: Path | None = None,
-                 ece_threshold: float = 0.3, plateau_steps: int = 50, best: Any = None,
+    def __init__(self, streaming: StreamingMetrics | None = None, lora: LoRAMonitor | None = None,
+                 fixed_eval: FixedEval | None = None, log_path: Path | None = None, ece_threshold: float = 0.3,
+                 plateau_steps: int = 50, best: BestCheckpoint | None = None,
                  regression_threshold: float = 0.1, job_id: int | None = None):
         self.streaming = streaming
         self.lora = lora
@@ -98,11 +105,11 @@ class Alerts(Collector):
             conditions["loss_spike"] = (
                 "warning", f"loss {loss:.3g} is more than 2x its recent level {ema:.3g}",
                 "a bad batch or a too-high learning rate: if it repeats, lower train.lr") \
-                if warm and math.isfinite(loss) and loss > 2 * ema and loss - ema > 0.05 * scale else None
+                if warm and ema is not None and math.isfinite(loss) and loss > 2 * ema and loss - ema > 0.05 * scale else None
             conditions["lr_too_high"] = (
                 "warning", f"the smoothed loss {ema:.3g} climbed 50% above its best {self._best_ema:.3g}",
                 "training is diverging: lower train.lr (try 3-10x lower)") \
-                if warm and self._best_ema is not None and ema > 1.5 * self._best_ema \
+                if warm and ema is not None and self._best_ema is not None and ema > 1.5 * self._best_ema \
                 and ema - self._best_ema > 0.1 * scale else None
             improvement = s.improvement()
             conditions["plateau"] = (
@@ -145,7 +152,7 @@ class Alerts(Collector):
     def _use_best(self) -> str:
         """'use checkpoint-N (best, EM x%)' and how to run it, or '' before any checkpoint is scored."""
         b = self.best.best if self.best is not None else None
-        if b is None:
+        if self.best is None or b is None:
             return ""
         job = f"--job {self.job_id} " if self.job_id is not None else ""
         return f"use checkpoint-{b['step']} (best, {self.best.describe(b)}): `trainctl bench run {job}--best`"

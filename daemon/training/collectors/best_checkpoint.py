@@ -15,9 +15,13 @@ cross-entropy, at least MIN_GAIN lower. The best itself is chosen on any improve
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.training.collectors import Collector
+
+if TYPE_CHECKING:
+    from daemon.training.collectors.fixed_eval import FixedEval
+    from daemon.training.collectors.streaming import StreamingMetrics
 
 STATE_KEY = "trainctl_best"
 """Where the best record lives in the Trainer's state (saved in each checkpoint's trainer_state.json)."""
@@ -29,8 +33,8 @@ MIN_GAIN = 0.01
 class BestCheckpoint(Collector):
     name = "best_checkpoint"
 
-    def __init__(self, fixed_eval: Any = None, streaming: Any = None, metric: str = "exact_match",
-                 patience: int = 0):
+    def __init__(self, fixed_eval: FixedEval | None = None, streaming: StreamingMetrics | None = None,
+                 metric: str = "exact_match", patience: int = 0):
         self.fixed_eval = fixed_eval
         self.streaming = streaming
         self.metric = metric
@@ -46,8 +50,9 @@ class BestCheckpoint(Collector):
     # -- scoring ---------------------------------------------------------------------------------------------------
     def _record(self, step: int, should_save: bool) -> dict[str, Any] | None:
         """The figures of `step`, or None when this step is not scored."""
-        ev = self.fixed_eval.last if self.fixed_eval is not None else None
-        evaluated = ev is not None and ev["step"] == step
+        last = self.fixed_eval.last if self.fixed_eval is not None else None
+        ev: dict[str, Any] = last if last is not None and last["step"] == step else {}
+        evaluated = bool(ev)
         loss = self.streaming.ema if self.streaming is not None else None
         if self.metric == "loss":
             if not should_save or loss is None:

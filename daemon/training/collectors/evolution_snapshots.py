@@ -15,14 +15,18 @@ reproduce the golden answer). Step 0 always runs whole. Passes run under the tra
 from __future__ import annotations
 
 import difflib
-import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.atomic import write_json_atomic
 from daemon.training.collectors import Collector
+from daemon.training.probe_pass import ProbePass
 from daemon.training.scoring import BATCH_ROWS
+
+if TYPE_CHECKING:
+    from daemon.training.collectors.diagnostics_budget import DiagnosticsBudget
+    from daemon.training.collectors.throughput import ThroughputCollector
 
 _EARLY = (0, 10, 25, 50, 100, 150, 200, 250, 500, 750, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 7500, 10000,
           15000, 20000)
@@ -41,21 +45,27 @@ class EvolutionSnapshots(Collector):
     name = "evolution"
 
     def __init__(self, tokenizer: Any, rows: list[dict[str, Any]], folder: Path, dataset: str, max_length: int = 512,
-                 max_new_tokens: int = 64, loss_on: str = "assistant", throughput: Any = None,
-                 batch_size: int = BATCH_ROWS, budget: Any = None, autocast: str | None = None):
-        self.tok, self.rows, self.folder, self.dataset = tokenizer, rows, folder, dataset
-        self.max_length, self.max_new_tokens, self.loss_on = max_length, max_new_tokens, loss_on
-        self.throughput, self.batch_size = throughput, batch_size
-        self.budget = budget
-        """A DiagnosticsBudget (or None): which scheduled snapshots run whole, scored only, or not at all."""
-        self.autocast = autocast
+                 max_new_tokens: int = 64, loss_on: str = "assistant", throughput: ThroughputCollector | None = None,
+                 batch_size: int = BATCH_ROWS, budget: DiagnosticsBudget | None = None, autocast: str | None = None):
+        from daemon.chat.messages import messages_of, tools_of
+
+        self.rows, self.folder, self.dataset = rows, folder, dataset
+        self.probe_pass = ProbePass("snapshot", tokenizer, [messages_of(r) for r in rows],
+                                    [tools_of(r) for r in rows], max_length, max_new_tokens, loss_on, batch_size,
+                                    throughput, budget, autocast)
         self.skipped: list[int] = []
         self.taken: list[int] = []
-        self.seconds = 0.0
-        self.decode_seconds = 0.0
-        """Of `seconds`, the part spent decoding answers the model does not reproduce."""
         self.errors: list[str] = []
-        self._probe: Any = None
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of every snapshot so far (failed ones included)."""
+        return self.probe_pass.seconds
+
+    @property
+    def decode_seconds(self) -> float:
+        """Of `seconds`, the part spent decoding answers the model does not reproduce."""
+        return self.probe_pass.decode_seconds
 
     # -- when
     def on_train_begin(self, args, state, control, model=None, **kw):
@@ -66,7 +76,7 @@ class EvolutionSnapshots(Collector):
         step = state.global_step
         if model is not None and step not in self.taken and (is_snapshot_step(step) or self._final(step, state)):
             final = step == state.max_steps
-            mode = self.budget.plan("snapshot", step, final, can_score=True) if self.budget else "full"
+            mode = self.probe_pass.plan(step, final)
             if mode == "skip":
                 self.skipped.append(step)
             else:
@@ -82,40 +92,23 @@ class EvolutionSnapshots(Collector):
     def snapshot(self, model: Any, step: int, decode: bool = True) -> dict[str, Any] | None:
         """`decode=False`: scored only (the teacher-forced pass: loss, golden probability, exact match as greedy
         reproduction of the golden answer; `model_output` is "" where the model would write something else)."""
-        from daemon.training.scoring import evaluating
-
         if not self.rows:
             return None
-        t0 = time.perf_counter()
-        decode_before = self.decode_seconds
         try:
-            with evaluating(model, self.throughput, self.autocast):
-                doc = self._take(model, step, decode)
+            doc = self._take(model, step, decode)
             write_json_atomic(snapshot_path(self.folder, step), doc, indent=None)
-            self.taken.append(step)
-            return doc
         except Exception as exc:  # a snapshot must never stop training
             self.errors.append(f"step {step}: {type(exc).__name__}: {exc}")
             return None
-        finally:
-            took = time.perf_counter() - t0
-            self.seconds += took
-            if self.budget is not None:
-                self.budget.charge("snapshot", took, self.decode_seconds - decode_before, whole=decode)
+        self.taken.append(step)
+        return doc
 
     def _take(self, model: Any, step: int, decode: bool = True) -> dict[str, Any]:
         from daemon.chat.answers import same_answer
-        from daemon.training.scoring import answer, prepare_probe
 
-        if self._probe is None:  # the same at every snapshot: prepared at the first
-            from daemon.chat.messages import messages_of, tools_of
-
-            self._probe = prepare_probe(self.tok, [messages_of(r) for r in self.rows], self.max_length, self.loss_on,
-                                        [tools_of(r) for r in self.rows])
-        probe = self._probe
-        inputs, golden = probe.questions, probe.golden
-        sc, outputs, _ = answer(model, self.tok, probe, self.max_new_tokens, self.batch_size, decode=decode)
-        self.decode_seconds += sc.decode_seconds
+        done = self.probe_pass.run(model, decode)
+        sc, outputs = done.scores, done.outputs
+        inputs, golden = done.probe.questions, done.probe.golden
         examples = []
         for i, row in enumerate(self.rows):
             out = outputs[i]
@@ -125,7 +118,7 @@ class EvolutionSnapshots(Collector):
                              "model_output": out, "loss": round(sc.loss[i], 4),
                              "similarity": round(difflib.SequenceMatcher(None, out, golden[i]).ratio(), 4),
                              "exact_match": em, "golden_prob": round(sc.golden_prob[i], 4), "metadata": meta})
-        correct = sum(e["exact_match"] for e in examples)
+        correct = sum(bool(e["exact_match"]) for e in examples)
         return {"snapshot_id": f"{self.dataset}_step_{step:06d}", "training_step": step,
                 "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model_version": "training",
                 "decoded": decode, "examples": examples,

@@ -14,12 +14,17 @@ token; no flags from it); those at checkpoints and at the last step always run, 
 
 from __future__ import annotations
 
-import time
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from daemon.training.collectors import Collector
+from daemon.training.probe_pass import ProbePass
 from daemon.training.scoring import BATCH_ROWS
+
+if TYPE_CHECKING:
+    from daemon.training.collectors.diagnostics_budget import DiagnosticsBudget
+    from daemon.training.collectors.throughput import ThroughputCollector
 
 ECE_BINS = 15
 
@@ -41,35 +46,33 @@ class FixedEval(Collector):
     name = "fixed_eval"
 
     def __init__(self, tokenizer: Any, rows: list[dict[str, Any]], eval_steps: int, max_length: int = 512,
-                 max_new_tokens: int = 64, loss_on: str = "assistant", throughput: Any = None,
-                 batch_size: int = BATCH_ROWS, budget: Any = None, autocast: str | None = None):
+                 max_new_tokens: int = 64, loss_on: str = "assistant", throughput: ThroughputCollector | None = None,
+                 batch_size: int = BATCH_ROWS, budget: DiagnosticsBudget | None = None, autocast: str | None = None):
         from daemon.chat.messages import messages_of, tools_of
 
-        self.tok = tokenizer
         self.rows = rows
         self.messages = [messages_of(r) for r in rows]
         self.tools = [tools_of(r) for r in rows]
         self.eval_steps = eval_steps
-        self.max_length = max_length
-        self.max_new_tokens = max_new_tokens
-        self.loss_on = loss_on
-        self.throughput = throughput
-        self.batch_size = batch_size
-        self.budget = budget
-        """A DiagnosticsBudget (or None): which scheduled evaluations run whole, scored only, or not at all."""
-        self.autocast = autocast
+        self.probe_pass = ProbePass("eval", tokenizer, self.messages, self.tools, max_length, max_new_tokens,
+                                    loss_on, batch_size, throughput, budget, autocast)
         self.history: deque[dict[str, Any]] = deque(maxlen=50)
-        self.seconds = 0.0
-        """Wall time of every evaluation so far (failed ones included)."""
-        self.decode_seconds = 0.0
-        """Of `seconds`, the part spent decoding answers the model does not reproduce."""
         self.last: dict[str, Any] | None = None
         self.last_results: list[dict[str, Any]] = []
         """Per example of the last evaluation: prompt, golden, output, loss, matches (for flagged examples)."""
         self.errors: list[str] = []
-        self._probe: Any = None
-        self.listeners: list[Any] = []
+        self.listeners: list[Callable[[int, list[dict[str, Any]]], None]] = []
         """Called as fn(step, results) after each evaluation (e.g. flagged-example storage)."""
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of every evaluation so far (failed ones included)."""
+        return self.probe_pass.seconds
+
+    @property
+    def decode_seconds(self) -> float:
+        """Of `seconds`, the part spent decoding answers the model does not reproduce."""
+        return self.probe_pass.decode_seconds
 
     def on_step_end(self, args, state, control, model=None, **kw):
         step = state.global_step
@@ -79,31 +82,20 @@ class FixedEval(Collector):
                 (self.last is None or self.last["step"] != step):
             # A checkpoint's evaluation scores it (best checkpoint), the last one ends the record: both always run
             required = control.should_save or step == state.max_steps
-            mode = self.budget.plan("eval", step, required, can_score=True) if self.budget else "full"
+            mode = self.probe_pass.plan(step, required)
             if mode != "skip":
                 self.evaluate(model, step, decode=mode == "full")
 
     def evaluate(self, model: Any, step: int, decode: bool = True) -> dict[str, Any] | None:
         """`decode=False`: scored only (the teacher-forced pass; exact match = greedy decoding reproduces the golden
         answer token for token; no outputs, so no flags)."""
-        from daemon.training.scoring import evaluating
-
-        t0 = time.perf_counter()
-        decode_before = self.decode_seconds
         try:
-            with evaluating(model, self.throughput, self.autocast):
-                result = self._run(model, step, decode)
+            result = self._run(model, step, decode)
         except Exception as exc:  # an evaluation must never stop training
             msg = f"{type(exc).__name__}: {exc}"
             self.errors.append(f"step {step}: {msg}")
             self._notify(step, [{**self._describe(i), "error": msg} for i in range(len(self.rows))])
             return None
-        finally:
-            took = time.perf_counter() - t0
-            self.seconds += took
-            if self.budget is not None:
-                self.budget.charge("eval", took, self.decode_seconds - decode_before, whole=decode)
-        result["seconds"] = round(took, 3)
         self.last = result
         self.history.append(result)
         if decode:
@@ -132,14 +124,10 @@ class FixedEval(Collector):
 
     def _run(self, model: Any, step: int, decode: bool = True) -> dict[str, Any]:
         from daemon.chat.answers import same_answer
-        from daemon.training.scoring import answer, prepare_probe
 
-        if self._probe is None:  # the same at every evaluation: prepared at the first
-            self._probe = prepare_probe(self.tok, self.messages, self.max_length, self.loss_on, self.tools)
-        golden = self._probe.golden
-        sc, outputs, generated = answer(model, self.tok, self._probe, self.max_new_tokens, self.batch_size,
-                                        decode=decode)
-        self.decode_seconds += sc.decode_seconds
+        seconds_before = self.probe_pass.seconds
+        done = self.probe_pass.run(model, decode)
+        sc, outputs, golden = done.scores, done.outputs, done.probe.golden
         matches = [same_answer(o, g) for o, g in zip(outputs, golden)] if decode else list(sc.greedy_match)
         self.last_results = [
             {**self._describe(i), "output": o, "loss": round(loss, 4), "matches": ok}
@@ -148,7 +136,8 @@ class FixedEval(Collector):
         return {"step": step, "exact_match": round(sum(matches) / len(matches), 4),
                 "cross_entropy": round(ce, 4) if ce is not None else None,
                 "ece": round(expected_calibration_error(sc.token_conf, sc.token_correct), 4),
-                "tokens": len(sc.token_conf), "examples": len(matches), "generated": generated,
+                "tokens": len(sc.token_conf), "examples": len(matches), "generated": done.generated,
+                "seconds": round(self.probe_pass.seconds - seconds_before, 3),
                 **({} if decode else {"scored_only": True})}
 
     @property

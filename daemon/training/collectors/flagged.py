@@ -4,16 +4,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.runs.flag_store import FlagStore, flags_from_eval
 from daemon.training.collectors import Collector
+
+if TYPE_CHECKING:
+    from daemon.training.collectors.fixed_eval import FixedEval
 
 
 class FlaggedExamples(Collector):
     name = "flagged"
 
-    def __init__(self, store: FlagStore, fixed_eval: Any, file: str | None = None, loss_threshold: float = 3.0):
+    def __init__(self, store: FlagStore, fixed_eval: FixedEval, file: str | None = None, loss_threshold: float = 3.0):
         self.store = store
         self.file = file
         self.loss_threshold = loss_threshold
