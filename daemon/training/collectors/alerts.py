@@ -105,7 +105,8 @@ class Alerts(Collector):
             conditions["loss_spike"] = (
                 "warning", f"loss {loss:.3g} is more than 2x its recent level {ema:.3g}",
                 "a bad batch or a too-high learning rate: if it repeats, lower train.lr") \
-                if warm and ema is not None and math.isfinite(loss) and loss > 2 * ema and loss - ema > 0.05 * scale else None
+                if warm and ema is not None and math.isfinite(loss) and loss > 2 * ema \
+                and loss - ema > 0.05 * scale else None
             conditions["lr_too_high"] = (
                 "warning", f"the smoothed loss {ema:.3g} climbed 50% above its best {self._best_ema:.3g}",
                 "training is diverging: lower train.lr (try 3-10x lower)") \
