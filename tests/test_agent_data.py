@@ -13,6 +13,7 @@ from daemon.chat.messages import messages_of, tools_of
 from daemon.chat.render import IGNORE, encode_messages, rendering_of
 from daemon.config import CurationConfig, TrainConfig
 from daemon.curation.curator import Curator
+from daemon.home import Home
 from tests.helpers import write_jsonl
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
@@ -294,28 +295,28 @@ def test_a_tool_use_file_trains_end_to_end_on_the_real_model(real_home, tmp_path
 
     runner = CliRunner()
     home = real_home
-    (home / "trainctl.toml").write_text("[train]\nevolution_examples = 16\nfixed_eval_examples = 16\n"
+    Home(home).settings_file.write_text("[train]\nevolution_examples = 16\nfixed_eval_examples = 16\n"
                                         "final_eval_examples = 16\neval_steps = 6\n")
     src = tmp_path / "tools.jsonl"
     src.write_text("".join((ROOT / "examples" / "agent_tools.jsonl").read_text().splitlines(True)[:100]))
     r = runner.invoke(app, ["train", str(src), "--home", str(home), "--epochs", "1"])
     assert r.exit_code == 0, r.output
-    run = home / "data" / "runs" / "job-00001"
+    run = Home(home).run_dir(1)
     rendering = json.loads((run / "config.json").read_text())["rendering"]
     assert rendering["tool_calls"] == "fallback: <tool_call> blocks" and rendering["rows_with"]["tool_calls"] > 80
-    status = json.loads((home / "status" / "training_status.json").read_text())
+    status = json.loads(Home(home).training_status.read_text())
     assert status["rendering"] == rendering["summary"] and status["state"] == "done"
     assert status["test_exact_match"] > status["base_test_exact_match"]
 
     # Evolution: a call as the golden answer, and the model writing it by the last snapshot.
-    snaps = sorted((home / "data" / "evolution_snapshots").glob("*/step_*.json"))
+    snaps = sorted(Home(home).evolution_root.glob("*/step_*.json"))
     last = json.loads(snaps[-1].read_text())
     calls = [e for e in last["examples"] if "<tool_call>" in e["expected_output"]]
     assert calls and any(e["exact_match"] for e in calls)
     shown = runner.invoke(app, ["evolution", "--home", str(home), "--example", calls[0]["example_id"]])
     assert shown.exit_code == 0 and "→ get_" in shown.output
     # Flags keep the golden turn as a row and the record's tools: exported, the example comes back whole.
-    flags = json.loads((home / "data" / "flagged_examples" / "flagged_examples.json").read_text())["flags"]
+    flags = json.loads(Home(home).flagged_file.read_text())["flags"]
     assert flags and all(f["answer"]["role"] == "assistant" and f["tools"] for f in flags)
     out = runner.invoke(app, ["flags", "export", "fixes.jsonl", "--home", str(home)])
     assert out.exit_code == 0, out.output
@@ -333,7 +334,7 @@ def test_a_tool_use_file_trains_end_to_end_on_the_real_model(real_home, tmp_path
     b = runner.invoke(app, ["bench", "run", "--prompts", str(prompts), "--adapter", str(run / "adapter"),
                             "--name", "ask", "--home", str(home), "--max-tokens", "48"])
     assert b.exit_code == 0, b.output
-    rows = [json.loads(x) for x in (home / "data" / "bench" / "ask" / "results.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (Home(home).bench_root / "ask" / "results.jsonl").read_text().splitlines()]
     choices = [row["response"]["body"]["choices"][0] for row in rows]
     made = [(c["finish_reason"], c["message"]["tool_calls"][0]["function"]) for c in choices
             if c["message"].get("tool_calls")]

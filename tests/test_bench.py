@@ -38,7 +38,7 @@ def batch_line(cid: str, text: str, **body) -> dict:
 
 
 def results(home: Path, name: str) -> list[dict]:
-    path = home / "data" / "bench" / name / "results.jsonl"
+    path = Home(home).bench_root / name / "results.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -95,7 +95,7 @@ def test_bench_run_writes_batch_output_shape_and_refuses_a_changed_resume(home, 
 
     # backend auto: builtin:tiny cannot run on vLLM, which is said in one line; the run records its engine.
     assert "answering with transformers (hf): builtin:tiny is a test model vLLM's engine cannot run" in r.output
-    run_json = json.loads((home / "data" / "bench" / "base" / "run.json").read_text())
+    run_json = json.loads((Home(home).bench_root / "base" / "run.json").read_text())
     assert run_json["engine"]["backend"] == "hf" and run_json["engine"]["version"]
     # The very same line again (as after a crash): it continues the run and says so; nothing is redone.
     r = runner.invoke(app, base)
@@ -108,7 +108,7 @@ def test_bench_run_writes_batch_output_shape_and_refuses_a_changed_resume(home, 
     r = runner.invoke(app, ["bench", "run", "--home", str(home), "--name", "base", "--resume", "--temperature", "0.7"])
     assert r.exit_code == 1 and "temperature was 0.0, now 0.7" in r.output
     r = runner.invoke(app, ["bench", "run", "--home", str(home), "--name", "base", "--resume", "--model",
-                            str(home / "data" / "models" / "tiny-v1")])
+                            str(Home(home).models / "tiny-v1")])
     assert r.exit_code == 1 and "model was 'builtin:tiny'" in r.output
     with open(prompts, "a") as fh:
         fh.write(json.dumps(batch_line("new", "one more")) + "\n")
@@ -130,8 +130,8 @@ def test_sampling_is_per_request_whatever_the_batch(home):
     from daemon.models.generation import RowSampling, generate_batch
     from daemon.models.loading import load_model, load_tokenizer
 
-    tok = load_tokenizer("builtin:tiny", home / "data" / "models")
-    model = load_model("builtin:tiny", home / "data" / "models", device="cpu")
+    tok = load_tokenizer("builtin:tiny", Home(home).models)
+    model = load_model("builtin:tiny", Home(home).models, device="cpu")
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in ("<|user|>abc<|end|><|assistant|>",
                                                                    "<|user|>a much longer prompt<|end|><|assistant|>")]
     rows = [RowSampling(12, 1.0, 0.95, seed=7), RowSampling(12, 1.0, 0.95, seed=8)]
@@ -165,7 +165,7 @@ class ScriptedBackend:
 def tok(home):
     from daemon.models.loading import load_tokenizer
 
-    return load_tokenizer("builtin:tiny", home / "data" / "models")
+    return load_tokenizer("builtin:tiny", Home(home).models)
 
 
 def spec(home: Path, prompts: Path, name: str, **cfg) -> BenchSpec:
@@ -248,7 +248,7 @@ def test_kill_9_at_random_points_then_resume_loses_and_duplicates_nothing(home, 
     n = 320
     prompts = write_jsonl(tmp_path / "p.jsonl", [batch_line(f"id-{i:03d}", f"tell me about item {i} " * (1 + i % 4))
                                                  for i in range(n)])
-    res = home / "data" / "bench" / "k" / "results.jsonl"
+    res = Home(home).bench_root / "k" / "results.jsonl"
     rng = random.Random(1)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     kills = 0
@@ -278,14 +278,14 @@ def test_kill_9_at_random_points_then_resume_loses_and_duplicates_nothing(home, 
     ids = Counter(x["custom_id"] for x in rows)
     assert ids == Counter(f"id-{i:03d}" for i in range(n))  # every prompt exactly once, none lost
     assert all(x["error"] is None for x in rows)
-    info = json.loads((home / "data" / "bench" / "k" / "run.json").read_text())
+    info = json.loads((Home(home).bench_root / "k" / "run.json").read_text())
     assert info["state"] == "completed" and info["sessions"] == 5 and info["progress"]["done"] == n
 
 
 @pytest.mark.slow
 def test_sigterm_stops_cleanly_after_flushing_and_resume_finishes(home, tmp_path):
     prompts = write_jsonl(tmp_path / "p.jsonl", [batch_line(f"s{i}", f"question {i} " * 3) for i in range(120)])
-    res = home / "data" / "bench" / "t" / "results.jsonl"
+    res = Home(home).bench_root / "t" / "results.jsonl"
     proc = subprocess.Popen(_bench_cmd(home, prompts, "t"), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     wait_for(lambda: res.exists() and res.stat().st_size > 0, 120, "first results")
@@ -297,7 +297,7 @@ def test_sigterm_stops_cleanly_after_flushing_and_resume_finishes(home, tmp_path
     assert raw.endswith(b"\n")  # flushed whole lines only
     stopped = len(raw.splitlines())
     assert 0 < stopped < 120
-    info = json.loads((home / "data" / "bench" / "t" / "run.json").read_text())
+    info = json.loads((Home(home).bench_root / "t" / "run.json").read_text())
     assert info["state"] == "stopped" and info["progress"]["done"] == stopped
     done = subprocess.run(_bench_cmd(home, prompts, "t", "--resume"), cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
@@ -353,7 +353,7 @@ def all_results(home: Path, name: str) -> list[dict]:
     """Every result line of a run, from results.jsonl and each data-parallel rank's results.rank-R.jsonl."""
     from daemon.bench.state import results_files
 
-    return [json.loads(line) for f in results_files(home / "data" / "bench" / name)
+    return [json.loads(line) for f in results_files(Home(home).bench_root / name)
             for line in f.read_text().splitlines() if line.strip()]
 
 
@@ -367,7 +367,7 @@ def test_data_parallel_ranks_share_the_prompts_exactly_once_through_kills_and_a_
     n = 160
     prompts = write_jsonl(tmp_path / "p.jsonl", [batch_line(f"d{i:03d}", f"tell me about item {i} " * (1 + i % 3))
                                                  for i in range(n)])
-    run_dir = home / "data" / "bench" / "dp"
+    run_dir = Home(home).bench_root / "dp"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     dp = ("--data-parallel-size", "2")
     proc = subprocess.Popen(_bench_cmd(home, prompts, "dp", *dp), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -408,7 +408,7 @@ def test_data_parallel_ranks_share_the_prompts_exactly_once_through_kills_and_a_
     assert json.loads((run_dir / "run.json").read_text())["state"] == "completed"
     from daemon.bench.compare import compare_runs
 
-    joined = compare_runs(home / "data" / "bench", ["dp", "dp"])  # the run against itself: every row agrees
+    joined = compare_runs(Home(home).bench_root, ["dp", "dp"])  # the run against itself: every row agrees
     assert len(joined.rows) == n and joined.per_run[0]["results"] == n
 
 
@@ -416,7 +416,7 @@ def _stop_midway(home: Path, name: str, keep: int) -> None:
     """Leave a finished run as a stopped one would be: its first `keep` result lines, state stopped."""
     from daemon.bench.state import BenchState, load_run
 
-    d = home / "data" / "bench" / name
+    d = Home(home).bench_root / name
     lines = (d / "results.jsonl").read_text().splitlines(keepends=True)
     (d / "results.jsonl").write_text("".join(lines[:keep]))
     info = load_run(d)

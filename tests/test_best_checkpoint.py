@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
+from daemon.home import Home
 from daemon.jobs import JobQueue, JobState
 from daemon.runs.checkpoints import COMPLETE_MARKER
 from tests.helpers import DEMO, TINY_SETTINGS, wait_for
@@ -22,7 +23,7 @@ RUN = Path("data") / "runs" / "job-00001"
 
 
 def _jobs(home: Path):
-    with JobQueue(home / "data" / "jobs.db") as q:
+    with JobQueue(Home(home).jobs_db) as q:
         return q.newest()
 
 
@@ -45,8 +46,8 @@ def _fixed_set_em(home: Path, adapter: Path) -> float:
 
     config = json.loads((home / RUN / "config.json").read_text())
     rows = read_split(Path(config["dataset_dir"]) / "val.jsonl")[: config["train"]["fixed_eval_examples"]]
-    tok = load_tokenizer("builtin:tiny", home / "data" / "models")
-    model = PeftModel.from_pretrained(load_model("builtin:tiny", home / "data" / "models", "cpu"), str(adapter)).eval()
+    tok = load_tokenizer("builtin:tiny", Home(home).models)
+    model = PeftModel.from_pretrained(load_model("builtin:tiny", Home(home).models, "cpu"), str(adapter)).eval()
     return exact_match(model, tok, rows, 32)["exact_match"]
 
 
@@ -89,7 +90,7 @@ def test_best_record_tie_breaks_progress_early_stop_and_resume():
 
 @pytest.mark.slow
 def test_the_best_checkpoint_outlives_rotation_and_the_regression_alert_names_it(home, monkeypatch):
-    (home / "trainctl.toml").write_text(TINY_SETTINGS + "evolution_examples = 0\n")
+    Home(home).settings_file.write_text(TINY_SETTINGS + "evolution_examples = 0\n")
     monkeypatch.setenv("TRAINCTL_FAULT", PEAK_THEN_DEGRADE)
     r = runner.invoke(app, ["train", str(DEMO), "--home", str(home), "--epochs", "3", "--eval-steps", "10",
                             "--save-steps", "10"])
@@ -111,11 +112,11 @@ def test_the_best_checkpoint_outlives_rotation_and_the_regression_alert_names_it
     # The queue, the status and the bench say which one to use.
     (job,) = _jobs(home)
     assert f"best: checkpoint-{best['step']}" in job.message and "adapter-best/" in job.message
-    status = json.loads((home / "status" / "training_status.json").read_text())
+    status = json.loads(Home(home).training_status.read_text())
     assert status["best_step"] == best["step"] and status["best_checkpoint"] == f"checkpoint-{best['step']}"
     b = runner.invoke(app, ["bench", "run", "--home", str(home), "--job", "1", "--best", "--max-tokens", "32"])
     assert b.exit_code == 0, b.output
-    run = json.loads((home / "data" / "bench" / "job-1-best" / "run.json").read_text())
+    run = json.loads((Home(home).bench_root / "job-1-best" / "run.json").read_text())
     assert run["fingerprint"]["adapter"] == str(home / RUN / "adapter-best")
     wrong = runner.invoke(app, ["bench", "run", "--home", str(home), "--job", "1", "--best", "--base"])
     assert wrong.exit_code == 1 and "--base and --best do not go together" in wrong.output
@@ -123,7 +124,7 @@ def test_the_best_checkpoint_outlives_rotation_and_the_regression_alert_names_it
 
 @pytest.mark.slow
 def test_early_stopping_ends_a_plateaued_run_as_done(home):
-    (home / "trainctl.toml").write_text(TINY_SETTINGS + "evolution_examples = 0\nearly_stop_patience = 3\n")
+    Home(home).settings_file.write_text(TINY_SETTINGS + "evolution_examples = 0\nearly_stop_patience = 3\n")
     r = runner.invoke(app, ["train", str(DEMO), "--home", str(home), "--epochs", "10", "--eval-steps", "10",
                             "--lr", "1e-6"])
     assert r.exit_code == 0, r.output
@@ -133,13 +134,13 @@ def test_early_stopping_ends_a_plateaued_run_as_done(home):
     assert "stopped early at step 40" in job.message and "did not improve in 3 evaluations" in job.message
     assert result["stopped_early"].startswith("stopped early at step 40")
     assert 40 in _checkpoints(home) and (home / RUN / "adapter" / "adapter_model.safetensors").exists()
-    status = json.loads((home / "status" / "training_status.json").read_text())
+    status = json.loads(Home(home).training_status.read_text())
     assert status["state"] == "done" and status["message"].startswith("stopped early")
 
 
 @pytest.mark.slow
 def test_kill_9_after_the_best_checkpoint_keeps_it_through_resume(home, daemons):
-    (home / "trainctl.toml").write_text(TINY_SETTINGS + "evolution_examples = 0\neval_steps = 10\nsave_steps = 10\n")
+    Home(home).settings_file.write_text(TINY_SETTINGS + "evolution_examples = 0\neval_steps = 10\nsave_steps = 10\n")
     os.environ["TRAINCTL_FAULT"] = PEAK_THEN_DEGRADE
     try:
         d = daemons(home, "--epochs", "3")
@@ -148,10 +149,10 @@ def test_kill_9_after_the_best_checkpoint_keeps_it_through_resume(home, daemons)
 
     def status() -> dict:
         try:
-            return json.loads((home / "status" / "training_status.json").read_text())
+            return json.loads(Home(home).training_status.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
-    (home / "inbox" / "demo.jsonl").write_bytes(DEMO.read_bytes())
+    (Home(home).inbox / "demo.jsonl").write_bytes(DEMO.read_bytes())
     wait_for(lambda: status().get("best_step") and max(_checkpoints(home) or [0]) >= 100, 300,
              "a best checkpoint and a complete checkpoint after the jump")
     best_before = status()["best_step"]

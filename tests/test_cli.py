@@ -60,7 +60,7 @@ def test_user_mistakes_are_one_red_line_and_exit_1(tmp_path):
 
 
 def test_bad_settings_are_reported_all_at_once_by_the_cli(tmp_path):
-    (tmp_path / "trainctl.toml").write_text("[train]\nlr = -1\nbatch_size = 0\n")
+    Home(tmp_path).settings_file.write_text("[train]\nlr = -1\nbatch_size = 0\n")
     (tmp_path / "f.jsonl").write_text('{"text": "x"}\n')
     r = runner.invoke(app, ["train", str(tmp_path / "f.jsonl"), "--home", str(tmp_path)])
     assert r.exit_code == 1

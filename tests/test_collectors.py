@@ -9,6 +9,7 @@ import pytest
 
 from daemon.config import CurationConfig, TrainConfig
 from daemon.curation.curator import Curator
+from daemon.home import Home
 from daemon.training.collectors.alerts import Alerts
 from daemon.training.collectors.fixed_eval import FixedEval, expected_calibration_error
 from daemon.training.collectors.lora_monitor import LoRAMonitor
@@ -77,7 +78,7 @@ def test_learning_rate_100x_too_high_is_caught(home):
     r = CliRunner().invoke(app, ["train", str(DEMO), "--home", str(home), "--lr", "0.3", "--max-steps", "40",
                                  "--eval-steps", "-1"])
     assert r.exit_code == 0, r.output
-    events = [json.loads(x) for x in (home / "data" / "runs" / "job-00001" / "alerts.jsonl").read_text().splitlines()]
+    events = [json.loads(x) for x in (Home(home).run_dir(1) / "alerts.jsonl").read_text().splitlines()]
     caught = [e for e in events if e["event"] == "fired" and e["id"] in ("loss_spike", "exploding_gradients",
                                                                           "lr_too_high")]
     assert caught and caught[0]["step"] <= 30, events

@@ -10,6 +10,7 @@ from daemon.config import (
     settings_table,
 )
 from daemon.errors import ConfigError
+from daemon.home import Home
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,7 +22,7 @@ def test_defaults_are_valid():
 
 
 def test_toml_then_flags_override(tmp_path):
-    f = tmp_path / "trainctl.toml"
+    f = Home(tmp_path).settings_file
     f.write_text('[train]\nlr = 0.001\nepochs = 2\n[curation]\nval_fraction = 0.2\n')
     s = load_settings(f, {"train": {"epochs": 5.0, "batch_size": None}})
     assert s.train.lr == 0.001
@@ -32,7 +33,7 @@ def test_toml_then_flags_override(tmp_path):
 
 def problems(tmp_path, toml: str) -> str:
     """The ConfigError message loading this trainctl.toml gives (it must give one)."""
-    f = tmp_path / "trainctl.toml"
+    f = Home(tmp_path).settings_file
     f.write_text(toml)
     with pytest.raises(ConfigError) as e:
         load_settings(f)
@@ -49,7 +50,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
 
 
 def test_bad_toml_names_the_file(tmp_path):
-    f = tmp_path / "trainctl.toml"
+    f = Home(tmp_path).settings_file
     f.write_text("[train\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(f)

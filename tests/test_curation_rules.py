@@ -13,6 +13,7 @@ from daemon.config import CurationConfig, TrainConfig, load_settings
 from daemon.curation.curator import Curator
 from daemon.curation.neardup import jaccard, shingles
 from daemon.errors import ConfigError
+from daemon.home import Home
 from daemon.models.loading import load_tokenizer
 
 GOOD = "The river carries fresh water from the mountains down to the green valley below."
@@ -153,10 +154,10 @@ def test_settings_file_with_domains_and_plugin_scorer(tmp_path):
         "def consistency(record):\n"
         "    text = record['messages'][-1]['content'].lower()\n"
         "    return 0.0 if 'made of cheese' in text else 1.0\n")
-    (tmp_path / "trainctl.toml").write_text(
+    Home(tmp_path).settings_file.write_text(
         '[curation]\nscorers = ["kg_check:consistency"]\nquality_weights = {consistency = 10.0}\n'
         '[curation.domain_min_quality]\nastro = 0.6\n')
-    s = load_settings(tmp_path / "trainctl.toml")
+    s = load_settings(Home(tmp_path).settings_file)
     assert s.curation.domain_min_quality == {"astro": 0.6}
     rows = [{"prompt": "What is the moon?", "completion": "The moon is made of cheese and nothing else.",
              "domain": "astro"},
@@ -171,10 +172,10 @@ def test_settings_file_with_domains_and_plugin_scorer(tmp_path):
 def test_bad_scorer_and_settings_are_reported(tmp_path):
     with pytest.raises(ConfigError, match="cannot import 'no_such_module'"):
         Curator(CurationConfig(scorers=["no_such_module:f"]), TrainConfig(), search_dir=tmp_path)
-    (tmp_path / "trainctl.toml").write_text(
+    Home(tmp_path).settings_file.write_text(
         '[curation]\nscorers = ["nocolon"]\nnear_duplicates = "merge"\nmin_quality = 2\n')
     with pytest.raises(ConfigError) as e:
-        load_settings(tmp_path / "trainctl.toml")
+        load_settings(Home(tmp_path).settings_file)
     msg = str(e.value)
     assert "3 problem(s)" in msg and "module:function" in msg and "near_duplicates" in msg and "min_quality" in msg
 

@@ -2,19 +2,20 @@
 
 import json
 
+from daemon.home import Home
 from daemon.jobs import JobQueue
 from tests.helpers import write_jsonl
 
 
 def test_unreadable_files_go_to_failed_with_a_reason(home, daemons):
-    inbox = home / "inbox"
+    inbox = Home(home).inbox
     (inbox / "empty.jsonl").write_bytes(b"")
     (inbox / "binary.jsonl").write_bytes(b"\x00\x89PNG\x00\x00" * 50)
     (inbox / "latin1.jsonl").write_bytes('{"text": "caf\u00e9"}\n'.encode("latin-1") * 50)
     write_jsonl(inbox / "novalid.jsonl", ["{oops", {"foo": "bar"}])
     d = daemons(home, "--once")
     assert d.wait(240) == 0, d.output()
-    failed = home / "inbox" / "failed"
+    failed = Home(home).inbox_failed
     reasons = {p.name: p.read_text() for p in failed.glob("*.error.txt")}
     assert set(reasons) == {f"{n}.jsonl.error.txt" for n in ("empty", "binary", "latin1", "novalid")}
     assert "is empty" in reasons["empty.jsonl.error.txt"]
@@ -24,10 +25,10 @@ def test_unreadable_files_go_to_failed_with_a_reason(home, daemons):
     assert "trainctl rejected" in reasons["novalid.jsonl.error.txt"]
     for n in ("empty", "binary", "latin1", "novalid"):
         assert (failed / f"{n}.jsonl").exists()  # the file itself is kept, never lost
-    with JobQueue(home / "data" / "jobs.db") as q:
+    with JobQueue(Home(home).jobs_db) as q:
         assert {j.state.value for j in q.newest()} == {"failed"} and len(q.newest()) == 4
-    assert list((home / "inbox" / "processing").iterdir()) == []
-    assert json.loads((home / "status" / "daemon.json").read_text())["state"] == "stopped"
+    assert list(Home(home).inbox_processing.iterdir()) == []
+    assert json.loads(Home(home).daemon_status.read_text())["state"] == "stopped"
 
 
 def test_one_daemon_per_home_even_when_its_old_pid_now_belongs_to_another_process(home, daemons):
@@ -41,7 +42,7 @@ def test_one_daemon_per_home_even_when_its_old_pid_now_belongs_to_another_proces
     from tests.helpers import ROOT, wait_for
 
     first = daemons(home)
-    wait_for(lambda: (home / "status" / "daemon.json").exists(), 60, "the first daemon")
+    wait_for(lambda: Home(home).daemon_status.exists(), 60, "the first daemon")
     second = daemons(home, "--once")
     assert second.wait(60) == 1 and "a daemon is already running" in second.output()
     first.kill(signal.SIGKILL)
@@ -49,9 +50,9 @@ def test_one_daemon_per_home_even_when_its_old_pid_now_belongs_to_another_proces
     # Some unrelated live process now has the pid daemon.json names
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        doc = json.loads((home / "status" / "daemon.json").read_text())
+        doc = json.loads(Home(home).daemon_status.read_text())
         doc.update(pid=stranger.pid, state="idle")
-        (home / "status" / "daemon.json").write_text(json.dumps(doc))
+        Home(home).daemon_status.write_text(json.dumps(doc))
         stop = subprocess.run([sys.executable, "-m", "cli", "stop", "--home", str(home), "--no-wait"], cwd=ROOT,
                               capture_output=True, text=True, env=dict(os.environ))
         assert stop.returncode == 1 and "no daemon is running" in stop.stderr and stranger.poll() is None

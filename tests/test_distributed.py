@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
+from daemon.home import Home
 from daemon.jobs import JobQueue, JobState
 from tests.helpers import DEMO, ROOT, TINY_SETTINGS, wait_for
 
@@ -26,18 +27,18 @@ runner = CliRunner()
 
 
 def jobs(home: Path):
-    if not (home / "data" / "jobs.db").exists():
+    if not Home(home).jobs_db.exists():
         return []
-    with JobQueue(home / "data" / "jobs.db", readonly=True) as q:
+    with JobQueue(Home(home).jobs_db, readonly=True) as q:
         return sorted(q.newest(), key=lambda j: j.id)
 
 
 def result(home: Path, job: int = 1) -> dict:
-    return json.loads((home / "data" / "runs" / f"job-{job:05d}" / "result.json").read_text())
+    return json.loads((Home(home).run_dir(job) / "result.json").read_text())
 
 
 def metric_rows(home: Path, job: int = 1) -> list[dict]:
-    path = home / "data" / "runs" / f"job-{job:05d}" / "metrics.jsonl"
+    path = Home(home).run_dir(job) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -78,7 +79,7 @@ def listening_addresses(port: int) -> set[str]:
 
 
 def complete_checkpoints(home: Path) -> list[int]:
-    ckpt = home / "data" / "runs" / "job-00001" / "checkpoints"
+    ckpt = Home(home).run_dir(1) / "checkpoints"
     return sorted(int(d.name.split("-")[1]) for d in ckpt.glob("checkpoint-*") if (d / "TRAINCTL_COMPLETE").exists())
 
 
@@ -88,8 +89,8 @@ def test_two_processes_learn_the_demo_like_one_on_the_same_global_batch(home, tm
     training loss within a few percent, one status file and one metrics row per step (rank 0 alone writes)."""
     other = tmp_path / "one"
     (other / "data").mkdir(parents=True)
-    os.symlink(home / "data" / "models", other / "data" / "models")
-    (other / "trainctl.toml").write_text(TINY_SETTINGS)
+    os.symlink(Home(home).models, Home(other).models)
+    Home(other).settings_file.write_text(TINY_SETTINGS)
     one = runner.invoke(app, ["train", str(DEMO), "--home", str(other), "--epochs", "6", "--batch-size", "8"])
     assert one.exit_code == 0, one.output
     two = runner.invoke(app, ["train", str(DEMO), "--home", str(home), "--epochs", "6", "--batch-size", "4",
@@ -99,15 +100,15 @@ def test_two_processes_learn_the_demo_like_one_on_the_same_global_batch(home, tm
     assert r2["test_eval"]["exact_match"] == r1["test_eval"]["exact_match"] >= 0.8
     assert r2["train_eval"]["exact_match"] == r1["train_eval"]["exact_match"]
     assert abs(r2["train_loss"] - r1["train_loss"]) / r1["train_loss"] < 0.05, (r1["train_loss"], r2["train_loss"])
-    config = json.loads((home / "data" / "runs" / "job-00001" / "config.json").read_text())
+    config = json.loads((Home(home).run_dir(1) / "config.json").read_text())
     assert config["placement"]["world_size"] == 2 and config["placement"]["nproc"] == 2
     assert config["placement"]["devices"] == "cpu"
     steps = step_rows(home)
     assert steps == list(range(1, r2["steps"] + 1))  # one row per step: not one per rank
     assert sorted(p.name for p in (home / "status").rglob("*.json")) == ["job-00001.json", "training_status.json"]
-    status = json.loads((home / "status" / "training_status.json").read_text())
+    status = json.loads(Home(home).training_status.read_text())
     assert status["state"] == "done" and status["world_size"] == 2
-    ranks = list((home / "data" / "runs" / "job-00001" / "ranks").rglob("stdout.log"))
+    ranks = list((Home(home).run_dir(1) / "ranks").rglob("stdout.log"))
     assert len(ranks) == 2  # each rank's output kept
 
 
@@ -115,12 +116,12 @@ def test_two_processes_learn_the_demo_like_one_on_the_same_global_batch(home, tm
 def test_kill_9_of_one_rank_and_of_the_daemon_lose_nothing(home, daemons):
     """A killed rank takes its group down and torchrun restarts it from the newest complete checkpoint; a killed
     daemon makes the ranks checkpoint and stop; the next start resumes, and the job trains its steps exactly."""
-    (home / "trainctl.toml").write_text(TINY_SETTINGS + "nproc = 2\nbatch_size = 4\nsave_steps = 20\n")
+    Home(home).settings_file.write_text(TINY_SETTINGS + "nproc = 2\nbatch_size = 4\nsave_steps = 20\n")
     d = daemons(home, "--epochs", "12")
-    (home / "inbox" / "demo.jsonl").write_bytes(DEMO.read_bytes())
+    (Home(home).inbox / "demo.jsonl").write_bytes(DEMO.read_bytes())
     wait_for(lambda: len(rank_pids(home)) == 2, 120, "two training processes")
     wait_for(lambda: complete_checkpoints(home), 180, "a complete checkpoint")
-    planned = json.loads((home / "status" / "training_status.json").read_text())["total_steps"]
+    planned = json.loads(Home(home).training_status.read_text())["total_steps"]
     placement = jobs(home)[0].devices_dict
     assert placement["nproc"] == 2 and 29600 <= placement["port"] <= 29699
     # The rendezvous store of the job listens on the loopback interface only
@@ -165,11 +166,11 @@ def test_kill_9_of_one_rank_and_of_the_daemon_lose_nothing(home, daemons):
 
 @pytest.mark.slow
 def test_two_slots_train_two_files_at_once_on_their_own_ports(home, daemons):
-    (home / "trainctl.toml").write_text(TINY_SETTINGS + "nproc = 2\nbatch_size = 4\n[daemon]\nslots = 2\n")
+    Home(home).settings_file.write_text(TINY_SETTINGS + "nproc = 2\nbatch_size = 4\n[daemon]\nslots = 2\n")
     for name in ("a.jsonl", "b.jsonl"):
         lines = DEMO.read_text().splitlines()
         body = lines if name == "a.jsonl" else lines[::-1]  # different content: not skipped as a duplicate
-        (home / "inbox" / name).write_text("\n".join(body) + "\n")
+        (Home(home).inbox / name).write_text("\n".join(body) + "\n")
     d = daemons(home, "--once", "--epochs", "2")
     both = wait_for(lambda: [j for j in jobs(home) if j.state == JobState.TRAINING] if
                     len([j for j in jobs(home) if j.state == JobState.TRAINING]) == 2 else None, 240,
@@ -177,14 +178,14 @@ def test_two_slots_train_two_files_at_once_on_their_own_ports(home, daemons):
     ports = {j.devices_dict["port"] for j in both}
     slots = {j.devices_dict["slot"] for j in both}
     assert len(ports) == 2 and slots == {0, 1}
-    daemon_doc = json.loads((home / "status" / "daemon.json").read_text())
+    daemon_doc = json.loads(Home(home).daemon_status.read_text())
     assert len(daemon_doc["running_jobs"]) == 2
     assert d.wait(600) == 0, d.output()
     done = jobs(home)
     assert [j.state for j in done] == [JobState.DONE, JobState.DONE], d.output()
     assert done[0].started_at < done[1].finished_at and done[1].started_at < done[0].finished_at  # overlapped
     for j in done:
-        assert (home / "status" / "jobs" / f"job-{j.id:05d}.json").exists()
+        assert Home(home).job_status(j.id).exists()
     q = runner.invoke(app, ["queue", "--home", str(home)], env={"COLUMNS": "250"})  # cells unfolded
     assert "cpu slot 0 x2" in q.output and "cpu slot 1 x2" in q.output
 
@@ -253,13 +254,13 @@ def test_the_agent_waits_for_its_ranks_to_save_however_often_it_is_asked_to_stop
 
 
 def test_a_job_that_cannot_be_placed_fails_with_the_reason_and_the_daemon_goes_on(home, daemons):
-    (home / "trainctl.toml").write_text(TINY_SETTINGS + "gpus_per_job = 2\n[daemon]\ngpus = []\n")
-    (home / "inbox" / "demo.jsonl").write_bytes(DEMO.read_bytes())
+    Home(home).settings_file.write_text(TINY_SETTINGS + "gpus_per_job = 2\n[daemon]\ngpus = []\n")
+    (Home(home).inbox / "demo.jsonl").write_bytes(DEMO.read_bytes())
     d = daemons(home, "--once")
     assert d.wait(120) == 0, d.output()
     (job,) = jobs(home)
     assert job.state == JobState.FAILED and "asks for GPUs" in job.error
-    error = (home / "inbox" / "failed" / "demo.jsonl.error.txt").read_text()
+    error = (Home(home).inbox_failed / "demo.jsonl.error.txt").read_text()
     assert "train.gpus_per_job" in error
 
 
@@ -298,7 +299,7 @@ def test_a_job_trains_across_two_nodes_of_a_ray_cluster(home, tmp_path):
     try:
         address = cluster.stdout.readline().strip()
         assert address.startswith("127.0.0.1:"), address
-        (home / "trainctl.toml").write_text(
+        Home(home).settings_file.write_text(
             TINY_SETTINGS + f'[distributed]\nbackend = "ray"\naddress = "{address}"\nnum_workers = 2\n'
             f'storage_path = "{shared}"\n')
         r = runner.invoke(app, ["train", str(DEMO), "--home", str(home), "--epochs", "2", "--batch-size", "4"])
@@ -307,8 +308,8 @@ def test_a_job_trains_across_two_nodes_of_a_ray_cluster(home, tmp_path):
         assert len({part.split(":")[1].split()[0] for part in nodes.split(",")}) == 2, nodes  # two nodes
         (job,) = jobs(home)
         assert job.state == JobState.DONE and job.devices_dict["backend"] == "ray"
-        assert (home / "data" / "runs" / "job-00001" / "adapter" / "adapter_model.safetensors").exists()
-        assert json.loads((home / "status" / "training_status.json").read_text())["world_size"] == 2
+        assert (Home(home).run_dir(1) / "adapter" / "adapter_model.safetensors").exists()
+        assert json.loads(Home(home).training_status.read_text())["world_size"] == 2
         assert list((shared / "job-00001" / "dataset").glob("*/train.jsonl"))
         ckpts = list((shared / "job-00001" / "checkpoints").glob("checkpoint-*"))
         assert ckpts and all((c / "rng_state_1.pth").exists() for c in ckpts)  # rank 1 wrote its part there

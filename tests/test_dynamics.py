@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
+from daemon.home import Home
 from daemon.runs.dynamics import RECORD, aggregate, read_records
 from tests.helpers import TINY_SETTINGS, packing_examples, planted_dataset, small_model
 
@@ -130,7 +131,7 @@ def test_per_example_summary_forgetting_aum_and_suspects():
 @pytest.mark.slow
 def test_whole_dataset_dynamics_find_planted_wrong_answers_on_tiny(home, tmp_path):
     planted = planted_dataset(tmp_path / "planted.jsonl", n=300)
-    (home / "trainctl.toml").write_text(TINY_SETTINGS + "evolution_examples = 20\neval_steps = -1\n[curation]\n"
+    Home(home).settings_file.write_text(TINY_SETTINGS + "evolution_examples = 20\neval_steps = -1\n[curation]\n"
                                         "min_quality = 0\nmin_diversity = 0\nval_fraction = 0\ntest_fraction = 0\n")
     r = runner.invoke(app, ["train", str(tmp_path / "planted.jsonl"), "--home", str(home), "--epochs", "6"])
     assert r.exit_code == 0, r.output
@@ -166,7 +167,7 @@ def _check_signal(home: Path, planted: set[str], model: str) -> None:
     assert r.exit_code == 0 and "suspected label errors" in r.output and "suspect" in r.output
     r = runner.invoke(app, ["evolution", "export", "--without", "suspect_label", "--to-inbox", "--home", str(home)])
     assert r.exit_code == 0, r.output
-    (clean,) = (home / "inbox").glob("*.clean.jsonl")
+    (clean,) = Home(home).inbox.glob("*.clean.jsonl")
     ids = [json.loads(x)["id"] for x in clean.read_text().splitlines()]
     assert len(ids) == 300 - len(suspects) and not set(ids) & suspects
 
@@ -174,7 +175,7 @@ def _check_signal(home: Path, planted: set[str], model: str) -> None:
 @pytest.mark.slow
 def test_whole_dataset_dynamics_find_planted_wrong_answers_on_the_real_model(home, tmp_path, smollm2):
     planted = planted_dataset(tmp_path / "planted.jsonl", n=300)
-    (home / "trainctl.toml").write_text('[train]\nmodel = "builtin:smollm2-135m"\nevolution_examples = 0\n'
+    Home(home).settings_file.write_text('[train]\nmodel = "builtin:smollm2-135m"\nevolution_examples = 0\n'
                                         "eval_steps = -1\nfinal_eval_examples = 0\n[curation]\nmin_quality = 0\n"
                                         "min_diversity = 0\nval_fraction = 0\ntest_fraction = 0\n")
     r = runner.invoke(app, ["train", str(tmp_path / "planted.jsonl"), "--home", str(home), "--epochs", "2"])

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
+from daemon.home import Home
 from daemon.jobs import JobState
 from daemon.runs.training_status import STATUS_KEYS
 from tests.helpers import DEMO, ROOT, complete_checkpoints, drop_demo, jobs, status, wait_for
@@ -25,7 +26,7 @@ def test_demo_job_learns_and_leaves_adapter_config_and_metrics(home):
     assert r.exit_code == 0, r.output
     (job,) = jobs(home)
     assert job.state == JobState.DONE
-    run = home / "data" / "runs" / "job-00001"
+    run = Home(home).run_dir(1)
     result = json.loads((run / "result.json").read_text())
     assert result["train_eval"]["count"] == 64
     assert result["train_eval"]["exact_match"] >= 0.9, result["train_eval"]
@@ -57,7 +58,7 @@ def test_demo_job_learns_and_leaves_adapter_config_and_metrics(home):
     assert [e for e in events if e["severity"] != "info"] == []
     assert "streaming_ce" in rows[-1] and "fixed_eval_em" in rows[-1]
     # Early evaluations, before the model has learned, flag what it got wrong.
-    flags = json.loads((home / "data" / "flagged_examples" / "flagged_examples.json").read_text())["flags"]
+    flags = json.loads(Home(home).flagged_file.read_text())["flags"]
     assert flags and {f["reason"] for f in flags} <= {"mismatch", "high_loss"}
     assert st["flagged_count"] == len(flags) and all(f["file"] == st["dataset"] for f in flags)
     # The job's adapter and its base model on the job's held-out test split, then compared side by side.
@@ -66,7 +67,7 @@ def test_demo_job_learns_and_leaves_adapter_config_and_metrics(home):
         assert r.exit_code == 0, r.output
 
     def exact(name: str) -> float:
-        rows = [json.loads(x) for x in (home / "data" / "bench" / name / "results.jsonl").read_text().splitlines()]
+        rows = [json.loads(x) for x in (Home(home).bench_root / name / "results.jsonl").read_text().splitlines()]
         assert rows and all(x["reference"] for x in rows)
         return sum(" ".join(x["response"]["body"]["choices"][0]["message"]["content"].split()) == x["reference"]
                    for x in rows) / len(rows)
@@ -84,13 +85,13 @@ def test_demo_job_learns_and_leaves_adapter_config_and_metrics(home):
     assert list(rows)[0] == "base" and list(rows)[-1] == "final"
     assert rows["base"]["exact_match"] == 0.0 and rows["final"]["exact_match"] == exact("job-1")
     assert rows["final"]["agreement_with_final"] == 1.0 and sweep["best"]["exact_match"] >= 0.8
-    assert json.loads((home / "data" / "bench" / "job-1-sweep-final" / "run.json").read_text())["engine"][
+    assert json.loads((Home(home).bench_root / "job-1-sweep-final" / "run.json").read_text())["engine"][
         "backend"] == "hf"
     # The first kept checkpoint as an adapter folder of its own: its weights, the job's tokenizer and settings.
     r = runner.invoke(app, ["export", "1", "--checkpoint", str(steps[0]), "--home", str(home)])
     assert r.exit_code == 0, r.output
     out = home / "data" / "exports" / f"job-1-step-{steps[0]}-adapter"
-    ckpt = home / "data" / "runs" / "job-00001" / "checkpoints" / f"checkpoint-{steps[0]}"
+    ckpt = Home(home).run_dir(1) / "checkpoints" / f"checkpoint-{steps[0]}"
     assert (out / "adapter_model.safetensors").read_bytes() == (ckpt / "adapter_model.safetensors").read_bytes()
     assert (out / "trainctl_config.json").exists() and (out / "tokenizer_config.json").exists()
     r = runner.invoke(app, ["export", "1", "--checkpoint", "99999", "--home", str(home)])
@@ -122,9 +123,9 @@ def test_kill_9_mid_training_resumes_from_checkpoint(home, daemons, kill_worker_
     assert job.state == JobState.DONE, (job, d2.output())
     assert f"resumed from checkpoint-{resume_from}" in job.message
     assert job.attempts == 2
-    assert (home / "inbox" / "done" / "demo.jsonl").exists()
-    assert list((home / "inbox").glob("*.jsonl")) == []
-    result = json.loads((home / "data" / "runs" / "job-00001" / "result.json").read_text())
+    assert (Home(home).inbox_done / "demo.jsonl").exists()
+    assert list(Home(home).inbox.glob("*.jsonl")) == []
+    result = json.loads((Home(home).run_dir(1) / "result.json").read_text())
     assert result["resumed_from"] == f"checkpoint-{resume_from}" and result["steps"] == 840
 
 
@@ -151,7 +152,7 @@ def test_crashed_worker_fails_its_job_and_the_daemon_carries_on(home, daemons):
     wait_for(lambda: jobs(home) and jobs(home)[-1].state == JobState.TRAINING, 60, "first job training")
     victim = next(j for j in jobs(home) if j.state == JobState.TRAINING)
     rows = DEMO.read_text().splitlines()
-    (home / "inbox" / "second.jsonl").write_text("\n".join(rows[:200]) + "\n")  # different content
+    (Home(home).inbox / "second.jsonl").write_text("\n".join(rows[:200]) + "\n")  # different content
     time.sleep(1.0)
     os.kill(victim.worker_pid, signal.SIGKILL)  # what the OOM killer does
     assert d.wait(300) == 0, d.output()
@@ -159,7 +160,7 @@ def test_crashed_worker_fails_its_job_and_the_daemon_carries_on(home, daemons):
     assert by_name["first.jsonl"].state == JobState.FAILED
     assert "killed by signal SIGKILL" in by_name["first.jsonl"].error
     assert by_name["second.jsonl"].state == JobState.DONE
-    assert (home / "inbox" / "failed" / "first.jsonl.error.txt").exists()
+    assert (Home(home).inbox_failed / "first.jsonl.error.txt").exists()
     r = runner.invoke(app, ["queue", "--home", str(home)], env={"COLUMNS": "250"})
     assert "killed by signal SIGKILL" in r.output.replace("\n", "")
 
@@ -168,18 +169,18 @@ def test_exception_in_a_job_is_recorded_with_a_traceback(home, daemons):
     broken = home / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text("{ this is not json")
-    (home / "trainctl.toml").write_text(f'[train]\nmodel = "{broken}"\n')
+    Home(home).settings_file.write_text(f'[train]\nmodel = "{broken}"\n')
     drop_demo(home, "x.jsonl")
     d = daemons(home, "--once")
     assert d.wait(120) == 0, d.output()
     (job,) = jobs(home)
     assert job.state == JobState.FAILED and "error.log" in job.error
-    assert "Traceback" in (home / "data" / "runs" / "job-00001" / "error.log").read_text()
+    assert "Traceback" in (Home(home).run_dir(1) / "error.log").read_text()
 
 
 def test_daemon_queues_a_dropped_file_and_status_shows_it(home, daemons):
     d = daemons(home, "--max-steps", "150")
-    wait_for(lambda: (home / "status" / "daemon.json").exists(), 30, "daemon start")
+    wait_for(lambda: Home(home).daemon_status.exists(), 30, "daemon start")
     t0 = time.time()
     drop_demo(home, "live.jsonl")
     wait_for(lambda: jobs(home), 10, "the job row")
@@ -206,18 +207,18 @@ def test_nan_loss_stops_the_job_keeps_its_checkpoint_and_the_daemon_moves_on(hom
     finally:
         del os.environ["TRAINCTL_FAULT"]
     drop_demo(home, "bad.jsonl")
-    (home / "inbox" / "good.jsonl").write_bytes(DEMO.read_bytes() + b'{"text": "one more record"}\n')
+    (Home(home).inbox / "good.jsonl").write_bytes(DEMO.read_bytes() + b'{"text": "one more record"}\n')
     assert d.wait(300) == 0, d.output()
     by_file = {j.file_name: j for j in jobs(home)}
     bad, good = by_file["bad.jsonl"], by_file["good.jsonl"]
     assert bad.state == JobState.FAILED and "nan_loss (critical) at step 30" in bad.error, bad.error
     assert "checkpoint kept" in bad.error
     assert complete_checkpoints(home, bad.id)[-1] == 20  # the last good one; nothing saved after the NaN
-    events = [json.loads(x) for x in (home / "data" / "runs" / f"job-{bad.id:05d}" / "alerts.jsonl")
+    events = [json.loads(x) for x in (Home(home).run_dir(bad.id) / "alerts.jsonl")
               .read_text().splitlines()]
     assert [e["id"] for e in events if e["severity"] == "critical"] == ["nan_loss"]
     assert good.state == JobState.DONE
-    assert (home / "inbox" / "failed" / "bad.jsonl.error.txt").exists()
+    assert (Home(home).inbox_failed / "bad.jsonl.error.txt").exists()
 
 
 @pytest.mark.slow
@@ -234,7 +235,7 @@ def test_export_adapter_and_merged_model_answer_like_base_plus_adapter(home, tmp
 
     r = runner.invoke(app, ["train", str(DEMO), "--home", str(home), "--epochs", "2"])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["export", "1", "--home", str(home), "--to", str(home / "inbox" / "x")])
+    r = runner.invoke(app, ["export", "1", "--home", str(home), "--to", str(Home(home).inbox / "x")])
     assert r.exit_code == 1 and "inside the inbox" in r.output
     r = runner.invoke(app, ["export", "1", "--home", str(home)])
     assert r.exit_code == 0, r.output
@@ -249,12 +250,12 @@ def test_export_adapter_and_merged_model_answer_like_base_plus_adapter(home, tmp
     r = runner.invoke(app, ["export", "1", "--merge", "--home", str(home), "--to", str(tmp_path / "merged")])
     assert r.exit_code == 1 and "already exists" in r.output
 
-    rows = read_split(next((home / "data" / "datasets").iterdir()) / "test.jsonl")
+    rows = read_split(next(Home(home).datasets.iterdir()) / "test.jsonl")
     tok = AutoTokenizer.from_pretrained(str(merged_dir))
     prompts = [prompt_text(tok, messages_of(row), tools_of(row)) for row in rows]
     merged = AutoModelForCausalLM.from_pretrained(str(merged_dir)).eval()
-    tuned = load_adapter(load_model("builtin:tiny", home / "data" / "models", device="cpu", dtype="fp32"),
-                         home / "data" / "runs" / "job-00001" / "adapter").eval()
+    tuned = load_adapter(load_model("builtin:tiny", Home(home).models, device="cpu", dtype="fp32"),
+                         Home(home).run_dir(1) / "adapter").eval()
     a = [x["text"] for x in generate_texts(merged, tok, prompts, max_new_tokens=24)]
     b = [x["text"] for x in generate_texts(tuned, tok, prompts, max_new_tokens=24)]
     assert a == b and len(a) == len(rows) > 5

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
+from daemon.home import Home
 from daemon.runs.snapshots import load
 from daemon.training.collectors.evolution_snapshots import is_snapshot_step
 from tests.helpers import TINY_SETTINGS, planted_dataset
@@ -44,12 +45,12 @@ def test_lowest_confidence_examples_are_the_planted_wrong_answers(home, tmp_path
     planted = planted_dataset(tmp_path / "planted.jsonl")
     # Keep every record (the quality check would catch some planted answers, which is another story) and probe all,
     # at every step of the SPEC schedule (no diagnostics budget thinning it).
-    (home / "trainctl.toml").write_text(TINY_SETTINGS + "evolution_examples = 1000\neval_steps = -1\n"
+    Home(home).settings_file.write_text(TINY_SETTINGS + "evolution_examples = 1000\neval_steps = -1\n"
                                         "diagnostics_budget = 0\n[curation]\n"
                                         "min_quality = 0\nmin_diversity = 0\nval_fraction = 0\ntest_fraction = 0\n")
     r = runner.invoke(app, ["train", str(tmp_path / "planted.jsonl"), "--home", str(home), "--epochs", "6"])
     assert r.exit_code == 0, r.output
-    (folder,) = (home / "data" / "evolution_snapshots").iterdir()
+    (folder,) = Home(home).evolution_root.iterdir()
     steps = sorted(int(p.stem.split("_")[1]) for p in folder.glob("step_*.json"))
     assert steps[:6] == [0, 10, 25, 50, 100, 150]
     snap = json.loads((folder / "step_000100.json").read_text())
@@ -104,7 +105,7 @@ def test_a_failing_snapshot_is_logged_and_training_goes_on(home, tmp_path):
         def train(self):
             self.training = True
 
-    tok = load_tokenizer("builtin:tiny", home / "data" / "models")
+    tok = load_tokenizer("builtin:tiny", Home(home).models)
     rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
     ev = EvolutionSnapshots(tok, rows, tmp_path / "snaps", "d")
     model = Broken()

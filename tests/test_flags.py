@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from daemon.errors import TrainctlError
+from daemon.home import Home
 from daemon.runs.flag_store import FlagStore, flags_from_eval
 
 # CliRunner has no terminal: a wide console keeps Rich from folding table cells mid-phrase
@@ -75,7 +76,7 @@ def test_concurrent_writers_lose_nothing_and_readers_always_see_a_whole_file(tmp
 
 
 def test_flags_cli_views_resolve_and_export(tmp_path):
-    store = FlagStore(tmp_path / "data" / "flagged_examples" / "flagged_examples.json")
+    store = FlagStore(Home(tmp_path).flagged_file)
     store.add(flags_from_eval(5, _results(3, wrong={0, 2}), "demo_x", loss_threshold=2.5))
     home = ["--home", str(tmp_path)]
     r = runner.invoke(app, ["flags", *home])
@@ -93,7 +94,7 @@ def test_flags_cli_views_resolve_and_export(tmp_path):
     assert r.exit_code == 0 and "5" in r.output
     r = runner.invoke(app, ["flags", "export", "--to-inbox", *home])
     assert r.exit_code == 0, r.output
-    (f,) = (tmp_path / "inbox").glob("*.jsonl")
+    (f,) = Home(tmp_path).inbox.glob("*.jsonl")
     recs = [json.loads(x) for x in f.read_text().splitlines()]
     assert len(recs) == 3 and recs[0]["messages"][-1] == {"role": "assistant", "content": "A2"}
     r = runner.invoke(app, ["flags", "export", "fixes.jsonl", *home])  # relative to the home folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from daemon.chat.render import IGNORE, encode_messages
+from daemon.home import Home
 from daemon.training.data import PadCollator
 from daemon.training.packing import PackedCollator, plan_batches
 from tests.helpers import packing_examples, small_model
@@ -84,7 +85,6 @@ def _check_equal(model_path, tok):
 
 
 def test_packed_batch_equals_padded_on_tiny(home):
-    from daemon.home import Home
     from daemon.models.loading import load_tokenizer, resolve_model_path
 
     models = Home.open(home).models
@@ -101,7 +101,6 @@ def test_packed_batch_equals_padded_on_the_real_model(smollm2):
 def test_no_attention_across_examples(home):
     import torch
 
-    from daemon.home import Home
     from daemon.models.loading import load_tokenizer, resolve_model_path
 
     models = Home.open(home).models
@@ -156,7 +155,6 @@ def test_the_trainer_replans_each_epoch_and_sees_every_example_each_time(home, t
     from transformers import TrainingArguments
 
     from daemon.config import TrainConfig
-    from daemon.home import Home
     from daemon.models.loading import load_tokenizer, resolve_model_path
     from daemon.training.packing import Batching
 
@@ -206,7 +204,6 @@ def test_rows_are_a_random_sample_not_sorted_by_length():
 def test_gradient_checkpointing_gives_the_same_gradients(home):
     import torch
 
-    from daemon.home import Home
     from daemon.models.loading import load_tokenizer, resolve_model_path
 
     models = Home.open(home).models
@@ -231,12 +228,12 @@ def test_quantization_on_cpu_is_refused_before_the_job(home, tmp_path):
 
     from tests.helpers import DEMO, ROOT, TINY_SETTINGS
 
-    (home / "trainctl.toml").write_text(TINY_SETTINGS + 'quantization = "4bit"\n')
+    Home(home).settings_file.write_text(TINY_SETTINGS + 'quantization = "4bit"\n')
     r = subprocess.run([sys.executable, "-m", "cli", "train", str(DEMO), "--home", str(home)], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1
     assert 'train.quantization = \'4bit\' needs a CUDA GPU' in r.stderr and "Traceback" not in r.stderr + r.stdout
-    assert not (home / "data" / "runs" / "job-00001" / "checkpoints").exists()  # nothing trained
+    assert not (Home(home).run_dir(1) / "checkpoints").exists()  # nothing trained
 
 
 def test_a_packed_job_trains_and_counts_only_real_tokens(home):
@@ -250,19 +247,18 @@ def test_a_packed_job_trains_and_counts_only_real_tokens(home):
     from daemon.training.data import read_split
     from tests.helpers import DEMO, TINY_SETTINGS
 
-    (home / "trainctl.toml").write_text(TINY_SETTINGS + "packing = true\n")
+    Home(home).settings_file.write_text(TINY_SETTINGS + "packing = true\n")
     r = CliRunner().invoke(app, ["train", str(DEMO), "--home", str(home), "--epochs", "2"])
     assert r.exit_code == 0, r.output
-    run = home / "data" / "runs" / "job-00001"
+    run = Home(home).run_dir(1)
     batching = json.loads((run / "config.json").read_text())["batching"]
     assert batching["packing"] and batching["padding_share"] < 0.05 and batching["examples_per_step"] > 4
-    status = json.loads((home / "status" / "training_status.json").read_text())
+    status = json.loads(Home(home).training_status.read_text())
     assert status["state"] == "done" and status["current_step"] == status["total_steps"] == 2 * batching[
         "micro_batches"]
     # tokens/s counts real tokens: two epochs of the encoded training split, not the padded rows.
-    from daemon.home import Home
 
     tok = load_tokenizer("builtin:tiny", Home.open(home).models)
-    rows = read_split(next((home / "data" / "datasets").iterdir()) / "train.jsonl")
+    rows = read_split(next(Home(home).datasets.iterdir()) / "train.jsonl")
     real = sum(len(encode_messages(tok, messages_of(x), 512).input_ids) for x in rows)
     assert status["tokens_seen"] == 2 * real

@@ -80,10 +80,10 @@ def test_commands_refuse_what_the_state_machine_does_not_allow(tmp_path):
     # Daemon down: a queued job is cancelled at once, its file filed with the reason
     r = cli(home, "cancel", str(queued.id))
     assert r.exit_code == 0, r.output
-    with JobQueue(home / "data" / "jobs.db") as q:
+    with JobQueue(Home(home).jobs_db) as q:
         job = q.get(queued.id)
-    assert job.state == JobState.CANCELLED and Path(job.file_path) == home / "inbox" / "failed" / "a.jsonl"
-    assert "cancelled" in (home / "inbox" / "failed" / "a.jsonl.error.txt").read_text()
+    assert job.state == JobState.CANCELLED and Path(job.file_path) == Home(home).inbox_failed / "a.jsonl"
+    assert "cancelled" in (Home(home).inbox_failed / "a.jsonl.error.txt").read_text()
     for cmd, why in (("cancel", "nothing to cancel"), ("pause", "nothing to pause"),
                      ("priority", "priority orders jobs that are still to run"),
                      ("resume", "only a paused job can be resumed")):
@@ -95,11 +95,11 @@ def test_commands_refuse_what_the_state_machine_does_not_allow(tmp_path):
     # Retry: back in processing/, queued again with its settings changed by the flags
     r = cli(home, "retry", str(job.id), "--epochs", "2")
     assert r.exit_code == 0, r.output
-    with JobQueue(home / "data" / "jobs.db") as q:
+    with JobQueue(Home(home).jobs_db) as q:
         job = q.get(job.id)
     assert job.state == JobState.QUEUED and job.error is None and job.overrides_dict == {"train": {"epochs": 2.0}}
-    assert Path(job.file_path).parent == home / "inbox" / "processing" and Path(job.file_path).exists()
-    assert not (home / "inbox" / "failed" / "a.jsonl.error.txt").exists()
+    assert Path(job.file_path).parent == Home(home).inbox_processing and Path(job.file_path).exists()
+    assert not (Home(home).inbox_failed / "a.jsonl.error.txt").exists()
     r = cli(home, "priority", str(job.id), "7")
     assert r.exit_code == 0 and "priority 7" in r.output
     r = cli(home, "queue")
@@ -116,7 +116,7 @@ def test_checkpoint_pause_and_resume_across_a_daemon_restart_train_no_step_twice
     assert r.exit_code == 0, r.output
     saved = complete_checkpoints(home, 1)
     assert len(saved) == 1 and f"saved checkpoint-{saved[0]}" in r.output and saved[0] >= 20
-    assert not (home / "data" / "runs" / "job-00001" / "checkpoint.request").exists()
+    assert not (Home(home).run_dir(1) / "checkpoint.request").exists()
     wait_for(lambda: status(home).get("current_step", 0) > saved[0] + 5, 60, "training to go on")
     assert jobs(home)[0].state == JobState.TRAINING
     # pause: a checkpoint at the current step, the job held, the daemon idle
@@ -126,7 +126,7 @@ def test_checkpoint_pause_and_resume_across_a_daemon_restart_train_no_step_twice
     assert job.state == JobState.PAUSED and job.worker_pid is None
     paused_at = complete_checkpoints(home, 1)[-1]
     assert paused_at > saved[0]
-    wait_for(lambda: json.loads((home / "status" / "daemon.json").read_text())["state"] == "idle", 10,
+    wait_for(lambda: json.loads(Home(home).daemon_status.read_text())["state"] == "idle", 10,
              "the daemon to hold no job")
     assert jobs(home)[0].state == JobState.PAUSED  # not restarted by the running daemon
     assert cli(home, "stop", "--timeout", "60").exit_code == 0
@@ -138,14 +138,14 @@ def test_checkpoint_pause_and_resume_across_a_daemon_restart_train_no_step_twice
     assert d2.wait(300) == 0, d2.output()
     (job,) = jobs(home)
     assert job.state == JobState.DONE and f"resumed from checkpoint-{paused_at}" in job.message, job
-    run = home / "data" / "runs" / "job-00001"
+    run = Home(home).run_dir(1)
     result = json.loads((run / "result.json").read_text())
     assert result["steps"] == 840
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     # One row per optimizer step (each run's end-of-training summary, with `train_loss`, adds a row of its own)
     steps = [r["current_step"] for r in rows if "train_loss" not in r]
     assert len(steps) == len(set(steps)) == 840 and max(steps) == 840  # no step trained (or reported) twice
-    log = (home / "data" / "logs" / "job-00001.log").read_text()
+    log = (Home(home).logs / "job-00001.log").read_text()
     assert log.count("==== ") == 2  # the job's two runs, in its own log
 
 
@@ -161,20 +161,20 @@ def test_cancel_during_training_keeps_checkpoints_and_retry_continues_from_them(
     kept = complete_checkpoints(home, 1)
     assert kept and kept[-1] >= 30
     # the daemon files it away once the worker has exited
-    wait_for(lambda: (home / "inbox" / "failed" / "demo.jsonl.error.txt").exists(), 10, "the file in inbox/failed/")
-    assert "cancelled" in (home / "inbox" / "failed" / "demo.jsonl.error.txt").read_text()
+    wait_for(lambda: (Home(home).inbox_failed / "demo.jsonl.error.txt").exists(), 10, "the file in inbox/failed/")
+    assert "cancelled" in (Home(home).inbox_failed / "demo.jsonl.error.txt").read_text()
     r = cli(home, "retry", "1")
     assert r.exit_code == 0 and "continues from its newest complete checkpoint" in r.output, r.output
     wait_for(lambda: jobs(home)[0].state == JobState.DONE, 300, "the retried job to finish")
     (job,) = jobs(home)
     assert f"resumed from checkpoint-{kept[-1]}" in job.message
-    run = home / "data" / "runs" / "job-00001"
+    run = Home(home).run_dir(1)
     assert json.loads((run / "result.json").read_text())["steps"] == 840
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r["current_step"] for r in rows if "train_loss" not in r]
     assert len(steps) == len(set(steps)) == 840  # nothing lost, no step trained twice
-    wait_for(lambda: (home / "inbox" / "done" / "demo.jsonl").exists(), 10, "the file in inbox/done/")
-    assert not list((home / "inbox" / "failed").iterdir())
+    wait_for(lambda: (Home(home).inbox_done / "demo.jsonl").exists(), 10, "the file in inbox/done/")
+    assert not list(Home(home).inbox_failed.iterdir())
     d.kill(signal.SIGTERM)
     assert d.wait(30) == 0
 

@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
+from daemon.home import Home
 from daemon.jobs import JobQueue, JobState
 from tests.helpers import ROOT, wait_for
 
@@ -24,13 +25,13 @@ REVERSE = ROOT / "examples" / "demo_reverse.jsonl"
 
 
 def _jobs(home: Path):
-    with JobQueue(home / "data" / "jobs.db") as q:
+    with JobQueue(Home(home).jobs_db) as q:
         return q.newest()
 
 
 def _answers(home: Path, run: str) -> dict[str, tuple[str, str]]:
     """custom_id -> (answer, reference) of a bench run, whitespace-normalised."""
-    rows = [json.loads(x) for x in (home / "data" / "bench" / run / "results.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (Home(home).bench_root / run / "results.jsonl").read_text().splitlines()]
     return {r["custom_id"]: (" ".join(r["response"]["body"]["choices"][0]["message"]["content"].split()),
                              r["reference"]) for r in rows}
 
@@ -121,7 +122,7 @@ def test_real_model_learns_what_the_base_model_cannot_and_the_adapter_reloads_wi
     home = real_home
     r = runner.invoke(app, ["train", str(REVERSE), "--home", str(home), "--epochs", "1"])
     assert r.exit_code == 0, r.output
-    run = home / "data" / "runs" / "job-00001"
+    run = Home(home).run_dir(1)
     result = json.loads((run / "result.json").read_text())
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["model"] == "builtin:smollm2-135m" and config["train"]["lr"] == 1e-3
@@ -129,7 +130,7 @@ def test_real_model_learns_what_the_base_model_cannot_and_the_adapter_reloads_wi
     # The base model cannot reverse word order; one epoch on ~370 examples teaches it.
     assert result["base_test_eval"]["exact_match"] <= 0.1, result
     assert result["test_eval"]["exact_match"] >= 0.8, result
-    status = json.loads((home / "status" / "training_status.json").read_text())
+    status = json.loads(Home(home).training_status.read_text())
     assert status["test_exact_match"] == result["test_eval"]["exact_match"]
     assert status["base_test_exact_match"] == result["base_test_eval"]["exact_match"]
     # The same through the bench, on the job's held-out test split: base model vs adapter.
@@ -141,7 +142,7 @@ def test_real_model_learns_what_the_base_model_cannot_and_the_adapter_reloads_wi
     assert len(tuned) == result["test_eval"]["count"]
     assert _exact(base) <= 0.1 and _exact(tuned) >= 0.8, (base, tuned)
     # Evolution snapshots and flags carry the real model's own (wrong, early) answers.
-    snaps = sorted((home / "data" / "evolution_snapshots").glob("*/step_*.json"))
+    snaps = sorted(Home(home).evolution_root.glob("*/step_*.json"))
     first = json.loads(snaps[0].read_text())
     last = json.loads(snaps[-1].read_text())
     assert first["training_step"] == 0 and first["summary"]["accuracy"] <= 0.1
@@ -171,14 +172,14 @@ def test_kill_9_mid_training_of_the_real_model_resumes_to_one_adapter(real_home,
     from daemon.runs.checkpoints import COMPLETE_MARKER
 
     home = real_home
-    (home / "trainctl.toml").write_text("[train]\nevolution_examples = 0\neval_steps = -1\nfinal_eval_examples = 0\n")
-    ckpts = home / "data" / "runs" / "job-00001" / "checkpoints"
+    Home(home).settings_file.write_text("[train]\nevolution_examples = 0\neval_steps = -1\nfinal_eval_examples = 0\n")
+    ckpts = Home(home).run_dir(1) / "checkpoints"
 
     def complete() -> list[int]:
         return sorted(int(p.name.split("-")[1]) for p in ckpts.glob("checkpoint-*") if (p / COMPLETE_MARKER).exists())
 
     d = daemons(home, "--max-steps", "24", "--save-steps", "6")
-    (home / "inbox" / "reverse.jsonl").write_bytes(REVERSE.read_bytes())
+    (Home(home).inbox / "reverse.jsonl").write_bytes(REVERSE.read_bytes())
     wait_for(lambda: ckpts.exists() and complete(), 300, "a complete checkpoint")
     worker = _jobs(home)[0].worker_pid
     d.kill(signal.SIGKILL)
@@ -189,9 +190,9 @@ def test_kill_9_mid_training_of_the_real_model_resumes_to_one_adapter(real_home,
     assert d2.wait(600) == 0, d2.output()
     (job,) = _jobs(home)
     assert job.state == JobState.DONE and f"resumed from checkpoint-{resume_from}" in job.message, job
-    result = json.loads((home / "data" / "runs" / "job-00001" / "result.json").read_text())
+    result = json.loads((Home(home).run_dir(1) / "result.json").read_text())
     assert result["steps"] == 24 and result["resumed_from"] == f"checkpoint-{resume_from}"
-    run = home / "data" / "runs" / "job-00001"
+    run = Home(home).run_dir(1)
     adapters = [p for p in run.iterdir() if p.name.startswith(("adapter", ".adapter"))]
     assert [p.name for p in adapters] == ["adapter"]
     assert (adapters[0] / "adapter_model.safetensors").stat().st_size > 0

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from cli.app import app
 from daemon.config import NotifyConfig
 from daemon.errors import ConfigError
+from daemon.home import Home
 from daemon.jobs import JobState
 from daemon.service.file_settings import resolve
 from daemon.service.notify import Notifier
@@ -98,7 +99,7 @@ def test_a_command_hook_gets_the_json_and_a_failing_one_gives_up(tmp_path):
 
 
 def test_file_settings_layers_and_every_problem_at_once(tmp_path):
-    settings = tmp_path / "trainctl.toml"
+    settings = Home(tmp_path).settings_file
     settings.write_text(TINY_SETTINGS + '[files."a.jsonl"]\npriority = 2\n[files."a.jsonl".train]\nlr = 0.01\n'
                         'epochs = 4\n')
     side = tmp_path / "a.toml"
@@ -153,7 +154,7 @@ def test_sidecar_and_plain_file_train_with_their_own_settings_in_one_daemon_run(
     """x.toml sets model (the tiny model's folder) and epochs for x.jsonl; y.jsonl trains with the daemon's flags; a
     bad sidecar fails its job with every problem named, both files in inbox/failed/; `queue` shows the settings."""
     (model_dir,) = [p for p in tiny_models.iterdir() if p.is_dir()]
-    inbox = home / "inbox"
+    inbox = Home(home).inbox
     rows = DEMO.read_text().splitlines()
     (inbox / "x.toml").write_text(f'priority = 1\n[train]\nmodel = "{model_dir}"\nepochs = 1\n')
     (inbox / "x.jsonl").write_text("\n".join(rows[:40]) + "\n")
@@ -165,15 +166,15 @@ def test_sidecar_and_plain_file_train_with_their_own_settings_in_one_daemon_run(
     by_name = {j.file_name: j for j in jobs(home)}
     x, y, z = by_name["x.jsonl"], by_name["y.jsonl"], by_name["z.jsonl"]
     assert x.state == y.state == JobState.DONE, (x, y)
-    cfg = {n: json.loads((home / "data" / "runs" / f"job-{j.id:05d}" / "config.json").read_text())["train"]
+    cfg = {n: json.loads((Home(home).run_dir(j.id) / "config.json").read_text())["train"]
            for n, j in (("x", x), ("y", y))}
     assert cfg["x"]["model"] == str(model_dir) and cfg["x"]["epochs"] == 1
     assert cfg["y"]["model"] == "builtin:tiny" and cfg["y"]["epochs"] == 2
-    assert (home / "inbox" / "done" / "x.toml").exists() and x.settings_file.endswith("done/x.toml")
+    assert (Home(home).inbox_done / "x.toml").exists() and x.settings_file.endswith("done/x.toml")
     assert z.state == JobState.FAILED and z.message == "bad settings"
     assert "train.epochs" in z.error and "[bench] cannot be set per file" in z.error
-    assert (home / "inbox" / "failed" / "z.toml").exists()
-    assert "train.epochs" in (home / "inbox" / "failed" / "z.jsonl.error.txt").read_text()
+    assert (Home(home).inbox_failed / "z.toml").exists()
+    assert "train.epochs" in (Home(home).inbox_failed / "z.jsonl.error.txt").read_text()
     r = runner.invoke(app, ["queue", "--home", str(home)], env={"COLUMNS": "300"})
     assert f"priority=1 model={model_dir} epochs=1" in r.output.replace("\n", "") or "(x.toml)" in r.output
 
@@ -182,7 +183,7 @@ def test_sidecar_and_plain_file_train_with_their_own_settings_in_one_daemon_run(
 def test_daemon_notices_a_critical_alert_a_failure_and_a_success_in_order(home, daemons, tmp_path):
     hook = Hook(fail_first=True)
     out = tmp_path / "notices.jsonl"
-    (home / "trainctl.toml").write_text(
+    Home(home).settings_file.write_text(
         TINY_SETTINGS + f'[notify]\nwebhook = "{hook.url}"\ncommand = "cat >> {out}; echo >> {out}"\n'
         'retries = 2\nbackoff_seconds = 0.1\n')
     os.environ["TRAINCTL_FAULT"] = "nan_at_step=30@bad"
@@ -190,9 +191,9 @@ def test_daemon_notices_a_critical_alert_a_failure_and_a_success_in_order(home, 
         d = daemons(home, "--epochs", "2", "--save-steps", "10", "--once")
     finally:
         del os.environ["TRAINCTL_FAULT"]
-    (home / "inbox" / "bad.jsonl").write_bytes(DEMO.read_bytes())
+    (Home(home).inbox / "bad.jsonl").write_bytes(DEMO.read_bytes())
     time.sleep(0.05)
-    (home / "inbox" / "good.jsonl").write_bytes(DEMO.read_bytes() + b'{"text": "one more record"}\n')
+    (Home(home).inbox / "good.jsonl").write_bytes(DEMO.read_bytes() + b'{"text": "one more record"}\n')
     try:
         assert d.wait(300) == 0, d.output()
         seen = [(b["file"], b["event"]) for b in hook.bodies]
@@ -203,7 +204,7 @@ def test_daemon_notices_a_critical_alert_a_failure_and_a_success_in_order(home, 
         assert "test_exact_match" in done["figures"]
         by_command = [json.loads(x) for x in out.read_text().splitlines() if x]
         assert [(b["file"], b["event"]) for b in by_command] == seen  # the command got the same notices
-        assert "notice job" in (home / "data" / "logs" / "daemon.log").read_text()
+        assert "notice job" in (Home(home).logs / "daemon.log").read_text()
     finally:
         hook.close()
 
@@ -211,13 +212,13 @@ def test_daemon_notices_a_critical_alert_a_failure_and_a_success_in_order(home, 
 @pytest.mark.slow
 def test_a_hook_that_hangs_does_not_delay_the_next_job(home, daemons):
     hook = Hook(hang_first=True, hang_seconds=30)
-    (home / "trainctl.toml").write_text(TINY_SETTINGS + f'[notify]\nwebhook = "{hook.url}"\ntimeout_seconds = 8\n'
+    Home(home).settings_file.write_text(TINY_SETTINGS + f'[notify]\nwebhook = "{hook.url}"\ntimeout_seconds = 8\n'
                                         "retries = 1\nbackoff_seconds = 0.1\n")
     rows = DEMO.read_text().splitlines()
     d = daemons(home, "--max-steps", "3", "--once")
-    (home / "inbox" / "a.jsonl").write_text("\n".join(rows[:40]) + "\n")
+    (Home(home).inbox / "a.jsonl").write_text("\n".join(rows[:40]) + "\n")
     time.sleep(0.05)
-    (home / "inbox" / "b.jsonl").write_text("\n".join(rows[40:80]) + "\n")
+    (Home(home).inbox / "b.jsonl").write_text("\n".join(rows[40:80]) + "\n")
     try:
         assert d.wait(300) == 0, d.output()
         a, b = sorted(jobs(home), key=lambda j: j.id)
@@ -240,11 +241,11 @@ def test_detached_daemon_logs_and_stop(home):
     r = _cli("daemon", "--detach", "--home", str(home), "--epochs", "1", "--set", "train.max_steps=5")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "daemon started" in r.stdout
-    doc = json.loads((home / "status" / "daemon.json").read_text())
+    doc = json.loads(Home(home).daemon_status.read_text())
     try:
         r2 = _cli("daemon", "--detach", "--home", str(home))
         assert r2.returncode == 1 and "already running" in r2.stderr and "Traceback" not in r2.stderr
-        (home / "inbox" / "a.jsonl").write_bytes(DEMO.read_bytes())
+        (Home(home).inbox / "a.jsonl").write_bytes(DEMO.read_bytes())
         wait_for(lambda: jobs(home) and jobs(home)[0].state != JobState.QUEUED, 60, "the job to start")
         follow = _cli("logs", "-f", "1", "--home", str(home))  # returns when the job ends
         assert follow.returncode == 0, follow.stderr
@@ -256,8 +257,8 @@ def test_detached_daemon_logs_and_stop(home):
     finally:
         stop = _cli("stop", "--home", str(home), "--timeout", "60")
     assert stop.returncode == 0, stop.stderr
-    assert json.loads((home / "status" / "daemon.json").read_text())["state"] == "stopped"
-    assert "daemon --detach" in (home / "data" / "logs" / "daemon.log").read_text() and doc["pid"] > 0
+    assert json.loads(Home(home).daemon_status.read_text())["state"] == "stopped"
+    assert "daemon --detach" in (Home(home).logs / "daemon.log").read_text() and doc["pid"] > 0
     r = _cli("logs", "7", "--home", str(home))
     assert r.returncode == 1 and "no job 7" in r.stderr
 

@@ -285,7 +285,7 @@ def test_pages_in_a_browser_while_a_real_job_trains(home, daemons):
     bench_run(h, "base", ["Yes", "No", XSS, "Maybe"])
     bench_run(h, "tuned", ["Yes", "Yes", XSS, "Maybe"])
     d = daemons(home, "--epochs", "12", "--save-steps", "500")
-    (home / "inbox" / "demo.jsonl").write_bytes(DEMO.read_bytes())
+    (Home(home).inbox / "demo.jsonl").write_bytes(DEMO.read_bytes())
     run = h.run_dir(1)
     wait_for(lambda: _loss_rows(run) >= 5, 120, "training to log steps")
     ui, url = _start_ui(home)
@@ -302,7 +302,7 @@ def test_pages_in_a_browser_while_a_real_job_trains(home, daemons):
             p.wait_for_function(f"() => +document.getElementById('loss-chart').dataset.points > {before + 5}",
                                 timeout=30_000)
             assert p.locator("#loss-chart canvas").count() >= 1
-            wait_for(lambda: json.loads((home / "status" / "training_status.json").read_text())["state"] == "done",
+            wait_for(lambda: json.loads(Home(home).training_status.read_text())["state"] == "done",
                      300, "the job to finish")
             rows = _loss_rows(run)
             p.wait_for_function(f"() => +document.getElementById('loss-chart').dataset.points === {rows}",

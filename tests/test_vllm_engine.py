@@ -25,6 +25,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
+from daemon.home import Home
 from tests.helpers import ROOT, wait_for
 
 pytest.importorskip("vllm", reason="vllm is not installed (`make setup VLLM=none`)")
@@ -50,7 +51,7 @@ def cli(home: Path, *args: str) -> str:
 
 
 def answers(home: Path, run: str) -> dict[str, str]:
-    rows = [json.loads(line) for line in (home / "data" / "bench" / run / "results.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (Home(home).bench_root / run / "results.jsonl").read_text().splitlines()]
     return {r["custom_id"]: " ".join(r["response"]["body"]["choices"][0]["message"]["content"].split())
             for r in rows}
 
@@ -68,11 +69,11 @@ def job_home(tmp_path_factory, smollm2) -> Path:
 def test_sweep_judges_every_checkpoint_in_one_vllm_engine_and_vllm_answers_as_hf(job_home):
     home = job_home
     # A sweep killed with kill -9 once it has answered with the base model and begun the first checkpoint...
-    bench = home / "data" / "bench"
+    bench = Home(home).bench_root
     proc = subprocess.Popen([sys.executable, "-m", "cli", "bench", "sweep", "--job", "1", "--max-tokens", "24",
                              "--home", str(home)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    ckpts = home / "data" / "runs" / "job-00001" / "checkpoints"
+    ckpts = Home(home).run_dir(1) / "checkpoints"
     first_step = min(int(p.name.split("-")[1]) for p in ckpts.iterdir())
     killed_in = bench / f"job-1-sweep-step-{first_step}" / "run.json"
     wait_for(killed_in.exists, 300, "the sweep to reach its second adapter")
@@ -85,19 +86,19 @@ def test_sweep_judges_every_checkpoint_in_one_vllm_engine_and_vllm_answers_as_hf
         ids = Counter(json.loads(line)["custom_id"] for line in run.read_text().splitlines())
         assert len(ids) == 16 and set(ids.values()) == {1}, run
     rows = {r["label"]: r for r in out["rows"]}
-    ckpts = sorted(p.name for p in (home / "data" / "runs" / "job-00001" / "checkpoints").iterdir())
+    ckpts = sorted(p.name for p in (Home(home).run_dir(1) / "checkpoints").iterdir())
     assert list(rows) == ["base", *[f"step-{c.split('-')[1]}" for c in sorted(ckpts, key=lambda c: int(c[11:]))],
-                          *(["best"] if (home / "data" / "runs" / "job-00001" / "adapter-best").exists() else []),
+                          *(["best"] if (Home(home).run_dir(1) / "adapter-best").exists() else []),
                           "final"]
     # Base vs adapter differ as trained: the base model cannot reverse word order, the adapter can.
     assert rows["base"]["exact_match"] <= 0.1 and rows["final"]["exact_match"] >= 0.8, rows
     assert rows["final"]["agreement_with_final"] == 1.0 and rows["base"]["agreement_with_final"] <= 0.1
     assert out["best"]["exact_match"] == max(r["exact_match"] for r in rows.values()) and out["use"]
     for label in rows:  # every run answered by the one vLLM engine, each prompt once
-        run = json.loads((home / "data" / "bench" / f"job-1-sweep-{label}" / "run.json").read_text())
+        run = json.loads((Home(home).bench_root / f"job-1-sweep-{label}" / "run.json").read_text())
         assert run["engine"]["backend"] == "vllm" and run["engine"]["version"].startswith("0.32")
         assert run["state"] == "completed" and run["progress"]["done"] == rows[label]["answered"] == 16
-    assert json.loads((home / "data" / "bench" / "job-1-sweep.json").read_text())["best"] == out["best"]
+    assert json.loads((Home(home).bench_root / "job-1-sweep.json").read_text())["best"] == out["best"]
     # The table and the line that uses the best one.
     table = cli(home, "bench", "sweep", "--job", "1", "--max-tokens", "24")
     assert "exact match" in table and "★" in table and "best: " in table
@@ -122,7 +123,7 @@ def test_kill_9_of_a_vllm_bench_run_three_times_then_resume_gives_every_answer_o
     total = 48  # the first 48 of its prompts (--limit): enough that each kill lands mid-run
     cmd = [sys.executable, "-m", "cli", "bench", "run", "--home", str(home), "--prompts", str(prompts), "--adapter",
            job.adapter_dir, "--name", "killed", "--max-tokens", "8", "--backend", "vllm", "--limit", str(total)]
-    results = home / "data" / "bench" / "killed" / "results.jsonl"
+    results = Home(home).bench_root / "killed" / "results.jsonl"
     rng = random.Random(7)
 
     def lines() -> int:
@@ -183,12 +184,12 @@ def _serve(command: str, port: int, log: Path) -> subprocess.Popen:
 
 def test_vllm_serves_the_merged_export_and_the_adapter_as_the_bench_answered(job_home, tmp_path):
     home = job_home
-    bench = answers(home, "job-1-sweep-final") if (home / "data" / "bench" / "job-1-sweep-final").exists() else None
+    bench = answers(home, "job-1-sweep-final") if (Home(home).bench_root / "job-1-sweep-final").exists() else None
     if bench is None:
         cli(home, "bench", "run", "--job", "1", "--max-tokens", "24", "--name", "job-1-sweep-final")
         bench = answers(home, "job-1-sweep-final")
     test = [json.loads(line) for line in
-            (next((home / "data" / "datasets").iterdir()) / "test.jsonl").read_text().splitlines()][:3]
+            (next(Home(home).datasets.iterdir()) / "test.jsonl").read_text().splitlines()][:3]
     merged = cli(home, "export", "1", "--merge")
     adapter = cli(home, "export", "1")
     serve_merged = next(x for x in merged.splitlines() if x.startswith("serve it with vLLM: "))

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from daemon.home import Home
 from daemon.service.watcher import InboxWatcher, is_candidate, open_for_writing
 from tests.helpers import wait_for
 
@@ -27,7 +28,7 @@ def watch(tmp_path):
     started = []
 
     def start(stable_seconds: float) -> InboxWatcher:
-        inbox = tmp_path / "inbox"
+        inbox = Home(tmp_path).inbox
         inbox.mkdir()
         w = InboxWatcher(inbox, stable_seconds=stable_seconds)
         w.start()
