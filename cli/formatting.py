@@ -28,12 +28,6 @@ def duration(seconds: float | None) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
-def ago(ts: float | None) -> str:
-    if not ts:
-        return "—"
-    return duration(time.time() - ts) + " ago"
-
-
 def clock(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "—"
 

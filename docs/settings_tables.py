@@ -1,8 +1,7 @@
 """Write the settings tables of README.md from daemon/config.py's fields and their docstrings.
 
-Run it after adding or changing a setting: `python docs/settings_tables.py` (tests/test_config.py fails while the
-README's tables differ from what this writes).
-"""
+Run it after adding or changing a setting: `python docs/settings_tables.py` (tests/test_config.py
+fails while the README's tables differ from what this writes)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""What the tests share besides fixtures (those are in conftest.py): paths, sample data, waiting, a daemon process,
-and readers of what a run leaves, all through daemon.home.Home's paths."""
+"""What the tests share besides fixtures (those are in conftest.py): paths, sample data, waiting, a
+daemon process, and readers of what a run leaves, all through daemon.home.Home's paths."""
 
 from __future__ import annotations
 
@@ -28,9 +28,11 @@ DEMO = ROOT / "examples" / "demo_uppercase.jsonl"
 TINY_SETTINGS = '[train]\nmodel = "builtin:tiny"\n'
 """The fast tests train builtin:tiny (the default model is the real builtin:smollm2-135m)."""
 
+
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
+
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     deadline = time.time() + timeout
@@ -41,6 +43,7 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
+
 class DaemonProc:
     """A real `trainctl daemon` process on a test home, its output in a log file."""
 
@@ -48,8 +51,13 @@ class DaemonProc:
         self.log = home / f"daemon-{time.time_ns()}.log"
         self.fh = open(self.log, "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "daemon", "--home", str(home), *args],
-                                     stdout=self.fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", "daemon", "--home", str(home), *args],
+            stdout=self.fh,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+        )
 
     def output(self) -> str:
         return self.log.read_text()
@@ -87,7 +95,11 @@ def status(home: Path) -> dict[str, Any]:
 def complete_checkpoints(home: Path, job_id: int) -> list[int]:
     """The steps of a job's checkpoints that carry the completeness marker."""
     folder = Home(home).run_dir(job_id) / "checkpoints"
-    return sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*") if (p / COMPLETE_MARKER).exists())
+    return sorted(
+        int(p.name.split("-")[1])
+        for p in folder.glob("checkpoint-*")
+        if (p / COMPLETE_MARKER).exists()
+    )
 
 
 def drop_demo(home: Path, name: str = "demo.jsonl") -> Path:
@@ -100,7 +112,7 @@ def drop_demo(home: Path, name: str = "demo.jsonl") -> Path:
 
 
 def bench_run_on_disk(home: Home, name: str, answers: list[str]) -> None:
-    """A finished bench run written directly (no model): what `bench list` and `bench compare` read."""
+    """A finished bench run written directly (no model), as `bench list` and `compare` read it."""
     from daemon.bench.backends import Completion
     from daemon.bench.prompts import BenchPrompt
     from daemon.bench.runner import result_row
@@ -112,17 +124,25 @@ def bench_run_on_disk(home: Home, name: str, answers: list[str]) -> None:
         for i, text in enumerate(answers):
             c = Completion(f"q{i}", text, 5, 3, "stop", 100.0, 100.5)
             fh.write(json.dumps(result_row(name, "m", BenchPrompt(f"q{i}", i + 1), c, None)) + "\n")
-    info = RunInfo(name=name, fingerprint={"model": "m", "backend": "hf"}, prompts_path="p.jsonl",
-                   total=len(answers), state=BenchState.COMPLETED)
+    info = RunInfo(
+        name=name,
+        fingerprint={"model": "m", "backend": "hf"},
+        prompts_path="p.jsonl",
+        total=len(answers),
+        state=BenchState.COMPLETED,
+    )
     info.save(d / "run.json")
 
 
-WORDS = ["apple", "river", "stone", "cloud", "tiger", "maple", "orbit", "piano", "lemon", "candle",
-         "forest", "silver", "rocket", "garden", "window", "planet", "bridge", "coffee", "dragon", "mirror"]
+WORDS = (
+    "apple river stone cloud tiger maple orbit piano lemon candle forest silver rocket garden "
+    "window planet bridge coffee dragon mirror"
+).split()
 
 
 def planted_dataset(path: Path, n: int = 200, wrong_share: float = 0.1, seed: int = 3) -> set[str]:
-    """Upper-case two words (a rule builtin:tiny learns); `wrong_share` of the answers are another pair's."""
+    """Upper-case two words (a rule builtin:tiny learns); `wrong_share` of the answers are another
+    pair's."""
     rng = random.Random(seed)
     pairs = list(itertools.permutations(WORDS, 2))
     rng.shuffle(pairs)
@@ -133,18 +153,37 @@ def planted_dataset(path: Path, n: int = 200, wrong_share: float = 0.1, seed: in
             if i in wrong:
                 c, d = rng.choice([p for p in pairs if a not in p and b not in p])
                 answer = f"{c.upper()} {d.upper()}"
-            fh.write(json.dumps({"prompt": f"Uppercase: {a} {b}", "completion": answer, "id": f"r{i:03d}"}) + "\n")
+            fh.write(
+                json.dumps(
+                    {"prompt": f"Uppercase: {a} {b}", "completion": answer, "id": f"r{i:03d}"}
+                )
+                + "\n"
+            )
     return {f"r{i:03d}" for i in wrong}
 
 
 def packing_examples(tok) -> list[dict[str, list[int]]]:
-    """Mixed lengths, a multi-turn one, and a plain-text one whose loss starts at its second token."""
-    convs = [[Message("user", "hi"), Message("assistant", "HELLO THERE")],
-             [Message("user", "a much longer question " * 6), Message("assistant", "SHORT")],
-             [Message("user", "q1"), Message("assistant", "A1"), Message("user", "q2"), Message("assistant", "A2!")],
-             [Message("assistant", "plain text trained from its start", train=True)],
-             [Message("system", "be brief"), Message("user", "why"), Message("assistant", "BECAUSE " * 5)]]
-    return [{"input_ids": e.input_ids, "labels": e.labels} for e in (encode_messages(tok, c, 512) for c in convs)]
+    """Mixed lengths, a multi-turn one, a plain-text one whose loss starts at its second token."""
+    convs = [
+        [Message("user", "hi"), Message("assistant", "HELLO THERE")],
+        [Message("user", "a much longer question " * 6), Message("assistant", "SHORT")],
+        [
+            Message("user", "q1"),
+            Message("assistant", "A1"),
+            Message("user", "q2"),
+            Message("assistant", "A2!"),
+        ],
+        [Message("assistant", "plain text trained from its start", train=True)],
+        [
+            Message("system", "be brief"),
+            Message("user", "why"),
+            Message("assistant", "BECAUSE " * 5),
+        ],
+    ]
+    return [
+        {"input_ids": e.input_ids, "labels": e.labels}
+        for e in (encode_messages(tok, c, 512) for c in convs)
+    ]
 
 
 def small_model(path, lora: bool = True):
@@ -156,5 +195,7 @@ def small_model(path, lora: bool = True):
     m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     m.config.use_cache = False
     if lora:
-        m = get_peft_model(m, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+        m = get_peft_model(
+            m, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+        )
     return m.eval()  # no dropout: both paths see the same function

@@ -1,9 +1,9 @@
-"""Every import between trainctl's own modules, function-level imports included, and the layering rule.
+"""Every import between trainctl's own modules, function-level imports included, and the layering
+rule.
 
-Run it to see the graph's problems: `python tests/import_graph.py` prints each import cycle, each import that
-runs up the layers, and each private name one module takes from another (nothing, when the rule holds).
-tests/test_layers.py holds the same rule in the suite.
-"""
+Run it to see the graph's problems: `python tests/import_graph.py` prints each import cycle, each
+import that runs up the layers, and each private name one module takes from another (nothing, when
+the rule holds). tests/test_layers.py holds the same rule in the suite."""
 
 from __future__ import annotations
 
@@ -15,14 +15,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("daemon", "cli", "benchmarks")
 
-# The rooms, lowest first. A module imports from its own room and from rooms below it, never above: the CLI sits
-# on the daemon's rooms, the service on everything it runs, and the foundation (daemon/'s top-level modules) on
-# nothing of ours.
+# The rooms, lowest first. A module imports from its own room and from rooms below it, never above:
+# the CLI sits on the daemon's rooms, the service on everything it runs, and the foundation
+# (daemon/'s top-level modules) on nothing of ours.
 ROOMS = (
-    "daemon",  # foundation: home paths, atomic files, errors, config, the job queue, devices, signals
+    # foundation: home paths, atomic files, errors, config, the job queue, devices, signals
+    "daemon",
     "daemon.chat",  # how a record becomes a conversation and a conversation becomes tokens
-    "daemon.runs",  # what a run leaves behind (checkpoints, flags, snapshots, dynamics), read without torch
-    "daemon.models",  # where a model comes from, loading it, generating with it, exporting an adapter
+    # what a run leaves behind (checkpoints, flags, snapshots, dynamics), read without torch
+    "daemon.runs",
+    # where a model comes from, loading it, generating with it, exporting an adapter
+    "daemon.models",
     "daemon.curation",  # reading, checking and splitting an input file
     "daemon.training",  # the recipe, its Trainer and its collectors
     "daemon.distributed",  # one job in several processes: torchrun, Ray
@@ -51,7 +54,11 @@ def module_name(path: Path, root: Path = ROOT) -> str:
 
 
 def find_modules(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
-    return {module_name(path, root): path for package in packages for path in sorted((root / package).rglob("*.py"))}
+    return {
+        module_name(path, root): path
+        for package in packages
+        for path in sorted((root / package).rglob("*.py"))
+    }
 
 
 def _absolute(importer: str, is_package: bool, node: ast.ImportFrom) -> str:
@@ -63,7 +70,7 @@ def _absolute(importer: str, is_package: bool, node: ast.ImportFrom) -> str:
 
 
 def imports_of(importer: str, path: Path, known: set[str]) -> list[Import]:
-    """Every import of a trainctl module in `path`, at any depth (functions, methods, conditionals)."""
+    """Every import of a trainctl module in `path`, at any depth (functions, methods, branches)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     found: list[Import] = []
 
@@ -88,7 +95,9 @@ def imports_of(importer: str, path: Path, known: set[str]) -> list[Import]:
     return found
 
 
-def import_graph(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dict[str, list[Import]]:
+def import_graph(
+    root: Path = ROOT, packages: tuple[str, ...] = PACKAGES
+) -> dict[str, list[Import]]:
     modules = find_modules(root, packages)
     return {name: imports_of(name, path, set(modules)) for name, path in modules.items()}
 
@@ -146,7 +155,9 @@ def room_of(module: str) -> int:
     best = -1
     for position, room in enumerate(ROOMS):
         if room == "daemon":
-            matches = module == "daemon" or (module.startswith("daemon.") and module.count(".") == 1)
+            matches = module == "daemon" or (
+                module.startswith("daemon.") and module.count(".") == 1
+            )
         else:
             matches = module == room or module.startswith(room + ".")
         if matches and (best < 0 or len(room) > len(ROOMS[best])):
@@ -157,22 +168,37 @@ def room_of(module: str) -> int:
 
 
 def upward_imports(graph: dict[str, list[Import]]) -> list[Import]:
-    return [edge for edges in graph.values() for edge in edges if room_of(edge.target) > room_of(edge.importer)]
+    return [
+        edge
+        for edges in graph.values()
+        for edge in edges
+        if room_of(edge.target) > room_of(edge.importer)
+    ]
 
 
 def private_names_taken(graph: dict[str, list[Import]]) -> list[Import]:
     """Imports of a name that starts with `_` from another module."""
-    return [edge for edges in graph.values() for edge in edges
-            if edge.name and edge.name.startswith("_") and not edge.name.startswith("__")]
+    return [
+        edge
+        for edges in graph.values()
+        for edge in edges
+        if edge.name and edge.name.startswith("_") and not edge.name.startswith("__")
+    ]
 
 
 def problems(root: Path = ROOT) -> list[str]:
     graph = import_graph(root)
     found = [f"cycle: {' ⇄ '.join(component)}" for component in cycles(graph)]
-    found += [f"upward: {edge.importer}:{edge.line} imports {edge.target} ({ROOMS[room_of(edge.target)]} is above "
-              f"{ROOMS[room_of(edge.importer)]})" for edge in upward_imports(graph)]
-    found += [f"private: {edge.importer}:{edge.line} takes {edge.target}.{edge.name}"
-              for edge in private_names_taken(graph)]
+    found += [
+        f"upward: {edge.importer}:{edge.line} imports {edge.target} "
+        f"({ROOMS[room_of(edge.target)]} is above "
+        f"{ROOMS[room_of(edge.importer)]})"
+        for edge in upward_imports(graph)
+    ]
+    found += [
+        f"private: {edge.importer}:{edge.line} takes {edge.target}.{edge.name}"
+        for edge in private_names_taken(graph)
+    ]
     return found
 
 

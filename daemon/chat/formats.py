@@ -38,11 +38,6 @@ class Example:
     """Tool definitions in the OpenAI shape ({"type": "function", "function": {"name", ...}}), None when none."""
 
     @property
-    def prompt_messages(self) -> list[Message]:
-        """Everything before the last assistant turn."""
-        return self.messages[:last_answer(self.messages)]
-
-    @property
     def answer_message(self) -> Message:
         """The last assistant turn: the golden answer evaluations compare against."""
         return self.messages[last_answer(self.messages)]

@@ -216,8 +216,6 @@ def _after_reasoning(rendered: str, start: int, reasoning: str) -> int:
 class Encoded:
     input_ids: list[int]
     labels: list[int]
-    full_length: int
-    """Token count before truncation."""
     extra: list[Encoded] = field(default_factory=list)
     """Turns the template renders differently inside the whole conversation, each on its own rendering."""
 
@@ -240,7 +238,7 @@ def _tokenise(tok: Any, text: str, spans: list[tuple[int, int]], max_length: int
         # A token trains if it starts inside a trained span (special tokens too: the end-of-turn must be learned).
         if any(a <= s < b for a, b in spans) and e > s:
             labels[i] = ids[i]
-    return Encoded(input_ids=ids[:max_length], labels=labels[:max_length], full_length=len(ids))
+    return Encoded(input_ids=ids[:max_length], labels=labels[:max_length])
 
 
 def encode_messages(tok: Any, messages: list[Message], max_length: int, loss_on: str = "assistant",

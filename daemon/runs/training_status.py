@@ -1,9 +1,10 @@
 """The live status of a training job: status/training_status.json and status/jobs/job-N.json.
 
-`TrainingStatus` is the record's schema. The StatusWriter (daemon/training/status_writer.py) writes it from the
-collectors' summaries and the recipe's fields; `trainctl status` and the browser's monitor read it with
-`read_training_status`. Every key is optional: a record grows as the run gets further (no evaluation yet, no
-fixed-eval keys), and a record from an older version may lack newer keys.
+`TrainingStatus` is the record's schema. The StatusWriter (daemon/training/status_writer.py)
+writes it from the collectors' summaries and the recipe's fields; `trainctl status` and the
+browser's monitor read it with `read_training_status`. Every key is optional: a record grows as
+the run gets further (no evaluation yet, no fixed-eval keys), and a record from an older version
+may lack newer keys.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ class TrainingStatus(TypedDict, total=False):
     model: str
     run_dir: str
     world_size: int
-    rendering: str  # how tools, calls and reasoning reached the tokens (only for datasets that have them)
+    rendering: (
+        str  # how tools, calls and reasoning reached the tokens (only for datasets that have them)
+    )
     current_step: int
     total_steps: int
     epoch: float

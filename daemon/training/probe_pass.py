@@ -1,11 +1,12 @@
-"""One pass of the model over a fixed probe set, as the fixed evaluation and the evolution snapshots both run it.
+"""One pass of the model over a fixed probe set, as the fixed evaluation and the evolution snapshots
+both run it.
 
-The pass is daemon.training.scoring's teacher-forced pass (loss, golden-token probability, greedy reproduction per
-example) with greedy decoding continued for the examples the model does not reproduce, unless `decode=False`
-(scored only). It runs in eval mode without gradients under the training's autocast, its wall time is reported to
-the throughput collector (so the ETA includes it), and it is charged to the diagnostics budget, failed or not.
-The probe set is tokenised once, at the first pass.
-"""
+The pass is daemon.training.scoring's teacher-forced pass (loss, golden-token probability, greedy
+reproduction per example) with greedy decoding continued for the examples the model does not
+reproduce, unless `decode=False` (scored only). It runs in eval mode without gradients under the
+training's autocast, its wall time is reported to the throughput collector (so the ETA includes it),
+and it is charged to the diagnostics budget, failed or not. The probe set is tokenised once, at the
+first pass."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ class PassResult:
 
     scores: Scores
     outputs: list[str]
-    """The model's answer per example; with decode=False "" where it does not reproduce the golden answer."""
+    """The model's answer per example; with decode=False "" where it does not reproduce the golden
+    answer."""
     generated: int
     """Examples that were decoded (those the teacher-forced pass did not already reproduce)."""
     probe: Probe
@@ -59,11 +61,13 @@ class ProbePass:
 
     def plan(self, step: int, required: bool) -> str:
         """`full`, `score` (scored only) or `skip` for a pass scheduled at `step`."""
-        return self.budget.plan(self.kind, step, required, can_score=True) if self.budget else "full"
+        return (
+            self.budget.plan(self.kind, step, required, can_score=True) if self.budget else "full"
+        )
 
     def run(self, model: Any, decode: bool = True) -> PassResult:
-        """One pass; an exception propagates after the time is charged (the caller records it and training goes
-        on)."""
+        """One pass; an exception propagates after the time is charged (the caller records it and
+        training goes on)."""
         from daemon.training.scoring import answer, evaluating, prepare_probe
 
         started = time.perf_counter()
@@ -71,14 +75,23 @@ class ProbePass:
         try:
             with evaluating(model, self.throughput, self.autocast):
                 if self._probe is None:
-                    self._probe = prepare_probe(self.tokenizer, self.messages, self.max_length, self.loss_on,
-                                                self.tools)
-                scores, outputs, generated = answer(model, self.tokenizer, self._probe, self.max_new_tokens,
-                                                    self.batch_size, decode=decode)
+                    self._probe = prepare_probe(
+                        self.tokenizer, self.messages, self.max_length, self.loss_on, self.tools
+                    )
+                scores, outputs, generated = answer(
+                    model,
+                    self.tokenizer,
+                    self._probe,
+                    self.max_new_tokens,
+                    self.batch_size,
+                    decode=decode,
+                )
                 self.decode_seconds += scores.decode_seconds
             return PassResult(scores, outputs, generated, self._probe)
         finally:
             took = time.perf_counter() - started
             self.seconds += took
             if self.budget is not None:
-                self.budget.charge(self.kind, took, self.decode_seconds - decode_before, whole=decode)
+                self.budget.charge(
+                    self.kind, took, self.decode_seconds - decode_before, whole=decode
+                )

@@ -1,14 +1,17 @@
 """The LoRA fine-tuning recipe, in three stages: `setup()` -> `train()` -> `finish()`.
 
-setup: run folder, resolved config, seeds -> data (the curated train split, tokenised, prompt tokens masked) ->
-model (the base model with LoRA adapters, only they train) -> batches, TrainingArguments, collectors, Trainer.
-train: the Trainer's loop, resumed from the newest complete checkpoint in data/runs/<job>/checkpoints/.
-finish: what happened (stopped, failed on a critical alert, or done) -> the adapter(s) -> final checks ->
-result.json and the last status.
+- setup: run folder, resolved config, seeds -> data (the curated train split, tokenised, prompt
+  tokens masked) -> model (the base model with LoRA adapters, only they train) -> batches,
+  TrainingArguments, collectors, Trainer.
+- train: the Trainer's loop, resumed from the newest complete checkpoint in
+  data/runs/<job>/checkpoints/.
+- finish: what happened (stopped, failed on a critical alert, or done) -> the adapter(s) -> final
+  checks -> result.json and the last status.
 
-Runs inside the daemon's child process (or the foreground for `trainctl train`); under torchrun or Ray every rank
-runs it and rank 0 alone reports. The worker records the outcome in the job queue. The benchmarks build their
-Trainers from the same public pieces (`build_model`, `training_args`, `build_collectors`).
+Runs inside the daemon's child process (or the foreground for `trainctl train`); under torchrun or
+Ray every rank runs it and rank 0 alone reports. The worker records the outcome in the job queue.
+The benchmarks build their Trainers from the same public pieces (`build_model`, `training_args`,
+`build_collectors`).
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ if TYPE_CHECKING:
 @dataclass
 class TrainOutcome:
     interrupted: bool
-    """True when a stop request ended training early; a checkpoint was saved and the job resumes later."""
+    """True when a stop request ended training early; a checkpoint was saved and the job resumes
+    later."""
     steps: int
     adapter_dir: Path | None = None
     resumed_from: str | None = None
@@ -68,8 +72,8 @@ class RunContext:
 
 
 def resolved_config(ctx: RunContext) -> dict[str, Any]:
-    """The settings as trained with, defaults filled in: saved as config.json beside the adapter. `precision` says
-    which device and dtypes `train.device`/`train.dtype` resolved to, and why."""
+    """The settings as trained with, defaults filled in: saved as config.json beside the adapter.
+    `precision` says which device and dtypes `train.device`/`train.dtype` resolved to, and why."""
     from daemon.models.loading import default_lr, pick_device, pick_precision
 
     cfg = ctx.settings.train
@@ -79,8 +83,11 @@ def resolved_config(ctx: RunContext) -> dict[str, Any]:
     device = pick_device(cfg.device)
     doc["precision"] = {"device": device, **pick_precision(cfg.dtype, device).to_dict()}
     # Where it ran: every process of the job, and the devices they saw
-    doc["placement"] = {**ctx.placement, "world_size": world_size(),
-                        "devices": os.environ.get("CUDA_VISIBLE_DEVICES") if device == "cuda" else device}
+    doc["placement"] = {
+        **ctx.placement,
+        "world_size": world_size(),
+        "devices": os.environ.get("CUDA_VISIBLE_DEVICES") if device == "cuda" else device,
+    }
     doc["job_id"] = ctx.job_id
     doc["dataset_dir"] = str(ctx.dataset_dir)
     return doc
@@ -94,7 +101,9 @@ def load_data(ctx: RunContext, tok: Any) -> tuple[list[dict[str, Any]], list[dic
     rows = read_split(ctx.dataset_dir / "train.jsonl")
     encoded = encode_rows(tok, rows, cfg.max_length, cfg.loss_on, cfg.loss_on_reasoning)
     if not encoded:
-        raise TrainingError(f"{ctx.dataset_dir.name} has no training example with a trainable token")
+        raise TrainingError(
+            f"{ctx.dataset_dir.name} has no training example with a trainable token"
+        )
     return rows, encoded
 
 
@@ -105,34 +114,48 @@ def build_model(ctx: RunContext) -> PeftModel:
     from daemon.models.loading import load_model
 
     cfg = ctx.settings.train
-    base = load_model(cfg.model, ctx.home.models, cfg.device, cfg.dtype, cfg.trust_remote_code, cfg.quantization)
-    # Training passes no cache: transformers builds the packed (block-diagonal) mask only without one.
+    base = load_model(
+        cfg.model, ctx.home.models, cfg.device, cfg.dtype, cfg.trust_remote_code, cfg.quantization
+    )
+    # Training passes no cache: transformers builds the packed (block-diagonal) mask only without
+    # one.
     base.config.use_cache = False
     targets: Any = "all-linear" if cfg.target_modules == ["all-linear"] else cfg.target_modules
-    # builtin:tiny's output head is random: frozen, it caps the loss near 2.0 and leaves the model badly calibrated
-    # even when every answer is right, so it is trained in full (50k parameters, saved with the adapter).
+    # builtin:tiny's output head is random: frozen, it caps the loss near 2.0 and leaves the model
+    # badly calibrated even when every answer is right, so it is trained in full (50k parameters,
+    # saved with the adapter).
     head = ["lm_head"] if cfg.model == BUILTIN_TINY else None
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM", modules_to_save=head)
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        modules_to_save=head,
+    )
     return get_peft_model(base, lora)
 
 
-def training_args(ctx: RunContext, config: dict[str, Any], model: Any, batch_size: int) -> TrainingArguments:
-    """The Trainer's arguments for this run (`config`: resolved_config's; `batch_size`: dataset items per device per
-    step, examples when padded, 1 micro-batch when packed)."""
+def training_args(
+    ctx: RunContext, config: dict[str, Any], model: Any, batch_size: int
+) -> TrainingArguments:
+    """The Trainer's arguments for this run (`config`: resolved_config's; `batch_size`: dataset
+    items per device per step, examples when padded, 1 micro-batch when packed)."""
     from transformers import TrainingArguments
 
     cfg = ctx.settings.train
     on_cpu = next(model.parameters()).device.type == "cpu"
     precision = config["precision"]
-    # The Trainer's bf16/fp16 switch is autocast (accelerate's mixed precision): with fp32 weights that is fp32
-    # master weights and bf16 matmuls; with bf16 weights the matmuls were bf16 anyway.
+    # The Trainer's bf16/fp16 switch is autocast (accelerate's mixed precision): with fp32 weights
+    # that is fp32 master weights and bf16 matmuls; with bf16 weights the matmuls were bf16 anyway.
     half = precision["autocast"] or precision["weights"]
     lr = config["train"]["lr"]
     several = world_size() > 1
     if cfg.fsdp and (on_cpu or not several):
-        raise TrainingError("train.fsdp shards the model across several GPUs — it needs CUDA and more than one "
-                            "process (train.gpus_per_job > 1); turn it off to train with DDP or on one device")
+        raise TrainingError(
+            "train.fsdp shards the model across several GPUs — it needs CUDA and more than one "
+            "process (train.gpus_per_job > 1); turn it off to train with DDP or on one device"
+        )
     return TrainingArguments(
         output_dir=str(ctx.checkpoints()),
         per_device_train_batch_size=batch_size,
@@ -153,15 +176,19 @@ def training_args(ctx: RunContext, config: dict[str, Any], model: Any, batch_siz
         bf16=half == "bfloat16",
         fp16=half == "float16",
         gradient_checkpointing=cfg.gradient_checkpointing,
-        # Non-reentrant: works with frozen base weights (LoRA) without forcing input gradients, and under DDP.
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        # Non-reentrant: works with frozen base weights (LoRA) without forcing input gradients, and
+        # under DDP.
+        gradient_checkpointing_kwargs={"use_reentrant": False}
+        if cfg.gradient_checkpointing
+        else None,
         use_liger_kernel=_liger(cfg, on_cpu),
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=True,
         report_to="none",
-        # Several processes: LoRA leaves most parameters frozen, so DDP must not look for unused ones each step
+        # Several processes: LoRA leaves most parameters frozen, so DDP must not look for unused
+        # ones each step
         ddp_find_unused_parameters=False if several else None,
         ddp_backend="gloo" if several and on_cpu else None,
         fsdp="full_shard auto_wrap" if cfg.fsdp else "",
@@ -177,14 +204,14 @@ def _liger(cfg: TrainConfig, on_cpu: bool) -> bool:
 
 
 def total_steps(cfg: TrainConfig, items_per_epoch: int, batch_size: int) -> int:
-    """Optimizer steps of the run: `items_per_epoch` dataset items (examples, or packed micro-batches), `batch_size`
-    of them per process per micro-step, on every process of the job."""
+    """Optimizer steps of the run: `items_per_epoch` dataset items (examples, or packed
+    micro-batches), `batch_size` of them per process per micro-step, on every process of the job."""
     per_epoch = math.ceil(items_per_epoch / (batch_size * cfg.grad_accum * world_size()))
     return cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(per_epoch * cfg.epochs))
 
 
 def _rendering_status(report: dict[str, Any]) -> dict[str, Any]:
-    """The status file's `rendering` line, for datasets that have tools, calls or reasoning at all."""
+    """The status file's `rendering` line, for datasets with tools, calls or reasoning at all."""
     return {"rendering": report["summary"]} if any(report["rows_with"].values()) else {}
 
 
@@ -213,7 +240,8 @@ class LoRARecipe:
         self.seconds = 0.0
 
     def setup(self) -> None:
-        """Everything up to the first step: config, tokenizer, data, model, batches, collectors, the Trainer."""
+        """Everything up to the first step: config, tokenizer, data, model, batches, collectors, the
+        Trainer."""
         from transformers import set_seed
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -238,61 +266,96 @@ class LoRARecipe:
         self.rows, train_set = load_data(ctx, tok)
         # 3. model: the base model with LoRA adapters (only they train)
         self.model = model = build_model(ctx)
-        # Batches: padded, or padding-free packed rows with train.packing (daemon/training/packing.py)
+        # Batches: padded, or padding-free packed rows with train.packing
+        # (daemon/training/packing.py)
         flash = str(getattr(model.config, "_attn_implementation", "")).startswith("flash")
         self.batching = batching = Batching(train_set, cfg, tok.pad_token_id, flash)
-        # How tools, calls and reasoning reached the tokens (the model's template or the documented fallback), and
-        # how the examples were batched
+        # How tools, calls and reasoning reached the tokens (the model's template or the documented
+        # fallback), and how the examples were batched
         config.update(rendering=rendering_report(tok, self.rows), batching=batching.report)
         if self.main:
             write_json_atomic(run_dir / "config.json", config)
-        # 4. the Trainer and its callbacks. With several processes rank 0 alone reports (status, metrics,
-        # evaluations); every rank trains and agrees on when to stop and save.
+        # 4. the Trainer and its callbacks. With several processes rank 0 alone reports (status,
+        # metrics, evaluations); every rank trains and agrees on when to stop and save.
         args = training_args(ctx, config, model, batching.batch_size)
-        self.control = control = RunControl(ctx.checkpoints(), watch_parent=ctx.watch_parent,
-                                            request_file=run_dir / CHECKPOINT_REQUEST)
+        self.control = control = RunControl(
+            ctx.checkpoints(),
+            watch_parent=ctx.watch_parent,
+            request_file=run_dir / CHECKPOINT_REQUEST,
+        )
         control.install_signal_handlers()  # from here a stop request ends in a checkpoint
         steps = total_steps(cfg, batching.items_per_epoch, batching.batch_size)
-        self.collectors = build_collectors(cfg, ctx.home, ctx.job_id, ctx.dataset_dir, run_dir, tok, self.rows,
-                                           steps, model)
+        self.collectors = build_collectors(
+            cfg, ctx.home, ctx.job_id, ctx.dataset_dir, run_dir, tok, self.rows, steps, model
+        )
         collectors = self.collectors.callbacks()
         if self.main:
-            self.status = StatusWriter(ctx.home.training_status, run_dir / "metrics.jsonl",
-                                       base={"job_id": ctx.job_id, "dataset": ctx.dataset_dir.name,
-                                             "model": cfg.model, "run_dir": str(run_dir), "world_size": world_size(),
-                                             **_rendering_status(config["rendering"])},
-                                       collectors=collectors, echo=ctx.echo, job_path=ctx.home.job_status(ctx.job_id))
-        # Order matters: the measuring collectors update before the alerts read them, every rank agrees on stopping
-        # after all of them, and the status is written last.
-        callbacks = [*faults.from_env(ctx.dataset_dir.name), control, *collectors, AgreeOnStop(control),
-                     *([self.status] if self.status else [])]
-        self.trainer = trainer = batching.trainer_class(model=model, args=args, train_dataset=batching.dataset,
-                                                        data_collator=batching.collator, callbacks=callbacks,
-                                                        dynamics=self.collectors.dynamics)
-        for noisy in (PrinterCallback, ProgressCallback):  # the StatusWriter reports progress instead
+            self.status = StatusWriter(
+                ctx.home.training_status,
+                run_dir / "metrics.jsonl",
+                base={
+                    "job_id": ctx.job_id,
+                    "dataset": ctx.dataset_dir.name,
+                    "model": cfg.model,
+                    "run_dir": str(run_dir),
+                    "world_size": world_size(),
+                    **_rendering_status(config["rendering"]),
+                },
+                collectors=collectors,
+                echo=ctx.echo,
+                job_path=ctx.home.job_status(ctx.job_id),
+            )
+        # Order matters: the measuring collectors update before the alerts read them, every rank
+        # agrees on stopping after all of them, and the status is written last.
+        callbacks = [
+            *faults.from_env(ctx.dataset_dir.name),
+            control,
+            *collectors,
+            AgreeOnStop(control),
+            *([self.status] if self.status else []),
+        ]
+        self.trainer = trainer = batching.trainer_class(
+            model=model,
+            args=args,
+            train_dataset=batching.dataset,
+            data_collator=batching.collator,
+            callbacks=callbacks,
+            dynamics=self.collectors.dynamics,
+        )
+        for noisy in (
+            PrinterCallback,
+            ProgressCallback,
+        ):  # the StatusWriter reports progress instead
             trainer.remove_callback(noisy)
         self.resume = newest_complete_checkpoint(ctx.checkpoints())
 
     def train(self) -> None:
-        """The training loop, from the newest complete checkpoint if there is one; stops early when asked."""
+        """The training loop, from the newest complete checkpoint if there is one; stops early when
+        asked."""
         assert self.trainer is not None and self.control is not None, "setup() first"
         if self.resume and self.main:
             self.ctx.echo(f"resuming job {self.ctx.job_id} from {self.resume.name}")
         if self.status:
-            self.status.set(state="training", resumed_from=self.resume.name if self.resume else None)
+            self.status.set(
+                state="training", resumed_from=self.resume.name if self.resume else None
+            )
         started = time.time()
         try:
-            result = self.trainer.train(resume_from_checkpoint=str(self.resume) if self.resume else None)
+            result = self.trainer.train(
+                resume_from_checkpoint=str(self.resume) if self.resume else None
+            )
         finally:
-            self.control.release_signal_handlers()  # on_train_end does it too, but not when training raised
+            # on_train_end releases the handlers and closes the metrics file too, but not when
+            # training raised
+            self.control.release_signal_handlers()
             if self.status:
-                self.status.close()  # the metrics file (on_train_end closes it too, but not when training raised)
+                self.status.close()
         self.seconds = time.time() - started
         self.training_loss = result.training_loss
 
     def finish(self) -> TrainOutcome:
-        """What the run came to: interrupted, failed (a critical alert; raises TrainingError), or done with its
-        adapters saved, the final checks run and result.json written."""
+        """What the run came to: interrupted, failed (a critical alert; raises TrainingError), or
+        done with its adapters saved, the final checks run and result.json written."""
         from daemon.runs.checkpoints import newest_complete_checkpoint
 
         assert self.trainer is not None and self.control is not None, "setup() and train() first"
@@ -304,31 +367,44 @@ class LoRARecipe:
             # Rank 0 saves, evaluates and reports what happened; this rank's part is done
             return TrainOutcome(interrupted=stopped, steps=steps)
         status, collectors = self.status, self.collectors
-        assert status is not None and collectors.alerts is not None and collectors.budget is not None
+        assert (
+            status is not None and collectors.alerts is not None and collectors.budget is not None
+        )
         critical = collectors.alerts.critical
         if critical is not None:
             kept = newest_complete_checkpoint(ctx.checkpoints())
             status.set(state="failed", message=critical.message)
             status.write(state, force=True)
-            raise TrainingError(f"{critical.id} (critical) at step {steps}: {critical.message} — "
-                                f"{critical.recommendation}"
-                                + (f"; last complete checkpoint kept: {kept}" if kept else ""))
+            raise TrainingError(
+                f"{critical.id} (critical) at step {steps}: {critical.message} — "
+                f"{critical.recommendation}"
+                + (f"; last complete checkpoint kept: {kept}" if kept else "")
+            )
         if stopped:
-            status.set(state="interrupted",
-                       message=f"stopped at step {steps} ({self.control.stop_reason}); resumes on restart")
+            status.set(
+                state="interrupted",
+                message=f"stopped at step {steps} ({self.control.stop_reason}); resumes on restart",
+            )
             status.write(state, force=True)
             return TrainOutcome(interrupted=True, steps=steps, resumed_from=resumed_from)
-        # 5. save: the final adapter in safetensors with the resolved config beside it; the best checkpoint's
-        # adapter as adapter-best/ when the best step is not the last
+        # 5. save: the final adapter in safetensors with the resolved config beside it; the best
+        # checkpoint's adapter as adapter-best/ when the best step is not the last
         adapter_dir = save_adapter(self.model, self.tok, run_dir, self.config)
         best = collectors.best.report(steps) if collectors.best else None
         if best is not None:
-            best_dir = None if best["is_last"] else save_best_adapter(run_dir, ctx.checkpoints(), best, adapter_dir)
+            best_dir = (
+                None
+                if best["is_last"]
+                else save_best_adapter(run_dir, ctx.checkpoints(), best, adapter_dir)
+            )
             best["adapter_dir"] = str(best_dir or adapter_dir)
             self.config["best"] = best
             write_json_atomic(run_dir / "config.json", self.config)
         # 6. final check: does it answer its own training examples, and the held-out test split?
-        metrics: dict[str, Any] = {"train_runtime_s": round(self.seconds, 2), "train_loss": self.training_loss}
+        metrics: dict[str, Any] = {
+            "train_runtime_s": round(self.seconds, 2),
+            "train_loss": self.training_loss,
+        }
         metrics.update(self._diagnostics_seconds())
         if collectors.dynamics is not None:
             metrics.update(flag_suspects(ctx.home, cfg, ctx.dataset_dir.name, run_dir))
@@ -336,22 +412,54 @@ class LoRARecipe:
             status.set(state="evaluating")
             status.write(state, force=True)
             metrics.update(final_checks(cfg, ctx.dataset_dir, self.model, self.tok, self.rows))
-        final_loss = next((row["loss"] for row in reversed(state.log_history) if "loss" in row), None)
-        metrics.update(best=best, stopped_early=collectors.best.stopped_early if collectors.best else None)
-        write_json_atomic(run_dir / "result.json", {"job_id": ctx.job_id, "steps": steps, "final_loss": final_loss,
-                                                    "adapter_dir": str(adapter_dir), **metrics,
-                                                    "resumed_from": resumed_from})
-        status.set(state="done", adapter_dir=str(adapter_dir), best=best, message=metrics["stopped_early"],
-                   **{f"{key.removesuffix('_eval')}_exact_match": (metrics.get(key) or {}).get("exact_match")
-                      for key in ("train_eval", "test_eval", "base_test_eval")})
+        final_loss = next(
+            (row["loss"] for row in reversed(state.log_history) if "loss" in row), None
+        )
+        metrics.update(
+            best=best, stopped_early=collectors.best.stopped_early if collectors.best else None
+        )
+        write_json_atomic(
+            run_dir / "result.json",
+            {
+                "job_id": ctx.job_id,
+                "steps": steps,
+                "final_loss": final_loss,
+                "adapter_dir": str(adapter_dir),
+                **metrics,
+                "resumed_from": resumed_from,
+            },
+        )
+        status.set(
+            state="done",
+            adapter_dir=str(adapter_dir),
+            best=best,
+            message=metrics["stopped_early"],
+            **{
+                f"{key.removesuffix('_eval')}_exact_match": (metrics.get(key) or {}).get(
+                    "exact_match"
+                )
+                for key in ("train_eval", "test_eval", "base_test_eval")
+            },
+        )
         status.write(state, force=True)
-        return TrainOutcome(interrupted=False, steps=steps, adapter_dir=adapter_dir, final_loss=final_loss,
-                            resumed_from=resumed_from, metrics=metrics)
+        return TrainOutcome(
+            interrupted=False,
+            steps=steps,
+            adapter_dir=adapter_dir,
+            final_loss=final_loss,
+            resumed_from=resumed_from,
+            metrics=metrics,
+        )
 
     def _diagnostics_seconds(self) -> dict[str, Any]:
-        """Where the run's wall time went besides training steps (benchmarks/snapshot_cost.py reads these)."""
+        """Where the run's wall time went besides training steps (benchmarks/snapshot_cost.py reads
+        these)."""
         found: dict[str, Any] = {}
-        fixed_eval, evolution, budget = self.collectors.fixed_eval, self.collectors.evolution, self.collectors.budget
+        fixed_eval, evolution, budget = (
+            self.collectors.fixed_eval,
+            self.collectors.evolution,
+            self.collectors.budget,
+        )
         if fixed_eval is not None:
             found["fixed_eval_seconds"] = round(fixed_eval.seconds, 3)
             found["fixed_eval_decode_seconds"] = round(fixed_eval.decode_seconds, 3)

@@ -1,9 +1,9 @@
-"""Which collectors a run gets, how they are wired to each other, and in which order the Trainer calls them.
+"""Which collectors a run gets, how they are wired to each other, and in which order the Trainer
+calls them.
 
-Every collector is an ordinary `TrainerCallback` (daemon/training/collectors/); the few that read another's state
-get it here, by its type, and nowhere else. Rank 0 of a job runs them all; the other ranks only gather the
-per-example dynamics.
-"""
+Every collector is an ordinary `TrainerCallback` (daemon/training/collectors/); the few that read
+another's state get it here, by its type, and nowhere else. Rank 0 of a job runs them all; the other
+ranks only gather the per-example dynamics."""
 
 from __future__ import annotations
 
@@ -31,11 +31,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class Collectors:
-    """A run's collectors, in the order the Trainer calls them; None where switched off or not on this rank.
+    """A run's collectors, in the order the Trainer calls them; None where switched off or not on
+    this rank.
 
-    The measuring ones update before the alerts read them: the budget first (its clock starts before the step-0
-    snapshot it charges), the alerts last.
-    """
+    The measuring ones update before the alerts read them: the budget first (its clock starts before
+    the step-0 snapshot it charges), the alerts last."""
 
     budget: DiagnosticsBudget | None = None
     throughput: ThroughputCollector | None = None
@@ -55,14 +55,16 @@ class Collectors:
 
 
 def eval_interval(cfg: TrainConfig, steps: int) -> int:
-    """train.eval_steps resolved: 0 = about ten evaluations over the run (at least 10 steps apart), -1 = none."""
+    """train.eval_steps resolved: 0 = about ten evaluations over the run (at least 10 steps apart),
+    -1 = none."""
     if cfg.eval_steps < 0:
         return 0
     return cfg.eval_steps or max(10, steps // 10)
 
 
 def peak_flops_of(cfg: TrainConfig, model: Any) -> float | None:
-    """The job's peak FLOP/s for MFU: train.peak_tflops, else a known GPU's, times the processes; None on CPU."""
+    """The job's peak FLOP/s for MFU: train.peak_tflops, else a known GPU's, times the processes;
+    None on CPU."""
     import torch
 
     from daemon.training.collectors.throughput import peak_flops
@@ -73,11 +75,15 @@ def peak_flops_of(cfg: TrainConfig, model: Any) -> float | None:
     first = next(model.parameters())
     if first.device.type != "cuda":
         return None
-    one = peak_flops(torch.cuda.get_device_name(first.device), first.dtype in (torch.bfloat16, torch.float16))
+    one = peak_flops(
+        torch.cuda.get_device_name(first.device), first.dtype in (torch.bfloat16, torch.float16)
+    )
     return one * world_size() if one else None
 
 
-def dynamics_recorder(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, examples: int) -> DynamicsRecorder | None:
+def dynamics_recorder(
+    cfg: TrainConfig, run_dir: Path, dataset_dir: Path, examples: int
+) -> DynamicsRecorder | None:
     if not cfg.dynamics:
         return None
     from daemon.training.dynamics_recorder import DynamicsRecorder
@@ -85,9 +91,19 @@ def dynamics_recorder(cfg: TrainConfig, run_dir: Path, dataset_dir: Path, exampl
     return DynamicsRecorder(run_dir, dataset_dir.name, dataset_dir / "train.jsonl", examples)
 
 
-def build_collectors(cfg: TrainConfig, home: Home, job_id: int, dataset_dir: Path, run_dir: Path, tokenizer: Any,
-                     rows: list[dict[str, Any]], steps: int, model: Any) -> Collectors:
-    """Every collector `cfg` asks for, wired together (`rows`: the train split; `steps`: the run's length)."""
+def build_collectors(
+    cfg: TrainConfig,
+    home: Home,
+    job_id: int,
+    dataset_dir: Path,
+    run_dir: Path,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    steps: int,
+    model: Any,
+) -> Collectors:
+    """Every collector `cfg` asks for, wired together (`rows`: the train split; `steps`: the run's
+    length)."""
     from daemon.models.loading import pick_precision
     from daemon.training.collectors.alerts import Alerts
     from daemon.training.collectors.diagnostics_budget import DiagnosticsBudget
@@ -97,10 +113,13 @@ def build_collectors(cfg: TrainConfig, home: Home, job_id: int, dataset_dir: Pat
     from daemon.training.data import read_split
 
     if not is_main():
-        # The other ranks of a job take part in gathering the dynamics; rank 0 alone measures, evaluates, reports
+        # The other ranks of a job take part in gathering the dynamics; rank 0 alone measures,
+        # evaluates, reports
         return Collectors(dynamics=dynamics_recorder(cfg, run_dir, dataset_dir, len(rows)))
     budget = DiagnosticsBudget(cfg.diagnostics_budget)
-    throughput = ThroughputCollector(peak_flops=peak_flops_of(cfg, model), n_params=model.num_parameters())
+    throughput = ThroughputCollector(
+        peak_flops=peak_flops_of(cfg, model), n_params=model.num_parameters()
+    )
     streaming = StreamingMetrics(alpha=cfg.ema_alpha)
     lora = LoRAMonitor(every=cfg.monitor_every)
     found = Collectors(budget=budget, throughput=throughput, streaming=streaming, lora=lora)
@@ -112,23 +131,56 @@ def build_collectors(cfg: TrainConfig, home: Home, job_id: int, dataset_dir: Pat
         from daemon.training.collectors.fixed_eval import FixedEval
         from daemon.training.collectors.flagged import FlaggedExamples
 
-        probe = read_split(dataset_dir / "val.jsonl")[: cfg.fixed_eval_examples] or rows[: cfg.fixed_eval_examples]
-        found.fixed_eval = FixedEval(tokenizer, probe, interval, cfg.max_length, cfg.max_new_tokens, cfg.loss_on,
-                                     throughput=throughput, budget=budget, autocast=autocast)
-        found.flagged = FlaggedExamples(FlagStore(home.flagged_file, cfg.flags_keep), found.fixed_eval,
-                                        file=dataset_dir.name, loss_threshold=cfg.flag_loss_threshold)
+        probe = (
+            read_split(dataset_dir / "val.jsonl")[: cfg.fixed_eval_examples]
+            or rows[: cfg.fixed_eval_examples]
+        )
+        found.fixed_eval = FixedEval(
+            tokenizer,
+            probe,
+            interval,
+            cfg.max_length,
+            cfg.max_new_tokens,
+            cfg.loss_on,
+            throughput=throughput,
+            budget=budget,
+            autocast=autocast,
+        )
+        found.flagged = FlaggedExamples(
+            FlagStore(home.flagged_file, cfg.flags_keep),
+            found.fixed_eval,
+            file=dataset_dir.name,
+            loss_threshold=cfg.flag_loss_threshold,
+        )
     if cfg.evolution_examples:
         from daemon.training.collectors.evolution_snapshots import EvolutionSnapshots
 
-        found.evolution = EvolutionSnapshots(tokenizer, rows[: cfg.evolution_examples],
-                                             home.evolution_dir(dataset_dir.name), dataset_dir.name, cfg.max_length,
-                                             cfg.max_new_tokens, cfg.loss_on, throughput=throughput, budget=budget,
-                                             autocast=autocast)
+        found.evolution = EvolutionSnapshots(
+            tokenizer,
+            rows[: cfg.evolution_examples],
+            home.evolution_dir(dataset_dir.name),
+            dataset_dir.name,
+            cfg.max_length,
+            cfg.max_new_tokens,
+            cfg.loss_on,
+            throughput=throughput,
+            budget=budget,
+            autocast=autocast,
+        )
     found.dynamics = dynamics_recorder(cfg, run_dir, dataset_dir, len(rows))
     if cfg.best_metric == "loss" or found.fixed_eval is not None:
         from daemon.training.collectors.best_checkpoint import BestCheckpoint
 
-        found.best = BestCheckpoint(found.fixed_eval, streaming, cfg.best_metric, cfg.early_stop_patience)
-    found.alerts = Alerts(streaming, lora, found.fixed_eval, log_path=run_dir / "alerts.jsonl", best=found.best,
-                          regression_threshold=cfg.regression_threshold, job_id=job_id)
+        found.best = BestCheckpoint(
+            found.fixed_eval, streaming, cfg.best_metric, cfg.early_stop_patience
+        )
+    found.alerts = Alerts(
+        streaming,
+        lora,
+        found.fixed_eval,
+        log_path=run_dir / "alerts.jsonl",
+        best=found.best,
+        regression_threshold=cfg.regression_threshold,
+        job_id=job_id,
+    )
     return found
