@@ -12,7 +12,7 @@ from cli.common import Commands, HomeOpt, JsonOpt, console
 from cli.formatting import clock, dash, duration
 from daemon.devices import Placement
 from daemon.home import Home
-from daemon.jobs import JobQueue
+from daemon.jobs import ACTIVE, JobQueue, pid_alive
 from daemon.service.file_settings import describe
 
 commands = Commands()
@@ -38,10 +38,14 @@ def queue(home: HomeOpt = None, json_out: JsonOpt = False,
     for col in ("id", "state", "file", "settings", "created", "took", "devices", "dataset / adapter",
                 "message / error"):
         # short values kept whole on a narrow terminal; the rest wraps
-        t.add_column(col, overflow="fold", no_wrap=col in ("id", "state", "took"))
+        t.add_column(col, overflow="fold", no_wrap=col in ("id", "took"))
     colours = {"done": "green", "failed": "red", "training": "cyan", "curating": "cyan", "interrupted": "yellow",
                "paused": "yellow", "cancelled": "red", "skipped": "dim", "queued": "white"}
     for j in jobs:
+        # CURATING/TRAINING whose worker is gone (the daemon killed, not restarted yet): say so, not "training"
+        state = j.state.value
+        if j.state in ACTIVE and not pid_alive(j.worker_pid):
+            state = f"{state}: stopped (daemon not running)"
         took = (j.finished_at or 0) - (j.started_at or 0) if j.finished_at and j.started_at else None
         c = colours.get(j.state.value, "white")
         where = "\n".join(_in_home(h, x) for x in (j.dataset_dir, j.adapter_dir) if x) or "—"
@@ -49,7 +53,7 @@ def queue(home: HomeOpt = None, json_out: JsonOpt = False,
         devices = Placement.from_dict(j.devices_dict).describe() if j.devices_dict else "—"
         own = " ".join(x for x in (f"priority={j.priority}" if j.priority else "", describe(j.overrides_dict),
                                    f"({Path(j.settings_file).name})" if j.settings_file else "") if x)
-        t.add_row(str(j.id), f"[{c}]{j.state.value}[/{c}]", j.file_name, own or "—", clock(j.created_at),
+        t.add_row(str(j.id), f"[{c}]{state}[/{c}]", j.file_name, own or "—", clock(j.created_at),
                   duration(took), devices, where, msg)
     console.print(t)
 

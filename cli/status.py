@@ -75,9 +75,18 @@ def loss_history(run_dir: str | None, points: int = 40) -> list[float]:
     return out
 
 
+def undelivered_notices(home: Home) -> int:
+    """Notices every retry failed to deliver, kept in data/notify/failed/ (daemon/service/notify.py)."""
+    try:
+        return sum(1 for path in home.notify_failed.iterdir() if path.suffix == ".json")
+    except FileNotFoundError:
+        return 0
+
+
 def gather(home: Home) -> dict[str, Any]:
     training = read_training_status(home.training_status)
     return {"daemon": daemon_view(home), "queue": queue_view(home), "training": training,
+            "notices_undelivered": undelivered_notices(home),
             "loss_history": loss_history(training.get("run_dir"))}
 
 
@@ -99,6 +108,9 @@ def render(s: dict[str, Any]) -> Group:
                     if d.get("pid") else ""))
     counts = q.get("counts") or {}
     head.add_row("queue", "  ".join(f"{k} {v}" for k, v in counts.items()) or "empty")
+    if s.get("notices_undelivered"):
+        head.add_row("notices", f"[yellow]{s['notices_undelivered']} not delivered[/yellow] (every retry failed; "
+                     "kept in data/notify/failed/)")
     running = q.get("running") or ([q["current"]] if q.get("current") else [])
     where = d.get("running_jobs") or {}
     head.add_row("current job" if len(running) < 2 else "running jobs", "\n".join(

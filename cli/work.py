@@ -60,6 +60,7 @@ def daemon_cmd(ctx: typer.Context, overrides: Overrides, home: HomeOpt = None,
     from daemon.service.loop import Daemon, setup_logging
 
     h = Home.open(home)
+    h.check_writable()  # one line now, not a traceback from the log file or the queue
     if detach:
         from daemon.service.background import start_detached
 
@@ -92,8 +93,13 @@ def stop(home: HomeOpt = None, timeout: float = typer.Option(300, help="Seconds 
     if doc.get("state") == "stopped" or not isinstance(pid, int) or not pid_alive(pid) \
             or not instance_lock.held(h.status_dir):
         raise TrainctlError(f"no daemon is running for {h.root} — start one with `trainctl daemon`")
+    running = sorted(doc.get("running_jobs") or {}) or ([doc["current_job"]] if doc.get("current_job") else [])
     os.kill(pid, signal.SIGTERM)
-    console.print(f"asked daemon (pid {pid}) to stop; the current job saves a checkpoint first")
+    if running:
+        jobs = ", ".join(str(job) for job in running)
+        console.print(f"asked daemon (pid {pid}) to stop; job {jobs} saves a checkpoint first")
+    else:
+        console.print(f"asked daemon (pid {pid}) to stop; it was idle")
     if no_wait:
         return
     deadline = time.time() + timeout
@@ -102,7 +108,8 @@ def stop(home: HomeOpt = None, timeout: float = typer.Option(300, help="Seconds 
     if pid_alive(pid):
         raise TrainctlError(f"the daemon (pid {pid}) is still saving after {timeout:.0f}s — "
                             f"check `trainctl status`, or wait longer with `trainctl stop --timeout 900`")
-    console.print("[green]daemon stopped[/green]; `trainctl daemon` resumes the interrupted job")
+    console.print("[green]daemon stopped[/green]" + ("; `trainctl daemon` resumes the interrupted job"
+                                                     + ("s" if len(running) > 1 else "") if running else ""))
 
 
 @commands.command("train")
@@ -120,6 +127,7 @@ def train_cmd(overrides: Overrides,
     if not file.is_file():
         raise TrainctlError(f"{file} is not a file — pass the path of a .jsonl or .json file")
     h = Home.open(home)
+    h.check_writable()
     ov = overrides
     _settings(h, ov)  # report settings problems before any work
     sha = file_sha256(file)
@@ -170,6 +178,7 @@ def curate_cmd(overrides: Overrides,
 
     if not file.is_file():
         raise TrainctlError(f"{file} is not a file — pass the path of a .jsonl or .json file")
+    file = file.resolve()  # a link you name yourself is followed here (the reader never follows one)
     h = Home.open(home)
     s = _settings(h, overrides)
     tok = load_tokenizer(s.train.model, h.models, s.train.trust_remote_code, light=True)
@@ -180,13 +189,14 @@ def curate_cmd(overrides: Overrides,
         task = prog.add_task("curate", total=total)
         result = Curator(s.curation, s.train, tokenizer=tok, search_dir=h.root,
                          progress=lambda n: prog.update(task, completed=n)).run(file, out)
-    console.print(f"{result.lines_read} records: {result.total_accepted} accepted "
+    blank = f" ({result.blank_lines} blank lines skipped)" if result.blank_lines else ""
+    console.print(f"{result.records} records{blank}: {result.total_accepted} accepted "
                   f"(train {result.accepted['train']}, val {result.accepted['val']}, test {result.accepted['test']}), "
                   f"{result.rejected} rejected")
     if result.by_reason:
         top = ", ".join(f"{k} {v}" for k, v in sorted(result.by_reason.items(), key=lambda kv: -kv[1]))
         console.print(f"rejected: {top} — `trainctl rejected {out}` says why and what to fix")
-    share = result.rejected / max(1, result.lines_read)
+    share = result.rejected / max(1, result.records)
     if share > s.curation.max_rejected_fraction:
         console.print(f"[yellow]{share:.0%} rejected is more than curation.max_rejected_fraction = "
                       f"{s.curation.max_rejected_fraction:.0%}: a daemon job on this file would fail[/yellow]")

@@ -553,11 +553,29 @@ def _apply(section_obj: Any, section: str, values: dict[str, Any], problems: lis
             problems.append(f"{section}.{key} = {value!r} is not a {getattr(hints[key], '__name__', hints[key])}")
 
 
-def load_settings(settings_file: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Settings:
+def load_settings(settings_file: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None,
+                  overrides_from: str = "the flags") -> Settings:
     """Defaults, then trainctl.toml (if it exists), then `overrides` ({"train": {"lr": 1e-3}}; None values skipped).
 
-    Raises ConfigError listing every problem found.
+    Raises ConfigError listing every problem found, each under the layer it comes from: the file, or the
+    overrides (`overrides_from` names them: the flags, or a data file's own settings).
     """
+    s, problems = _collect(settings_file, overrides)
+    if not problems:
+        return s
+    in_file = settings_file is not None and settings_file.exists()
+    if not overrides or not in_file:
+        where = f" in {settings_file}" if in_file else ""
+        raise ConfigError(f"{len(problems)} problem(s) with settings{where}: " + "; ".join(problems))
+    from_file = set(_collect(settings_file, None)[1])
+    mine = [problem for problem in problems if problem in from_file]
+    theirs = [problem for problem in problems if problem not in from_file]
+    parts = ([f"in {settings_file}: " + "; ".join(mine)] if mine else []) + \
+        ([("and " if mine else "") + f"in {overrides_from}: " + "; ".join(theirs)] if theirs else [])
+    raise ConfigError(f"{len(problems)} problem(s) with settings " + " ".join(parts))
+
+
+def _collect(settings_file: Path | None, overrides: dict[str, dict[str, Any]] | None) -> tuple[Settings, list[str]]:
     s = Settings()
     problems: list[str] = []
     layers: list[tuple[str, dict[str, Any]]] = []
@@ -582,10 +600,7 @@ def load_settings(settings_file: Path | None = None, overrides: dict[str, dict[s
                 continue
             _apply(getattr(s, section), section, values, problems)
     problems.extend(s.problems())
-    if problems:
-        where = f" in {settings_file}" if settings_file and settings_file.exists() else ""
-        raise ConfigError(f"{len(problems)} problem(s) with settings{where}: " + "; ".join(problems))
-    return s
+    return s, problems
 
 
 def settings_from_dict(doc: dict[str, Any]) -> Settings:

@@ -47,9 +47,26 @@ class Home:
         return h
 
     def ensure(self) -> None:
-        for d in (self.inbox, self.inbox_done, self.inbox_failed, self.inbox_processing, self.status_dir,
-                  self.data, self.datasets, self.runs, self.models):
-            d.mkdir(parents=True, exist_ok=True)
+        for folder in self._working_folders():
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise HomeError(self._unwritable(folder, exc.strerror or str(exc))) from exc
+
+    def check_writable(self) -> None:
+        """HomeError naming the first folder the daemon or a job must write to and cannot (a read-only disk,
+        permissions), before any work starts rather than as a traceback halfway through it."""
+        for folder in (*self._working_folders(), self.logs):
+            if folder.exists() and not os.access(folder, os.W_OK):
+                raise HomeError(self._unwritable(folder, "not writable"))
+
+    def _working_folders(self) -> tuple[Path, ...]:
+        return (self.inbox, self.inbox_done, self.inbox_failed, self.inbox_processing, self.status_dir,
+                self.data, self.datasets, self.runs, self.models)
+
+    def _unwritable(self, folder: Path, reason: str) -> str:
+        return (f"cannot write to {folder} ({reason}) — make {self.root} writable (`chmod -R u+w {self.root}`, "
+                f"or remount its disk read-write), or use another home with --home")
 
     # inbox/
     @property
@@ -123,6 +140,16 @@ class Home:
     def daemon_log(self) -> Path:
         """data/logs/daemon.log: what the daemon says (a detached daemon's whole output)."""
         return self.logs / "daemon.log"
+
+    @property
+    def notify_outbox(self) -> Path:
+        """data/notify/outbox/: notices written before they are sent, removed once delivered."""
+        return self.data / "notify" / "outbox"
+
+    @property
+    def notify_failed(self) -> Path:
+        """data/notify/failed/: notices every retry failed to deliver."""
+        return self.data / "notify" / "failed"
 
     def job_log(self, job_id: int) -> Path:
         """data/logs/job-N.log: the output of job N's worker (curation, training, torchrun), every attempt."""

@@ -27,12 +27,15 @@ runner = CliRunner()
 
 
 class Hook:
-    """A webhook on 127.0.0.1: records each JSON body; `fail_first` answers 500 to the first try of each notice;
-    `hang_first` keeps the first request of all waiting for `hang_seconds`."""
+    """A webhook on 127.0.0.1: records each JSON body and Idempotency-Key header; `fail_first` answers 500 to
+    the first try of each notice, `always_fail` to every try; `hang_first` keeps the first request of all waiting
+    for `hang_seconds`; `slow_seconds` delays every answer."""
 
-    def __init__(self, fail_first: bool = False, hang_first: bool = False, hang_seconds: float = 30):
+    def __init__(self, fail_first: bool = False, hang_first: bool = False, hang_seconds: float = 30,
+                 always_fail: bool = False, slow_seconds: float = 0.0):
         self.bodies: list[dict] = []
         self.tries: list[str] = []
+        self.keys: list[str | None] = []
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,11 +48,13 @@ class Hook:
                 if hang_first and first_of_all:
                     time.sleep(hang_seconds)
                     return
-                if fail_first and first:
+                if always_fail or (fail_first and first):
                     self.send_response(500)
                     self.end_headers()
                     return
+                time.sleep(slow_seconds)
                 hook.bodies.append(body)
+                hook.keys.append(self.headers.get("Idempotency-Key"))
                 self.send_response(204)
                 self.end_headers()
 
@@ -86,6 +91,59 @@ def test_notices_are_retried_and_delivered_in_order():
         hook.close()
 
 
+OUTBOX_SCRIPT = r"""
+import sys, time
+from daemon.config import NotifyConfig
+from daemon.home import Home
+from daemon.service.notify import Notifier
+notifier = Notifier(NotifyConfig(webhook=sys.argv[2], timeout_seconds=10), Home.open(sys.argv[1]))
+for job in range(1, 7):
+    notifier.send({"event": "failed", "job": job, "file": "x.jsonl", "idempotency_key": f"failed:job-{job}"})
+print("queued", flush=True)
+time.sleep(120)
+"""
+
+
+def test_notices_queued_when_the_daemon_is_killed_are_sent_at_its_next_start(tmp_path):
+    """The daemon is killed with six notices queued against a webhook that takes a second per answer."""
+    hook = Hook(slow_seconds=1.0)
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", OUTBOX_SCRIPT, str(tmp_path), hook.url], cwd=ROOT,
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "queued"
+        wait_for(lambda: len(hook.bodies) >= 2, 30, "two deliveries")
+        proc.kill()
+        proc.wait(10)
+        h = Home(tmp_path)
+        assert len(hook.bodies) < 6 and list(h.notify_outbox.glob("*.json"))  # the rest is on disk
+        Notifier(NotifyConfig(webhook=hook.url, timeout_seconds=10), h).close()  # the next start sends it
+        jobs_told = [body["job"] for body in hook.bodies]
+        assert set(jobs_told) == set(range(1, 7))  # none lost
+        assert list(dict.fromkeys(jobs_told)) == list(range(1, 7))  # in order
+        assert len(jobs_told) <= 7  # at most the one in flight at the kill is told twice...
+        assert hook.keys == [f"failed:job-{job}" for job in jobs_told]  # ...and its key lets a receiver see it
+        assert list(h.notify_outbox.glob("*.json")) == []
+    finally:
+        hook.close()
+
+
+def test_a_notice_every_retry_failed_is_kept_and_counted_by_status(tmp_path, wide_console):
+    hook = Hook(always_fail=True)
+    try:
+        h = Home.open(tmp_path)
+        notifier = Notifier(NotifyConfig(webhook=hook.url, retries=1, backoff_seconds=0.01), h)
+        notifier.send({**_notice(5, "failed"), "idempotency_key": "failed:job-5"})
+        notifier.close()
+    finally:
+        hook.close()
+    (kept,) = h.notify_failed.glob("*.json")
+    assert json.loads(kept.read_text())["refused_by"] == ["webhook"] and not any(h.notify_outbox.iterdir())
+    doc = json.loads(CliRunner().invoke(app, ["status", "--json", "--home", str(tmp_path)]).output)
+    assert doc["notices_undelivered"] == 1
+    shown = CliRunner().invoke(app, ["status", "--home", str(tmp_path)]).output
+    assert "1 not delivered" in shown and "data/notify/failed/" in shown
+
+
 def test_a_command_hook_gets_the_json_and_a_failing_one_gives_up(tmp_path):
     out = tmp_path / "notices.jsonl"
     n = Notifier(NotifyConfig(command=f"cat >> {out}; echo >> {out}", events=["done"]))
@@ -116,11 +174,71 @@ def test_file_settings_layers_and_every_problem_at_once(tmp_path):
     side.write_text("[train\n")
     with pytest.raises(ConfigError, match="a.toml is not valid TOML"):
         resolve(settings, "a.jsonl", side)
+    # A range problem of the sidecar is named by the sidecar as dropped, not by trainctl.toml or its copy
+    copy = tmp_path / "20261205101010-a.toml"
+    copy.write_text("[train]\nepochs = -1\n")
+    with pytest.raises(ConfigError) as e:
+        resolve(settings, "a.jsonl", copy)
+    assert "a.toml: train.epochs must be > 0" in str(e.value) and "20261205101010" not in str(e.value)
+    assert str(settings) not in str(e.value)
     settings.write_text('[files."a.jsonl".bench]\nbatch_size = 2\n')
     from daemon.config import load_settings
 
     with pytest.raises(ConfigError, match=r'\[files."a.jsonl"\]: \[bench\] cannot be set per file'):
         load_settings(settings)
+
+
+def test_a_sidecar_that_comes_after_its_data_file_is_applied_or_reported(tmp_path):
+    """Applied to a job still waiting; a job already running or ended gets it in inbox/failed/ with why."""
+    from daemon.config import load_settings
+    from daemon.jobs import JobQueue
+    from daemon.service.loop import Daemon
+
+    h = Home.open(tmp_path)
+    h.settings_file.write_text(TINY_SETTINGS)
+    daemon = Daemon(h, load_settings(h.settings_file))
+    daemon.settings.daemon.stable_seconds = 0
+    try:
+        with JobQueue(h.jobs_db) as queue:
+            waiting = queue.enqueue("a.jsonl", h.inbox_processing / "1-a.jsonl", "sha-a")
+            started = queue.enqueue("b.jsonl", h.inbox_processing / "1-b.jsonl", "sha-b")
+            queue.transition(started.id, JobState.CURATING, worker_pid=os.getpid())
+        (h.inbox / "a.toml").write_text("priority = 3\n[train]\nepochs = 2\n")
+        (h.inbox / "b.toml").write_text("[train]\nepochs = 2\n")
+        (h.inbox / "c.toml").write_text("[train]\nepochs = 2\n")  # no data file yet: it waits
+        daemon._late_sidecars()
+        with JobQueue(h.jobs_db) as queue:
+            applied, kept = queue.get(waiting.id), queue.get(started.id)
+        assert applied.overrides_dict == {"train": {"epochs": 2}} and applied.priority == 3
+        assert applied.settings_file == str(h.inbox_processing / "1-a.toml") and not (h.inbox / "a.toml").exists()
+        assert "came after a.jsonl" in applied.message
+        assert kept.overrides_dict == {} and not (h.inbox / "b.toml").exists()
+        why = (h.inbox_failed / "b.toml.error.txt").read_text()
+        assert "b.toml arrived after b.jsonl was taken as job 2" in why and "not applied" in why
+        assert (h.inbox_failed / "b.toml").exists() and (h.inbox / "c.toml").exists()
+    finally:
+        daemon.notifier.close()
+        daemon.queue.close()
+
+
+def test_pieces_of_one_slowly_written_file_are_flagged(tmp_path):
+    """A writer that reopens the file for each line: each piece looks finished, so each is a job; say so."""
+    from daemon.config import load_settings
+    from daemon.service.loop import Daemon
+
+    h = Home.open(tmp_path)
+    h.settings_file.write_text(TINY_SETTINGS)
+    daemon = Daemon(h, load_settings(h.settings_file))
+    try:
+        for piece in range(2):
+            path = h.inbox_processing / f"{piece}-log.jsonl"
+            path.write_text(f'{{"prompt": "q{piece}", "completion": "a{piece}"}}\n')
+            job = daemon._enqueue(path, "log.jsonl")
+        assert "pieces of one file" in (job.message or daemon.queue.get(job.id).message)
+        assert daemon.queue.get(job.id - 1).message is None
+    finally:
+        daemon.notifier.close()
+        daemon.queue.close()
 
 
 def test_a_sidecar_dropped_just_after_its_data_file_is_taken_with_it(tmp_path):

@@ -12,6 +12,8 @@ import gc
 import itertools
 import multiprocessing
 import os
+import shutil
+import signal
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -45,14 +47,48 @@ from daemon.jsonl_reader import read_items
 SPLITS = ("train", "val", "test")
 
 
+WORK_SUFFIX = ".tmp"
+"""A curation's work folder in data/datasets/ is `.NAME.PID.tmp` until it is renamed to NAME."""
+
+
+def remove_abandoned(datasets: Path) -> list[Path]:
+    """Remove the work folders of curations whose process is gone (killed mid-way); returns what went. A folder
+    of a live process (a curation running now, in the foreground or another job) is left alone."""
+    from daemon.jobs import pid_alive
+
+    gone = []
+    for folder in datasets.glob(f".*{WORK_SUFFIX}"):
+        pid = folder.name[: -len(WORK_SUFFIX)].rpartition(".")[2]
+        if folder.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            gone.append(folder)
+    return gone
+
+
+def _worker_start() -> None:
+    """A pool worker dies at once, silently, when its curation process does (no BrokenPipeError tracebacks in
+    the job's log after a kill), and collects garbage between chunks again (the parent paused it)."""
+    from daemon.parent_death import die_with_parent
+
+    die_with_parent(signal.SIGKILL)
+    gc.enable()
+
+
 @dataclass
 class CurationResult:
     dataset_dir: Path
     lines_read: int
+    """Every line of the file, blank ones included (elements, for a JSON array)."""
     accepted: dict[str, int]
     rejected: int
     by_reason: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    blank_lines: int = 0
+
+    @property
+    def records(self) -> int:
+        """The lines that hold something: each is accepted or rejected."""
+        return self.lines_read - self.blank_lines
 
     @property
     def total_accepted(self) -> int:
@@ -96,28 +132,41 @@ class Curator:
         self.tokenised = 0  # records that needed an exact tokenisation (the rest fit by the byte bound)
 
     def run(self, src: Path, out_dir: Path) -> CurationResult:
+        """Curate `src` into the new folder `out_dir`. It appears whole, by one rename of a work folder beside
+        it (`.NAME.PID.tmp`, which `remove_abandoned` clears after a kill), and not at all for a file that fails
+        before any record is read (empty, binary, not UTF-8)."""
+        if out_dir.exists():
+            raise FileExistsError(out_dir)
+        work = out_dir.with_name(f".{out_dir.name}.{os.getpid()}{WORK_SUFFIX}")
+        work.mkdir(parents=True)
+        try:
+            return self._run(src, work, out_dir)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)  # already renamed away when the run got that far
+
+    def _run(self, src: Path, work: Path, out_dir: Path) -> CurationResult:
         started = time.time()
-        out_dir.mkdir(parents=True, exist_ok=False)
         self._counts: Counter[str] = Counter()
         self._reasons: Counter[str] = Counter()
         self._details: Counter[str] = Counter()
         self._by_domain: Counter[str] = Counter()
         self._scores: list[float] = []
         self._chars: dict[str, list[int]] = {s: [] for s in SPLITS}
-        lines_read = 0
+        lines_read = 0  # records so far (blank lines are counted apart)
+        blank: dict[str, int] = {}
         with ExitStack() as stack:  # the four files appear whole at the end, or not at all
             # No cyclic GC in this process for the run: the dedup index grows to hundreds of thousands of objects
             # that every full collection would walk again, and nothing here builds reference cycles (the pool's
             # result thread unpickles the workers' outcomes under the same pause). Refcounting frees as usual.
             stack.enter_context(gc_paused())
-            self._out = {s: stack.enter_context(atomic_open(out_dir / f"{s}.jsonl", "wb")) for s in SPLITS}
-            self._rejected = stack.enter_context(atomic_open(out_dir / "rejected.jsonl", "wb"))
-            pending = out_dir / ".pending-clusters.jsonl"
+            self._out = {s: stack.enter_context(atomic_open(work / f"{s}.jsonl", "wb")) for s in SPLITS}
+            self._rejected = stack.enter_context(atomic_open(work / "rejected.jsonl", "wb"))
+            pending = work / ".pending-clusters.jsonl"
             self._parent: list[int] = []
             if self.cfg.near_duplicates == "keep":
                 self._pending = stack.enter_context(open(pending, "wb"))
                 stack.callback(pending.unlink, missing_ok=True)
-            for items, (outcomes, tokenised) in self._analysed(_chunks(read_items(src), self.CHUNK), stack):
+            for items, (outcomes, tokenised) in self._analysed(_chunks(read_items(src, blank), self.CHUNK), stack):
                 self.tokenised += tokenised
                 lines_read += len(outcomes)
                 for o, (_, payload) in zip(outcomes, items):
@@ -132,9 +181,11 @@ class Curator:
                 self._write_clusters(pending)
 
         accepted = {s: self._counts[s] for s in SPLITS}
-        result = CurationResult(out_dir, lines_read, accepted, sum(self._reasons.values()), dict(self._reasons),
-                                seconds=time.time() - started)
-        self._write_reports(src, out_dir, result, started)
+        result = CurationResult(out_dir, lines_read + blank.get("blank", 0), accepted, sum(self._reasons.values()),
+                                dict(self._reasons), seconds=time.time() - started,
+                                blank_lines=blank.get("blank", 0))
+        self._write_reports(src, work, result, started)
+        os.rename(work, out_dir)  # the dataset appears whole (with every rejection, even when all are)
         if result.total_accepted == 0:
             top = ", ".join(f"{k}: {v}" for k, v in self._reasons.most_common(3))
             raise InputFileError(f"{src.name} has no valid record ({lines_read} read, all rejected — {top}); "
@@ -154,7 +205,8 @@ class Curator:
         try:
             # Workers are forked from this run, where the collector is paused; each turns it back on for the time
             # between its chunks (Analyser.chunk pauses it again while it analyses one).
-            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(self.workers, initializer=gc.enable))
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(self.workers,
+                                                                                initializer=_worker_start))
             # A bounded window of chunks in flight (Pool.imap would read the whole file ahead into its queue).
             window: deque[tuple[list[Item], Any]] = deque()
             for chunk in itertools.chain(first, chunks):
@@ -245,14 +297,15 @@ class Curator:
                            min_quality_score=min(scores), max_quality_score=max(scores))
         write_json_atomic(out_dir / "rejection_summary.json", summary)
         write_json_atomic(out_dir / "stats.json", {
-            "lines_read": result.lines_read, "accepted": result.total_accepted, "rejected": result.rejected,
-            "accounted_for": result.total_accepted + result.rejected == result.lines_read,
+            "lines_read": result.lines_read, "blank_lines": result.blank_lines, "records": result.records,
+            "accepted": result.total_accepted, "rejected": result.rejected,
+            "accounted_for": result.total_accepted + result.rejected == result.records,
             "splits": result.accepted,
             "chars": {s: _length_stats(v) for s, v in self._chars.items()},
             "tokenised_exactly": self.tokenised,
             "seconds": round(result.seconds, 3)})
         write_json_atomic(out_dir / "metadata.json", {
-            "source_file": src.name, "source_sha256": file_sha256(src),
+            "source_file": src.name, "source_sha256": file_sha256(src, follow_symlinks=False),
             "settings": {"curation": vars(self.cfg), "max_length": self.train_cfg.max_length,
                          "loss_on": self.train_cfg.loss_on, "model": self.train_cfg.model},
             "quality_components": list(self.quality.weights),

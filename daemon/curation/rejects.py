@@ -65,6 +65,7 @@ class Close:
 class RejectReport:
     dataset: str
     lines_read: int
+    """The records read (blank lines not counted)."""
     total_rejected: int
     shown: int
     """Rejects matching the --reason filter (all of them without one)."""
@@ -156,7 +157,8 @@ def analyse(ds: Path, reason: str | None = None) -> RejectReport:
     score_stats = ({"avg": round(sum(scores) / len(scores), 4), "min": min(scores), "max": max(scores),
                     "count": len(scores)} if scores else {})
     report = RejectReport(
-        dataset=str(ds), lines_read=int(stats.get("lines_read", total)), total_rejected=total, shown=shown,
+        dataset=str(ds), lines_read=int(stats.get("records", stats.get("lines_read", total))),
+        total_rejected=total, shown=shown,
         by_reason=dict(by_reason.most_common()), by_detail=dict(by_detail.most_common()),
         by_domain={d: dict(c.most_common()) for d, c in sorted(by_domain.items(), key=lambda kv: -sum(kv[1].values()))},
         closest=closest, histogram=hist, score_stats=score_stats)

@@ -46,7 +46,9 @@ def _split(table: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], int | None
 def resolve(settings_file: Path, file_name: str, sidecar: Path | None,
             base_overrides: dict[str, dict[str, Any]] | None = None) -> FileSettings:
     """The settings of `file_name`'s job: `base_overrides` (the daemon's flags), then trainctl.toml's
-    `[files."<file_name>"]`, then the sidecar. Raises ConfigError naming every problem."""
+    `[files."<file_name>"]`, then the sidecar. Raises ConfigError naming every problem and the file or table
+    it is in, by the name the user wrote (the sidecar as dropped, x.toml, not its copy in processing/)."""
+    sidecar_name = Path(file_name).with_suffix(".toml").name
     problems: list[str] = []
     layers: list[dict[str, dict[str, Any]]] = [base_overrides or {}]
     priority: int | None = None
@@ -70,19 +72,20 @@ def resolve(settings_file: Path, file_name: str, sidecar: Path | None,
         try:
             doc = tomllib.loads(sidecar.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            problems.append(f"{sidecar.name} is not valid TOML: {exc}")
+            problems.append(f"{sidecar_name} is not valid TOML: {exc}")
         else:
-            found = per_file_problems(doc, sidecar.name)
+            found = per_file_problems(doc, sidecar_name)
             problems += found
             if not found:
                 sections, p = _split(doc)
                 layers.append(sections)
                 priority = p if p is not None else priority
-                sources.append(sidecar.name)
+                sources.append(sidecar_name)
     merged = merge(*layers)
     if not problems:
         try:
-            load_settings(settings_file, merged)  # ranges and combinations, as for any settings
+            # ranges and combinations, as for any settings; what is wrong named by where it was set
+            load_settings(settings_file, merged, " and ".join(sources) or "the daemon's flags")
         except ConfigError as exc:
             problems.append(str(exc))
     if problems:

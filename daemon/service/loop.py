@@ -19,20 +19,26 @@ import sys
 import time
 from pathlib import Path
 
-from daemon.atomic import read_json, write_json_atomic
+from daemon.atomic import read_json, write_json_atomic, write_text_atomic
 from daemon.config import Settings
+from daemon.curation.curator import remove_abandoned
 from daemon.devices import Devices, Placement
-from daemon.errors import ConfigError, TrainctlError
+from daemon.errors import ConfigError, HomeError, TrainctlError
 from daemon.hashing import file_sha256
 from daemon.home import Home
 from daemon.jobs import ACTIVE, TERMINAL, Job, JobQueue, JobState
 from daemon.service import file_settings, instance_lock
-from daemon.service.inbox_files import file_away, processing_name, sidecar_of
+from daemon.service.inbox_files import REFUSED, file_away, processing_name, refusal, sidecar_of
 from daemon.service.notify import AlertWatch, Notifier, job_notice
-from daemon.service.watcher import InboxWatcher
+from daemon.service.watcher import SUFFIXES, InboxWatcher
 from daemon.service.worker import PLACEMENT_ENV, job_settings
 
 log = logging.getLogger("trainctl.daemon")
+
+SPLIT_WRITER_SECONDS = 30.0
+"""Files of one name taken this close together are flagged as likely pieces of one slow writer's file."""
+LATE_SIDECAR_SECONDS = 600.0
+"""A settings file dropped at most this long after its data file was taken belongs to that file's job."""
 
 
 class Daemon:
@@ -45,11 +51,12 @@ class Daemon:
         self.children: dict[int, subprocess.Popen] = {}
         """Running jobs: job id -> its worker process (the leader of the job's process group)."""
         self.stopping = False
+        self._home_problem: str | None = None  # the unwritable folder last reported
         self.started_at = time.time()
         self._last_beat = 0.0
         self.job_overrides = job_overrides or {}
         """Setting overrides (daemon flags) stored with every job this run queues."""
-        self.notifier = Notifier(settings.notify)
+        self.notifier = Notifier(settings.notify, home)
         self.alerts = AlertWatch()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -57,14 +64,16 @@ class Daemon:
         # One daemon per home: a lock the kernel releases when this process dies, however it dies
         self._lock = instance_lock.hold(self.home.status_dir)
         if self._lock is None:
-            other = read_json(self.home.daemon_status) or {}
-            raise TrainctlError(f"a daemon is already running for {self.home.root} (pid {other.get('pid', '?')}) — "
-                                f"run `trainctl stop` first")
+            pid = (read_json(self.home.daemon_status) or {}).get("pid")
+            raise TrainctlError(f"a daemon is already running for {self.home.root}"
+                                + (f" (pid {pid})" if pid else "") + " — run `trainctl stop` first")
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         self._heartbeat("starting", force=True)
         for job in self.queue.recover_orphans():
             log.info("job %s (%s) was cut off; it will resume", job.id, job.file_name)
+        for folder in remove_abandoned(self.home.datasets):
+            log.info("removed %s, the work folder of a curation cut off by a kill", folder.name)
         self._adopt_processing_files()
         self.watcher.start()
         log.info("watching %s (stop with Ctrl-C or `trainctl stop`)", self.home.inbox)
@@ -72,6 +81,7 @@ class Daemon:
             while True:
                 self._heartbeat("working" if self.children else "idle")
                 self._enqueue_ready_files()
+                self._late_sidecars()
                 for job_id in list(self.children):
                     self._notify_alerts(job_id)
                     self._check_child(job_id)
@@ -106,12 +116,15 @@ class Daemon:
         if not force and now - self._last_beat < self.settings.daemon.heartbeat_seconds:
             return
         self._last_beat = now
-        write_json_atomic(self.home.daemon_status, {
-            "pid": os.getpid(), "state": "stopping" if self.stopping and state != "stopped" else state,
-            "started_at": self.started_at, "heartbeat_at": now, "current_job": min(self.children, default=None),
-            "running_jobs": {str(j): self.devices.held[j].describe() for j in sorted(self.children)
-                             if j in self.devices.held},
-            "heartbeat_seconds": self.settings.daemon.heartbeat_seconds, "home": str(self.home.root)})
+        doc = {"pid": os.getpid(), "state": "stopping" if self.stopping and state != "stopped" else state,
+               "started_at": self.started_at, "heartbeat_at": now, "current_job": min(self.children, default=None),
+               "running_jobs": {str(j): self.devices.held[j].describe() for j in sorted(self.children)
+                                if j in self.devices.held},
+               "heartbeat_seconds": self.settings.daemon.heartbeat_seconds, "home": str(self.home.root)}
+        try:
+            write_json_atomic(self.home.daemon_status, doc)
+        except OSError as exc:  # a disk gone read-only: said once by _start_what_fits, not a crash here
+            log.debug("heartbeat not written: %s", exc)
 
     # -- inbox -> queue --------------------------------------------------------------------------------------
     def _adopt_processing_files(self) -> None:
@@ -119,7 +132,7 @@ class Daemon:
         jobs = self.queue.newest(limit=100_000)
         known = {Path(j.file_path) for j in jobs} | {Path(j.settings_file) for j in jobs if j.settings_file}
         for p in sorted(self.home.inbox_processing.iterdir()):
-            if p.is_file() and p not in known and p.suffix != ".toml":
+            if not p.is_dir() and p not in known and p.suffix != ".toml":
                 name = p.name.split("-", 1)[-1]
                 self._enqueue(p, name, self._take_sidecar(self.home.inbox / name, p))
 
@@ -146,9 +159,69 @@ class Daemon:
                 continue
             self._enqueue(dest, path.name, self._take_sidecar(path, dest))
 
-    def _enqueue(self, path: Path, name: str, sidecar: Path | None = None) -> Job:
+    def _late_sidecars(self) -> None:
+        """A settings file (x.toml) still in the inbox after its data file was taken: applied to the job if it has
+        not started, else moved to inbox/failed/ with the reason. Never left there without a word. A sidecar that
+        came more than LATE_SIDECAR_SECONDS after the newest job of its name is for a data file yet to come, and
+        waits for it, as does one whose data file never came."""
+        now = time.time()
+        for side in self.home.inbox.glob("*.toml"):
+            names = [side.with_suffix(suffix).name for suffix in SUFFIXES]
+            try:
+                arrived = os.lstat(side).st_mtime
+            except FileNotFoundError:
+                continue
+            if now - arrived < self.settings.daemon.stable_seconds:
+                continue  # still being written
+            if any(os.path.lexists(self.home.inbox / name) for name in names):
+                continue  # its data file is still here: the watcher takes the pair together
+            job = next((j for j in self.queue.newest(limit=1000) if j.file_name in names), None)
+            if job is None or arrived - job.created_at > LATE_SIDECAR_SECONDS:
+                continue
+            if job.state is JobState.QUEUED and not job.settings_file and job.id not in self.children:
+                self._apply_late_sidecar(job, side)
+            else:
+                why = (f"{side.name} arrived after {job.file_name} was taken as job {job.id}, which is "
+                       f"{job.state.value} now: its settings were not applied — drop both files again, or "
+                       f"`trainctl retry {job.id} --set section.key=value`")
+                dest = self.home.unique_path(self.home.inbox_failed, side.name)
+                try:
+                    os.rename(side, dest)
+                except FileNotFoundError:
+                    continue
+                write_text_atomic(dest.with_name(dest.name + ".error.txt"), why + "\n")
+                log.warning("%s", why)
+
+    def _apply_late_sidecar(self, job: Job, side: Path) -> None:
+        moved = sidecar_of(Path(job.file_path))
         try:
-            sha = file_sha256(path)
+            os.rename(side, moved)
+        except FileNotFoundError:
+            return
+        try:
+            own = file_settings.resolve(self.home.settings_file, job.file_name, moved, self.job_overrides)
+        except ConfigError as exc:
+            self.queue.update(job.id, settings_file=str(moved))
+            failed = self.queue.transition(job.id, JobState.FAILED, error=str(exc), message="bad settings")
+            log.error("%s: %s", job.file_name, exc)
+            self._ended(failed)
+            return
+        self.queue.update(job.id, settings_file=str(moved), priority=own.priority,
+                          overrides=json.dumps(own.overrides) if own.overrides else None,
+                          message=f"settings from {side.name}, which came after {job.file_name}")
+        log.info("%s arrived after %s: its settings apply to job %s", side.name, job.file_name, job.id)
+
+    def _enqueue(self, path: Path, name: str, sidecar: Path | None = None) -> Job:
+        problem = refusal(path) or (refusal(sidecar) if sidecar is not None else None)
+        if problem is not None:
+            # Not opened, not hashed: the job exists only to say why, and its file goes to inbox/failed/
+            job = self.queue.enqueue(name, path, "", settings_file=sidecar)
+            job = self.queue.transition(job.id, JobState.FAILED, error=problem, message=REFUSED)
+            log.error("%s: %s", name, problem)
+            self._ended(job)
+            return job
+        try:
+            sha = file_sha256(path, follow_symlinks=False)
         except OSError as exc:
             log.warning("cannot read %s: %s", path, exc)
             sha = ""
@@ -176,7 +249,21 @@ class Daemon:
             extra = f" with settings from {' and '.join(own.sources)}" if own.sources else ""
             extra += f", priority {own.priority}" if own.priority else ""
             log.info("queued %s as job %s%s", name, job.id, extra)
+            self._warn_if_split(job)
         return job
+
+    def _warn_if_split(self, job: Job) -> None:
+        """A file of the same name taken a moment ago: likely one writer that closes and reopens it per line,
+        each pause long enough to look finished. Said in the log and on the job, so the pieces are noticed."""
+        before = next((j for j in self.queue.newest(limit=50) if j.id != job.id and j.file_name == job.file_name),
+                      None)
+        if before is None or job.created_at - before.created_at > SPLIT_WRITER_SECONDS:
+            return
+        note = (f"another {job.file_name} came {job.created_at - before.created_at:.0f}s after job {before.id} took "
+                f"one: if one writer is still adding to it, these jobs are pieces of one file — write it elsewhere "
+                f"and rename it into inbox/ when complete")
+        self.queue.update(job.id, message=note)
+        log.warning("job %s: %s", job.id, note)
 
     # -- jobs --------------------------------------------------------------------------------------------------
     def _start_what_fits(self) -> bool:
@@ -186,6 +273,16 @@ class Daemon:
             job = self.queue.next_runnable(exclude=set(self.children))
             if job is None:
                 return started
+            try:
+                self.home.check_writable()
+            except HomeError as exc:
+                if not self.children:
+                    raise  # nothing is running: the daemon stops with this one line
+                if self._home_problem != str(exc):  # running jobs go on; no new one starts meanwhile
+                    log.error("%s; no new job starts until then", exc)
+                    self._home_problem = str(exc)
+                return started
+            self._home_problem = None
             try:
                 place = self.devices.take(job.id, job_settings(self.home, job))
             except TrainctlError as exc:  # settings invalid, or more devices than the machine has: never runnable
@@ -272,10 +369,21 @@ def _end_group(pgid: int) -> None:
         pass
 
 
+_CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
+
+
+class _PrintableFormatter(logging.Formatter):
+    """One log line per record: control characters (a newline in a dropped file's name, an escape sequence)
+    are written as \\xNN, so a name can neither split a line nor forge one nor drive the terminal."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # a traceback after it keeps its lines
+        return super().formatMessage(record).translate(_CONTROL)
+
+
 def setup_logging(log_file: Path | None = None) -> None:
     """The daemon's lines on stdout and appended to `log_file` (unless stdout already is that file: a detached
     daemon's output is redirected there whole)."""
-    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    fmt = _PrintableFormatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
     root = logging.getLogger("trainctl")
     root.setLevel(logging.INFO)
     root.propagate = False

@@ -14,6 +14,7 @@ restarts the clock and the pair is taken together; a sidecar alone waits for its
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ class _Seen:
 def _signature(path: Path) -> tuple[object, ...]:
     st = path.stat()
     try:
-        side = path.with_suffix(".toml").stat()
+        side = os.lstat(path.with_suffix(".toml"))
         side_sig: tuple[int, int] | None = (side.st_size, side.st_mtime_ns)
     except FileNotFoundError:
         side_sig = None
@@ -125,7 +126,7 @@ class InboxWatcher:
         """Pick up files that arrived without an event (before start, or missed)."""
         try:
             for p in self.inbox.iterdir():
-                if p.is_file():
+                if not p.is_dir():  # links, FIFOs and devices too: the daemon refuses them by name
                     self.note(p)
         except FileNotFoundError:
             pass
@@ -142,12 +143,19 @@ class InboxWatcher:
             items = list(self._pending.items())
         for path, seen in items:
             try:
-                sig = _signature(path)
+                mode = os.lstat(path).st_mode
+                # Anything but a regular file is refused unread at once (nothing to wait for; a FIFO's or a
+                # link's target is never stat-ed or opened)
+                sig = _signature(path) if stat.S_ISREG(mode) else None
             except FileNotFoundError:
                 with self._lock:
                     self._pending.pop(path, None)
                 continue
-            if not path.is_file():
+            if sig is None:
+                if not stat.S_ISDIR(mode):
+                    out.append(path)
+                with self._lock:
+                    self._pending.pop(path, None)
                 continue
             if seen is None or sig != seen.signature:
                 seen = _Seen(sig, now)  # (re)start the stability clock
@@ -160,4 +168,4 @@ class InboxWatcher:
             out.append(path)
             with self._lock:
                 self._pending.pop(path, None)
-        return sorted(out, key=lambda p: p.stat().st_mtime_ns if p.exists() else 0)
+        return sorted(out, key=lambda p: p.lstat().st_mtime_ns if os.path.lexists(p) else 0)

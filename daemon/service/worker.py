@@ -24,6 +24,7 @@ from daemon.home import Home
 from daemon.jobs import TERMINAL, WAITING, Job, JobQueue, JobState
 from daemon.models.loading import check_quantization
 from daemon.parent_death import die_with_parent
+from daemon.service.job_lock import hold_job
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 75
 PLACEMENT_ENV = "TRAINCTL_PLACEMENT"
@@ -55,21 +56,23 @@ def _curate(home: Home, q: JobQueue, job: Job, settings: Settings, echo: Callabl
     from daemon.curation.curator import Curator, dataset_stamp
     from daemon.models.loading import load_tokenizer
 
+    # A job curated again after a stop: its "stopped…" message no longer holds (a new job keeps its note)
+    again = {"message": None} if job.attempts else {}
     q.transition(job.id, JobState.CURATING, worker_pid=os.getpid(), started_at=job.started_at or time.time(),
-                 attempts=job.attempts + 1)
+                 attempts=job.attempts + 1, **again)
     t = settings.train
     tok = load_tokenizer(t.model, home.models, t.trust_remote_code)
     src = Path(job.file_path)
     out = home.unique_path(home.datasets, home.dataset_dir(Path(job.file_name).stem, dataset_stamp()).name)
     result = Curator(settings.curation, t, tokenizer=tok, search_dir=home.root).run(src, out)
-    share = result.rejected / max(1, result.lines_read)
-    echo(f"job {job.id}: curated {job.file_name}: {result.lines_read} records, {result.total_accepted} accepted "
+    share = result.rejected / max(1, result.records)
+    echo(f"job {job.id}: curated {job.file_name}: {result.records} records, {result.total_accepted} accepted "
          f"(train {result.accepted['train']}, val {result.accepted['val']}, test {result.accepted['test']}), "
          f"{result.rejected} rejected -> {out}")
     if share > settings.curation.max_rejected_fraction:
         q.update(job.id, dataset_dir=str(out))
         raise InputFileError(
-            f"{result.rejected} of {result.lines_read} records ({share:.0%}) were rejected, more than "
+            f"{result.rejected} of {result.records} records ({share:.0%}) were rejected, more than "
             f"curation.max_rejected_fraction = {settings.curation.max_rejected_fraction:.0%} — "
             f"run `trainctl rejected {out}` to see why")
     return out
@@ -115,6 +118,14 @@ def _train(home: Home, job: Job, dataset: Path, settings: Settings, place: Place
 
 def run_job(home: Home, job_id: int, echo: Callable[[str], None] = print, in_child: bool = False) -> JobState:
     """Run job `job_id` to DONE, INTERRUPTED (PAUSED, CANCELLED if asked) or FAILED; returns the state it ends in."""
+    # Before anything is read or written: a previous worker of this job may still be saving (daemon killed alone)
+    try:
+        lock = hold_job(home.run_dir(job_id), job_id, echo)
+    except TrainctlError as exc:
+        with JobQueue(home.jobs_db) as queue:
+            queue.transition(job_id, JobState.FAILED, error=str(exc), worker_pid=None, message="not started")
+        echo(f"job {job_id}: failed — {exc}")
+        return JobState.FAILED
     q = JobQueue(home.jobs_db)
     try:
         job = q.get(job_id)
@@ -128,7 +139,9 @@ def run_job(home: Home, job_id: int, echo: Callable[[str], None] = print, in_chi
             place = job_placement(q, job, settings)
             if job.dataset_dir and (Path(job.dataset_dir) / "stats.json").exists():
                 dataset = Path(job.dataset_dir)
-                q.transition(job.id, JobState.TRAINING, worker_pid=os.getpid(), attempts=job.attempts + 1)
+                # the last attempt's "stopped at step N; resumes…" no longer holds
+                q.transition(job.id, JobState.TRAINING, worker_pid=os.getpid(), attempts=job.attempts + 1,
+                             message=None)
             else:
                 dataset = _curate(home, q, job, settings, echo)
                 q.transition(job.id, JobState.TRAINING, dataset_dir=str(dataset), run_dir=str(home.run_dir(job.id)))
@@ -172,6 +185,7 @@ def run_job(home: Home, job_id: int, echo: Callable[[str], None] = print, in_chi
             return JobState.FAILED
     finally:
         q.close()
+        lock.close()  # the next worker of this job may start
 
 
 def main(argv: list[str] | None = None) -> int:

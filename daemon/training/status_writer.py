@@ -37,6 +37,36 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def cut_metrics_after(path: Path, step: int) -> int:
+    """Keep the rows of metrics.jsonl up to `step`, and no torn last line; returns the rows removed.
+
+    A resumed run redoes the steps after its checkpoint, so their rows would come twice (as dynamics.bin's records
+    would, which the dynamics recorder cuts the same way). The file is rewritten whole (atomically) only when
+    something goes."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    kept: list[bytes] = []
+    removed = 0
+    for line in data.split(b"\n"):
+        if not line:
+            continue
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            removed += 1  # a torn write: the run was killed mid-line
+            continue
+        past = isinstance(row, dict) and isinstance(row.get("current_step"), int) and row["current_step"] > step
+        if past:
+            removed += 1
+        else:
+            kept.append(line)
+    if removed:
+        write_bytes_atomic(path, b"".join(line + b"\n" for line in kept))
+    return removed
+
+
 class StatusWriter(TrainerCallback):
     def __init__(self, status_path: Path, metrics_path: Path, base: dict[str, Any], collectors: list[Any],
                  min_interval: float = 0.5, echo: Callable[[str], None] | None = None,
@@ -96,6 +126,8 @@ class StatusWriter(TrainerCallback):
             self._metrics = None
 
     def on_train_begin(self, args, state, control, **kw):
+        self.close()  # appends start again after the cut
+        cut_metrics_after(self.metrics_path, state.global_step)  # the resumed checkpoint's step
         self.set(state="training")
         self.write(state, force=True)
 
