@@ -246,3 +246,56 @@ def test_blank_lines_are_counted_and_said(tmp_path):
     stats = json.loads((tmp_path / "ds" / "stats.json").read_text())
     assert (stats["lines_read"], stats["blank_lines"], stats["records"]) == (32, 2, 30)
     assert stats["accounted_for"] and result.records == stats["accepted"] + stats["rejected"]
+
+
+@pytest.mark.slow
+def test_kill_9_while_curating_leaves_no_half_dataset_and_the_job_finishes(home, daemons, tmp_path):
+    """A power cut in the middle of curating a large file: the pool workers go with it, the work folder is
+    removed at the next start, the file is curated again into one whole dataset and the job finishes."""
+    import itertools
+    import signal
+
+    from tests.helpers import WORDS, jobs, wait_for
+
+    h = Home(home)
+    rows = [{"prompt": f"Uppercase: {a} {b} {c} {i}", "completion": f"{a.upper()} {b.upper()} {c.upper()} {i}"}
+            for i, (a, b, c) in zip(range(60_000), itertools.cycle(itertools.permutations(WORDS, 3)))]
+    big = write_jsonl(tmp_path / "big.jsonl", rows)
+    os.rename(big, h.inbox / "big.jsonl")
+    d = daemons(home, "--max-steps", "3")
+    wait_for(lambda: list(h.datasets.glob(".*.tmp")), 120, "curation to start")
+    (job,) = jobs(home)
+    worker = job.worker_pid
+    wait_for(lambda: _children(worker), 60, "the curation's pool")
+    pool = _children(worker)
+    d.kill(signal.SIGKILL)
+    d.wait(10)
+    os.kill(worker, signal.SIGKILL)
+    wait_for(lambda: not any(_alive(pid) for pid in [worker, *pool]), 30, "the worker and its pool to die")
+    assert list(h.datasets.glob(".*.tmp"))  # cut off mid-way: the work folder is left...
+    again = daemons(home, "--once", "--max-steps", "3")
+    assert again.wait(600) == 0, again.output()
+    (job,) = jobs(home)
+    assert job.state.value == "done", job
+    assert [p.name for p in h.datasets.iterdir() if p.name.startswith(".")] == []  # ...and removed at the start
+    assert len(list(h.datasets.iterdir())) == 1
+    assert json.loads((h.datasets.iterdir().__next__() / "stats.json").read_text())["lines_read"] == 60_000
+    log = h.job_log(1).read_text()
+    assert "Traceback" not in log and "BrokenPipeError" not in log, log[-2000:]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(child) for child in fh.read().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -125,27 +125,38 @@ def test_kill_9_of_a_vllm_bench_run_three_times_then_resume_gives_every_answer_o
            job.adapter_dir, "--name", "killed", "--max-tokens", "8", "--backend", "vllm", "--limit", str(total)]
     results = Home(home).bench_root / "killed" / "results.jsonl"
     rng = random.Random(7)
+    # Two requests in the engine at a time, so that answers come one by one and each kill lands mid-run (with
+    # all 48 in flight they end within one poll of each other, and a kill could find the run finished)
+    settings = Home(home).settings_file
+    kept = settings.read_text() if settings.exists() else None
+    settings.write_text((kept or "") + "\n[bench]\nmax_in_flight = 2\n")
 
     def lines() -> int:
         return len(results.read_bytes().splitlines()) if results.exists() else 0
 
-    for _ in range(3):
-        before = lines()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        wait_for(lambda b=before, k=rng.randint(1, 12): lines() >= b + k, 180, "answers from the vLLM engine")
-        os.killpg(proc.pid, signal.SIGKILL)  # the bench and its engine processes, as a crash takes them all
-        proc.wait(30)
-        assert lines() < total, "the run finished before the kill: make the prompt set larger"
-    r = subprocess.run([sys.executable, "-m", "cli", "bench", "--resume", "killed", "--home", str(home)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    rows = [json.loads(line) for line in results.read_text().splitlines()]
-    ids = Counter(row["custom_id"] for row in rows)
-    assert len(ids) == total and set(ids.values()) == {1}
-    assert all(row["error"] is None for row in rows)
-    run = json.loads((results.parent / "run.json").read_text())
-    assert run["state"] == "completed" and run["sessions"] == 4 and run["engine"]["backend"] == "vllm"
+    try:
+        for _ in range(3):
+            before = lines()
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True)
+            wait_for(lambda b=before, k=rng.randint(1, 12): lines() >= b + k, 180, "answers from the vLLM engine")
+            os.killpg(proc.pid, signal.SIGKILL)  # the bench and its engine processes, as a crash takes them all
+            proc.wait(30)
+            assert lines() < total, "the run finished before the kill: make the prompt set larger"
+        r = subprocess.run([sys.executable, "-m", "cli", "bench", "--resume", "killed", "--home", str(home)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        rows = [json.loads(line) for line in results.read_text().splitlines()]
+        ids = Counter(row["custom_id"] for row in rows)
+        assert len(ids) == total and set(ids.values()) == {1}
+        assert all(row["error"] is None for row in rows)
+        run = json.loads((results.parent / "run.json").read_text())
+        assert run["state"] == "completed" and run["sessions"] == 4 and run["engine"]["backend"] == "vllm"
+    finally:
+        if kept is None:
+            settings.unlink()
+        else:
+            settings.write_text(kept)
 
 
 def _free_port() -> int:

@@ -106,7 +106,11 @@ class Notifier:
         if self.outbox is not None:
             self._seq += 1
             path = self.outbox / f"{self._seq:09d}-{notice['event']}-job{notice['job']}.json"
-            write_json_atomic(path, notice)
+            try:
+                write_json_atomic(path, notice)
+            except OSError as exc:  # a disk gone read-only: still sent now, only not kept for a restart
+                log.warning("notice %s: not written to the outbox (%s); sending it anyway", path.name, exc)
+                path = None
         self._put(notice, path)
 
     def _put(self, notice: dict[str, Any], path: Path | None) -> None:
@@ -127,7 +131,8 @@ class Notifier:
         self._queue.put(None)
         self._thread.join(timeout)
         if self._thread.is_alive():
-            log.warning("notices: %d not delivered before the daemon stopped", self._queue.qsize())
+            kept = " (kept in data/notify/outbox/: the next start sends them)" if self.outbox else ""
+            log.warning("notices: %d not delivered before the daemon stopped%s", self._queue.qsize(), kept)
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:

@@ -144,7 +144,10 @@ class StatusWriter(TrainerCallback):
         row.update({k: v for k, v in doc.items() if k not in row and isinstance(v, (int, float)) and k != "job_id"})
         row.update({k: _clean(v) for k, v in logs.items() if isinstance(v, (int, float))})
         row["time"] = time.time()
-        self.append_metrics(row)
+        # The Trainer's end-of-run summary (train_loss, train_runtime) is not a step: result.json has it, and a
+        # second row at the last step (or, for a stopped attempt, at the step it stopped) would repeat that step
+        if not ("loss" not in logs and "train_loss" in logs):
+            self.append_metrics(row)
         self.write(state)
         if self.echo and "loss" in logs and (time.monotonic() - self._last_echo > 5
                                              or state.global_step == state.max_steps):
