@@ -19,6 +19,8 @@ def test_unreadable_files_go_to_failed_with_a_reason(home, daemons):
     reasons = {p.name: p.read_text() for p in failed.glob("*.error.txt")}
     assert set(reasons) == {f"{n}.jsonl.error.txt" for n in ("empty", "binary", "latin1", "novalid")}
     assert "is empty" in reasons["empty.jsonl.error.txt"]
+    # each reason names the file as dropped, not its timestamped copy in inbox/processing/
+    assert all(f"Why: {name.removesuffix('.error.txt')} " in text for name, text in reasons.items()), reasons
     assert "binary" in reasons["binary.jsonl.error.txt"]
     assert "not UTF-8" in reasons["latin1.jsonl.error.txt"]
     assert "no valid record" in reasons["novalid.jsonl.error.txt"]

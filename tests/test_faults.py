@@ -299,3 +299,67 @@ def _alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.slow
+def test_a_daemon_restarted_at_once_after_kill_9_resumes_without_a_second_writer(home, daemons):
+    """kill -9 of the daemon alone, a new daemon at once: the old worker saves and goes, then the new one resumes
+    from that very checkpoint; every step is trained and logged once."""
+    import signal
+
+    from tests.helpers import drop_demo, jobs, status, wait_for
+
+    h = Home(home)
+    d = daemons(home, "--epochs", "20", "--save-steps", "500")  # no periodic checkpoint before the kill
+    drop_demo(home)
+    wait_for(lambda: status(home).get("current_step", 0) >= 30, 120, "training progress")
+    d.kill(signal.SIGKILL)
+    again = daemons(home)  # at once: the old worker is still saving
+    try:
+        wait_for(lambda: jobs(home)[0].state.value == "done", 600, "the job to finish")
+    finally:
+        again.kill(signal.SIGTERM)
+        again.wait(60)
+    (job,) = jobs(home)
+    assert job.attempts == 2 and "resumed from checkpoint-" in job.message, job
+    resumed = int(job.message.split("resumed from checkpoint-")[1].split()[0].rstrip(",;"))
+    assert resumed >= 30  # the old worker's stop checkpoint, not the start
+    steps = [json.loads(row)["current_step"] for row in (h.run_dir(1) / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 841))
+    assert "Traceback" not in h.job_log(1).read_text()
+
+
+@pytest.mark.slow
+def test_kill_9_during_export_leaves_no_half_folder_and_the_next_export_works(home):
+    import signal
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from cli.app import app
+    from tests.helpers import ROOT
+
+    h = Home(home)
+    trained = CliRunner().invoke(app, ["train", str(DEMO), "--home", str(home), "--max-steps", "4"])
+    assert trained.exit_code == 0, trained.output
+    merged = h.data / "exports" / "job-1-merged"
+    work = merged.with_name(f".{merged.name}.tmp")
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "export", "1", "--merge", "--home", str(home)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not work.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # mid-write (or just after, on a fast machine)
+    proc.wait(30)
+    # old or new, never half: a folder there is a whole export
+    assert not merged.exists() or (merged / "trainctl_export.json").exists()
+    if merged.exists():
+        import shutil
+
+        shutil.rmtree(merged)
+    done = subprocess.run([sys.executable, "-m", "cli", "export", "1", "--merge", "--home", str(home)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (merged / "trainctl_export.json").exists() and (merged / "config.json").exists()
+    assert [p.name for p in merged.parent.iterdir() if p.name.startswith(".")] == []

@@ -64,7 +64,11 @@ def _curate(home: Home, q: JobQueue, job: Job, settings: Settings, echo: Callabl
     tok = load_tokenizer(t.model, home.models, t.trust_remote_code)
     src = Path(job.file_path)
     out = home.unique_path(home.datasets, home.dataset_dir(Path(job.file_name).stem, dataset_stamp()).name)
-    result = Curator(settings.curation, t, tokenizer=tok, search_dir=home.root).run(src, out)
+    try:
+        result = Curator(settings.curation, t, tokenizer=tok, search_dir=home.root).run(src, out)
+    except InputFileError as exc:
+        # Said of the file as the user dropped it, not of its timestamped copy in inbox/processing/
+        raise InputFileError(str(exc).replace(src.name, job.file_name)) from exc
     share = result.rejected / max(1, result.records)
     echo(f"job {job.id}: curated {job.file_name}: {result.records} records, {result.total_accepted} accepted "
          f"(train {result.accepted['train']}, val {result.accepted['val']}, test {result.accepted['test']}), "
