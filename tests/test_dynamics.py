@@ -184,7 +184,7 @@ def test_whole_dataset_dynamics_find_planted_wrong_answers_on_the_real_model(hom
 
 
 DDP_SCRIPT = r'''
-import json, sys
+import json, os, sys
 from pathlib import Path
 from transformers import TrainingArguments
 from daemon.config import TrainConfig
@@ -207,6 +207,11 @@ trainer = b.trainer_class(model=small_model(resolve_model_path("builtin:tiny", m
                           train_dataset=b.dataset, data_collator=b.collator, dynamics=recorder)
 trainer.train()
 leave_group()
+# Past this point only the interpreter's teardown is left, where torch's threads now and then abort the process
+# ("terminate called without an active exception", exit -6) after everything was written
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
 '''
 
 

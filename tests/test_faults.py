@@ -363,3 +363,32 @@ def test_kill_9_during_export_leaves_no_half_folder_and_the_next_export_works(ho
     assert done.returncode == 0, done.stdout + done.stderr
     assert (merged / "trainctl_export.json").exists() and (merged / "config.json").exists()
     assert [p.name for p in merged.parent.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.slow
+def test_kill_9_in_the_middle_of_a_checkpoint_save_resumes_from_the_one_before(home, daemons, monkeypatch):
+    """A checkpoint cut off mid-save (files written, no completeness marker) is never resumed from."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+    from daemon.runs.checkpoints import COMPLETE_MARKER
+    from tests.helpers import complete_checkpoints, drop_demo, jobs
+
+    h = Home(home)
+    monkeypatch.setenv("TRAINCTL_FAULT", "kill_in_save_at_step=80")
+    drop_demo(home)  # before the daemon: `--once` ends when it finds nothing to do
+    first = daemons(home, "--once", "--max-steps", "120", "--save-steps", "40")
+    assert first.wait(300) == 0, first.output()
+    (job,) = jobs(home)
+    assert job.state.value == "failed" and "SIGKILL" in job.error, job
+    cut = h.run_dir(1) / "checkpoints" / "checkpoint-80"
+    assert cut.is_dir() and not (cut / COMPLETE_MARKER).exists() and complete_checkpoints(home, 1) == [40]
+    monkeypatch.delenv("TRAINCTL_FAULT")
+    retried = CliRunner().invoke(app, ["retry", "1", "--home", str(home)])
+    assert retried.exit_code == 0, retried.output
+    again = daemons(home, "--once")
+    assert again.wait(300) == 0, again.output()
+    (job,) = jobs(home)
+    assert job.state.value == "done" and "resumed from checkpoint-40" in job.message, job
+    steps = [json.loads(row)["current_step"] for row in (h.run_dir(1) / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 121))

@@ -203,9 +203,12 @@ def test_a_sidecar_that_comes_after_its_data_file_is_applied_or_reported(tmp_pat
             waiting = queue.enqueue("a.jsonl", h.inbox_processing / "1-a.jsonl", "sha-a")
             started = queue.enqueue("b.jsonl", h.inbox_processing / "1-b.jsonl", "sha-b")
             queue.transition(started.id, JobState.CURATING, worker_pid=os.getpid())
+            ended = queue.enqueue("d.jsonl", h.inbox_processing / "1-d.jsonl", "sha-d")
+            queue.transition(ended.id, JobState.SKIPPED, message="same content as job 1")
         (h.inbox / "a.toml").write_text("priority = 3\n[train]\nepochs = 2\n")
         (h.inbox / "b.toml").write_text("[train]\nepochs = 2\n")
         (h.inbox / "c.toml").write_text("[train]\nepochs = 2\n")  # no data file yet: it waits
+        (h.inbox / "d.toml").write_text("[train]\nepochs = 2\n")
         daemon._late_sidecars()
         with JobQueue(h.jobs_db) as queue:
             applied, kept = queue.get(waiting.id), queue.get(started.id)
@@ -216,6 +219,10 @@ def test_a_sidecar_that_comes_after_its_data_file_is_applied_or_reported(tmp_pat
         why = (h.inbox_failed / "b.toml.error.txt").read_text()
         assert "b.toml arrived after b.jsonl was taken as job 2" in why and "not applied" in why
         assert (h.inbox_failed / "b.toml").exists() and (h.inbox / "c.toml").exists()
+        with JobQueue(h.jobs_db) as queue:
+            assert queue.get(started.id).message is None  # a running job's worker says what it has to say
+            assert queue.get(ended.id).message == ("same content as job 1; d.toml came too late and was not "
+                                                   "applied (inbox/failed/)")
     finally:
         daemon.notifier.close()
         daemon.queue.close()

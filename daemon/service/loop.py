@@ -191,6 +191,9 @@ class Daemon:
                     continue
                 write_text_atomic(dest.with_name(dest.name + ".error.txt"), why + "\n")
                 log.warning("%s", why)
+                if job.id not in self.children and job.state not in ACTIVE:  # a running job's worker writes it
+                    note = f"{side.name} came too late and was not applied (inbox/failed/)"
+                    self.queue.update(job.id, message=f"{job.message}; {note}" if job.message else note)
 
     def _apply_late_sidecar(self, job: Job, side: Path) -> None:
         moved = sidecar_of(Path(job.file_path))

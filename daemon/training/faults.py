@@ -1,11 +1,14 @@
 """Fault injection for tests and drills: `TRAINCTL_FAULT=nan_at_step=N` makes the model's loss NaN from optimizer
 step N on (gradients and weights follow, as with a real numerical blow-up); `lr_jump_at_step=N` multiplies the
 learning rate by 100 from step N on (`lr_jump_at_step=NxF` by F), so that a run learns, peaks and then degrades;
-`...@NAME` only in jobs whose dataset folder starts with NAME. Unset, nothing is installed."""
+`kill_in_save_at_step=N` SIGKILLs the training process while it saves step N's checkpoint (its files written,
+its completeness marker not yet), as a power cut mid-save would; `...@NAME` only in jobs whose dataset folder
+starts with NAME. Unset, nothing is installed."""
 
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 from transformers import TrainerCallback
@@ -43,6 +46,18 @@ class LearningRateJump(TrainerCallback):
                 group["lr"] *= self.factor
 
 
+class KillInSave(TrainerCallback):
+    """Dies by SIGKILL in the `on_save` of step `at_step`: the faults come before RunControl among the recipe's
+    callbacks, so the checkpoint's files are there and its TRAINCTL_COMPLETE marker is not."""
+
+    def __init__(self, at_step: int):
+        self.at_step = at_step
+
+    def on_save(self, args, state, control, **kw):
+        if state.global_step == self.at_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def from_env(dataset: str = "") -> list[TrainerCallback]:
     kind, _, rest = os.environ.get("TRAINCTL_FAULT", "").partition("=")
     value, _, only = rest.partition("@")
@@ -53,4 +68,6 @@ def from_env(dataset: str = "") -> list[TrainerCallback]:
     if kind == "lr_jump_at_step":
         step, _, factor = value.partition("x")
         return [LearningRateJump(int(step), float(factor or 100))]
+    if kind == "kill_in_save_at_step":
+        return [KillInSave(int(value))]
     return []
