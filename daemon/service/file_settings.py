@@ -53,6 +53,18 @@ def resolve(settings_file: Path, file_name: str, sidecar: Path | None,
     layers: list[dict[str, dict[str, Any]]] = [base_overrides or {}]
     priority: int | None = None
     sources: list[str] = []
+
+    def add(table: Any, where: str) -> None:
+        """One per-file layer: its problems, or its sections, priority and name."""
+        nonlocal priority
+        found = per_file_problems(table, where)
+        problems.extend(found)
+        if not found:
+            sections, own_priority = _split(table)
+            layers.append(sections)
+            priority = own_priority if own_priority is not None else priority
+            sources.append(where)
+
     if settings_file.exists():
         try:
             files = tomllib.loads(settings_file.read_text(encoding="utf-8")).get(FILES_TABLE) or {}
@@ -60,27 +72,14 @@ def resolve(settings_file: Path, file_name: str, sidecar: Path | None,
             files = {}  # reported by load_settings below, with the rest of the file
         table = files.get(file_name) if isinstance(files, dict) else None
         if table is not None:
-            where = f'[files."{file_name}"]'
-            found = per_file_problems(table, where)
-            problems += found
-            if not found:
-                sections, p = _split(table)
-                layers.append(sections)
-                priority = p if p is not None else priority
-                sources.append(where)
+            add(table, f'[files."{file_name}"]')
     if sidecar is not None:
         try:
             doc = tomllib.loads(sidecar.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             problems.append(f"{sidecar_name} is not valid TOML: {exc}")
         else:
-            found = per_file_problems(doc, sidecar_name)
-            problems += found
-            if not found:
-                sections, p = _split(doc)
-                layers.append(sections)
-                priority = p if p is not None else priority
-                sources.append(sidecar_name)
+            add(doc, sidecar_name)
     merged = merge(*layers)
     if not problems:
         try:

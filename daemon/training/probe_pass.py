@@ -95,3 +95,19 @@ class ProbePass:
                 self.budget.charge(
                     self.kind, took, self.decode_seconds - decode_before, whole=decode
                 )
+
+
+class TimedByProbePass:
+    """For a collector whose passes are one ProbePass: the time they took, as the recipe reports it."""
+
+    probe_pass: ProbePass
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of every pass so far (failed ones included)."""
+        return self.probe_pass.seconds
+
+    @property
+    def decode_seconds(self) -> float:
+        """Of `seconds`, the part spent decoding answers the model does not reproduce."""
+        return self.probe_pass.decode_seconds

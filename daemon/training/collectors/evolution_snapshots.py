@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.atomic import write_json_atomic
 from daemon.training.collectors import Collector
-from daemon.training.probe_pass import ProbePass
+from daemon.training.probe_pass import ProbePass, TimedByProbePass
 from daemon.training.scoring import BATCH_ROWS
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def snapshot_path(folder: Path, step: int) -> Path:
     return folder / f"step_{step:06d}.json"
 
 
-class EvolutionSnapshots(Collector):
+class EvolutionSnapshots(TimedByProbePass, Collector):
     name = "evolution"
 
     def __init__(self, tokenizer: Any, rows: list[dict[str, Any]], folder: Path, dataset: str, max_length: int = 512,
@@ -57,15 +57,6 @@ class EvolutionSnapshots(Collector):
         self.taken: list[int] = []
         self.errors: list[str] = []
 
-    @property
-    def seconds(self) -> float:
-        """Wall time of every snapshot so far (failed ones included)."""
-        return self.probe_pass.seconds
-
-    @property
-    def decode_seconds(self) -> float:
-        """Of `seconds`, the part spent decoding answers the model does not reproduce."""
-        return self.probe_pass.decode_seconds
 
     # -- when
     def on_train_begin(self, args, state, control, model=None, **kw):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from daemon.training.collectors import Collector
-from daemon.training.probe_pass import ProbePass
+from daemon.training.probe_pass import ProbePass, TimedByProbePass
 from daemon.training.scoring import BATCH_ROWS
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def expected_calibration_error(confidences: list[float], correct: list[bool], bi
     return sum(abs(b[1] / b[2] - b[0] / b[2]) * b[2] / total for b in sums if b[2])
 
 
-class FixedEval(Collector):
+class FixedEval(TimedByProbePass, Collector):
     name = "fixed_eval"
 
     def __init__(self, tokenizer: Any, rows: list[dict[str, Any]], eval_steps: int, max_length: int = 512,
@@ -64,15 +64,6 @@ class FixedEval(Collector):
         self.listeners: list[Callable[[int, list[dict[str, Any]]], None]] = []
         """Called as fn(step, results) after each evaluation (e.g. flagged-example storage)."""
 
-    @property
-    def seconds(self) -> float:
-        """Wall time of every evaluation so far (failed ones included)."""
-        return self.probe_pass.seconds
-
-    @property
-    def decode_seconds(self) -> float:
-        """Of `seconds`, the part spent decoding answers the model does not reproduce."""
-        return self.probe_pass.decode_seconds
 
     def on_step_end(self, args, state, control, model=None, **kw):
         step = state.global_step
