@@ -85,8 +85,8 @@ def complete_checkpoints(home: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_two_processes_learn_the_demo_like_one_on_the_same_global_batch(home, tmp_path):
-    """batch 8 in one process against batch 4 in each of two: the same held-out and training exact match, a
-    training loss within a few percent, one status file and one metrics row per step (rank 0 alone writes)."""
+    """batch 8 in one process against batch 4 in each of two: held-out and training exact match within one
+    example of each other, a training loss within a few percent, one status file and one metrics row per step (rank 0 alone writes)."""
     other = tmp_path / "one"
     (other / "data").mkdir(parents=True)
     os.symlink(Home(home).models, Home(other).models)
@@ -97,8 +97,13 @@ def test_two_processes_learn_the_demo_like_one_on_the_same_global_batch(home, tm
                               "--nproc", "2"])
     assert two.exit_code == 0, two.output
     r1, r2 = result(other), result(home)
-    assert r2["test_eval"]["exact_match"] == r1["test_eval"]["exact_match"] >= 0.8
-    assert r2["train_eval"]["exact_match"] == r1["train_eval"]["exact_match"]
+    # One process runs the output layer on the labelled positions only; under DDP the model's own forward runs
+    # (its wrapper must see the call). The same function to float rounding, which six epochs under bf16 autocast
+    # may turn into one example's difference, no more.
+    for split in ("test_eval", "train_eval"):
+        one_example = 1 / r1[split]["count"]
+        assert abs(r2[split]["exact_match"] - r1[split]["exact_match"]) <= one_example + 1e-9, (split, r1, r2)
+    assert min(r1["test_eval"]["exact_match"], r2["test_eval"]["exact_match"]) >= 0.8
     assert abs(r2["train_loss"] - r1["train_loss"]) / r1["train_loss"] < 0.05, (r1["train_loss"], r2["train_loss"])
     config = json.loads((Home(home).run_dir(1) / "config.json").read_text())
     assert config["placement"]["world_size"] == 2 and config["placement"]["nproc"] == 2

@@ -262,3 +262,82 @@ def test_a_packed_job_trains_and_counts_only_real_tokens(home):
     rows = read_split(next(Home(home).datasets.iterdir()) / "train.jsonl")
     real = sum(len(encode_messages(tok, messages_of(x), 512).input_ids) for x in rows)
     assert status["tokens_seen"] == 2 * real
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_output_layer_on_labelled_positions_trains_as_the_full_forward(home, tmp_path, packing):
+    """The Trainer runs the output layer only where a label is: the loss and every LoRA gradient equal the model's
+    own full forward pass, with and without the accumulation window's token count; the callbacks that read the
+    loss off the model's forward (streaming metrics, the NaN fault) still get it."""
+    import torch
+    from transformers import TrainingArguments
+
+    from daemon.config import TrainConfig
+    from daemon.models.loading import load_tokenizer, resolve_model_path
+    from daemon.training.collectors.streaming import StreamingMetrics
+    from daemon.training.faults import NaNLossFault
+    from daemon.training.labelled_head import split_head
+    from daemon.training.packing import Batching
+
+    models = Home.open(home).models
+    tok = load_tokenizer("builtin:tiny", models)
+    examples = packing_examples(tok)
+    b = Batching(examples, TrainConfig(packing=packing, batch_size=5), tok.pad_token_id)
+    model = small_model(resolve_model_path("builtin:tiny", models))
+    assert split_head(model) is not None  # a llama: the labelled-only path is the one taken
+    trainer = b.trainer_class(model=model, args=TrainingArguments(str(tmp_path / "out"), report_to="none",
+                                                                  use_cpu=True), train_dataset=b.dataset,
+                              data_collator=b.collator)
+    batch = b.collator([b.dataset[k] for k in range(len(b.dataset))] if packing else examples)
+    full_inputs = {k: v for k, v in batch.items() if k not in ("example_index",)
+                   and not (packing and k == "attention_mask")}
+    trained = int((batch["shift_labels" if packing else "labels"] != IGNORE).sum())
+    mean = None
+    for items in (None, torch.tensor(trained + 7)):  # a window of more tokens than this micro-batch
+        kwargs = {} if items is None else {"num_items_in_batch": items}
+        model.zero_grad()
+        reference = model(**full_inputs, **kwargs).loss
+        reference.backward()
+        want = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        model.zero_grad()
+        got = trainer.compute_loss(model, dict(batch), num_items_in_batch=items)
+        got.backward()
+        if items is None:
+            mean = reference.item()  # the plain mean over trained tokens, as the streaming metrics get it below
+        assert abs(got.item() - reference.item()) <= 1e-5 * max(1.0, reference.item()), (items, got, reference)
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                torch.testing.assert_close(p.grad, want[name], atol=1e-6, rtol=1e-4, msg=name)
+    streaming, fault = StreamingMetrics(entropy_every=1), NaNLossFault(at_step=1)
+    trainer.add_callback(fault)
+    trainer.add_callback(streaming)
+    model.train()  # (small_model is in eval mode: no dropout either way)
+    trainer.compute_loss(model, dict(batch))
+    streaming.on_step_end(None, None, None)
+    assert streaming.last_loss == pytest.approx(mean, rel=1e-5) and streaming.entropy > 0
+    fault.step = 1  # the step the fault poisons
+    assert torch.isnan(trainer.compute_loss(model, dict(batch)))
+
+
+def test_labelled_path_runs_under_the_trainers_mixed_precision(home, tmp_path):
+    """With `bf16` the Trainer's autocast (accelerate puts it around the model's own forward) covers the decoder
+    and the output layer of the labelled-only path too: the matmuls run in bf16, as they would in the model's
+    forward."""
+    import torch
+    from transformers import TrainingArguments
+
+    from daemon.config import TrainConfig
+    from daemon.models.loading import load_tokenizer, resolve_model_path
+    from daemon.training.packing import Batching
+
+    models = Home.open(home).models
+    tok = load_tokenizer("builtin:tiny", models)
+    b = Batching(packing_examples(tok), TrainConfig(), tok.pad_token_id)
+    model = small_model(resolve_model_path("builtin:tiny", models))
+    args = TrainingArguments(str(tmp_path / "out"), report_to="none", use_cpu=True, bf16=True)
+    trainer = b.trainer_class(model=model, args=args, train_dataset=b.dataset, data_collator=b.collator)
+    seen = []
+    for layer in (model.get_base_model().model.layers[0].mlp.down_proj, model.get_base_model().lm_head):
+        layer.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    loss = trainer.compute_loss(model, b.collator([b.dataset[0]]))
+    assert seen == [torch.bfloat16, torch.bfloat16] and loss.dtype == torch.float32

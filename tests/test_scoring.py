@@ -68,6 +68,14 @@ def test_answers_equal_generation_at_every_stage_of_training(tiny_models, monkey
         assert whole.greedy_match == sc7.greedy_match
         assert max(abs(a - b) for a, b in zip(whole.loss, sc7.loss)) < 1e-5
         assert max(abs(a - b) for a, b in zip(whole.golden_prob, sc7.golden_prob)) < 1e-5
+        # The output layer on the answer positions alone scores as the model's own forward over every position
+        with monkeypatch.context() as patched:
+            patched.setattr(scoring, "split_head", lambda model: None)
+            full, full_outputs, _ = answer(model, tok, probe, 64, 7)
+        assert full_outputs == outputs7 and full.greedy_match == sc7.greedy_match
+        assert full.token_correct == sc7.token_correct
+        for name in ("loss", "golden_prob", "token_conf"):
+            assert max(abs(a - b) for a, b in zip(getattr(full, name), getattr(sc7, name))) < 1e-5, name
         assert len(sc.loss) == len(sc.golden_prob) == len(convs)
         assert (sc.decode_seconds > 0) == (decoded > 0)  # decoding is timed apart from the pass
         kinds |= {"reproduced" if ok else "decoded" for ok in sc.greedy_match}
@@ -154,15 +162,17 @@ def test_a_model_without_a_reusable_cache_is_answered_whole_and_generated(tiny_m
     reference = [t["text"] for t in generate_texts(model, tok, probe.prompts, max_new_tokens=probe.longest + 2)]
     sc, outputs, decoded = scoring.answer(model, tok, probe, 64, 128)
 
-    forward = model.forward
+    def no_cache_back(forward):  # passes that start without a cache get none back (generate's keep theirs)
+        def call(*args, **kwargs):
+            out = forward(*args, **kwargs)
+            if kwargs.get("past_key_values") is None:
+                out.past_key_values = None
+            return out
+        return call
 
-    def no_cache_back(*args, **kwargs):  # passes that start without a cache get none back (generate's keep theirs)
-        out = forward(*args, **kwargs)
-        if kwargs.get("past_key_values") is None:
-            out.past_key_values = None
-        return out
-
-    monkeypatch.setattr(model, "forward", no_cache_back)
+    # the scoring pass calls the decoder alone (the output layer runs on the answer positions only)
+    for module in (model, model.get_decoder()):
+        monkeypatch.setattr(module, "forward", no_cache_back(module.forward))
     from_prompt = []
 
     def spy(model_, tok_, prompts, **kw):

@@ -2,12 +2,14 @@
 
 The record's format and its reading are in daemon/runs/dynamics.py.
 
-The Trainer (daemon/training/trainer.py) hands `record()` each training forward pass's outputs and inputs, and the
-collators' `example_index` (each token's row in the train split, -1 where none). From the logits the loss was just
-computed from — before the optimizer step, no second pass — it takes per trained token [T]: the loss
-(logsumexp - golden logit), the golden token's probability, whether it is the argmax, and the margin (golden logit -
-the largest other logit), then sums them per example (`index_add_`). Packed rows are split by example, never
-averaged per row; under gradient accumulation every micro-batch adds its examples to the step.
+The Trainer (daemon/training/trainer.py) hands `record_kept()` the logits of each training forward pass's trained
+positions (the output layer runs on those alone, daemon/training/labelled_head.py), or `record()` the whole pass's
+outputs where the model keeps its own forward, with the collators' `example_index` (each token's row in the train
+split, -1 where none). From the logits the loss was just computed from — before the optimizer step, no second
+pass — it takes per trained token [T]: the loss (logsumexp - golden logit), the golden token's probability,
+whether it is the argmax, and the margin (golden logit - the largest other logit), then sums them per example
+(`index_add_`). Packed rows are split by example, never averaged per row; under gradient accumulation every
+micro-batch adds its examples to the step.
 
 At each optimizer step the buffered figures are written as one append to `dynamics.bin` (on several processes they
 are gathered to rank 0 first, which alone writes). As training (re)starts, records of steps after the one it starts
@@ -31,16 +33,16 @@ CHUNK_TOKENS = 2048
 """Trained tokens per float32 chunk: bounds the extra memory to about CHUNK_TOKENS x vocabulary floats."""
 
 
-def token_figures(logits: Any, rows: Any, cols: Any, targets: Any) -> tuple[Any, Any, Any, Any]:
-    """logits [B, L, V] read at the T positions (rows[T], cols[T]) with their targets [T] -> per token loss, golden
-    probability, golden-is-argmax, margin (each [T], fp32). A chunk of positions at a time is copied out, never all
-    of them: on a GPU a step's logits are already a large share of its memory."""
+def token_figures(pick: Any, targets: Any) -> tuple[Any, Any, Any, Any]:
+    """The T trained tokens' logits, `pick(start, end)` -> [end - start, V], with their targets [T] -> per token
+    loss, golden probability, golden-is-argmax, margin (each [T], fp32). A chunk of positions at a time is made
+    float32, never all of them: on a GPU a step's logits are already a large share of its memory."""
     import torch
 
     outs = []
     for at in range(0, targets.shape[0], CHUNK_TOKENS):
-        lg = logits[rows[at:at + CHUNK_TOKENS], cols[at:at + CHUNK_TOKENS]].float()  # [chunk, V]
         tg = targets[at:at + CHUNK_TOKENS]
+        lg = pick(at, at + tg.shape[0]).float()  # [chunk, V]
         gold = lg.gather(1, tg[:, None])[:, 0]
         loss = torch.logsumexp(lg, -1) - gold
         top = lg.topk(2, dim=-1)
@@ -50,9 +52,26 @@ def token_figures(logits: Any, rows: Any, cols: Any, targets: Any) -> tuple[Any,
     return tuple(torch.cat(parts) for parts in zip(*outs))
 
 
-def per_example(logits: Any, targets: Any, index: Any) -> list[tuple[int, float, float, float, float, int]]:
+Figures = list[tuple[int, float, float, float, float, int]]
+"""Per example: (index, mean loss, mean golden probability, argmax share, mean margin, trained tokens)."""
+
+
+def sum_per_example(figures: tuple[Any, Any, Any, Any], index: Any) -> Figures:
+    """Per token figures (each [T]) and each token's example [T] -> per example figures."""
+    import torch
+
+    loss, prob, first, margin = figures
+    ids, inverse = torch.unique(index, return_inverse=True)
+    sums = torch.zeros(len(ids), 5, dtype=torch.float32, device=loss.device)
+    sums.index_add_(0, inverse, torch.stack([loss, prob, first, margin, torch.ones_like(loss)], 1))
+    sums = sums.cpu().tolist()
+    return [(int(i), s[0] / s[4], s[1] / s[4], s[2] / s[4], s[3] / s[4], int(s[4]))
+            for i, s in zip(ids.cpu().tolist(), sums)]
+
+
+def per_example(logits: Any, targets: Any, index: Any) -> Figures:
     """Aligned logits [B, L, V], next-token targets [B, L] (IGNORE where untrained) and each position's example
-    [B, L] -> per example: (index, mean loss, mean golden probability, argmax share, mean margin, trained tokens)."""
+    [B, L] -> per example figures."""
     import torch
 
     with torch.no_grad():
@@ -60,13 +79,21 @@ def per_example(logits: Any, targets: Any, index: Any) -> list[tuple[int, float,
         if not bool(keep.any()):
             return []
         rows, cols = keep.nonzero(as_tuple=True)
-        loss, prob, first, margin = token_figures(logits, rows, cols, targets[keep])
-        ids, inverse = torch.unique(index[keep], return_inverse=True)
-        sums = torch.zeros(len(ids), 5, dtype=torch.float32, device=loss.device)
-        sums.index_add_(0, inverse, torch.stack([loss, prob, first, margin, torch.ones_like(loss)], 1))
-        sums = sums.cpu().tolist()
-    return [(int(i), s[0] / s[4], s[1] / s[4], s[2] / s[4], s[3] / s[4], int(s[4]))
-            for i, s in zip(ids.cpu().tolist(), sums)]
+        figures = token_figures(lambda a, b: logits[rows[a:b], cols[a:b]], targets[keep])
+        return sum_per_example(figures, index[keep])
+
+
+def per_example_kept(logits: Any, targets: Any, index: Any) -> Figures:
+    """The same from the logits of the trained positions only: logits [K, V], targets [K], examples [K]."""
+    import torch
+
+    with torch.no_grad():
+        mine = index >= 0
+        if not bool(mine.any()):
+            return []
+        if not bool(mine.all()):
+            logits, targets, index = logits[mine], targets[mine], index[mine]
+        return sum_per_example(token_figures(lambda a, b: logits[a:b], targets), index)
 
 
 def aligned(outputs: Any, inputs: dict[str, Any], index: Any) -> tuple[Any, Any, Any] | None:
@@ -103,6 +130,14 @@ class DynamicsRecorder(Collector):
                 self.unavailable = "the model returned no logits (fused cross-entropy)"
                 return
             self.buffer += per_example(*parts)
+        except Exception as exc:  # per-example dynamics must never stop training
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def record_kept(self, logits: Any, targets: Any, index: Any) -> None:
+        """The same from the output layer run on the trained positions only (daemon/training/labelled_head.py):
+        logits [K, V], targets [K] and each position's example [K]."""
+        try:
+            self.buffer += per_example_kept(logits, targets, index)
         except Exception as exc:  # per-example dynamics must never stop training
             self.errors.append(f"{type(exc).__name__}: {exc}")
 

@@ -28,9 +28,13 @@ class NaNLossFault(TrainerCallback):
         self.step = state.global_step + 1  # the step now running
 
     def _poison(self, module, args, output):
-        if module.training and self.step >= self.at_step and getattr(output, "loss", None) is not None:
-            output.loss = output.loss * float("nan")
+        if module.training and getattr(output, "loss", None) is not None:
+            output.loss = self.on_training_loss(output.loss)
         return output
+
+    def on_training_loss(self, loss: Any, logits: Any = None) -> Any:
+        """The loss as the fault leaves it (trainctl's Trainer asks where it computes the loss itself)."""
+        return loss * float("nan") if self.step >= self.at_step else loss
 
 
 class LearningRateJump(TrainerCallback):

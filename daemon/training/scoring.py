@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemon.training.labelled_head import labelled_logits, split_head
+
 BATCH_ROWS = 128
 """Rows per scoring batch (the token budget may make it fewer). Decoding costs about the same per step whatever
 the batch, so the fewer batches the fewer steps."""
@@ -140,23 +142,40 @@ def _keeps_logits(model: Any) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def _forward(model: Any, ids: Any, attn: Any, prefix: int, use_cache: bool, first: int) -> tuple[Any, int]:
-    """The batch's teacher-forced pass, and the prefix it shared. With a shared prefix, one row's pass over it
-    fills the cache, repeated for every row, and the batch's pass covers only the rest. Logits are computed only
-    from position `first` on (`first` >= prefix): [b, t - first, vocab] — with a 49k vocabulary the prompt's logits
-    would be most of a batch's memory. A model whose cache cannot be repeated (no transformers Cache) gets the whole
-    pass: prefix 0. A model without `logits_to_keep` returns every position's logits: then `first` is 0."""
-    keep = {"logits_to_keep": ids.shape[1] - first} if first and _keeps_logits(model) else {}
+def _forward(model: Any, ids: Any, attn: Any, targets: Any, prefix: int, use_cache: bool) -> tuple[Any, Any]:
+    """The batch's teacher-forced pass: (logits at the positions that predict a labelled token [K, vocab], in row
+    order, and the pass's cache). With a shared prefix, one row's pass over it fills the cache, repeated for every
+    row, and the batch's pass covers only the rest. The output layer runs on the K labelled positions alone
+    (daemon/training/labelled_head.py) — with a 49k vocabulary the other positions' logits would be most of a
+    batch's memory and a large share of its time; a model whose logits are more than that layer computes them from
+    the first labelled position on (`logits_to_keep`), or everywhere without it. A model whose cache cannot be
+    repeated (no transformers Cache) gets the whole pass: prefix 0."""
+    keep = targets != -100  # [b, t]
+    parts = split_head(model)
     if prefix:
-        cache = model(input_ids=ids[:1, :prefix], use_cache=True,  # [1, heads, prefix, head_dim]
-                      **({"logits_to_keep": 1} if keep else {})).past_key_values
+        fill = parts[0] if parts is not None else model  # the decoder alone: no logits at all
+        one = {"logits_to_keep": 1} if parts is None and _keeps_logits(model) else {}
+        cache = fill(input_ids=ids[:1, :prefix], use_cache=True, **one).past_key_values  # [1, heads, prefix, dim]
         if hasattr(cache, "batch_repeat_interleave"):
             cache.batch_repeat_interleave(ids.shape[0])
             # Positions continue from the cache's length; right padding keeps each row's tokens at their positions.
-            out = model(input_ids=ids[:, prefix:], attention_mask=attn, past_key_values=cache, use_cache=True, **keep)
-            return out, ids.shape[1] - out.logits.shape[1]
-    out = model(input_ids=ids, attention_mask=attn, use_cache=use_cache, **keep)
-    return out, ids.shape[1] - out.logits.shape[1]
+            return _pass(model, parts, ids[:, prefix:], attn, keep[:, prefix:], cache, True)
+    return _pass(model, parts, ids, attn, keep, None, use_cache)
+
+
+def _pass(model: Any, parts: Any, ids: Any, attn: Any, keep: Any, cache: Any, use_cache: bool) -> tuple[Any, Any]:
+    """One forward call over `ids` [b, t'] whose labelled positions are `keep` [b, t'] -> (logits [K, vocab], cache)."""
+    inputs = {"input_ids": ids, "attention_mask": attn, "use_cache": use_cache}
+    if cache is not None:
+        inputs["past_key_values"] = cache
+    if parts is not None:
+        logits, out = labelled_logits(parts, inputs, keep)
+        return logits, out.past_key_values
+    cols = keep.any(0).nonzero()
+    first = int(cols[0]) if len(cols) else ids.shape[1] - 1
+    trim = {"logits_to_keep": ids.shape[1] - first} if first and _keeps_logits(model) else {}
+    out = model(**inputs, **trim)
+    return out.logits[keep[:, ids.shape[1] - out.logits.shape[1]:]], out.past_key_values
 
 
 def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: int,
@@ -186,13 +205,11 @@ def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: 
             labels = torch.tensor([e.labels + [-100] * (width - len(e.labels)) for e in encs], device=device)
             lengths = torch.tensor([len(e.input_ids) for e in encs], device=device)
             attn = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()  # [b, t]
+            targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)  # [b, t]: what t predicts
             # The cache API that repeats a prefix goes with models whose cache decoding may continue from.
-            out, offset = _forward(model, ids, attn, _shared_prefix(encs) if share_prefix and continues else 0,
-                                   continues, _first_scored(encs))
-            top = _score_batch(out.logits, labels[:, offset:], sc)  # [b, t - offset]: argmax, token t+1's prediction
-            if offset:  # absolute positions again (those before the offset are never read: no answer token is
-                # predicted there)
-                top = torch.cat([torch.full((len(idx), offset), -1, dtype=top.dtype), top], dim=1)
+            logits, cache = _forward(model, ids, attn, targets,
+                                     _shared_prefix(encs) if share_prefix and continues else 0, continues)
+            top = _score_batch(logits, targets, sc)  # [b, t]: the argmax predicting token t + 1 (-1: not read)
             n_before = len(sc.greedy_match) - len(idx)
             plans = []
             for row, i in enumerate(idx):
@@ -209,7 +226,6 @@ def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: 
                     outputs[i] = tok.decode(plan.tokens, skip_special_tokens=True)
                 else:
                     plans.append((row, i, plan))
-            cache = getattr(out, "past_key_values", None)
             if plans and not all(hasattr(cache, m) for m in ("reorder_cache", "crop")):  # no reusable cache
                 from_prompt += [i for _, i, _ in plans]
             elif plans:
@@ -218,7 +234,7 @@ def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: 
                 sc.decode_seconds += time.perf_counter() - t0
                 for _, i, plan in plans:
                     outputs[i] = tok.decode(plan.tokens, skip_special_tokens=True)
-            del out, cache
+            del logits, cache
     if from_prompt:
         t0 = time.perf_counter()
         texts = generate_texts(model, tok, [probe.prompts[i] for i in from_prompt], max_new_tokens=cap,
@@ -229,24 +245,33 @@ def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: 
     return sc, outputs, decoded
 
 
-def _score_batch(logits: Any, labels: Any, sc: Scores) -> Any:
-    """Append one batch's scores to `sc`; return the argmax tokens [b, t] for greedy continuation."""
+def _score_batch(logits: Any, targets: Any, sc: Scores) -> Any:
+    """Append one batch's scores to `sc` from the logits of its labelled positions (logits [K, vocab], in row
+    order; targets [b, t], -100 where nothing is predicted); return the argmax tokens [b, t] for greedy
+    continuation, -1 where no logits were computed."""
     import torch
 
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [b, t-1, vocab]
-    target = labels[:, 1:]  # [b, t-1]: the token each position predicts
-    mask = target != -100
-    gold = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [b, t-1]
-    top_logp, top_i = logp.max(-1)  # [b, t-1]
-    hit = top_i == target
-    n = mask.sum(1).clamp(min=1)
-    zero = torch.zeros_like(gold)
-    sc.loss += (-torch.where(mask, gold, zero).sum(1) / n).tolist()
-    sc.golden_prob += (torch.where(mask, gold.exp(), zero).sum(1) / n).tolist()
-    sc.greedy_match += ((hit | ~mask).all(1) & mask.any(1)).tolist()
-    sc.token_conf += top_logp.exp()[mask].tolist()  # row-major: each row's tokens in order
-    sc.token_correct += hit[mask].tolist()
-    return top_i.cpu()
+    keep = targets != -100  # [b, t]
+    rows = keep.nonzero(as_tuple=True)[0]  # [K]: each labelled position's row
+    logp = torch.log_softmax(logits.float(), dim=-1)  # [K, vocab]
+    golden = targets[keep]  # [K]
+    gold = logp.gather(-1, golden[:, None])[:, 0]  # [K]
+    top_logp, top_i = logp.max(-1)  # [K]
+    hit = top_i == golden
+
+    def per_row(values: Any) -> Any:  # [K] -> [b]: summed per row
+        return torch.zeros(keep.shape[0], dtype=torch.float32, device=values.device).index_add_(0, rows, values)
+
+    tokens = keep.sum(1)  # [b]
+    n = tokens.clamp(min=1)
+    sc.loss += (-per_row(gold) / n).tolist()
+    sc.golden_prob += (per_row(gold.exp()) / n).tolist()
+    sc.greedy_match += ((per_row((~hit).float()) == 0) & (tokens > 0)).tolist()
+    sc.token_conf += top_logp.exp().tolist()  # row-major: each row's tokens in order
+    sc.token_correct += hit.tolist()
+    top = torch.full(keep.shape, -1, dtype=top_i.dtype, device=top_i.device)
+    top[keep] = top_i
+    return top.cpu()
 
 
 @dataclass
@@ -266,7 +291,7 @@ def _plan(input_ids: list[int], start: int | None, top: Any, eos: int, cap: int)
     for j, golden in enumerate(input_ids[start:]):
         if j >= cap:
             return _Plan(input_ids[start:start + cap], start + cap - 1, True)
-        if j >= len(preds):
+        if j >= len(preds) or preds[j] < 0:  # past the pass, or a position it computed no logits for
             return None
         if preds[j] != golden:
             tokens = input_ids[start:start + j] + [preds[j]]

@@ -56,16 +56,25 @@ class StreamingMetrics(Collector):
             loss = output[0]
         if loss is None:
             return
+        logits = getattr(output, "logits", None)
+        labels = kwargs.get("labels")
+        if logits is not None and labels is not None:
+            # logits: (batch, seq, vocab); the prediction at t is for the token at t+1.
+            logits = logits[:, :-1][labels[:, 1:] != -100]  # [trained positions, vocab]
+        else:
+            logits = None
+        self.on_training_loss(loss, logits)
+
+    def on_training_loss(self, loss: Any, logits: Any = None) -> None:
+        """One training forward pass's loss, and the logits of its trained positions [K, vocab] (or None).
+        trainctl's Trainer calls this where it computes the loss itself (daemon/training/trainer.py); in any
+        other Trainer the forward hook reads both off the model's output."""
         import torch
 
         self._losses.append(loss.detach().float())
-        logits = getattr(output, "logits", None)
-        labels = kwargs.get("labels")
-        if logits is not None and labels is not None and self.steps % self.entropy_every == 0:
+        if logits is not None and self.steps % self.entropy_every == 0:
             with torch.no_grad():
-                # logits: (batch, seq, vocab); the prediction at t is for the token at t+1.
-                mask = labels[:, 1:] != -100
-                picked = logits[:, :-1][mask][: self.entropy_positions].float()
+                picked = logits[: self.entropy_positions].float()
                 if picked.numel():
                     logp = torch.log_softmax(picked, dim=-1)
                     self._entropies.append(-(logp.exp() * logp).sum(-1).mean())
