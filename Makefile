@@ -49,6 +49,8 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
+	# TRL, for train_throughput's peers (a benchmark-only extra; the vLLM extra is left as setup installed it)
+	$(PY) -m pip install --quiet $(TORCH_CONSTRAINT) -e ".[bench]"
 	$(PY) benchmarks/cli_latency.py
 	$(PY) benchmarks/collector_overhead.py
 	$(PY) benchmarks/curate_throughput.py --compare-minhash

@@ -7,6 +7,11 @@
 The collectors time themselves; the share is (snapshot seconds + evaluation seconds) / training wall time, the
 latter including them. Also printed: which snapshot steps ran, and how much went to decoding the answers the model
 does not reproduce (what `model_output` shows), the rest being the teacher-forced passes.
+
+The step-0 snapshot comes from the base pass before training (daemon/training/base_pass.py: one pass with the
+adapter off over the snapshot's examples and the held-out test rows, whose base-model figures the job reports anyway),
+outside the training wall time and the budget. It is printed apart, with the share the step-0 snapshot's part of it
+(pro rata of its examples) would add if it were counted as it was before the base pass existed.
 Usage: python benchmarks/snapshot_cost.py [--jobs demo,1000] [--runs 1]
 """
 
@@ -57,6 +62,12 @@ def main() -> None:
                   f"{r.get('diagnostics_scored_only', 0)} passes), fixed evaluation {ev:.2f} s "
                   f"-> {100 * snap / total:.1f}% + {100 * ev / total:.1f}% = {100 * share:.1f}% "
                   f"(decoding {decode:.2f} s = {100 * decode / total:.1f}%)")
+            base = r.get("base_pass")
+            if base and "seconds" in base:
+                part = base["seconds"] * base.get("snapshot_examples", 0) / base["examples"]
+                print(f"  run {i + 1}: base pass before training {base['seconds']:.2f} s over {base['examples']} "
+                      f"examples (step-0 snapshot + base held-out answers); its step-0 share, {part:.2f} s, would "
+                      f"add {100 * part / total:.1f}% if counted inside training")
         med = statistics.median(s for s, _ in shares)
         budget = shares[0][1]
         print(f"  {job}: snapshots + evaluation = {100 * med:.1f}% of training wall time (median), budget "

@@ -40,6 +40,7 @@ def _fixed_set_em(home: Path, adapter: Path) -> float:
     """Greedy exact match of `adapter` on the run's fixed evaluation set (the validation split)."""
     from peft import PeftModel
 
+    from daemon.config import TrainConfig
     from daemon.models.loading import load_model, load_tokenizer
     from daemon.training.data import read_split
     from daemon.training.outputs import exact_match
@@ -48,7 +49,7 @@ def _fixed_set_em(home: Path, adapter: Path) -> float:
     rows = read_split(Path(config["dataset_dir"]) / "val.jsonl")[: config["train"]["fixed_eval_examples"]]
     tok = load_tokenizer("builtin:tiny", Home(home).models)
     model = PeftModel.from_pretrained(load_model("builtin:tiny", Home(home).models, "cpu"), str(adapter)).eval()
-    return exact_match(model, tok, rows, 32)["exact_match"]
+    return exact_match(model, tok, rows, TrainConfig(max_new_tokens=32), autocast=None)["exact_match"]
 
 
 def test_best_record_tie_breaks_progress_early_stop_and_resume():

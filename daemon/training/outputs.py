@@ -6,11 +6,19 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.atomic import write_json_atomic
 from daemon.config import TrainConfig
 from daemon.home import Home
+
+if TYPE_CHECKING:
+    from daemon.training.collectors.evolution_snapshots import EvolutionSnapshots
+    from daemon.training.probe_pass import PassResult
+
+BASE_TEST_FILE = "base_test.json"
+"""In the run folder: the base model's exact match on the held-out test rows, from the base pass
+before training (daemon/training/base_pass.py); `final_checks` reads it."""
 
 
 def save_adapter(model: Any, tok: Any, run_dir: Path, config: dict[str, Any]) -> Path:
@@ -52,53 +60,96 @@ def save_best_adapter(
     return publish(tmp, final)
 
 
-def exact_match(
-    model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens: int
-) -> dict[str, Any]:
-    """Greedy answers to `rows`; share whose answer equals the golden one
-    (daemon.chat.answers.same_answer)."""
+def answer_report(rows: list[dict[str, Any]], done: PassResult) -> dict[str, Any]:
+    """A pass's answers to `rows` -> the share whose answer equals the golden one
+    (daemon.chat.answers.same_answer) and the first ten misses."""
     from daemon.chat.answers import same_answer
-    from daemon.chat.messages import messages_of, question_and_answer, tools_of
-    from daemon.chat.render import prompt_text
-    from daemon.models.generation import generate_texts
 
-    if not rows:
-        return {"count": 0, "exact_match": None}
-    conversations = [messages_of(row) for row in rows]
-    prompts = [
-        prompt_text(tok, messages, tools_of(row)) for messages, row in zip(conversations, rows)
-    ]
-    golden = [question_and_answer(messages)[1] for messages in conversations]
-    answers = generate_texts(model, tok, prompts, max_new_tokens=max_new_tokens)
-    hits = [same_answer(answer["text"], want) for answer, want in zip(answers, golden)]
+    golden, answers = done.probe.golden, done.outputs
+    hits = [same_answer(answer, want) for answer, want in zip(answers, golden)]
     return {
         "count": len(rows),
-        "exact_match": round(sum(hits) / len(rows), 4),
+        "exact_match": round(sum(hits) / len(rows), 4) if rows else None,
         "misses": [
-            {"line": row.get("line"), "golden": want, "model": answer["text"]}
+            {"line": row.get("line"), "golden": want, "model": answer}
             for row, want, answer, hit in zip(rows, golden, answers, hits)
             if not hit
         ][:10],
     }
 
 
+def answer_rows(
+    model: Any, tok: Any, rows: list[dict[str, Any]], cfg: TrainConfig, autocast: str | None
+) -> PassResult:
+    """Greedy answers to `rows`, as the evaluations and snapshots answer (daemon/training/scoring.py:
+    read off the teacher-forced pass where the model reproduces the golden answer, decoded from it
+    elsewhere), under the training's autocast."""
+    from daemon.chat.messages import messages_of, tools_of
+    from daemon.training.probe_pass import ProbePass
+
+    answering = ProbePass("final", tok, [messages_of(r) for r in rows], [tools_of(r) for r in rows],
+                          cfg.max_length, cfg.max_new_tokens, cfg.loss_on, autocast=autocast)
+    return answering.run(model)
+
+
+def exact_match(
+    model: Any, tok: Any, rows: list[dict[str, Any]], cfg: TrainConfig, autocast: str | None
+) -> dict[str, Any]:
+    """`answer_rows` scored by `answer_report`."""
+    if not rows:
+        return {"count": 0, "exact_match": None}
+    return answer_report(rows, answer_rows(model, tok, rows, cfg, autocast))
+
+
 def final_checks(
-    cfg: TrainConfig, dataset_dir: Path, model: Any, tok: Any, rows: list[dict[str, Any]]
+    cfg: TrainConfig,
+    dataset_dir: Path,
+    run_dir: Path,
+    model: Any,
+    tok: Any,
+    rows: list[dict[str, Any]],
+    autocast: str | None,
+    evolution: EvolutionSnapshots | None = None,
+    step: int = 0,
 ) -> dict[str, Any]:
     """Greedy exact match on training examples (did it learn them?) and on the held-out test split,
     tuned and with the adapter switched off (did it learn the task, and could the base model already
-    do it?)."""
+    do it?).
+
+    One pass with the adapter on answers the first `final_eval_examples` training examples, the
+    evolution snapshot's examples (the first `evolution_examples` of the same split: `evolution`'s
+    last snapshot, at `step`, comes from this pass) and the test rows. The base model's figures
+    come from the base pass before training when it gave them (daemon/training/base_pass.py), else
+    the test rows are answered with the adapter off here."""
     from daemon.training.data import read_split
 
-    out = {
-        "train_eval": exact_match(model, tok, rows[: cfg.final_eval_examples], cfg.max_new_tokens)
-    }
-    test = read_split(dataset_dir / "test.jsonl")[: cfg.final_eval_examples]
+    checked = cfg.final_eval_examples
+    test = read_split(dataset_dir / "test.jsonl")[:checked]
+    snapshot = len(evolution.rows) if evolution is not None else 0
+    own = rows[: max(checked, snapshot)]  # evolution.rows is rows[:evolution_examples]
+    done = answer_rows(model, tok, own + test, cfg, autocast)
+    if evolution is not None and snapshot:
+        evolution.record(step, done.part(0, snapshot))
+    out = {"train_eval": answer_report(rows[:checked], done.part(0, min(checked, len(own))))}
     if test:
-        out["test_eval"] = exact_match(model, tok, test, cfg.max_new_tokens)
-        with model.disable_adapter():
-            out["base_test_eval"] = exact_match(model, tok, test, cfg.max_new_tokens)
+        out["test_eval"] = answer_report(test, done.part(len(own), len(own) + len(test)))
+        base = _read_base(run_dir / BASE_TEST_FILE, len(test))
+        if base is None:
+            with model.disable_adapter():
+                base = exact_match(model, tok, test, cfg, autocast)
+        out["base_test_eval"] = base
     return out
+
+
+def _read_base(path: Path, count: int) -> dict[str, Any] | None:
+    """The base pass's figures for the same `count` test rows; None when absent or unreadable."""
+    import json
+
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) and found.get("count") == count else None
 
 
 def flag_suspects(home: Home, cfg: TrainConfig, dataset: str, run_dir: Path) -> dict[str, Any]:

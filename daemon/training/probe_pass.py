@@ -35,13 +35,30 @@ class PassResult:
     """Examples that were decoded (those the teacher-forced pass did not already reproduce)."""
     probe: Probe
 
+    def part(self, start: int, end: int) -> PassResult:
+        """Examples start..end-1 of this pass, as if they had been answered alone (the per-token lists, which
+        a part does not need, are left empty)."""
+        from dataclasses import replace
+
+        from daemon.training.scoring import Scores
+
+        sc, pr = self.scores, self.probe
+        scores = Scores(loss=sc.loss[start:end], golden_prob=sc.golden_prob[start:end],
+                        greedy_match=sc.greedy_match[start:end])
+        probe = replace(pr, encoded=pr.encoded[start:end], prompts=pr.prompts[start:end],
+                        questions=pr.questions[start:end], golden=pr.golden[start:end],
+                        answer_start=pr.answer_start[start:end])
+        outputs = self.outputs[start:end]
+        return PassResult(scores, outputs, sum(not ok for ok in scores.greedy_match), probe)
+
 
 @dataclass
 class ProbePass:
     """A probe set and how to answer it; `run()` is one timed, budget-charged pass."""
 
     kind: str
-    """The diagnostics budget's name for these passes: `eval` or `snapshot`."""
+    """The diagnostics budget's name for these passes: `eval` or `snapshot` (`base`: the base pass before
+    training, daemon/training/base_pass.py, which the budget does not pay for)."""
     tokenizer: Any
     messages: list[list[Message]]
     tools: list[list[dict[str, Any]] | None]

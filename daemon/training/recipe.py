@@ -238,6 +238,8 @@ class LoRARecipe:
         # Set by train()
         self.training_loss: float | None = None
         self.seconds = 0.0
+        self.base: dict[str, Any] | None = None
+        """What the base pass before training did (daemon/training/base_pass.py); None if none ran."""
 
     def setup(self) -> None:
         """Everything up to the first step: config, tokenizer, data, model, batches, collectors, the
@@ -328,6 +330,11 @@ class LoRARecipe:
         ):  # the StatusWriter reports progress instead
             trainer.remove_callback(noisy)
         self.resume = newest_complete_checkpoint(ctx.checkpoints())
+        if self.main and cfg.final_eval_examples and self.collectors.evolution is not None:
+            # The final checks answer the snapshot's examples with the final model: the last snapshot
+            self.collectors.evolution.last_by_final_checks = True
+            if self.collectors.budget is not None:
+                self.collectors.budget.last_elsewhere.add("snapshot")
 
     def train(self) -> None:
         """The training loop, from the newest complete checkpoint if there is one; stops early when
@@ -335,6 +342,8 @@ class LoRARecipe:
         assert self.trainer is not None and self.control is not None, "setup() first"
         if self.resume and self.main:
             self.ctx.echo(f"resuming job {self.ctx.job_id} from {self.resume.name}")
+        if self.main and not self.resume:
+            self._base_pass()
         if self.status:
             self.status.set(
                 state="training", resumed_from=self.resume.name if self.resume else None
@@ -352,6 +361,28 @@ class LoRARecipe:
                 self.status.close()
         self.seconds = time.time() - started
         self.training_loss = result.training_loss
+
+    def _base_pass(self) -> None:
+        """The step-0 snapshot and the base model's held-out figures, in one pass before training."""
+        from daemon.training.base_pass import base_pass
+        from daemon.training.data import read_split
+
+        cfg, ctx = self.cfg, self.ctx
+        test = read_split(ctx.dataset_dir / "test.jsonl")[: cfg.final_eval_examples]
+        autocast = self.config["precision"]["autocast"]  # as the training, the snapshots and the checks
+        self.base = base_pass(self.model, self.tok, cfg, test, self.run_dir, self.collectors.evolution,
+                              self.collectors.budget, autocast)
+        if self.base is None:
+            return
+        said = f"base model: {self.base['examples']} examples answered in {self.base['seconds']:.1f} s"
+        if "error" in self.base:
+            said += f" — failed ({self.base['error']}); the final checks answer the test split"
+        elif "base_test_eval" in self.base:
+            em = self.base["base_test_eval"]["exact_match"]
+            said += f"; held-out test exact match {em:.0%} ({len(test)} examples)"
+            if self.status:
+                self.status.set(base_test_exact_match=em)
+        self.ctx.echo(said)
 
     def finish(self) -> TrainOutcome:
         """What the run came to: interrupted, failed (a critical alert; raises TrainingError), or
@@ -406,12 +437,20 @@ class LoRARecipe:
             "train_loss": self.training_loss,
         }
         metrics.update(self._diagnostics_seconds())
+        if self.base is not None:
+            metrics["base_pass"] = {k: v for k, v in self.base.items() if k != "base_test_eval"}
         if collectors.dynamics is not None:
             metrics.update(flag_suspects(ctx.home, cfg, ctx.dataset_dir.name, run_dir))
         if cfg.final_eval_examples:
             status.set(state="evaluating")
             status.write(state, force=True)
-            metrics.update(final_checks(cfg, ctx.dataset_dir, self.model, self.tok, self.rows))
+            autocast = self.config["precision"]["autocast"]
+            metrics.update(
+                final_checks(cfg, ctx.dataset_dir, run_dir, self.model, self.tok, self.rows, autocast,
+                             collectors.evolution, steps)
+            )
+            if collectors.evolution is not None:  # the last snapshot, from the final checks' pass
+                metrics["snapshots"] = collectors.evolution.taken
         final_loss = next(
             (row["loss"] for row in reversed(state.log_history) if "loss" in row), None
         )

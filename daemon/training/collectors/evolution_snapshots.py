@@ -7,9 +7,13 @@ model does not reproduce, so that `model_output` is what the model really writes
 last step is snapshotted too (unless a scheduled snapshot lies within the last 5% of the run), so the final state
 is in the record. A failing snapshot is logged and training goes on.
 
-Under the diagnostics budget (collectors/diagnostics_budget.py) a scheduled snapshot that does not fit is left out,
-or, at the last step, taken scored only (`"decoded": false`: no decoding, `model_output` "" where the model would not
-reproduce the golden answer). Step 0 always runs whole. Passes run under the training's autocast precision.
+The step-0 snapshot comes from the base pass before training (daemon/training/base_pass.py: the untrained model is
+the base model, which the job answers the held-out split with anyway), and in a job the last step's comes from the
+final checks' pass (daemon/training/outputs.py: the final model answers its first training examples anyway), which
+runs even where training ended early; a run without them takes these snapshots itself. Under the diagnostics
+budget (collectors/diagnostics_budget.py) a scheduled snapshot that does not fit is left out, or, at the last step,
+taken scored only (`"decoded": false`: no decoding, `model_output` "" where the model would not reproduce the golden
+answer). Step 0 always runs whole. Passes run under the training's autocast precision.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from daemon.training.scoring import BATCH_ROWS
 if TYPE_CHECKING:
     from daemon.training.collectors.diagnostics_budget import DiagnosticsBudget
     from daemon.training.collectors.throughput import ThroughputCollector
+    from daemon.training.probe_pass import PassResult
 
 _EARLY = (0, 10, 25, 50, 100, 150, 200, 250, 500, 750, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 7500, 10000,
           15000, 20000)
@@ -55,16 +60,21 @@ class EvolutionSnapshots(TimedByProbePass, Collector):
                                     throughput, budget, autocast)
         self.skipped: list[int] = []
         self.taken: list[int] = []
+        self.last_by_final_checks = False
+        """Set by the recipe when its final checks run: their pass, with the final model, gives the last step's
+        snapshot (whole, outside the training time), so the last step takes none."""
         self.errors: list[str] = []
 
 
     # -- when
     def on_train_begin(self, args, state, control, model=None, **kw):
-        if state.global_step == 0 and model is not None:
-            self.snapshot(model, 0)
+        if state.global_step == 0 and model is not None and 0 not in self.taken:
+            self.snapshot(model, 0)  # unless the base pass gave it (daemon/training/base_pass.py)
 
     def on_step_end(self, args, state, control, model=None, **kw):
         step = state.global_step
+        if self.last_by_final_checks and step == state.max_steps:
+            return  # the final checks' pass answers these examples with the final model (daemon/training/outputs.py)
         if model is not None and step not in self.taken and (is_snapshot_step(step) or self._final(step, state)):
             final = step == state.max_steps
             mode = self.probe_pass.plan(step, final)
@@ -94,10 +104,23 @@ class EvolutionSnapshots(TimedByProbePass, Collector):
         self.taken.append(step)
         return doc
 
+    def record(self, step: int, done: PassResult) -> None:
+        """The snapshot at `step` from a pass another part of the job ran over the same examples: the base
+        pass before training gives step 0 (LoRA's B starts at zero), the final checks the last step."""
+        try:
+            write_json_atomic(snapshot_path(self.folder, step), self.document(step, done, True), indent=None)
+        except Exception as exc:  # a snapshot must never stop training
+            self.errors.append(f"step {step}: {type(exc).__name__}: {exc}")
+            return
+        self.taken.append(step)
+
     def _take(self, model: Any, step: int, decode: bool = True) -> dict[str, Any]:
+        return self.document(step, self.probe_pass.run(model, decode), decode)
+
+    def document(self, step: int, done: PassResult, decode: bool) -> dict[str, Any]:
+        """The snapshot file's contents from a pass over the probe set."""
         from daemon.chat.answers import same_answer
 
-        done = self.probe_pass.run(model, decode)
         sc, outputs = done.scores, done.outputs
         inputs, golden = done.probe.questions, done.probe.golden
         examples = []
