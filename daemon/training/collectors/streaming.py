@@ -58,7 +58,7 @@ class StreamingMetrics(Collector):
             return
         logits = getattr(output, "logits", None)
         labels = kwargs.get("labels")
-        if logits is not None and labels is not None:
+        if logits is not None and labels is not None and self.steps % self.entropy_every == 0:
             # logits: (batch, seq, vocab); the prediction at t is for the token at t+1.
             logits = logits[:, :-1][labels[:, 1:] != -100]  # [trained positions, vocab]
         else:
