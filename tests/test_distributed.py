@@ -86,7 +86,8 @@ def complete_checkpoints(home: Path) -> list[int]:
 @pytest.mark.slow
 def test_two_processes_learn_the_demo_like_one_on_the_same_global_batch(home, tmp_path):
     """batch 8 in one process against batch 4 in each of two: held-out and training exact match within one
-    example of each other, a training loss within a few percent, one status file and one metrics row per step (rank 0 alone writes)."""
+    example of each other, a training loss within a few percent, one status file and one metrics row per step
+    (rank 0 alone writes)."""
     other = tmp_path / "one"
     (other / "data").mkdir(parents=True)
     os.symlink(Home(home).models, Home(other).models)

@@ -1,17 +1,18 @@
-"""The base model's answers, given once, before training: the step-0 evolution snapshot and the held-out
-test split's base-model figures come from one pass.
+"""The base model's answers, given once, before training: the step-0 evolution snapshot and the
+held-out test split's base-model figures come from one pass.
 
-LoRA's B matrices start at zero, so before its first step the model answers as the base model does, and
-the job reports the base model's exact match on the held-out test split beside the tuned one. Both are
-the same kind of pass (daemon/training/scoring.py: teacher-forced scoring, greedy decoding continued
-where the model does not reproduce the golden answer), so they are one pass over the snapshot's examples
-and the test rows together, with the adapter switched off and under the training's autocast, as every
-later snapshot and the final checks run: one decoding loop instead of two.
+LoRA's B matrices start at zero, so before its first step the model answers as the base model
+does, and the job reports the base model's exact match on the held-out test split beside the tuned
+one. Both are the same kind of pass (daemon/training/scoring.py: teacher-forced scoring, greedy
+decoding continued where the model does not reproduce the golden answer), so they are one pass
+over the snapshot's examples and the test rows together, with the adapter switched off and under
+the training's autocast, as every later snapshot and the final checks run: one decoding loop
+instead of two.
 
-It runs before the training clock starts, as the final checks run after it stops, so the diagnostics
-budget (a share of training time) does not pay for it; the budget plans later snapshots with its cost,
-pro rata of the examples. Only a fresh run takes it: a resumed one has its step-0 snapshot and its
-`base_test.json` from the first start.
+It runs before the training clock starts, as the final checks run after it stops, so the
+diagnostics budget (a share of training time) does not pay for it; the budget plans later
+snapshots with its cost, pro rata of the examples. Only a fresh run takes it: a resumed one has
+its step-0 snapshot and its `base_test.json` from the first start.
 """
 
 from __future__ import annotations
@@ -28,14 +29,21 @@ if TYPE_CHECKING:
     from daemon.training.collectors.evolution_snapshots import EvolutionSnapshots
 
 
-def base_pass(model: Any, tok: Any, cfg: TrainConfig, test_rows: list[dict[str, Any]], run_dir: Path,
-              evolution: EvolutionSnapshots | None, budget: DiagnosticsBudget | None,
-              autocast: str | None) -> dict[str, Any] | None:
-    """Answer the snapshot's examples and `test_rows` with the adapter off; write the step-0 snapshot
-    and base_test.json. Returns {"seconds", "examples", "snapshot_examples", "base_test_eval"} (None
-    when there is nothing to answer); a failure is reported in it and training goes on (the final
-    checks then answer the test rows themselves, and the step-0 snapshot is taken as training
-    begins)."""
+def base_pass(
+    model: Any,
+    tok: Any,
+    cfg: TrainConfig,
+    test_rows: list[dict[str, Any]],
+    run_dir: Path,
+    evolution: EvolutionSnapshots | None,
+    budget: DiagnosticsBudget | None,
+    autocast: str | None,
+) -> dict[str, Any] | None:
+    """Answer the snapshot's examples and `test_rows` with the adapter off; write the step-0
+    snapshot and base_test.json. Returns {"seconds", "examples", "snapshot_examples",
+    "base_test_eval"} (None when there is nothing to answer); a failure is reported in it and
+    training goes on (the final checks then answer the test rows themselves, and the step-0
+    snapshot is taken as training begins)."""
     from daemon.chat.messages import messages_of, tools_of
     from daemon.training.outputs import BASE_TEST_FILE, answer_report
     from daemon.training.probe_pass import ProbePass
@@ -46,8 +54,9 @@ def base_pass(model: Any, tok: Any, cfg: TrainConfig, test_rows: list[dict[str, 
     if not rows:
         return None
     started = time.perf_counter()
-    answering = ProbePass("base", tok, [messages_of(r) for r in rows], [tools_of(r) for r in rows],
-                          cfg.max_length, cfg.max_new_tokens, cfg.loss_on, autocast=autocast)
+    answering = ProbePass("base", tok, [messages_of(r) for r in rows],
+                          [tools_of(r) for r in rows], cfg.max_length, cfg.max_new_tokens,
+                          cfg.loss_on, autocast=autocast)
     try:
         with model.disable_adapter():
             done = answering.run(model)
@@ -59,9 +68,10 @@ def base_pass(model: Any, tok: Any, cfg: TrainConfig, test_rows: list[dict[str, 
         evolution.record(0, done.part(0, n))
         if budget is not None:
             share = n / len(rows)
-            budget.measured("snapshot", answering.seconds * share, answering.decode_seconds * share)
-    out: dict[str, Any] = {"seconds": round(time.perf_counter() - started, 3), "examples": len(rows),
-                           "snapshot_examples": n}
+            budget.measured("snapshot", answering.seconds * share,
+                            answering.decode_seconds * share)
+    out: dict[str, Any] = {"seconds": round(time.perf_counter() - started, 3),
+                           "examples": len(rows), "snapshot_examples": n}
     if test_rows:
         out["base_test_eval"] = answer_report(test_rows, done.part(n, len(rows)))
         write_json_atomic(run_dir / BASE_TEST_FILE, out["base_test_eval"])
