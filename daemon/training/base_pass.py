@@ -44,9 +44,7 @@ def base_pass(
     "base_test_eval"} (None when there is nothing to answer); a failure is reported in it and
     training goes on (the final checks then answer the test rows themselves, and the step-0
     snapshot is taken as training begins)."""
-    from daemon.chat.messages import messages_of, tools_of
-    from daemon.training.outputs import BASE_TEST_FILE, answer_report
-    from daemon.training.probe_pass import ProbePass
+    from daemon.training.outputs import BASE_TEST_FILE, answer_report, answer_rows
 
     (run_dir / BASE_TEST_FILE).unlink(missing_ok=True)  # a fresh run's figures are its own
     snapshot_rows = evolution.rows if evolution is not None else []
@@ -54,24 +52,21 @@ def base_pass(
     if not rows:
         return None
     started = time.perf_counter()
-    answering = ProbePass("base", tok, [messages_of(r) for r in rows],
-                          [tools_of(r) for r in rows], cfg.max_length, cfg.max_new_tokens,
-                          cfg.loss_on, autocast=autocast)
     try:
         with model.disable_adapter():
-            done = answering.run(model)
+            done = answer_rows(model, tok, rows, cfg, autocast)
     except Exception as exc:  # the base pass must never stop training
         return {"seconds": round(time.perf_counter() - started, 3), "examples": len(rows),
                 "error": f"{type(exc).__name__}: {exc}"}
+    took = time.perf_counter() - started
     n = len(snapshot_rows)
     if evolution is not None and n:
         evolution.record(0, done.part(0, n))
         if budget is not None:
             share = n / len(rows)
-            budget.measured("snapshot", answering.seconds * share,
-                            answering.decode_seconds * share)
-    out: dict[str, Any] = {"seconds": round(time.perf_counter() - started, 3),
-                           "examples": len(rows), "snapshot_examples": n}
+            budget.measured("snapshot", took * share, done.scores.decode_seconds * share)
+    out: dict[str, Any] = {"seconds": round(took, 3), "examples": len(rows),
+                           "snapshot_examples": n}
     if test_rows:
         out["base_test_eval"] = answer_report(test_rows, done.part(n, len(rows)))
         write_json_atomic(run_dir / BASE_TEST_FILE, out["base_test_eval"])

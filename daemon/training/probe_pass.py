@@ -57,8 +57,9 @@ class ProbePass:
     """A probe set and how to answer it; `run()` is one timed, budget-charged pass."""
 
     kind: str
-    """The diagnostics budget's name for these passes: `eval` or `snapshot` (`base`: the base pass before
-    training, daemon/training/base_pass.py, which the budget does not pay for)."""
+    """The diagnostics budget's name for these passes: `eval` or `snapshot` (`final`: the base pass
+    before training and the final checks after it, daemon/training/outputs.py, which the budget does
+    not pay for)."""
     tokenizer: Any
     messages: list[list[Message]]
     tools: list[list[dict[str, Any]] | None]
