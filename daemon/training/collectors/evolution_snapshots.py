@@ -19,6 +19,7 @@ answer). Step 0 always runs whole. Passes run under the training's autocast prec
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,27 +96,23 @@ class EvolutionSnapshots(TimedByProbePass, Collector):
         reproduction of the golden answer; `model_output` is "" where the model would write something else)."""
         if not self.rows:
             return None
+        return self._save(step, lambda: self.document(step, self.probe_pass.run(model, decode), decode))
+
+    def record(self, step: int, done: PassResult) -> None:
+        """The snapshot at `step` from a pass another part of the job ran over the same examples: the base
+        pass before training gives step 0 (LoRA's B starts at zero), the final checks the last step."""
+        self._save(step, lambda: self.document(step, done, True))
+
+    def _save(self, step: int, build: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        """Build the snapshot's contents and write them; a failure is recorded, never raised."""
         try:
-            doc = self._take(model, step, decode)
+            doc = build()
             write_json_atomic(snapshot_path(self.folder, step), doc, indent=None)
         except Exception as exc:  # a snapshot must never stop training
             self.errors.append(f"step {step}: {type(exc).__name__}: {exc}")
             return None
         self.taken.append(step)
         return doc
-
-    def record(self, step: int, done: PassResult) -> None:
-        """The snapshot at `step` from a pass another part of the job ran over the same examples: the base
-        pass before training gives step 0 (LoRA's B starts at zero), the final checks the last step."""
-        try:
-            write_json_atomic(snapshot_path(self.folder, step), self.document(step, done, True), indent=None)
-        except Exception as exc:  # a snapshot must never stop training
-            self.errors.append(f"step {step}: {type(exc).__name__}: {exc}")
-            return
-        self.taken.append(step)
-
-    def _take(self, model: Any, step: int, decode: bool = True) -> dict[str, Any]:
-        return self.document(step, self.probe_pass.run(model, decode), decode)
 
     def document(self, step: int, done: PassResult, decode: bool) -> dict[str, Any]:
         """The snapshot file's contents from a pass over the probe set."""
