@@ -110,12 +110,13 @@ def peer_trainer(side: str, model: Any, tok: Any, train: list[dict[str, Any]], b
     """The peer's trainer with trainctl's schedule (`base`: trainctl's TrainingArguments for the same run)."""
     import torch
 
+    from daemon.models.library_names import checkpointing_args
+
     common = dict(output_dir=base.output_dir, learning_rate=base.learning_rate, num_train_epochs=1,
                   warmup_steps=base.warmup_steps, weight_decay=base.weight_decay, lr_scheduler_type="linear",
                   save_strategy="no", logging_steps=1, report_to="none", use_cpu=not torch.cuda.is_available(),
                   include_num_input_tokens_seen="non_padding", seed=base.seed, disable_tqdm=True,
-                  bf16=side != "bare", gradient_checkpointing=base.gradient_checkpointing,
-                  gradient_checkpointing_kwargs=base.gradient_checkpointing_kwargs)
+                  bf16=side != "bare", **checkpointing_args(bool(base.gradient_checkpointing)))
     if side in ("trainer-bf16", "bare"):
         from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 

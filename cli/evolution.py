@@ -1,8 +1,10 @@
 """`trainctl evolution [DATASET]`: how every training example was learned (per-example dynamics from the training
 passes: confidence, variability, correctness, forgetting, AUM, cartography class, suspected label errors) and the
 probe snapshots' learning curve; `--example ID` one example; `--probe` the probe set's examples (the model's own
-outputs at each snapshot); `trainctl evolution export` a copy of the dataset without the suspects, to train again.
-Reads JSON and the dynamics record only (no torch)."""
+outputs at each snapshot); `trainctl evolution export` a copy of the dataset without the suspects (or with only
+one class), to train again. Every view says which epochs its figures use: after one epoch the classes cannot be
+told apart, and the view lists when each example was first answered right instead. Reads JSON and the dynamics
+record only (no torch)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 CLASSES = ("easy", "ambiguous", "hard")
 COLOUR = {"easy": "green", "ambiguous": "yellow", "hard": "red"}
 WITHOUT = ("suspect_label", "hard", "ambiguous")
+ONLY = ("hard", "ambiguous", "suspect_label")
 
 
 class _ShowByDefault(TyperGroup):
@@ -69,8 +72,9 @@ def show(dataset: Optional[str] = typer.Argument(None, help="Dataset folder name
          example: Optional[str] = typer.Option(None, "--example", help="One example (its id, its train index, or "
                                                "a probe id like ex_012)."),
          cls: Optional[str] = typer.Option(None, "--class", help="Only easy, ambiguous or hard examples."),
-         sort: str = typer.Option("confidence", "--sort", help="confidence | aum | forgetting | variability: "
-                                  "most worth a look first."),
+         sort: Optional[str] = typer.Option(None, "--sort", help="aum | confidence | forgetting | variability "
+                                            "| first_right: most worth a look first (default: aum; first_right "
+                                            "after one epoch)."),
          probe: bool = typer.Option(False, "--probe", help="The probe snapshots' examples and outputs instead."),
          limit: int = typer.Option(15, "--limit", help="Examples listed (0 = all)."),
          home: HomeOpt = None, json_out: JsonOpt = False) -> None:
@@ -79,9 +83,10 @@ def show(dataset: Optional[str] = typer.Argument(None, help="Dataset folder name
 
     if cls is not None and cls not in CLASSES:
         raise TrainctlError(f"unknown class {cls!r} — use one of {', '.join(CLASSES)}")
-    if sort not in SORTS:
+    if sort is not None and sort not in SORTS:
         raise TrainctlError(f"unknown sort {sort!r} — use one of {', '.join(SORTS)}")
     dyn, evo = pick_sources(Home.open(home, create=False), dataset)
+    sort = sort or default_sort(dyn)
     if probe and evo is None:
         raise TrainctlError("no probe snapshots for this dataset — they need train.evolution_examples > 0")
     if example is not None:
@@ -98,6 +103,11 @@ def show(dataset: Optional[str] = typer.Argument(None, help="Dataset folder name
         _probe_table(evo, cls, limit)
 
 
+def default_sort(dyn: RunDynamics | None) -> str:
+    """AUM (it survives memorisation); after a single epoch, when each example was first answered right."""
+    return "first_right" if dyn is not None and len(dyn.epochs_used) < 2 else "aum"
+
+
 def show_doc(dyn: RunDynamics | None, evo: Evolution | None, cls: str | None, sort: str,
              limit: int) -> dict[str, Any]:
     """`trainctl evolution --json` (and the UI's evolution view): the snapshot curve, the probe examples, and every
@@ -110,7 +120,11 @@ def show_doc(dyn: RunDynamics | None, evo: Evolution | None, cls: str | None, so
     if dyn is not None:
         rows = [e for e in dyn.sorted(sort) if cls is None or e.cls == cls]
         doc.update(dataset=dyn.dataset, run=str(dyn.run_dir), classes=dyn.classes(),
-                   suspect_label=len(dyn.suspects()), examples=[e.to_dict() for e in rows[: limit or None]])
+                   suspect_label=len(dyn.suspects()), suspects_note=dyn.suspects_note or None,
+                   epochs={"recorded": dyn.epochs, "used": [e + 1 for e in dyn.epochs_used],
+                           "said": dyn.epochs_said()},
+                   learning_until_step=dyn.window_end, sort=sort,
+                   examples=[e.to_dict() for e in rows[: limit or None]])
     return doc
 
 
@@ -158,20 +172,37 @@ def _whole(dyn: RunDynamics, cls: str | None, sort: str, limit: int) -> None:
     epochs = max((len(e.epochs) for e in dyn.examples), default=0)
     forgot = sum(1 for e in dyn.examples if e.forgetting_events)
     suspects = dyn.suspects()
+    one = len(dyn.epochs_used) < 2
     console.print(f"[bold]every training example[/bold] of {dyn.dataset} ({len(dyn.examples)} examples, {epochs} "
-                  f"epoch(s), read off the training passes up to step {dyn.steps}): "
-                  f"[green]easy {counts['easy']}[/green], [yellow]ambiguous {counts['ambiguous']}[/yellow], "
-                  f"[red]hard {counts['hard']}[/red]; forgotten at least once {forgot}; "
-                  f"[bold red]suspected label errors {len(suspects)}[/bold red]", highlight=False)
+                  f"epoch(s), read off the training passes up to step {dyn.steps})", highlight=False)
+    console.print(f"figures from {dyn.epochs_said()}", highlight=False)
+    if one:
+        never = sum(1 for e in dyn.examples if e.first_right_step is None)
+        console.print(f"[yellow]classes need two or more epochs[/yellow] (would be: easy {counts['easy']}, "
+                      f"ambiguous {counts['ambiguous']}, hard {counts['hard']}); what one epoch can say: "
+                      f"{len(dyn.examples) - never} examples answered right in their pass, {never} not yet",
+                      highlight=False)
+    else:
+        console.print(f"[green]easy {counts['easy']}[/green], [yellow]ambiguous {counts['ambiguous']}[/yellow], "
+                      f"[red]hard {counts['hard']}[/red]; forgotten at least once {forgot}; "
+                      f"[bold red]suspected label errors {len(suspects)}[/bold red]", highlight=False)
+    if dyn.suspects_note:
+        console.print(f"no suspected label errors reported: {dyn.suspects_note}", highlight=False)
     rows = [e for e in dyn.sorted(sort) if cls is None or e.cls == cls]
     t = Table(title=f"examples by {sort}, most worth a look first" + (f" — class {cls}" if cls else ""))
-    for col in ("id", "line", "class", "conf", "var", "right", "forgets", "AUM", "", "question", "golden"):
+    cols = ("id", "line", "seen at", "first right", "conf", "AUM") if one else \
+        ("id", "line", "class", "conf", "var", "right", "forgets", "AUM", "")
+    for col in (*cols, "question", "golden"):
         t.add_column(col, overflow="fold")
     for e in rows[: limit or None]:
         question, golden = question_and_answer(messages_of(e.row)) if e.row else ("", "")
-        t.add_row(e.example_id, str(e.row.get("line", "—")), f"[{COLOUR[e.cls]}]{e.cls}[/]", f"{e.confidence:.3f}",
-                  f"{e.variability:.3f}", f"{100 * e.correctness:.0f}%", str(e.forgetting_events), f"{e.aum:+.2f}",
-                  "[bold red]suspect[/]" if e.suspect else "", clip(question, 40), clip(readable(golden), 30))
+        first = "never" if e.first_right_step is None else f"step {e.first_right_step}"
+        cells = (e.example_id, str(e.row.get("line", "—")), f"step {e.first_seen_step}", first,
+                 f"{e.confidence:.3f}", f"{e.aum:+.2f}") if one else \
+            (e.example_id, str(e.row.get("line", "—")), f"[{COLOUR[e.cls]}]{e.cls}[/]", f"{e.confidence:.3f}",
+             f"{e.variability:.3f}", f"{100 * e.correctness:.0f}%", str(e.forgetting_events), f"{e.aum:+.2f}",
+             "[bold red]suspect[/]" if e.suspect else "")
+        t.add_row(*cells, clip(question, 40), clip(readable(golden), 30))
     console.print(t)
     if limit and len(rows) > limit:
         console.print(f"… {len(rows) - limit} more (--limit 0 shows all)")
@@ -241,13 +272,23 @@ def _one(dyn: RunDynamics | None, evo: Evolution | None, example: str, json_out:
 def export(dataset: Optional[str] = typer.Argument(None, help="Dataset folder name (default: the latest)."),
            out: Optional[str] = typer.Option(None, "--out", help="JSONL file to write (inside the home folder)."),
            to_inbox: bool = typer.Option(False, "--to-inbox", help="Write it into inbox/ to train again now."),
-           without: list[str] = typer.Option(["suspect_label"], "--without",
-                                             help=f"Leave out: {', '.join(WITHOUT)} (repeatable)."),
+           without: Optional[list[str]] = typer.Option(None, "--without",
+                                                       help=f"Leave out: {', '.join(WITHOUT)} (repeatable; "
+                                                       "default suspect_label)."),
+           only: Optional[str] = typer.Option(None, "--only", help=f"Only the training records that are "
+                                              f"{' | '.join(ONLY)} (to look at them or fix them by hand)."),
            home: HomeOpt = None, json_out: JsonOpt = False) -> None:
-    """The dataset's records (every split) without the suspected label errors (or a class), to train again."""
+    """The dataset's records (every split) without the suspected label errors (or a class), to train again; with
+    --only, just the training records of one class or the suspects."""
     from daemon.atomic import iter_jsonl, write_jsonl_atomic
     from daemon.runs.dynamics import latest
 
+    if only is not None and without:
+        raise TrainctlError("--only and --without do not go together — --only hard writes the hard records, "
+                            "--without hard everything else")
+    if only is not None and only not in ONLY:
+        raise TrainctlError(f"unknown --only {only!r} — use one of {', '.join(ONLY)}")
+    without = without or (["suspect_label"] if only is None else [])
     bad = [w for w in without if w not in WITHOUT]
     if bad:
         raise TrainctlError(f"unknown --without {bad[0]!r} — use one of {', '.join(WITHOUT)}")
@@ -259,13 +300,17 @@ def export(dataset: Optional[str] = typer.Argument(None, help="Dataset folder na
     if dyn is None:
         raise TrainctlError("no per-example dynamics " + (f"for dataset {dataset!r} " if dataset else "")
                             + "— they are recorded while a job trains (train.dynamics = true)")
+    if only is not None and len(dyn.epochs_used) < 2 and only != "suspect_label":
+        raise TrainctlError(f"classes need two or more epochs, and {dyn.dataset} has {dyn.epochs_said()} — train "
+                            "with --epochs 2 or more")
     drop = {e.index for e in dyn.examples if ("suspect_label" in without and e.suspect) or e.cls in without}
+    keep = {e.index for e in dyn.examples if (only == "suspect_label" and e.suspect) or e.cls == only}
     folder = h.datasets / dyn.dataset
     records, total = [], 0
     for split in ("train", "val", "test"):
         for i, row in enumerate(iter_jsonl(folder / f"{split}.jsonl")):
             total += 1
-            if split == "train" and i in drop:
+            if (split == "train" and i in drop) or (only is not None and (split != "train" or i not in keep)):
                 continue
             records.append({k: v for k, v in row.items() if k not in ("line", "quality_score")})
     dest = h.unique_path(h.inbox, f"{dyn.dataset}.clean.jsonl") if to_inbox else h.inside(out or "")
@@ -273,5 +318,6 @@ def export(dataset: Optional[str] = typer.Argument(None, help="Dataset folder na
     if json_out:
         console.print_json(json.dumps({"file": str(dest), "written": len(records), "left_out": total - len(records)}))
     else:
-        console.print(f"{len(records)} of {total} records -> {dest} (left out {total - len(records)}: "
-                      f"{', '.join(without)})", highlight=False)
+        said = f"only {only}" if only else ", ".join(without)
+        console.print(f"{len(records)} of {total} records -> {dest} (left out {total - len(records)}: {said})",
+                      highlight=False)

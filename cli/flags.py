@@ -1,5 +1,6 @@
-"""`trainctl flags`: flagged examples (filter, sort, statistics, golden beside model output), `flags add`,
-`flags resolve ID`, `flags export OUT [--to-inbox]`, `flags trend`. Reads and writes JSON only."""
+"""`trainctl flags`: flagged examples, one per (job, example): the current model's mistakes (filter by job, reason
+or text, sort, statistics, golden beside model output), `flags add`, `flags resolve ID`, `flags reopen ID`,
+`flags export OUT [--to-inbox]` (each example once), `flags trend` (per job). Reads and writes JSON only."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import typer
 from rich.table import Table
 
 from cli.common import HomeOpt, JsonOpt, command, console, reports_errors
-from cli.formatting import bar, dash
+from cli.formatting import bar, clip, dash
 from daemon.atomic import write_jsonl_atomic
 from daemon.chat.answers import readable
 from daemon.errors import TrainctlError
 from daemon.home import Home
-from daemon.runs.flag_store import REASONS, SORTS, FlagStore, to_training_record
+from daemon.runs.flag_store import REASONS, SORTS, FlagStore, one_per_example, to_training_record
 
 flags_app = typer.Typer(help="Flagged examples: what the model gets wrong at each evaluation.",
                         invoke_without_command=True, no_args_is_help=False)
@@ -34,36 +35,51 @@ def flags_list(ctx: typer.Context,
                limit: int = typer.Option(20, "--limit", help="Show at most N (0 = all)."),
                stats: bool = typer.Option(False, "--stats", help="Only the statistics."),
                all_: bool = typer.Option(False, "--all", help="Include resolved flags."),
+               job: Optional[int] = typer.Option(None, "--job", help="Only this job's flags."),
+               search: Optional[str] = typer.Option(None, "--search", help="Only flags whose prompt, golden "
+                                                    "answer, output or notes contain TEXT (any case)."),
+               full: bool = typer.Option(False, "--full", help="Show prompt, golden answer and output whole."),
                home: HomeOpt = None, json_out: JsonOpt = False) -> None:
     """Flagged examples, newest first: reason, step, loss, golden answer beside the model's output."""
     if ctx.invoked_subcommand is not None:
         return
     _, store = _store(home)
     flags = store.load()
-    rows = store.query(reason, sort.replace("-", "_"), limit or None, include_resolved=all_, flags=flags)
-    st = store.stats(flags)
+    rows = store.query(reason, sort.replace("-", "_"), limit or None, include_resolved=all_, flags=flags,
+                       job=job, search=search)
+    st = store.stats(flags, job=job)
     if json_out:
         console.print_json(json.dumps(st if stats else {"stats": st, "flags": rows}))
         return
-    console.print(f"[bold]flags[/bold]: {st['open']} open, {st['resolved']} resolved; by reason: "
+    whose = f" of job {job}" if job is not None else ""
+    console.print(f"[bold]flags[/bold]{whose}: {st['open']} open, {st['resolved']} resolved; by reason: "
                   + (", ".join(f"{k} {v}" for k, v in st["by_reason"].items()) or "none")
                   + f"; average loss {dash(st['avg_loss'], '{:.3f}')}")
     if stats:
         return
     if not rows:
-        console.print("No flags" + (f" with reason {reason!r}" if reason else "") + ". They appear after the fixed "
+        console.print("No flags" + (f" with reason {reason!r}" if reason else "")
+                      + (f" containing {search!r}" if search else "") + ". They appear after the fixed "
                       "evaluations of a training job (or `trainctl flags add`).")
         return
+    def cut(text: str, size: int = 60) -> str:
+        return text if full else clip(text, size)
+
     t = Table()
-    for col in ("id", "reason", "step", "loss", "file", "prompt", "golden", "model output", "time", "notes"):
+    for col in ("id", "job", "reason", "step", "loss", "file", "prompt", "golden", "model output", "time", "notes"):
         t.add_column(col, overflow="fold")
     for f in rows:
         colour = "green" if f.get("matches") else "red"
-        t.add_row(str(f["id"]) + (" ✓" if f.get("resolved") else ""), f["reason"], dash(f.get("step")),
-                  dash(f.get("loss"), "{:.3f}"), dash(f.get("file")), f.get("prompt", "")[:60],
-                  readable(f.get("golden", ""))[:60], f"[{colour}]{readable(f.get('output') or '')[:60]}[/{colour}]",
-                  (f.get("timestamp") or "")[:19], f.get("notes", "")[:40])
+        output = readable(f.get("output") or "") or ("(scored only)" if f.get("scored_only") else "")
+        t.add_row(str(f["id"]) + (" ✓" if f.get("resolved") else ""), dash(f.get("job")), f["reason"],
+                  dash(f.get("step")), dash(f.get("loss"), "{:.3f}"), dash(f.get("file")),
+                  cut(f.get("prompt", "")), cut(readable(f.get("golden", ""))),
+                  f"[{colour}]{cut(output)}[/{colour}]", (f.get("timestamp") or "")[:19],
+                  cut(f.get("notes", ""), 40))
     console.print(t)
+    texts = (str(f.get(k) or "") for f in rows for k in ("prompt", "golden", "output"))
+    if not full and any(len(" ".join(text.split())) > 60 for text in texts):
+        console.print("… marks cut text: --full shows it whole")
 
 
 @command(flags_app, "add")
@@ -87,17 +103,27 @@ def flags_resolve(flag_id: int = typer.Argument(..., metavar="ID"), notes: str =
     console.print(f"flag {flag_id} resolved")
 
 
+@command(flags_app, "reopen")
+def flags_reopen(flag_id: int = typer.Argument(..., metavar="ID"), notes: str = typer.Option("", "--notes"),
+                 home: HomeOpt = None) -> None:
+    """Open a resolved flag again (the next evaluations may resolve it again when the model gets it right)."""
+    _, store = _store(home)
+    store.reopen(flag_id, notes or None)
+    console.print(f"flag {flag_id} open again")
+
+
 @command(flags_app, "export")
 def flags_export(out: Optional[str] = typer.Argument(None, metavar="OUT", help="JSONL file to write (relative to "
                                                    "the home folder; it must stay inside it)."),
                  to_inbox: bool = typer.Option(False, "--to-inbox", help="Write it into inbox/ to re-train now."),
-                 reason: Optional[str] = typer.Option(None, "--reason"), home: HomeOpt = None,
-                 json_out: JsonOpt = False) -> None:
-    """Open flags as training records (prompt + golden answer), to a file or straight into the inbox."""
+                 reason: Optional[str] = typer.Option(None, "--reason"),
+                 job: Optional[int] = typer.Option(None, "--job", help="Only this job's flags."),
+                 home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """Open flags as training records (prompt + golden answer), each example once, to a file or the inbox."""
     h, store = _store(home)
     if (out is None) == (not to_inbox):
         raise TrainctlError("give OUT or --to-inbox (one of them) — e.g. `trainctl flags export fixes.jsonl`")
-    rows = store.query(reason, "oldest")
+    rows = one_per_example(store.query(reason, "oldest", job=job))
     if not rows:
         raise TrainctlError("no open flag to export — `trainctl flags --all` lists resolved ones too")
     dest = h.unique_path(h.inbox, "flagged_examples.jsonl") if to_inbox else h.inside(out or "")
@@ -109,22 +135,28 @@ def flags_export(out: Optional[str] = typer.Argument(None, metavar="OUT", help="
         console.print(f"exported {len(rows)} flags -> {dest}")
 
 
+TREND_REASONS = ("mismatch", "high_loss", "error")
+
+
 @command(flags_app, "trend")
-def flags_trend(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
-    """Flags per evaluation step over the run."""
+def flags_trend(job: Optional[int] = typer.Option(None, "--job", help="Only this job (default: every job, "
+                                                  "each on its own)."),
+                home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """Per job and evaluation step: the examples the model got wrong, and those it got right again."""
     _, store = _store(home)
-    trend = store.trend()
+    trend = store.trend(job)
     if json_out:
-        console.print_json(json.dumps([{"step": s, **c} for s, c in trend]))
+        console.print_json(json.dumps(trend))
         return
     if not trend:
-        console.print("No evaluation flags yet.")
+        console.print("No evaluation flags yet" + (f" for job {job}" if job is not None else "") + ".")
         return
-    top = max(sum(c.values()) for _, c in trend) or 1
-    t = Table(title="flags per evaluation step")
-    for col in ("step", "flags", "", *REASONS[:4]):
+    top = max(sum(row.get(r, 0) for r in TREND_REASONS) for row in trend) or 1
+    t = Table(title="wrong examples per evaluation step, per job")
+    for col in ("job", "step", "wrong", "", *TREND_REASONS, "right again"):
         t.add_column(col)
-    for step, c in trend:
-        n = sum(c.values())
-        t.add_row(str(step), str(n), bar(n, top, 30), *(str(c.get(r, 0)) for r in REASONS[:4]))
+    for row in trend:
+        wrong = sum(row.get(r, 0) for r in TREND_REASONS)
+        t.add_row(str(row["job"]), str(row["step"]), str(wrong), bar(wrong, top, 30),
+                  *(str(row.get(r, 0)) for r in TREND_REASONS), str(row.get("resolved", 0)))
     console.print(t)

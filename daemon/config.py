@@ -446,6 +446,58 @@ NOTICE_EVENTS = ("done", "failed", "cancelled", "critical", "warning")
 
 
 @dataclass
+class AlertsConfig:
+    """When the alerts of a training run fire (daemon/training/collectors/alerts.py). `[alerts]` in trainctl.toml.
+    The regression alert's drop is `train.regression_threshold` (it can be set per file)."""
+
+    warmup_steps: int = 5
+    """Steps before the loss and gradient rules start (the first steps' figures say little)."""
+    loss_spike_factor: float = 2.0
+    """loss_spike: the raw loss is above this many times its smoothed level ..."""
+    loss_spike_min_rise: float = 0.05
+    """... and above it by at least this share of the loss the run started from (near-zero losses double easily)."""
+    divergence_factor: float = 1.5
+    """lr_too_high: the smoothed loss climbed to this many times its best ..."""
+    divergence_min_rise: float = 0.1
+    """... and by at least this share of the loss the run started from."""
+    grad_spike_factor: float = 5.0
+    """grad_spike: the gradient norm (before clipping) is above this many times its running level."""
+    exploding_grad_norm: float = 100.0
+    """exploding_gradients: a LoRA layer's gradient norm (before clipping) above this."""
+    vanishing_grad_norm: float = 1e-5
+    """vanishing_gradients: every live LoRA layer's gradient norm below this."""
+    imbalance_ratio: float = 1000.0
+    """gradient_imbalance: largest over smallest LoRA layer gradient norm above this."""
+    min_update_ratio: float = 1e-6
+    """lr_too_low: one step moves the adapter by less than this share of its size."""
+    plateau_steps: int = 50
+    """plateau: the window over which the smoothed loss's improvement is measured ..."""
+    plateau_improvement: float = 0.01
+    """... and the improvement under which it is a plateau."""
+    max_ece: float = 0.3
+    """poor_calibration: the fixed evaluation's expected calibration error above this."""
+
+    def problems(self) -> list[str]:
+        """Every out-of-range value, each as one sentence."""
+        checks = [
+            (self.warmup_steps >= 0, "alerts.warmup_steps must be >= 0"),
+            (self.loss_spike_factor > 1, "alerts.loss_spike_factor must be > 1"),
+            (self.divergence_factor > 1, "alerts.divergence_factor must be > 1"),
+            (self.grad_spike_factor > 1, "alerts.grad_spike_factor must be > 1"),
+            (self.loss_spike_min_rise >= 0 and self.divergence_min_rise >= 0,
+             "alerts.loss_spike_min_rise and divergence_min_rise must be >= 0"),
+            (self.exploding_grad_norm > 0 and self.vanishing_grad_norm >= 0,
+             "alerts.exploding_grad_norm must be > 0 and vanishing_grad_norm >= 0"),
+            (self.imbalance_ratio > 1, "alerts.imbalance_ratio must be > 1"),
+            (self.min_update_ratio >= 0, "alerts.min_update_ratio must be >= 0"),
+            (self.plateau_steps >= 2, "alerts.plateau_steps must be >= 2"),
+            (0 <= self.plateau_improvement < 1, "alerts.plateau_improvement must be in [0, 1)"),
+            (0 < self.max_ece <= 1, "alerts.max_ece must be in (0, 1]"),
+        ]
+        return [message for ok, message in checks if not ok]
+
+
+@dataclass
 class Settings:
     """All settings of one home folder."""
 
@@ -455,6 +507,7 @@ class Settings:
     bench: BenchConfig = field(default_factory=BenchConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     def sections(self) -> dict[str, Any]:
         """Section name -> its settings object, in the order trainctl.toml documents them."""
@@ -469,7 +522,8 @@ class Settings:
 
 
 _SECTIONS: dict[str, type] = {"train": TrainConfig, "curation": CurationConfig, "daemon": DaemonConfig,
-                              "bench": BenchConfig, "distributed": DistributedConfig, "notify": NotifyConfig}
+                              "bench": BenchConfig, "distributed": DistributedConfig, "notify": NotifyConfig,
+                              "alerts": AlertsConfig}
 
 PER_FILE_SECTIONS = ("train", "curation")
 """What a file's own settings (x.toml beside x.jsonl, or `[files."x.jsonl"]`) may set, besides `priority`."""

@@ -138,7 +138,8 @@ def test_whole_dataset_dynamics_find_planted_wrong_answers_on_tiny(home, tmp_pat
     _check_signal(home, planted, "builtin:tiny")
 
 
-def _check_signal(home: Path, planted: set[str], model: str) -> None:
+def _check_signal(home: Path, planted: set[str], model: str, suspect_recall: float = 0.5,
+                  suspect_precision: float = 0.7) -> None:
     r = runner.invoke(app, ["evolution", "--home", str(home), "--json", "--limit", "0"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
@@ -155,7 +156,8 @@ def _check_signal(home: Path, planted: set[str], model: str) -> None:
     print(f"{model}: lowest-confidence 15% hold {recall:.0%} of the planted (lowest AUM: {aum_recall:.0%}); "
           f"suspect_label: {len(suspects)} flagged, precision {precision:.2f}, recall "
           f"{len(suspects & planted) / len(planted):.2f}")
-    assert recall >= 0.9 and precision >= 0.7 and len(suspects & planted) >= 0.5 * len(planted)
+    assert recall >= 0.9 and precision >= suspect_precision
+    assert len(suspects & planted) >= suspect_recall * len(planted)
 
     # The same suspects are flags, with their figures, and a cleaned copy goes back to the inbox
     r = runner.invoke(app, ["flags", "--reason", "suspect_label", "--home", str(home), "--json", "--limit", "0"])
@@ -180,7 +182,7 @@ def test_whole_dataset_dynamics_find_planted_wrong_answers_on_the_real_model(hom
                                         "min_diversity = 0\nval_fraction = 0\ntest_fraction = 0\n")
     r = runner.invoke(app, ["train", str(tmp_path / "planted.jsonl"), "--home", str(home), "--epochs", "2"])
     assert r.exit_code == 0, r.output
-    _check_signal(home, planted, "builtin:smollm2-135m")
+    _check_signal(home, planted, "builtin:smollm2-135m", suspect_recall=0.9, suspect_precision=0.8)
 
 
 DDP_SCRIPT = r'''

@@ -53,15 +53,23 @@ def test_demo_job_learns_and_leaves_adapter_config_and_metrics(home):
     assert set(st) - STATUS_KEYS == set()
     assert st["fixed_eval_em"] >= 0.9 and st["fixed_eval_ece"] < 0.3 and st["lora_summary"]["dead"] == []
     assert len(st["lora_stats"]) == 21 and st["token_entropy"] > 0
-    # A healthy run raises no warning or critical alert at any point.
+    # A healthy run raises no warning or critical alert, but for the gradient spikes this run really has early on
+    # (builtin:tiny at lr 3e-3: a norm of ~50 among ~2s, each with a loss bump); each is raised and resolved.
     events = [json.loads(x) for x in (run / "alerts.jsonl").read_text().splitlines()] \
         if (run / "alerts.jsonl").exists() else []
-    assert [e for e in events if e["severity"] != "info"] == []
+    warned = [e for e in events if e["severity"] != "info"]
+    assert {e["id"] for e in warned} <= {"grad_spike"}, warned
+    assert all("its running level" in e["message"] for e in warned)
+    assert sum(e["event"] == "fired" for e in warned) == sum(e["event"] == "resolved" for e in warned)
     assert "streaming_ce" in rows[-1] and "fixed_eval_em" in rows[-1]
-    # Early evaluations, before the model has learned, flag what it got wrong.
+    # Early evaluations, before the model has learned, flag what it got wrong; the last one, which it gets right,
+    # resolves them: the open flags are the final model's mistakes.
     flags = json.loads(Home(home).flagged_file.read_text())["flags"]
     assert flags and {f["reason"] for f in flags} <= {"mismatch", "high_loss"}
-    assert st["flagged_count"] == len(flags) and all(f["file"] == st["dataset"] for f in flags)
+    assert all(f["file"] == st["dataset"] and f["job"] == 1 for f in flags)
+    still_wrong = round((1 - st["fixed_eval_em"]) * st["fixed_eval_examples"])
+    assert st["flagged_count"] == sum(not f["resolved"] for f in flags) >= still_wrong
+    assert all(f["resolved_by"] == "auto" and "right again at step" in f["notes"] for f in flags if f["resolved"])
     # The job's adapter and its base model on the job's held-out test split, then compared side by side.
     for extra in ([], ["--base"]):
         r = runner.invoke(app, ["bench", "run", "--home", str(home), "--job", "1", "--max-tokens", "64", *extra])
@@ -222,6 +230,9 @@ def test_nan_loss_stops_the_job_keeps_its_checkpoint_and_the_daemon_moves_on(hom
     events = [json.loads(x) for x in (Home(home).run_dir(bad.id) / "alerts.jsonl")
               .read_text().splitlines()]
     assert [e["id"] for e in events if e["severity"] == "critical"] == ["nan_loss"]
+    # The status shows the NaN as NaN, never as a loss of 0
+    status = json.loads(Home(home).job_status(bad.id).read_text())
+    assert status["raw_loss"] == "NaN" and status["loss"] == "NaN", (status["raw_loss"], status["loss"])
     assert good.state == JobState.DONE
     assert (Home(home).inbox_failed / "bad.jsonl.error.txt").exists()
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from daemon.home import Home
-from daemon.runs.snapshots import load
+from daemon.runs.snapshots import datasets, load
 from daemon.training.collectors.evolution_snapshots import is_snapshot_step
 from tests.helpers import TINY_SETTINGS, planted_dataset
 
@@ -50,7 +50,8 @@ def test_lowest_confidence_examples_are_the_planted_wrong_answers(home, tmp_path
                                         "min_quality = 0\nmin_diversity = 0\nval_fraction = 0\ntest_fraction = 0\n")
     r = runner.invoke(app, ["train", str(tmp_path / "planted.jsonl"), "--home", str(home), "--epochs", "6"])
     assert r.exit_code == 0, r.output
-    (folder,) = Home(home).evolution_root.iterdir()
+    (folder,) = datasets(Home(home).evolution_root)  # the timestamped folder (its stable-name link left out)
+    assert (Home(home).evolution_root / "planted").resolve() == folder.resolve()
     steps = sorted(int(p.stem.split("_")[1]) for p in folder.glob("step_*.json"))
     assert steps[:6] == [0, 10, 25, 50, 100, 150]
     snap = json.loads((folder / "step_000100.json").read_text())
@@ -75,7 +76,7 @@ def test_lowest_confidence_examples_are_the_planted_wrong_answers(home, tmp_path
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
     assert [c["step"] for c in doc["curve"]] == steps and sum(doc["classes"].values()) == 200
-    assert doc["examples"][0]["confidence"] <= doc["examples"][-1]["confidence"]
+    assert doc["sort"] == "aum" and doc["examples"][0]["aum"] <= doc["examples"][-1]["aum"]
     r = runner.invoke(app, ["evolution", "--home", str(home), "--limit", "5"])
     assert r.exit_code == 0 and "accuracy and loss over snapshots" in r.output and "every training example" in r.output
     r = runner.invoke(app, ["evolution", "--home", str(home), "--limit", "5", "--probe"])

@@ -157,16 +157,21 @@ def _flags(home: Home) -> Any:
 
 
 def flags(home: Home, params: dict[str, str]) -> dict[str, Any]:
-    """Flags filtered by reason, file and state (open / resolved / all), sorted like `trainctl flags --sort`."""
+    """Flags filtered by reason, file, job, text (`q`) and state (open / resolved / all), sorted like
+    `trainctl flags --sort`."""
     store = _flags(home)
     state = params.get("state") or "open"
     if state not in ("open", "resolved", "all"):
         raise BadRequest("state must be open, resolved or all")
     reason = params.get("reason") or None
     sort = (params.get("sort") or "recent").replace("-", "_")
+    job = params.get("job") or None
+    if job is not None and not job.isdigit():
+        raise BadRequest("job must be a job number")
     all_flags = store.load()  # one read of the file for every part of the answer
     try:
-        rows = store.query(reason, sort, None, include_resolved=state != "open", flags=all_flags)
+        rows = store.query(reason, sort, None, include_resolved=state != "open", flags=all_flags,
+                           job=int(job) if job else None, search=params.get("q") or None)
     except TrainctlError as exc:
         raise BadRequest(str(exc)) from None
     if state == "resolved":
@@ -234,21 +239,21 @@ def bench_compare(home: Home, params: dict[str, str]) -> dict[str, Any]:
 
 def evolution(home: Home, params: dict[str, str]) -> dict[str, Any]:
     """The snapshot curve, the cartography of every training example, the probe examples (?class=, ?sort=)."""
-    from cli.evolution import CLASSES, pick_sources, show_doc
+    from cli.evolution import CLASSES, default_sort, pick_sources, show_doc
     from daemon.runs.dynamics import SORTS
 
     cls = params.get("class") or None
-    sort = params.get("sort") or "confidence"
+    sort = params.get("sort") or None
     if cls is not None and cls not in CLASSES:
         raise BadRequest(f"class must be one of {', '.join(CLASSES)}")
-    if sort not in SORTS:
+    if sort is not None and sort not in SORTS:
         raise BadRequest(f"sort must be one of {', '.join(SORTS)}")
     dataset = params.get("dataset") or None
     try:
         dyn, evo = pick_sources(home, dataset)
     except TrainctlError as exc:
         raise NotFound(str(exc)) from None
-    return show_doc(dyn, evo, cls, sort, _int(params, "limit", 0) or 0)
+    return show_doc(dyn, evo, cls, sort or default_sort(dyn), _int(params, "limit", 0) or 0)
 
 
 def evolution_example(home: Home, params: dict[str, str]) -> dict[str, Any]:

@@ -11,6 +11,8 @@ and forth). JSON only; no torch.
 from __future__ import annotations
 
 import json
+import os
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,11 +114,38 @@ class Evolution:
                             "own id); `trainctl evolution` lists them")
 
 
+STAMPED = re.compile(r"^(?P<name>.+)_\d{8}_\d{6}$")
+"""A dataset folder's name: the input file's stem, then when it was curated (daemon/curation/curator.py)."""
+
+
+def stable_name(folder: Path) -> str | None:
+    """The dataset's name without its timestamp (None when the folder's name carries none)."""
+    m = STAMPED.match(folder.name)
+    return m.group("name") if m else None
+
+
+def link_stable_name(folder: Path) -> Path | None:
+    """Point `<root>/<dataset name>` at `folder` (a run's timestamped snapshot folder), so that the documented
+    data/evolution_snapshots/<dataset>/ holds the latest run of that dataset. The link is replaced atomically (a
+    new link renamed over the old); a real folder of that name is left alone. Returns the link, or None."""
+    name = stable_name(folder)
+    if name is None:
+        return None
+    link = folder.parent / name
+    if link.exists() and not link.is_symlink():
+        return None
+    tmp = folder.parent / f".{name}.{os.getpid()}.link"
+    tmp.unlink(missing_ok=True)
+    os.symlink(folder.name, tmp)
+    os.replace(tmp, link)
+    return link
+
+
 def datasets(root: Path) -> list[Path]:
-    """Snapshot folders, most recently written last."""
+    """Snapshot folders, most recently written last (the stable-name links left out: they repeat one)."""
     if not root.exists():
         return []
-    found = [d for d in root.iterdir() if d.is_dir() and any(d.glob("step_*.json"))]
+    found = [d for d in root.iterdir() if d.is_dir() and not d.is_symlink() and any(d.glob("step_*.json"))]
     return sorted(found, key=lambda d: max(p.stat().st_mtime for p in d.glob("step_*.json")))
 
 

@@ -35,7 +35,7 @@ class TrainingStatus(TypedDict, total=False):
     adapter_dir: str
     collector_errors: dict[str, str]
     # -- the Trainer's log
-    loss: float
+    loss: float | str  # "NaN", "Inf" or "-Inf" when the loss is not finite (so is every figure)
     learning_rate: float
     grad_norm: float
     # -- throughput
@@ -65,15 +65,17 @@ class TrainingStatus(TypedDict, total=False):
     fixed_eval_ce: float | None
     fixed_eval_ece: float
     fixed_eval_trend: str
+    accuracy_trend: str  # improving | stable | degrading: the newest exact match against the three before
     fixed_eval_step: int
     fixed_eval_examples: int
     fixed_eval_errors: list[str]
-    accuracy_last_20: float | None
+    accuracy_last_20: float | None  # exact match over the last 20 evaluated examples
     accuracy_last_50: float | None
     evaluations: int
     # -- flagged examples
-    flagged_count: int
+    flagged_count: int  # the job's open flags: the current model's mistakes
     flagged_this_run: int
+    flags_resolved_this_run: int
     # -- evolution snapshots
     evolution_snapshots: int
     evolution_skipped: int

@@ -152,9 +152,10 @@ def _read_base(path: Path, count: int) -> dict[str, Any] | None:
     return found if isinstance(found, dict) and found.get("count") == count else None
 
 
-def flag_suspects(home: Home, cfg: TrainConfig, dataset: str, run_dir: Path) -> dict[str, Any]:
-    """Per-example dynamics summed up; the suspected label errors flagged `suspect_label`
-    (daemon/runs/dynamics.py)."""
+def flag_suspects(home: Home, cfg: TrainConfig, dataset: str, run_dir: Path,
+                  job_id: int | None = None) -> dict[str, Any]:
+    """Per-example dynamics summed up over the learning part of the run; the suspected label errors flagged
+    `suspect_label` (daemon/runs/dynamics.py), or why none are reported."""
     from daemon.errors import TrainctlError
     from daemon.runs.dynamics import load, suspect_flags
     from daemon.runs.flag_store import FlagStore
@@ -165,11 +166,15 @@ def flag_suspects(home: Home, cfg: TrainConfig, dataset: str, run_dir: Path) -> 
         return {}
     flags = suspect_flags(run, dataset)
     if flags:
-        FlagStore(home.flagged_file, cfg.flags_keep).add(flags)
+        FlagStore(home.flagged_file, cfg.flags_keep).suspects(job_id, flags)
     return {
         "dynamics": {
             "examples": len(run.examples),
             "classes": run.classes(),
             "suspect_label": len(flags),
+            "epochs_used": [e + 1 for e in run.epochs_used],
+            "learning_until_step": run.window_end,
+            **({"suspects_note": run.suspects_note} if run.suspects_note else {}),
+            **({"window_reason": run.window_reason} if run.window_reason else {}),
         }
     }

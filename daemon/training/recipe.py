@@ -28,6 +28,7 @@ from daemon.atomic import write_json_atomic
 from daemon.config import BUILTIN_TINY, Settings, TrainConfig
 from daemon.errors import TrainingError
 from daemon.home import Home
+from daemon.models.library_names import checkpointing_args
 from daemon.training.outputs import final_checks, flag_suspects, save_adapter, save_best_adapter
 from daemon.training.ranks import is_main, world_size
 from daemon.training.wiring import Collectors, build_collectors
@@ -167,6 +168,8 @@ def training_args(
         weight_decay=cfg.weight_decay,
         lr_scheduler_type="linear",
         logging_steps=cfg.logging_steps,
+        # A NaN/Inf loss is logged as it is: the default filter would show the earlier losses' mean
+        logging_nan_inf_filter=False,
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
@@ -175,12 +178,8 @@ def training_args(
         use_cpu=on_cpu,
         bf16=half == "bfloat16",
         fp16=half == "float16",
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        # Non-reentrant: works with frozen base weights (LoRA) without forcing input gradients, and
-        # under DDP.
-        gradient_checkpointing_kwargs={"use_reentrant": False}
-        if cfg.gradient_checkpointing
-        else None,
+        # gradient_checkpointing, or activation_checkpointing where transformers renamed it
+        **checkpointing_args(cfg.gradient_checkpointing),
         use_liger_kernel=_liger(cfg, on_cpu),
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
@@ -288,10 +287,12 @@ class LoRARecipe:
         control.install_signal_handlers()  # from here a stop request ends in a checkpoint
         steps = total_steps(cfg, batching.items_per_epoch, batching.batch_size)
         self.collectors = build_collectors(
-            cfg, ctx.home, ctx.job_id, ctx.dataset_dir, run_dir, tok, self.rows, steps, model
+            cfg, ctx.home, ctx.job_id, ctx.dataset_dir, run_dir, tok, self.rows, steps, model,
+            ctx.settings.alerts,
         )
         collectors = self.collectors.callbacks()
         if self.main:
+            ctx.echo(self.collectors.story(ctx.echo))
             self.status = StatusWriter(
                 ctx.home.training_status,
                 run_dir / "metrics.jsonl",
@@ -440,7 +441,12 @@ class LoRARecipe:
         if self.base is not None:
             metrics["base_pass"] = {k: v for k, v in self.base.items() if k != "base_test_eval"}
         if collectors.dynamics is not None:
-            metrics.update(flag_suspects(ctx.home, cfg, ctx.dataset_dir.name, run_dir))
+            metrics.update(flag_suspects(ctx.home, cfg, ctx.dataset_dir.name, run_dir, ctx.job_id))
+            dyn = metrics.get("dynamics")
+            if dyn:
+                ctx.echo(f"per-example dynamics: {dyn['examples']} examples over epochs {dyn['epochs_used']}; "
+                         f"suspected label errors: {dyn['suspect_label']}"
+                         + (f" — none reported: {dyn['suspects_note']}" if dyn.get("suspects_note") else ""))
         if cfg.final_eval_examples:
             status.set(state="evaluating")
             status.write(state, force=True)

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemon.models.library_names import cache_argument
 from daemon.training.labelled_head import labelled_logits, split_head
 
 BATCH_ROWS = 128
@@ -320,6 +321,7 @@ def _continue(model: Any, cache: Any, attn: Any, plans: list[tuple[int, int, _Pl
     cur = torch.tensor([p.tokens[-1] for _, _, p in plans], device=device)  # [n]
     batch = [p for _, _, p in plans]  # the plan decoded in each row of the batch
     done = [p.done for p in batch]
+    cache_name = cache_argument(model)  # past_key_values, or cache where transformers renamed it
     while not all(done):
         if sum(done) >= len(done) / 4:
             # Finished rows leave the batch (and the cache) once they are a quarter of it, so later steps cost
@@ -329,7 +331,7 @@ def _continue(model: Any, cache: Any, attn: Any, plans: list[tuple[int, int, _Pl
             done = [False] * len(batch)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         logits = model(input_ids=cur[:, None], attention_mask=mask, position_ids=pos[:, None],
-                       past_key_values=cache, use_cache=True).logits[:, -1]  # [n, vocab]
+                       use_cache=True, **{cache_name: cache}).logits[:, -1]  # [n, vocab]
         cur = logits.argmax(-1)
         pos = pos + 1
         for k, token in enumerate(cur.tolist()):

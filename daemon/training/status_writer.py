@@ -33,8 +33,22 @@ def now_iso() -> str:
 
 def _clean(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
-        return str(v)  # JSON has no NaN/Inf; keep them visible as text
+        return non_finite(v)  # JSON has no NaN/Inf; keep them visible as text, never as 0
     return v
+
+
+def non_finite(v: float) -> str:
+    """NaN, Inf or -Inf: how the status and the metrics write a number JSON has no word for."""
+    return "NaN" if math.isnan(v) else "Inf" if v > 0 else "-Inf"
+
+
+def _shown(v: Any, fmt: str) -> str:
+    """A figure for the job log: formatted, NaN/Inf as words, '?' when missing."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, float) and not math.isfinite(v):
+        return non_finite(v)
+    return format(v, fmt) if isinstance(v, (int, float)) else "?"
 
 
 def cut_metrics_after(path: Path, step: int) -> int:
@@ -153,8 +167,9 @@ class StatusWriter(TrainerCallback):
                                              or state.global_step == state.max_steps):
             self._last_echo = time.monotonic()
             eta = doc.get("eta_seconds")
-            self.echo(f"step {state.global_step}/{state.max_steps}  loss {doc.get('loss', float('nan')):.4f}  "
-                      f"lr {doc.get('learning_rate', 0):.2e}  {doc.get('tokens_per_sec', 0):.0f} tok/s"
+            self.echo(f"step {state.global_step}/{state.max_steps}  loss {_shown(doc.get('loss'), '.4f')}  "
+                      f"lr {_shown(doc.get('learning_rate'), '.2e')}  "
+                      f"{_shown(doc.get('tokens_per_sec', 0), '.0f')} tok/s"
                       + (f"  eta {eta:.0f}s" if eta is not None else ""))
 
     def on_train_end(self, args, state, control, **kw):

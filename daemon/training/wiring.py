@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from daemon.config import TrainConfig
+from daemon.config import AlertsConfig, TrainConfig
 from daemon.home import Home
 from daemon.training.ranks import is_main, world_size
 
@@ -52,6 +52,13 @@ class Collectors:
         """The collectors there are, in calling order."""
         present = (getattr(self, spec.name) for spec in fields(self))
         return [collector for collector in present if collector is not None]
+
+    def story(self, echo: Any) -> str:
+        """Hand every collector the job log's `echo` (their `say` lines) and describe them in one line."""
+        for collector in self.callbacks():
+            collector.echo = echo
+        parts = [c.name + (f" ({c.about()})" if c.about() else "") for c in self.callbacks()]
+        return "collectors started: " + ", ".join(parts)
 
 
 def eval_interval(cfg: TrainConfig, steps: int) -> int:
@@ -101,9 +108,10 @@ def build_collectors(
     rows: list[dict[str, Any]],
     steps: int,
     model: Any,
+    limits: AlertsConfig | None = None,
 ) -> Collectors:
     """Every collector `cfg` asks for, wired together (`rows`: the train split; `steps`: the run's
-    length)."""
+    length; `limits`: the alerts' thresholds, `[alerts]`)."""
     from daemon.models.loading import pick_precision
     from daemon.training.collectors.alerts import Alerts
     from daemon.training.collectors.diagnostics_budget import DiagnosticsBudget
@@ -120,7 +128,8 @@ def build_collectors(
     throughput = ThroughputCollector(
         peak_flops=peak_flops_of(cfg, model), n_params=model.num_parameters()
     )
-    streaming = StreamingMetrics(alpha=cfg.ema_alpha)
+    limits = limits or AlertsConfig()
+    streaming = StreamingMetrics(alpha=cfg.ema_alpha, trend_window=limits.plateau_steps)
     lora = LoRAMonitor(every=cfg.monitor_every)
     found = Collectors(budget=budget, throughput=throughput, streaming=streaming, lora=lora)
     # Evaluations and snapshots run under the training's autocast precision
@@ -151,6 +160,7 @@ def build_collectors(
             found.fixed_eval,
             file=dataset_dir.name,
             loss_threshold=cfg.flag_loss_threshold,
+            job_id=job_id,
         )
     if cfg.evolution_examples:
         from daemon.training.collectors.evolution_snapshots import EvolutionSnapshots
@@ -182,5 +192,6 @@ def build_collectors(
         best=found.best,
         regression_threshold=cfg.regression_threshold,
         job_id=job_id,
+        limits=limits,
     )
     return found

@@ -9,7 +9,8 @@
   const page = document.getElementById("page");
   const cls = el("select", { id: "class" }, el("option", { value: "", text: "every class" }),
     ["easy", "ambiguous", "hard"].map((c) => el("option", { value: c, text: c })));
-  const sort = el("select", { id: "sort" }, ["confidence", "aum", "forgetting", "variability"].map((s) => el("option", { value: s, text: s })));
+  const sort = el("select", { id: "sort" }, el("option", { value: "", text: "default" }),
+    ["aum", "confidence", "forgetting", "variability", "first_right"].map((s) => el("option", { value: s, text: s })));
   const head = el("p", { id: "evo-head", class: "muted" });
   const curveBox = el("div", { id: "curve-chart" });
   const scatter = el("canvas", { class: "scatter", id: "cartography", width: "520", height: "340" });
@@ -67,10 +68,12 @@
       const doc = await T.get("/api/evolution", { class: cls.value, sort: sort.value });
       const classes = doc.classes || doc.probe_classes || {};
       const examples = doc.examples || [];
-      const oneEpoch = examples.length > 0 && examples.every((e) => (e.per_epoch || []).length < 2);
-      head.textContent = `dataset ${doc.dataset}: ` + Object.entries(classes).map(([k, v]) => `${k} ${v}`).join(", ") +
+      const oneEpoch = doc.epochs ? doc.epochs.used.length < 2 : examples.every((e) => (e.per_epoch || []).length < 2);
+      head.textContent = `dataset ${doc.dataset}: ` + (oneEpoch && doc.epochs ? "classes need two or more epochs"
+        : Object.entries(classes).map(([k, v]) => `${k} ${v}`).join(", ")) +
         (doc.suspect_label !== undefined ? `; ${doc.suspect_label} suspected label errors` : "") +
-        (oneEpoch ? " — one epoch only: variability (across epochs) needs two or more" : "");
+        (doc.epochs ? ` — figures from ${doc.epochs.said}` : "") +
+        (doc.suspects_note ? `; no suspects reported: ${doc.suspects_note}` : "");
       if (doc.curve && doc.curve.length) {
         if (!curve) curve = T.lineChart(curveBox, "accuracy and loss over snapshots", [["accuracy", "#1a7f37"], ["avg loss", "#2f5bd3"]]);
         curve.setData([doc.curve.map((c) => c.step), doc.curve.map((c) => c.accuracy), doc.curve.map((c) => c.avg_loss)]);

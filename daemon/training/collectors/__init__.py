@@ -9,6 +9,7 @@ are handed it by daemon/training/wiring.py and name its type for the type checke
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from transformers import TrainerCallback
@@ -18,6 +19,17 @@ class Collector(TrainerCallback):
     """Base: a TrainerCallback that can summarise what it has seen as a flat dict of status fields."""
 
     name = "collector"
+    echo: Callable[[str], None] | None = None
+    """Where `say` writes: the job's log (daemon/training/wiring.py sets it on rank 0); None says nothing."""
+
+    def say(self, line: str) -> None:
+        """One line of the job's story (a snapshot taken, flags decided, a new best, an alert)."""
+        if self.echo is not None:
+            self.echo(line)
+
+    def about(self) -> str:
+        """What it watches and how often, for the job log's first lines ("" when its name says it)."""
+        return ""
 
     def summary(self) -> dict[str, Any]:
         return {}

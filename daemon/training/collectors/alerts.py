@@ -1,21 +1,25 @@
 """Alerts: rules over the other collectors' state, each with a severity and a recommendation.
 
 An alert fires once when its condition starts to hold, stays active (not repeated) while it holds, and resolves by
-itself when it clears; each firing and resolution is one line in `alerts.jsonl` when a path is given.
+itself when it clears; each firing and resolution is one line in `alerts.jsonl` when a path is given, and one line
+of the job's log. While it stays active its message and recommendation follow the latest check, so they carry the
+figures of now, not of when it fired. Every threshold is a setting of `[alerts]` (daemon/config.AlertsConfig).
 A NaN/Inf raw loss is critical: training is stopped at once (no checkpoint of the poisoned weights is written, so
 the last complete one is kept) and `critical` says why.
 
-Rules (checked after every optimizer step, and after every evaluation for calibration):
+Rules (checked after every optimizer step, and after every evaluation for calibration; defaults in brackets):
   nan_loss             critical  the raw loss is NaN or Inf
-  loss_spike           warning   raw loss > 2x the EMA (the recent level), after 5 steps
-  exploding_gradients  warning   a LoRA layer's gradient norm > 100 (before clipping)
-  vanishing_gradients  warning   every live LoRA layer's gradient norm < 1e-5
+  loss_spike           warning   raw loss > loss_spike_factor [2] x the EMA (the recent level), after warmup_steps
+  grad_spike           warning   the gradient norm (before clipping) > grad_spike_factor [5] x its running level
+  exploding_gradients  warning   a LoRA layer's gradient norm > exploding_grad_norm [100] (before clipping)
+  vanishing_gradients  warning   every live LoRA layer's gradient norm < vanishing_grad_norm [1e-5]
   dead_layers          warning   LoRA layers with neither gradient nor update for a while
-  gradient_imbalance   info      largest / smallest layer gradient norm > 1000
-  lr_too_high          warning   the EMA loss climbed 50% above its best (divergence)
-  lr_too_low           warning   updates move the adapter by < 1e-6 of its norm a step
-  plateau              info      the EMA improved < 1% over the last 50 steps (the advice names the best checkpoint)
-  poor_calibration     warning   fixed-eval ECE > 0.3
+  gradient_imbalance   info      largest / smallest layer gradient norm > imbalance_ratio [1000]
+  lr_too_high          warning   the EMA loss climbed divergence_factor [1.5] x above its best (divergence)
+  lr_too_low           warning   updates move the adapter by < min_update_ratio [1e-6] of its norm a step
+  plateau              info      the EMA improved < plateau_improvement [1%] over the last plateau_steps [50] steps
+                                 (the advice names the best checkpoint)
+  poor_calibration     warning   fixed-eval ECE > max_ece [0.3]
   regression           warning   fixed-eval exact match stayed `regression_threshold` below the best checkpoint's for
                                  the last two evaluations (the advice: use that checkpoint)
 """
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.atomic import append_jsonl
+from daemon.config import AlertsConfig
 from daemon.training.collectors import Collector
 
 if TYPE_CHECKING:
@@ -38,7 +43,8 @@ if TYPE_CHECKING:
     from daemon.training.collectors.streaming import StreamingMetrics
 
 SEVERITIES = ("info", "warning", "critical")
-WARMUP_STEPS = 5
+GRAD_EMA_ALPHA = 0.1
+"""Weight of the newest gradient norm in its running level."""
 
 
 @dataclass
@@ -55,9 +61,9 @@ class Alerts(Collector):
     name = "alerts"
 
     def __init__(self, streaming: StreamingMetrics | None = None, lora: LoRAMonitor | None = None,
-                 fixed_eval: FixedEval | None = None, log_path: Path | None = None, ece_threshold: float = 0.3,
-                 plateau_steps: int = 50, best: BestCheckpoint | None = None,
-                 regression_threshold: float = 0.1, job_id: int | None = None):
+                 fixed_eval: FixedEval | None = None, log_path: Path | None = None,
+                 best: BestCheckpoint | None = None, regression_threshold: float = 0.1, job_id: int | None = None,
+                 limits: AlertsConfig | None = None):
         self.streaming = streaming
         self.lora = lora
         self.fixed_eval = fixed_eval
@@ -65,8 +71,10 @@ class Alerts(Collector):
         self.regression_threshold = regression_threshold
         self.job_id = job_id
         self.log_path = log_path
-        self.ece_threshold = ece_threshold
-        self.plateau_steps = plateau_steps
+        self.limits = limits or AlertsConfig()
+        self.grad_level: float | None = None
+        """The running level (EMA) of the gradient norm, spikes left out."""
+        self.grad_norms = 0
         self.active: dict[str, Alert] = {}
         self.fired: dict[str, int] = {}  # alert id -> times it fired
         self.critical: Alert | None = None
@@ -85,6 +93,26 @@ class Alerts(Collector):
     def on_evaluate(self, args, state, control, **kw):
         self.check(state.global_step)
 
+    def on_log(self, args, state, control, logs=None, **kw):
+        norm = (logs or {}).get("grad_norm")
+        if isinstance(norm, (int, float)) and math.isfinite(norm):
+            self._apply({"grad_spike": self._grad_spike(float(norm), state.global_step)}, state.global_step)
+
+    def _grad_spike(self, norm: float, step: int) -> tuple[str, str, str] | None:
+        """A gradient norm well above its running level; the level then moves on without the spike."""
+        level, factor = self.grad_level, self.limits.grad_spike_factor
+        self.grad_norms += 1
+        if level is None:
+            self.grad_level = norm
+            return None
+        if self.grad_norms <= self.limits.warmup_steps or norm <= factor * level:
+            self.grad_level = level + GRAD_EMA_ALPHA * (norm - level)
+            return None
+        return ("warning", f"gradient norm {norm:.3g} at step {step} is {norm / level:.0f}x its running level "
+                           f"{level:.3g}",
+                "one batch pushed the weights hard: if it repeats or the loss jumps with it, lower train.lr or "
+                "train.max_grad_norm, and look at the batch's records")
+
     # -- rules ---------------------------------------------------------------------------------------------------
     def check(self, step: int) -> None:
         conditions: dict[str, tuple[str, str, str] | None] = {}
@@ -95,7 +123,8 @@ class Alerts(Collector):
                                       "lower the learning rate, check the data for empty or extreme records; the "
                                       "job stopped and its last complete checkpoint is kept") \
                 if not math.isfinite(loss) else None
-            warm = s.steps > WARMUP_STEPS and ema is not None
+            lim = self.limits
+            warm = s.steps > lim.warmup_steps and ema is not None
             if ema is not None:
                 self._first_ema = self._first_ema if self._first_ema is not None else ema
                 self._best_ema = ema if self._best_ema is None else min(self._best_ema, ema)
@@ -103,31 +132,38 @@ class Alerts(Collector):
             # 5% (spike) or 10% (divergence) of the loss the run started from.
             scale = abs(self._first_ema or 0.0)
             conditions["loss_spike"] = (
-                "warning", f"loss {loss:.3g} is more than 2x its recent level {ema:.3g}",
+                "warning", f"loss {loss:.3g} at step {step} is {loss / ema:.1f}x its recent level {ema:.3g}",
                 "a bad batch or a too-high learning rate: if it repeats, lower train.lr") \
-                if warm and ema is not None and math.isfinite(loss) and loss > 2 * ema \
-                and loss - ema > 0.05 * scale else None
+                if warm and ema is not None and math.isfinite(loss) and loss > lim.loss_spike_factor * ema \
+                and loss - ema > lim.loss_spike_min_rise * scale else None
             conditions["lr_too_high"] = (
-                "warning", f"the smoothed loss {ema:.3g} climbed 50% above its best {self._best_ema:.3g}",
+                "warning", f"the smoothed loss is {ema:.3g} at step {step}, {ema / self._best_ema:.1f}x its best "
+                           f"{self._best_ema:.3g}",
                 "training is diverging: lower train.lr (try 3-10x lower)") \
-                if warm and ema is not None and self._best_ema is not None and ema > 1.5 * self._best_ema \
-                and ema - self._best_ema > 0.1 * scale else None
+                if warm and ema is not None and self._best_ema is not None \
+                and ema > lim.divergence_factor * self._best_ema \
+                and ema - self._best_ema > lim.divergence_min_rise * scale else None
             improvement = s.improvement()
             conditions["plateau"] = (
-                "info", f"the smoothed loss improved {improvement:.2%} over the last {s.trend_window} steps",
+                "info", f"the smoothed loss ({ema:.3g}) improved {improvement:.2%} over the last {s.trend_window} "
+                        "steps",
                 "learning has levelled off: more epochs will not help much; " + self._stop_advice()) \
-                if improvement is not None and abs(improvement) < 0.01 else None
+                if improvement is not None and abs(improvement) < lim.plateau_improvement else None
         if lo is not None and lo.grad_norm:
-            exploding = lo.exploding()
+            lim = self.limits
+            exploding = sorted(((g, layer) for layer, g in lo.grad_norm.items() if g > lim.exploding_grad_norm),
+                               reverse=True)
             conditions["exploding_gradients"] = (
-                "warning", f"gradient norm > 100 in {len(exploding)} LoRA layer(s): {', '.join(exploding[:3])}",
+                "warning", f"gradient norm > {lim.exploding_grad_norm:g} in {len(exploding)} LoRA layer(s), up to "
+                           f"{exploding[0][0]:.3g}: {', '.join(layer for _, layer in exploding[:3])}",
                 "lower train.lr, or clip gradients harder") if exploding else None
             dead = set(lo.dead())
             live = [g for layer, g in lo.grad_norm.items() if layer not in dead]
             conditions["vanishing_gradients"] = (
-                "warning", "every live LoRA layer's gradient norm is below 1e-5",
+                "warning", f"every live LoRA layer's gradient norm is below {lim.vanishing_grad_norm:g} (largest "
+                           f"{max(live, default=0.0):.2g})",
                 "raise train.lr or lora_alpha; check that the loss is taken on some tokens (loss_on)") \
-                if lo.steps >= lo.dead_after and live and max(live) < 1e-5 else None
+                if lo.steps >= lo.dead_after and live and max(live) < lim.vanishing_grad_norm else None
             conditions["dead_layers"] = (
                 "warning", f"{len(dead)} LoRA layer(s) learn nothing: {', '.join(sorted(dead)[:5])}",
                 "these layers get no gradient: are they frozen, or cut off from the loss?") if dead else None
@@ -135,18 +171,19 @@ class Alerts(Collector):
             conditions["gradient_imbalance"] = (
                 "info", f"gradient norms differ {imb:.0f}x between LoRA layers",
                 "usually harmless; if some layers never learn, check target_modules") \
-                if imb and imb > 1000 else None
+                if imb and imb > lim.imbalance_ratio else None
             ratio = lo.update_ratio()
             conditions["lr_too_low"] = (
                 "warning", f"one step moves the adapter by {ratio:.1e} of its size",
                 "raise train.lr: the adapter barely changes") \
-                if ratio is not None and lo.steps > WARMUP_STEPS and ratio < 1e-6 else None
+                if ratio is not None and lo.steps > lim.warmup_steps and ratio < lim.min_update_ratio else None
         if ev is not None and ev.last is not None and ev.last.get("ece") is not None:
             ece = ev.last["ece"]
             conditions["poor_calibration"] = (
-                "warning", f"expected calibration error {ece:.2f} on the fixed eval set (> {self.ece_threshold})",
+                "warning", f"expected calibration error {ece:.2f} on the fixed eval set at step "
+                           f"{ev.last['step']} (> {self.limits.max_ece})",
                 "the model's confidence does not match its accuracy; more data or epochs, or lower lr") \
-                if ece > self.ece_threshold else None
+                if ece > self.limits.max_ece else None
         conditions["regression"] = self._regression()
         self._apply(conditions, step)
 
@@ -188,14 +225,30 @@ class Alerts(Collector):
                 self.active[alert_id] = alert
                 self.fired[alert_id] = self.fired.get(alert_id, 0) + 1
                 self._log("fired", alert, step)
+                self.say(f"alert raised at step {step}: {alert_id} ({severity}) — {message}")
                 if severity == "critical" and self.critical is None:
                     self.critical = alert
-            elif cond is None and alert_id in self.active:
-                self._log("resolved", self.active.pop(alert_id), step)
+            elif cond is not None:  # still holds: the message follows the figures of now
+                self.active[alert_id].severity, self.active[alert_id].message = cond[0], cond[1]
+                self.active[alert_id].recommendation = cond[2]
+            elif alert_id in self.active:
+                alert = self.active.pop(alert_id)
+                self._log("resolved", alert, step)
+                self.say(f"alert resolved at step {step}: {alert_id} (active since step {alert.since_step})")
 
     def _log(self, event: str, alert: Alert, step: int) -> None:
+        """One line of alerts.jsonl; with the best checkpoint's step at the time (the per-example dynamics end
+        the learning part of a regressed run there: daemon/runs/dynamics.learning_window)."""
+        best = self.best.best if self.best is not None else None
         if self.log_path is not None:
-            append_jsonl(self.log_path, {"event": event, "step": step, "time": time.time(), **asdict(alert)})
+            append_jsonl(self.log_path, {"event": event, "step": step, "time": time.time(), **asdict(alert),
+                                         **({"best_step": best["step"]} if best else {})})
+
+    def about(self) -> str:
+        lim = self.limits
+        return (f"loss spike {lim.loss_spike_factor:g}x, divergence {lim.divergence_factor:g}x, gradient spike "
+                f"{lim.grad_spike_factor:g}x, exploding > {lim.exploding_grad_norm:g}, ECE > {lim.max_ece:g}: "
+                "[alerts] in trainctl.toml")
 
     def summary(self) -> dict[str, Any]:
         by_sev = {sev: sum(1 for a in self.active.values() if a.severity == sev) for sev in SEVERITIES}

@@ -97,6 +97,7 @@ class BestCheckpoint(Collector):
         progress = self._better(rec, self.best, margin=MIN_GAIN)
         if self._better(rec, self.best):
             self.best = rec
+            self.say(f"new best checkpoint: checkpoint-{rec['step']} ({self.describe(rec)})")
             control.should_save = True  # the best weights become a checkpoint at this very step
             state.best_global_step = rec["step"]
             state.best_metric = rec["value"]
@@ -111,6 +112,9 @@ class BestCheckpoint(Collector):
         return control
 
     # -- reports ---------------------------------------------------------------------------------------------------
+    def about(self) -> str:
+        return f"by {LABELS[self.metric]}" + (f", patience {self.patience}" if self.patience else "")
+
     def describe(self, rec: dict[str, Any] | None) -> str:
         if rec is None:
             return "—"

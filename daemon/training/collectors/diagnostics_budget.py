@@ -102,6 +102,9 @@ class DiagnosticsBudget(Collector):
         total = self.share / (1 - self.share) * projected
         return total * (0.5 + 0.5 * min(1.0, step / self._max_steps)) - reserve
 
+    def about(self) -> str:
+        return f"diagnostics within {self.share:.0%} of the run" if self.share else "no limit"
+
     @property
     def share_spent(self) -> float | None:
         if self._t0 is None:

@@ -13,7 +13,9 @@ final checks' pass (daemon/training/outputs.py: the final model answers its firs
 runs even where training ended early; a run without them takes these snapshots itself. Under the diagnostics
 budget (collectors/diagnostics_budget.py) a scheduled snapshot that does not fit is left out, or, at the last step,
 taken scored only (`"decoded": false`: no decoding, `model_output` "" where the model would not reproduce the golden
-answer). Step 0 always runs whole. Passes run under the training's autocast precision.
+answer). Step 0 always runs whole. Passes run under the training's autocast precision. With the first snapshot,
+data/evolution_snapshots/<dataset name>/ (the name without the curation timestamp) becomes a link to this run's
+folder, so the latest run of a dataset is always found at the same path.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.atomic import write_json_atomic
+from daemon.runs.snapshots import link_stable_name
 from daemon.training.collectors import Collector
 from daemon.training.probe_pass import ProbePass, TimedByProbePass
 from daemon.training.scoring import BATCH_ROWS
@@ -111,7 +114,16 @@ class EvolutionSnapshots(TimedByProbePass, Collector):
         except Exception as exc:  # a snapshot must never stop training
             self.errors.append(f"step {step}: {type(exc).__name__}: {exc}")
             return None
+        if not self.taken:
+            try:
+                link_stable_name(self.folder)  # data/evolution_snapshots/<dataset>/ -> this run's folder
+            except OSError as exc:  # a missing link must never stop training
+                self.errors.append(f"link to {self.folder.name}: {exc}")
         self.taken.append(step)
+        s = doc["summary"]
+        self.say(f"snapshot at step {step}: {s['correct']} of {s['total_examples']} probe examples right "
+                 f"({s['accuracy']:.0%}), mean loss {s['avg_loss']}" + ("" if doc["decoded"] else " (scored only)")
+                 + f" -> {snapshot_path(self.folder, step).name}")
         return doc
 
     def document(self, step: int, done: PassResult, decode: bool) -> dict[str, Any]:
@@ -136,6 +148,9 @@ class EvolutionSnapshots(TimedByProbePass, Collector):
                 "summary": {"avg_loss": round(sum(sc.loss) / len(sc.loss), 4),
                             "accuracy": round(correct / len(examples), 4), "total_examples": len(examples),
                             "correct": correct, "incorrect": len(examples) - correct}}
+
+    def about(self) -> str:
+        return f"{len(self.rows)} probe examples, into {self.folder}"
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"evolution_snapshots": len(self.taken)} if self.taken else {}

@@ -9,7 +9,9 @@ over 15 equal-width confidence bins of |accuracy - confidence| weighted by the b
 mode without gradients; a failure is recorded and training goes on. Its wall time is reported to the throughput
 collector so the ETA includes it. Under the diagnostics budget (collectors/diagnostics_budget.py) a scheduled
 evaluation that does not fit is left out or scored only (no decoding; exact match = greedy reproduction token for
-token; no flags from it); those at checkpoints and at the last step always run, scored only if they must.
+token, and the flags are decided on that); those at checkpoints and at the last step always run, scored only if they
+must. `accuracy_last_20`/`_50` are over the last 20/50 evaluated examples (the newest evaluation's first), and
+`accuracy_trend` compares the newest exact match with the mean of the three before it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from daemon.training.collectors.throughput import ThroughputCollector
 
 ECE_BINS = 15
+RECENT_EXAMPLES = 50
 
 
 def expected_calibration_error(confidences: list[float], correct: list[bool], bins: int = ECE_BINS) -> float:
@@ -57,12 +60,14 @@ class FixedEval(TimedByProbePass, Collector):
         self.probe_pass = ProbePass("eval", tokenizer, self.messages, self.tools, max_length, max_new_tokens,
                                     loss_on, batch_size, throughput, budget, autocast)
         self.history: deque[dict[str, Any]] = deque(maxlen=50)
+        self.recent: deque[bool] = deque(maxlen=RECENT_EXAMPLES)
+        """Right or wrong, per evaluated example, over the last evaluations (newest last)."""
         self.last: dict[str, Any] | None = None
         self.last_results: list[dict[str, Any]] = []
         """Per example of the last evaluation: prompt, golden, output, loss, matches (for flagged examples)."""
         self.errors: list[str] = []
-        self.listeners: list[Callable[[int, list[dict[str, Any]]], None]] = []
-        """Called as fn(step, results) after each evaluation (e.g. flagged-example storage)."""
+        self.listeners: list[Callable[[int, list[dict[str, Any]], bool], None]] = []
+        """Called as fn(step, results, scored_only) after each evaluation (e.g. flagged-example storage)."""
 
 
     def on_step_end(self, args, state, control, model=None, **kw):
@@ -79,24 +84,27 @@ class FixedEval(TimedByProbePass, Collector):
 
     def evaluate(self, model: Any, step: int, decode: bool = True) -> dict[str, Any] | None:
         """`decode=False`: scored only (the teacher-forced pass; exact match = greedy decoding reproduces the golden
-        answer token for token; no outputs, so no flags)."""
+        answer token for token; no outputs)."""
         try:
             result = self._run(model, step, decode)
         except Exception as exc:  # an evaluation must never stop training
             msg = f"{type(exc).__name__}: {exc}"
             self.errors.append(f"step {step}: {msg}")
-            self._notify(step, [{**self._describe(i), "error": msg} for i in range(len(self.rows))])
+            self._notify(step, [{**self._describe(i), "error": msg} for i in range(len(self.rows))], not decode)
             return None
         self.last = result
         self.history.append(result)
-        if decode:
-            self._notify(step, self.last_results)
+        self.recent.extend(bool(r["matches"]) for r in self.last_results)
+        self.say(f"evaluation at step {step}: exact match {result['exact_match']:.0%} of {result['examples']} "
+                 f"fixed-eval examples, cross-entropy {result['cross_entropy']}"
+                 + (" (scored only)" if not decode else ""))
+        self._notify(step, self.last_results, not decode)
         return result
 
-    def _notify(self, step: int, results: list[dict[str, Any]]) -> None:
+    def _notify(self, step: int, results: list[dict[str, Any]], scored_only: bool) -> None:
         for fn in self.listeners:
             try:
-                fn(step, results)
+                fn(step, results, scored_only)
             except Exception as exc:
                 self.errors.append(f"step {step} listener: {type(exc).__name__}: {exc}")
 
@@ -131,6 +139,9 @@ class FixedEval(TimedByProbePass, Collector):
                 "seconds": round(self.probe_pass.seconds - seconds_before, 3),
                 **({} if decode else {"scored_only": True})}
 
+    def about(self) -> str:
+        return f"{len(self.rows)} examples every {self.eval_steps} steps"
+
     @property
     def trend(self) -> str:
         if len(self.history) < 2:
@@ -141,8 +152,9 @@ class FixedEval(TimedByProbePass, Collector):
         return "improving" if now > base + 0.02 else "degrading" if now < base - 0.02 else "stable"
 
     def _accuracy_last(self, n: int) -> float | None:
-        hist = list(self.history)[-n:]
-        return round(sum(h["exact_match"] for h in hist) / len(hist), 4) if hist else None
+        """Exact match over the last `n` evaluated examples."""
+        last = list(self.recent)[-n:]
+        return round(sum(last) / len(last), 4) if last else None
 
     def summary(self) -> dict[str, Any]:
         if self.last is None:
@@ -150,6 +162,7 @@ class FixedEval(TimedByProbePass, Collector):
         out = {"fixed_eval_em": self.last["exact_match"], "fixed_eval_ce": self.last["cross_entropy"],
                "fixed_eval_ece": self.last["ece"], "fixed_eval_trend": self.trend,
                "fixed_eval_step": self.last["step"], "fixed_eval_examples": self.last["examples"],
+               "accuracy_trend": self.trend,
                "accuracy_last_20": self._accuracy_last(20), "accuracy_last_50": self._accuracy_last(50),
                "evaluations": len(self.history)}
         if self.errors:

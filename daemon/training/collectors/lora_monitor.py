@@ -56,6 +56,9 @@ class LoRAMonitor(Collector):
         self._summary: tuple[int, dict[str, Any]] | None = None  # (self.steps when built, the summary)
         self.steps = 0
 
+    def about(self) -> str:
+        return f"every {self.every} steps"
+
     def on_train_begin(self, args, state, control, model=None, **kw):
         if model is None:
             return
@@ -140,6 +143,10 @@ class LoRAMonitor(Collector):
             return None
         return max(live) / min(live)
 
+    def active_layers(self) -> int:
+        """Layers that learned at the last measurement: a gradient or an update that is not zero."""
+        return sum(1 for layer in self.layers if self.grad_norm.get(layer, 0.0) > 0 or self.update.get(layer, 0.0) > 0)
+
     def update_ratio(self) -> float | None:
         """Mean update magnitude relative to the weights' norm (how far one step moves the adapter)."""
         ratios = [self.update[k] / w for k, w in self.weight_norm.items() if w > 0 and k in self.update]
@@ -161,7 +168,8 @@ class LoRAMonitor(Collector):
             "lora_stats": {layer: {"grad_norm": _r(self.grad_norm[layer]), "update": _r(self.update.get(layer))}
                            for layer in self.layers},
             "lora_summary": {
-                "layers": len(self.layers), "grad_norm_mean": _r(sum(g) / len(g)), "grad_norm_max": _r(max(g)),
+                "layers": len(self.layers), "active_layers": self.active_layers(),
+                "grad_norm_mean": _r(sum(g) / len(g)), "grad_norm_max": _r(max(g)),
                 "grad_norm_min": _r(min(g)), "update_ratio": _r(ratio), "dead": self.dead(),
                 "vanishing": self.vanishing(), "exploding": self.exploding(),
                 "imbalance": _r(imb), "imbalanced": bool(imb and imb > IMBALANCE)},
