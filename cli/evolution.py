@@ -178,15 +178,14 @@ def _whole(dyn: RunDynamics, cls: str | None, sort: str, limit: int) -> None:
     console.print(f"figures from {dyn.epochs_said()}", highlight=False)
     if one:
         never = sum(1 for e in dyn.examples if e.first_right_step is None)
-        console.print(f"[yellow]classes need two or more epochs[/yellow] (would be: easy {counts['easy']}, "
-                      f"ambiguous {counts['ambiguous']}, hard {counts['hard']}); what one epoch can say: "
-                      f"{len(dyn.examples) - never} examples answered right in their pass, {never} not yet",
-                      highlight=False)
+        console.print(f"[yellow]classes need two or more epochs[/yellow]; what one epoch can say: "
+                      f"{len(dyn.examples) - never} examples answered right in their pass, {never} not (those seen "
+                      "late, when the model knew the task, first)", highlight=False)
     else:
         console.print(f"[green]easy {counts['easy']}[/green], [yellow]ambiguous {counts['ambiguous']}[/yellow], "
                       f"[red]hard {counts['hard']}[/red]; forgotten at least once {forgot}; "
                       f"[bold red]suspected label errors {len(suspects)}[/bold red]", highlight=False)
-    if dyn.suspects_note:
+    if dyn.suspects_note and not (one and not dyn.window_reason):  # (one epoch: said just above)
         console.print(f"no suspected label errors reported: {dyn.suspects_note}", highlight=False)
     rows = [e for e in dyn.sorted(sort) if cls is None or e.cls == cls]
     t = Table(title=f"examples by {sort}, most worth a look first" + (f" — class {cls}" if cls else ""))

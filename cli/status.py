@@ -161,8 +161,10 @@ def render(s: dict[str, Any]) -> Group:
                               f"{_num(ls.get('grad_norm_max'), '{:.2e}')}  update/weight "
                               f"{_num(ls.get('update_ratio'), '{:.1e}')}  " + ("  ".join(flags) or "[green]ok[/green]"))
         if t.get("flagged_count") is not None:
-            g.add_row("flagged", f"{t['flagged_count']} open flags ({t.get('flagged_this_run', 0)} this run) — "
-                                 "`trainctl flags`")
+            g.add_row("flagged", f"{t['flagged_count']} open flags: the model's current mistakes "
+                                 f"({t.get('flagged_this_run', 0)} raised this run, "
+                                 f"{t.get('flags_resolved_this_run', 0)} resolved) — "
+                                 f"`trainctl flags --job {t.get('job_id')}`")
         if t.get("best_step") is not None:
             best = t.get("best") or {}
             value = t.get("best_value")

@@ -309,9 +309,15 @@ def test_pages_in_a_browser_while_a_real_job_trains(home, daemons):
                                 timeout=20_000)
             p.wait_for_function("() => document.getElementById('jobs').innerText.includes('done')", timeout=30_000)
 
-            # Flagged examples: the filter changes the rows; resolving persists to the flags file
+            # Flagged examples: the job's open flags are its last evaluation's mistakes (the rest resolved as
+            # the model learned them); the filter changes the rows; resolving persists to the flags file
             store = FlagStore(h.flagged_file)
+            status = json.loads(Home(home).training_status.read_text())
+            wrong = round((1 - status["fixed_eval_em"]) * status["fixed_eval_examples"])
+            assert len(store.query("mismatch", job=1)) == wrong and store.stats(job=1)["total"] > wrong
             store.add([{"reason": "manual", "prompt": XSS, "golden": "the right answer", "output": "the wrong answer",
+                        "file": "demo.jsonl"},
+                       {"reason": "high_loss", "prompt": "q", "golden": "a", "output": "a", "loss": 4.2,
                         "file": "demo.jsonl"}])
             p.goto(url.rstrip("/") + "/flags")
             p.wait_for_selector("#flag-list table")

@@ -149,7 +149,10 @@ class HfModel:
         if self.peft is None:
             from peft import PeftModel
 
-            self.peft = PeftModel.from_pretrained(self.net, str(adapter), adapter_name=name).eval()
+            from daemon.models.library_names import quiet_peft_wrap
+
+            with quiet_peft_wrap():
+                self.peft = PeftModel.from_pretrained(self.net, str(adapter), adapter_name=name).eval()
         elif name not in self.peft.peft_config:
             self.peft.load_adapter(str(adapter), adapter_name=name)
         self.peft.set_adapter(name)

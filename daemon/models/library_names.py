@@ -7,7 +7,11 @@ CPU pin is below 5.20, GPU installs take the newest), so it asks the installed v
 it knows:
 
 - `TrainingArguments.gradient_checkpointing(_kwargs)` became `activation_checkpointing(_kwargs)`;
-- the decoder's `past_key_values` argument became `cache`.
+- the decoder's `past_key_values` argument and output field became `cache`.
+
+peft (0.21) still reads `model.is_gradient_checkpointing` as it wraps a model, which transformers
+5.20+ answers with a FutureWarning about its own rename; `quiet_peft_wrap` silences that one
+message, and only there.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -53,3 +60,20 @@ def _cache_name(cls: Any) -> str:
     except (TypeError, ValueError):
         return "past_key_values"
     return "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
+
+
+def cache_of(output: Any) -> Any:
+    """The key/value cache a forward call returned, under either name."""
+    fields = getattr(type(output), "__dataclass_fields__", {})
+    return output.cache if "cache" in fields else output.past_key_values
+
+
+@contextmanager
+def quiet_peft_wrap() -> Iterator[None]:
+    """Around peft's wrapping of a model: its read of the renamed `is_gradient_checkpointing` warns
+    about transformers' rename, which nobody using trainctl can act on. Only that message is
+    silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated",
+                                category=FutureWarning)
+        yield

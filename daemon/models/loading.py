@@ -278,7 +278,10 @@ def load_model(model: str, models_dir: Path, device: str = "auto", dtype: str = 
 def load_adapter(base_model: Any, adapter_dir: Path) -> Any:
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base_model, str(adapter_dir))
+    from daemon.models.library_names import quiet_peft_wrap
+
+    with quiet_peft_wrap():
+        return PeftModel.from_pretrained(base_model, str(adapter_dir))
 
 
 def default_lr(model: str) -> float:

@@ -15,7 +15,8 @@ probability over epochs; variability = its standard deviation; AUM = mean margin
 epochs after the first when there are several (during the first the model is still learning the task, so an
 example's figure says mostly how early in the epoch it came: on SmolLM2, 2 epochs, 10% planted wrong answers, the
 lowest-confidence 15% held 80% of the planted over both epochs, 100% over the second). Correctness = share of epochs
-in which every golden token was the argmax; forgetting events = epochs correct followed by one not (all epochs). The
+in which every golden token was the argmax; forgetting events = epochs correct followed by one not (both over every
+used epoch, the first included). The
 classes use the thresholds of daemon/runs/snapshots.py (easy: confidence >= 0.6; hard: confidence < 0.3 and variability
 < 0.2; ambiguous: the rest).
 
@@ -123,8 +124,8 @@ class ExampleDynamics:
 
     @property
     def right(self) -> list[bool]:
-        """Per epoch: every golden token was the argmax (greedy decoding would have written the answer)."""
-        return [c >= 1.0 - 1e-6 for c in self.correct]
+        """Per used epoch: every golden token was the argmax (greedy decoding would have written the answer)."""
+        return [c >= 1.0 - 1e-6 for e, c in zip(self.epochs, self.correct) if self.used is None or e in self.used]
 
     @property
     def correctness(self) -> float:
@@ -187,9 +188,9 @@ class RunDynamics:
             return "no whole epoch yet: the figures are over the passes so far"
         later = [e + 1 for e in self.epochs_used if e > 0]
         if not later:
-            return (f"epoch 1 of {self.epochs} only: the classes need two or more epochs (in the first an "
-                    "example's figures say mostly how early in the epoch it came); `first right` is the step at "
-                    "which its training pass was first answered right")
+            return (f"epoch 1 of {self.epochs} only (in the first epoch an example's figures say mostly how "
+                    "early in the epoch it came); `first right` is the step at which its training pass was "
+                    "first answered right")
         span = f"epoch {later[0]}" if len(later) == 1 else f"epochs {later[0]}-{later[-1]}"
         said = f"{span} of {self.epochs} (the first is left out: the model is still learning the task then)"
         if len(later) == 1:
@@ -206,7 +207,7 @@ class RunDynamics:
 
     def sorted(self, by: str = "aum") -> list[ExampleDynamics]:
         """Most worth a look first: lowest AUM or confidence, most forgetting events, highest variability, latest
-        first answered right (never first)."""
+        first answered right (never first, and of those the latest seen: wrong when the model knew the task)."""
         if by not in SORTS:
             raise TrainctlError(f"unknown sort {by!r} — use one of {', '.join(SORTS)}")
         never = 1 << 30
@@ -214,7 +215,7 @@ class RunDynamics:
                "forgetting": lambda e: (-e.forgetting_events, e.confidence),
                "variability": lambda e: (-e.variability, e.confidence),
                "first_right": lambda e: (-(e.first_right_step if e.first_right_step is not None else never),
-                                         e.first_seen_step or 0)}[by]
+                                         -(e.first_seen_step or 0))}[by]
         return sorted(self.examples, key=key)
 
 

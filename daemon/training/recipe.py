@@ -28,7 +28,7 @@ from daemon.atomic import write_json_atomic
 from daemon.config import BUILTIN_TINY, Settings, TrainConfig
 from daemon.errors import TrainingError
 from daemon.home import Home
-from daemon.models.library_names import checkpointing_args
+from daemon.models.library_names import checkpointing_args, quiet_peft_wrap
 from daemon.training.outputs import final_checks, flag_suspects, save_adapter, save_best_adapter
 from daemon.training.ranks import is_main, world_size
 from daemon.training.wiring import Collectors, build_collectors
@@ -134,7 +134,8 @@ def build_model(ctx: RunContext) -> PeftModel:
         task_type="CAUSAL_LM",
         modules_to_save=head,
     )
-    return get_peft_model(base, lora)
+    with quiet_peft_wrap():  # peft reads a renamed transformers property (daemon/models/library_names.py)
+        return get_peft_model(base, lora)
 
 
 def training_args(

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.models.library_names import cache_argument
+from daemon.models.library_names import cache_argument, cache_of
 from daemon.training.labelled_head import labelled_logits, split_head
 
 BATCH_ROWS = 128
@@ -156,7 +156,7 @@ def _forward(model: Any, ids: Any, attn: Any, targets: Any, prefix: int, use_cac
     if prefix:
         fill = parts[0] if parts is not None else model  # the decoder alone: no logits at all
         one = {"logits_to_keep": 1} if parts is None and _keeps_logits(model) else {}
-        cache = fill(input_ids=ids[:1, :prefix], use_cache=True, **one).past_key_values  # [1, heads, prefix, dim]
+        cache = cache_of(fill(input_ids=ids[:1, :prefix], use_cache=True, **one))  # [1, heads, prefix, dim]
         if hasattr(cache, "batch_repeat_interleave"):
             cache.batch_repeat_interleave(ids.shape[0])
             # Positions continue from the cache's length; right padding keeps each row's tokens at their positions.
@@ -168,15 +168,15 @@ def _pass(model: Any, parts: Any, ids: Any, attn: Any, keep: Any, cache: Any, us
     """One forward call over `ids` [b, t'] whose labelled positions are `keep` [b, t'] -> (logits [K, vocab], cache)."""
     inputs = {"input_ids": ids, "attention_mask": attn, "use_cache": use_cache}
     if cache is not None:
-        inputs["past_key_values"] = cache
+        inputs[cache_argument(model)] = cache  # past_key_values, or cache where transformers renamed it
     if parts is not None:
         logits, out = labelled_logits(parts, inputs, keep)
-        return logits, out.past_key_values
+        return logits, cache_of(out)
     cols = keep.any(0).nonzero()
     first = int(cols[0]) if len(cols) else ids.shape[1] - 1
     trim = {"logits_to_keep": ids.shape[1] - first} if first and _keeps_logits(model) else {}
     out = model(**inputs, **trim)
-    return out.logits[keep[:, ids.shape[1] - out.logits.shape[1]:]], out.past_key_values
+    return out.logits[keep[:, ids.shape[1] - out.logits.shape[1]:]], cache_of(out)
 
 
 def answer(model: Any, tok: Any, probe: Probe, max_new_tokens: int, batch_size: int,
