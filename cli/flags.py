@@ -75,7 +75,7 @@ def flags_list(ctx: typer.Context,
                   dash(f.get("step")), dash(f.get("loss"), "{:.3f}"), dash(f.get("file")),
                   cut(f.get("prompt", "")), cut(readable(f.get("golden", ""))),
                   f"[{colour}]{cut(output)}[/{colour}]", (f.get("timestamp") or "")[:19],
-                  cut(f.get("notes", ""), 40))
+                  cut(f.get("notes") or f.get("change") or "", 40))
     console.print(t)
     texts = (str(f.get(k) or "") for f in rows for k in ("prompt", "golden", "output"))
     if not full and any(len(" ".join(text.split())) > 60 for text in texts):
@@ -157,6 +157,6 @@ def flags_trend(job: Optional[int] = typer.Option(None, "--job", help="Only this
         t.add_column(col)
     for row in trend:
         wrong = sum(row.get(r, 0) for r in TREND_REASONS)
-        t.add_row(str(row["job"]), str(row["step"]), str(wrong), bar(wrong, top, 30),
+        t.add_row(str(row["job"]), str(row["step"]), str(wrong), bar(wrong, top, 20),
                   *(str(row.get(r, 0)) for r in TREND_REASONS), str(row.get("resolved", 0)))
     console.print(t)

@@ -69,7 +69,7 @@ def test_demo_job_learns_and_leaves_adapter_config_and_metrics(home):
     assert all(f["file"] == st["dataset"] and f["job"] == 1 for f in flags)
     still_wrong = round((1 - st["fixed_eval_em"]) * st["fixed_eval_examples"])
     assert st["flagged_count"] == sum(not f["resolved"] for f in flags) >= still_wrong
-    assert all(f["resolved_by"] == "auto" and "right again at step" in f["notes"] for f in flags if f["resolved"])
+    assert all(f["resolved_by"] == "auto" and "right again at step" in f["change"] for f in flags if f["resolved"])
     # The job's adapter and its base model on the job's held-out test split, then compared side by side.
     for extra in ([], ["--base"]):
         r = runner.invoke(app, ["bench", "run", "--home", str(home), "--job", "1", "--max-tokens", "64", *extra])

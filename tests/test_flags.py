@@ -39,13 +39,13 @@ def test_one_flag_per_job_and_example_tracks_the_current_model(tmp_path):
     flags = {f["prompt"]: f for f in store.load()}
     assert len(flags) == 4 and flags["q2"]["step"] == 20 and [h["step"] for h in flags["q2"]["history"]] == [10, 20]
     assert flags["q1"]["resolved"] and flags["q1"]["resolved_by"] == "auto" and "right again at step 20" in \
-        flags["q1"]["notes"]
+        flags["q1"]["change"]
     # A scored-only evaluation decides too; wrong again reopens an automatically resolved flag
     done = store.evaluation(1, 30, [{**r, "output": ""} for r in _results(4, wrong={1, 2})], "ds", 100,
                             scored_only=True)
     assert done["open"] == 2 and not store.load()[0]["resolved"]
     q1 = next(f for f in store.load() if f["prompt"] == "q1")
-    assert not q1["resolved"] and q1["scored_only"] and "wrong again at step 30" in q1["notes"]
+    assert not q1["resolved"] and q1["scored_only"] and "wrong again at step 30" in q1["change"]
     # A flag resolved by hand stays resolved; another job's flags are its own
     store.resolve(q1["id"], "label checked")
     store.evaluation(1, 40, _results(4, wrong={1}), "ds", 100)

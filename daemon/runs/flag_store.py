@@ -13,7 +13,8 @@ flag, are never reopened or changed by automation.
 
 A flag: id, job, example (the record's id, else its line), step, file, reason (mismatch | high_loss |
 suspect_label | error | manual) and `reasons` (all that held), loss, matches, prompt, golden, output, timestamp,
-notes, resolved, resolved_by (auto | user), history; from training also the prompt turns (`messages`), the golden
+notes (the user's), resolved, resolved_by (auto | user), change (what automation last did: "right again at
+step N", "wrong again at step N"), history; from training also the prompt turns (`messages`), the golden
 turn as a row (`answer`, with its reasoning and calls) and the record's `tools`, so that `flags export` writes the
 example back whole. `suspect_label` flags come at the end of training from the per-example dynamics
 (daemon/runs/dynamics.py), with their figures under `dynamics`.
@@ -168,7 +169,7 @@ class FlagStore:
                         _remember(flag, entry)
                         flag.update(resolved=True, resolved_by="auto", resolved_at=time.time(), resolved_step=step,
                                     matches=True, step=step, loss=r.get("loss"),
-                                    notes=_add_note(flag.get("notes"), f"right again at step {step}"))
+                                    change=f"right again at step {step}")
                         counts["resolved"] += 1
                     continue
                 latest = {"step": step, "reason": reasons[0], "reasons": reasons, "loss": r.get("loss"),
@@ -181,8 +182,7 @@ class FlagStore:
                     counts["added"] += 1
                 else:
                     if flag.get("resolved"):
-                        flag.update(resolved=False, resolved_by=None,
-                                    notes=_add_note(flag.get("notes"), f"wrong again at step {step}"))
+                        flag.update(resolved=False, resolved_by=None, change=f"wrong again at step {step}")
                     flag.update(latest)
                     counts["updated"] += 1
                 _remember(flag, entry)

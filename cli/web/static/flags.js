@@ -37,7 +37,7 @@
         (s.avg_loss !== null ? `; average loss of open flags ${T.fmt(s.avg_loss, 3)}` : "");
       T.clear(list, doc.flags.length ? T.table(["id", "reason", "step", "loss", "file", "prompt", "golden", "model output", "notes", ""],
         doc.flags, (f) => [String(f.id), f.reason, T.fmt(f.step), T.fmt(f.loss, 3), f.file || "—", T.textCell(f.prompt),
-          T.textCell(f.golden), T.diffCell(f.golden, f.output), T.textCell(f.notes),
+          T.textCell(f.golden), T.diffCell(f.golden, f.output), T.textCell([f.notes, f.change].filter(Boolean).join(" — ")),
           el("td", {}, el("input", { type: "text", id: `notes-${f.id}`, placeholder: "notes" }),
             f.resolved ? el("span", { class: "ok", text: " resolved" })
               : el("button", { class: "primary resolve", "data-id": f.id, text: "resolve", onclick: () => act(f, true) }),
