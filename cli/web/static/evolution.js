@@ -80,10 +80,15 @@
       } else T.clear(curveBox, el("p", { class: "muted", text: "no probe snapshots (train.evolution_examples)" }));
       drawScatter(examples);
       const rows = examples.length ? examples : doc.probe_examples || [];
-      T.clear(list, T.table(["example", "class", "confidence", "variability", "forgetting", "AUM", "suspect"], rows.slice(0, 500),
-        (e) => [el("a", { href: "#", text: e.example_id, onclick: (ev) => { ev.preventDefault(); showExample(e.example_id); } }),
-          el("span", { class: "pill " + e.class, text: e.class }), T.fmt(e.confidence, 3), T.fmt(e.variability, 3),
-          T.fmt(e.forgetting_events), T.fmt(e.aum, 2), e.suspect_label ? "yes" : ""]));
+      const link = (e) => el("a", { href: "#", text: e.example_id, onclick: (ev) => { ev.preventDefault(); showExample(e.example_id); } });
+      const step = (s) => (s === null || s === undefined ? "never" : `step ${s}`);
+      // One epoch: the classes say nothing yet; when each example was first answered right does
+      T.clear(list, oneEpoch && examples.length
+        ? T.table(["example", "seen at", "first right", "confidence", "AUM"], rows.slice(0, 500),
+          (e) => [link(e), step(e.first_seen_step), step(e.first_right_step), T.fmt(e.confidence, 3), T.fmt(e.aum, 2)])
+        : T.table(["example", "class", "confidence", "variability", "forgetting", "AUM", "suspect"], rows.slice(0, 500),
+          (e) => [link(e), el("span", { class: "pill " + e.class, text: e.class }), T.fmt(e.confidence, 3), T.fmt(e.variability, 3),
+            T.fmt(e.forgetting_events), T.fmt(e.aum, 2), e.suspect_label ? "yes" : ""]));
       T.showError("");
     } catch (e) { T.showError(e.message); }
   }
