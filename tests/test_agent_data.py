@@ -341,3 +341,53 @@ def test_a_tool_use_file_trains_end_to_end_on_the_real_model(real_home, tmp_path
     assert len(made) >= 2, choices
     assert all(reason == "tool_calls" and fn["name"] == "get_time" and json.loads(fn["arguments"])["city"]
                for reason, fn in made)
+
+
+LAYOUTS = {  # sample file -> (layout, {line: why rejected})
+    "examples/agent_llamafactory_v1.jsonl": ("llamafactory_v1", {241: "bad_tool_call", 242: "unknown_tool"}),
+    "examples/agent_hermes.jsonl": ("hermes", {31: "unknown_tool"}),
+    "examples/agent_xlam.jsonl": ("xlam", {31: "bad_tool_call"}),
+    "examples/agent_think.jsonl": ("prompt_completion", {}),
+}
+
+
+@pytest.mark.parametrize("path", sorted(LAYOUTS))
+def test_each_published_layout_curates_and_its_calls_and_reasoning_reach_the_tokens(home, tmp_path, path):
+    from daemon.chat.render import encode_messages
+    from tests.helpers import ROOT
+
+    layout, broken = LAYOUTS[path]
+    records = [json.loads(x) for x in (ROOT / path).read_text().splitlines()]
+    assert {normalise(r, i).fmt for i, r in enumerate(records, 1) if i not in broken} == {layout}
+    tok = _tiny_tok(home)
+    result, rows, rejected = _curate(tmp_path, records, tok)
+    reasons = {r["line"]: r["rejection_details"].get("detail", r["rejection_reason"]) for r in rejected}
+    assert reasons == broken, [(r["line"], r["rejection_details"]) for r in rejected]
+    assert len(rows) == len(records) - len(broken)
+    calls = [c for r in rows for m in r["messages"] for c in m.get("tool_calls", [])]
+    thoughts = [m["reasoning"] for r in rows for m in r["messages"] if m.get("reasoning")]
+    if layout == "prompt_completion":  # inline <think> became the reasoning field, not the answer's text
+        assert len(thoughts) == len(rows) and all("<think>" not in r["messages"][-1]["content"] for r in rows)
+    else:
+        assert all(r["tools"] for r in rows) and len(calls) >= len(rows)
+        assert all(isinstance(c["function"]["arguments"], dict) for c in calls)
+    if layout == "llamafactory_v1":
+        assert len(thoughts) >= len(rows) and any(len(m.get("tool_calls", [])) == 2 for r in rows
+                                                  for m in r["messages"])
+    if layout == "hermes":  # the blocks became structure: no tag is left in the text
+        text = " ".join(m["content"] for r in rows for m in r["messages"] if m["role"] != "system")
+        assert not any(tag in text for tag in ("<tools>", "<tool_call>", "<tool_response>"))
+        assert rows[2]["messages"][2]["tool_calls"][0]["function"]["arguments"]["city"]  # single quotes read
+        assert all("function signatures" in r["messages"][0]["content"] and '"name": "get_weather"' not in
+                   r["messages"][0]["content"] for r in rows)  # the instruction stays; the definitions are `tools`
+    # In the rendered training text: the calls and the reasoning, and the labels on them
+    row = rows[0]
+    enc = encode_messages(tok, messages_of(row), 4096, tools=tools_of(row))
+    text, trained = tok.decode(enc.input_ids), _labelled_text(tok, enc)
+    for m in row["messages"]:
+        for c in m.get("tool_calls", []):
+            written = json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]},
+                                 ensure_ascii=False)
+            assert written in text and written in trained
+        if m.get("reasoning"):
+            assert m["reasoning"] in text and m["reasoning"] in trained

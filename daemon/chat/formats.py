@@ -5,11 +5,24 @@ that none recognises is `unknown_format`. Metadata fields (`id`, `domain`, `sour
 Tool definitions, tool calls, tool results and reasoning keep their structure (daemon/chat/messages.py); a call
 that cannot be read (no name, arguments that are not a JSON object) is `bad_tool_call`, tools that are not a list of
 named functions `bad_tools`.
+
+The agent layouts people publish, each recognised by its shape (`Example.fmt` names it):
+- `llamafactory_v1`: messages whose content is a list of `{"type": "text" | "reasoning" | "tool_call", "value"}`
+  parts, a call's value a JSON string (or an object) `{"name", "arguments"}`, or a list of them;
+- `hermes` (NousResearch function calling): ShareGPT turns, the system turn's `<tools> … </tools>` the tool
+  definitions, `<tool_call>{…}</tool_call>` blocks in `gpt` turns the calls (JSON, or a Python dict with single
+  quotes, which this layout is known to write), `<tool_response>` in `tool` turns the results;
+- `xlam` (Salesforce APIGen): `query`, `tools` and `answers` (JSON strings): a one-turn record whose answer is the
+  calls.
+An assistant text that opens with `<think>…</think>` (DeepSeek-R1-style distillations) has it moved to the
+reasoning field, in any format.
 """
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,7 +153,14 @@ def _reasoning(m: dict[str, Any]) -> str:
 
 def _part_text(v: Any) -> str:
     parts = v if isinstance(v, list) else [v]
-    return "".join(str(p.get("text", p.get("reasoning", p.get("thinking", "")))) for p in parts if isinstance(p, dict))
+    return "".join(str(p.get("text", p.get("reasoning", p.get("thinking", p.get("value", ""))))) for p in parts
+                   if isinstance(p, dict))
+
+
+def _value_calls(part: dict[str, Any], where: str) -> list[ToolCall]:
+    """A LLaMA-Factory v1 `tool_call` part: its `value` is one call or a list of them, as JSON text or objects."""
+    value = _json(part["value"], f"{where}: the tool call", "bad_tool_call")
+    return [tool_call(c, where) for c in (value if isinstance(value, list) else [value])]
 
 
 def _parts(content: Any, where: str) -> tuple[str, str, list[ToolCall]]:
@@ -153,7 +173,10 @@ def _parts(content: Any, where: str) -> tuple[str, str, list[ToolCall]]:
         if kind in _REASONING_PARTS:
             reasoning.append(_part_text(part))
         elif kind in ("tool_call", "function_call", "tool_use"):
-            calls.append(tool_call(part, where))
+            if isinstance(part, dict) and "value" in part and "name" not in part and "function" not in part:
+                calls += _value_calls(part, where)
+            else:
+                calls.append(tool_call(part, where))
         else:
             text.append(_text([part]))
     return "".join(text), "\n".join(r for r in reasoning if r), calls
@@ -259,12 +282,112 @@ def from_text(rec: dict[str, Any]) -> list[Message] | None:
     return [Message("assistant", rec["text"], train=True)]
 
 
+# Non-empty blocks only: the layout's system prompt also names the tags ("within <tools></tools> XML tags")
+_HERMES_TOOLS = re.compile(r"<tools>(?!\s*</tools>)(.*?)</tools>", re.S)
+_HERMES_CALL = re.compile(r"<tool_call>(?!\s*</tool_call>)(.*?)</tool_call>", re.S)
+_HERMES_RESPONSE = re.compile(r"^\s*<tool_response>(.*?)</tool_response>\s*$", re.S)
+_THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.S)
+
+
+def _lenient_json(text: str, what: str, detail: str) -> Any:
+    """JSON, or a Python literal (single-quoted dicts): the Hermes layout writes both."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise FormatError(detail, f"{what}: neither JSON nor a Python literal") from None
+
+
+def _hermes_tools(text: str) -> list[Any]:
+    """The definitions inside `<tools>`: a JSON list, or one object per line (the layout writes either)."""
+    body = text.strip()
+    if not body:
+        return []
+    try:
+        found = _lenient_json(body, "the <tools> block", "bad_tools")
+        return found if isinstance(found, list) else [found]
+    except FormatError:
+        return [_lenient_json(line, "a tool in the <tools> block", "bad_tools")
+                for line in body.splitlines() if line.strip()]
+
+
+def _is_hermes(rec: dict[str, Any]) -> bool:
+    conv = rec.get("conversations")
+    return isinstance(conv, list) and any(
+        isinstance(t, dict) and isinstance(t.get("value"), str) and ("<tools>" in t["value"] or "<tool_call>" in
+                                                                      t["value"]) for t in conv)
+
+
+def from_hermes(rec: dict[str, Any]) -> list[Message] | None:
+    """NousResearch's function-calling layout (module docstring); None when the record does not use it."""
+    if not _is_hermes(rec):
+        return None
+    msgs = from_sharegpt({k: v for k, v in rec.items() if k != "tools"})
+    assert msgs is not None  # _is_hermes: it has conversations
+    for n, m in enumerate(msgs, 1):
+        if m.role == "system":
+            m.content = _HERMES_TOOLS.sub("", m.content).strip()
+        elif m.role == "assistant" and _HERMES_CALL.search(m.content):
+            where = f"turn {n}"
+            for block in _HERMES_CALL.findall(m.content):
+                found = _lenient_json(block.strip(), f"{where}: a <tool_call> block", "bad_tool_call")
+                m.tool_calls.extend(tool_call(c, where) for c in (found if isinstance(found, list) else [found]))
+            m.content = _HERMES_CALL.sub("", m.content).strip()
+        elif m.role == "tool":
+            response = _HERMES_RESPONSE.match(m.content)
+            if response:
+                m.content = response.group(1).strip()
+    return msgs
+
+
+def hermes_tool_definitions(rec: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The tools a Hermes record defines in its system turn (or its own `tools` field)."""
+    found: list[Any] = []
+    for t in rec.get("conversations") or []:
+        if isinstance(t, dict) and t.get("from") == "system" and isinstance(t.get("value"), str):
+            for block in _HERMES_TOOLS.findall(t["value"]):
+                found += _hermes_tools(block)
+    return tool_definitions(found) if found else tool_definitions(rec.get("tools"))
+
+
+def from_xlam(rec: dict[str, Any]) -> list[Message] | None:
+    """Salesforce xLAM / APIGen: the query, and the calls that answer it."""
+    if "query" not in rec or "answers" not in rec:
+        return None
+    answers = _json(rec["answers"], "answers", "bad_tool_call")
+    if not isinstance(answers, list):
+        raise FormatError("bad_tool_call", "answers: not a list of calls")
+    calls = [tool_call(c, f"answer {n}") for n, c in enumerate(answers, 1)]
+    return [Message("user", _text(rec["query"])), Message("assistant", "", tool_calls=calls)]
+
+
+def split_inline_reasoning(msgs: list[Message]) -> None:
+    """An assistant text that opens with `<think>…</think>` and has no reasoning field: the block becomes it."""
+    for m in msgs:
+        if m.role == "assistant" and not m.reasoning and m.content.lstrip().startswith("<think>"):
+            found = _THINK.match(m.content)
+            if found:
+                m.reasoning, m.content = found.group(1).strip(), m.content[found.end():]
+
+
+def _uses_value_parts(rec: dict[str, Any]) -> bool:
+    msgs = rec.get("messages")
+    return isinstance(msgs, list) and any(
+        isinstance(m, dict) and isinstance(m.get("content"), list)
+        and any(isinstance(p, dict) and "value" in p for p in m["content"]) for m in msgs)
+
+
 TOOL_FIELDS = ("tools", "functions")
 """Record fields holding tool definitions (any format): OpenAI `tools`, the older `functions`, ShareGPT's string."""
 
 FORMATS: list[tuple[str, Callable[[dict[str, Any]], list[Message] | None], tuple[str, ...]]] = [
     ("openai", from_openai, ("messages",)),
+    ("hermes", from_hermes, ("conversations", "system")),
     ("sharegpt", from_sharegpt, ("conversations", "system")),
+    ("xlam", from_xlam, ("query", "answers")),
     ("alpaca", from_alpaca, ("instruction", "input", "output", "system", "history")),
     ("prompt_completion", from_prompt_completion, ("prompt", "completion")),
     ("text", from_text, ("text",)),
@@ -278,7 +401,11 @@ def normalise(rec: Any, line: int) -> Example | None:
     for name, fn, consumed in FORMATS:
         msgs = fn(rec)
         if msgs is not None:
-            tools = tool_definitions(rec.get("tools", rec.get("functions")))
+            tools = hermes_tool_definitions(rec) if name == "hermes" else \
+                tool_definitions(rec.get("tools", rec.get("functions")))
+            if name != "text":  # plain text trains as it is
+                split_inline_reasoning(msgs)
             meta = {k: v for k, v in rec.items() if k not in consumed and k not in TOOL_FIELDS and k != "line"}
-            return Example(messages=msgs, fmt=name, line=line, raw=rec, meta=meta, tools=tools)
+            layout = "llamafactory_v1" if name == "openai" and _uses_value_parts(rec) else name
+            return Example(messages=msgs, fmt=layout, line=line, raw=rec, meta=meta, tools=tools)
     return None
