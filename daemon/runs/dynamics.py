@@ -24,8 +24,9 @@ classes use the thresholds of daemon/runs/snapshots.py (easy: confidence >= 0.6;
 epochs the model trained while it was learning. A run that went bad is cut before the first divergence alert
 (`nan_loss`, `lr_too_high`, `exploding_gradients`; from the loss or gradient spike that began it, if one was
 active) and, after a `regression` alert, at the best checkpoint's step (from alerts.jsonl). Without such an alert it
-is the whole run. When fewer than two whole epochs remain, or the training loss did not fall in them (the model
-never learned the task), no suspects are reported and `suspects_note` says why, instead of a guess.
+is the whole run. When fewer than two whole epochs remain, or the model did not learn the task in them (its training
+loss fell by less than a fifth and it answers fewer than half the examples right), no suspects are reported
+and `suspects_note` says why, instead of a guess.
 
 **Suspected label errors**: an example is `suspect_label` when it is a low outlier of this dataset on both
 confidence and AUM: below the median minus 3 scaled median absolute deviations, each. Both are accumulated over
@@ -69,7 +70,9 @@ BAD_ALERTS = ("nan_loss", "lr_too_high", "exploding_gradients")
 SPIKES = ("loss_spike", "grad_spike")
 """Alerts that often open a divergence: when one is active as a divergence alert fires, the cut starts there."""
 LEARNED_LOSS_DROP = 0.8
-"""The run learned when the last used epoch's mean training loss is below this share of the first's."""
+"""The run learned when the last used epoch's mean training loss is below this share of the first's ..."""
+LEARNED_RIGHT = 0.5
+"""... or when at least this share of the examples is answered right in it (the model knew the task already)."""
 WHOLE_EPOCH = 0.95
 """An epoch is whole when at least this share of the examples have a pass in it (several processes may drop a
 last uneven batch)."""
@@ -313,13 +316,16 @@ def _whole_epochs(records: list[tuple], end: int | None, examples: int) -> list[
     return sorted(e for e in last_step if (end is None or last_step[e] <= end) and len(members[e]) >= need)
 
 
-def _learned(examples: list[ExampleDynamics], first: int, last: int) -> tuple[bool, float, float]:
-    """Whether the mean training loss fell enough from epoch `first` to epoch `last`, and the two means."""
-    def mean_loss(epoch: int) -> float:
-        values = [lo for e in examples for ep, lo in zip(e.epochs, e.loss) if ep == epoch]
-        return statistics.fmean(values) if values else 0.0
-    before, after = mean_loss(first), mean_loss(last)
-    return after < LEARNED_LOSS_DROP * before, before, after
+def _learned(examples: list[ExampleDynamics], first: int, last: int) -> tuple[bool, str]:
+    """Whether the model learned the task over epochs `first`..`last`: its mean training loss fell by a fifth, or it
+    answers most examples right in the last (a model that knew the task already); and the figures, in words."""
+    def mean_of(epoch: int, values: Any) -> float:
+        found = [v for e in examples for ep, v in zip(e.epochs, values(e)) if ep == epoch]
+        return statistics.fmean(found) if found else 0.0
+    before, after = mean_of(first, lambda e: e.loss), mean_of(last, lambda e: e.loss)
+    right = mean_of(last, lambda e: [c >= 1.0 - 1e-6 for c in e.correct])
+    said = f"mean training loss {before:.3f} -> {after:.3f}, {right:.0%} answered right in epoch {last + 1}"
+    return after < LEARNED_LOSS_DROP * before or right >= LEARNED_RIGHT, said
 
 
 def load(run_dir: Path) -> RunDynamics:
@@ -337,10 +343,10 @@ def load(run_dir: Path) -> RunDynamics:
                      "how early in the epoch it came")
     examples = aggregate(records, rows, tuple(used) if used else None, suspects=False)
     if not note:
-        learned, before, after = _learned(examples, used[0], used[-1])
+        learned, said = _learned(examples, used[0], used[-1])
         if not learned:
-            note = (f"the model did not learn the task over epochs {used[0] + 1}-{used[-1] + 1} (mean training "
-                    f"loss {before:.3f} -> {after:.3f}): low figures say nothing about the labels then")
+            note = (f"the model did not learn the task over epochs {used[0] + 1}-{used[-1] + 1} ({said}): low "
+                    "figures say nothing about the labels then")
         else:
             mark_suspects(examples)
     return RunDynamics(run_dir, header.get("dataset", run_dir.name), examples, max(r[2] for r in records),

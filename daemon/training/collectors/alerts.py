@@ -73,7 +73,7 @@ class Alerts(Collector):
         self.log_path = log_path
         self.limits = limits or AlertsConfig()
         self.grad_level: float | None = None
-        """The running level (EMA) of the gradient norm, spikes left out."""
+        """The running level (EMA) of the gradient norm, spikes counted a tenth."""
         self.grad_norms = 0
         self.active: dict[str, Alert] = {}
         self.fired: dict[str, int] = {}  # alert id -> times it fired
@@ -99,7 +99,7 @@ class Alerts(Collector):
             self._apply({"grad_spike": self._grad_spike(float(norm), state.global_step)}, state.global_step)
 
     def _grad_spike(self, norm: float, step: int) -> tuple[str, str, str] | None:
-        """A gradient norm well above its running level; the level then moves on without the spike."""
+        """A gradient norm well above its running level (the level hardly moves with a spike)."""
         level, factor = self.grad_level, self.limits.grad_spike_factor
         self.grad_norms += 1
         if level is None:
@@ -108,6 +108,8 @@ class Alerts(Collector):
         if self.grad_norms <= self.limits.warmup_steps or norm <= factor * level:
             self.grad_level = level + GRAD_EMA_ALPHA * (norm - level)
             return None
+        # A spike moves the level a little only, so that a lasting new level is, in time, the level
+        self.grad_level = level + GRAD_EMA_ALPHA / 10 * (norm - level)
         return ("warning", f"gradient norm {norm:.3g} at step {step} is {norm / level:.0f}x its running level "
                            f"{level:.3g}",
                 "one batch pushed the weights hard: if it repeats or the loss jumps with it, lower train.lr or "
