@@ -73,7 +73,8 @@
         : Object.entries(classes).map(([k, v]) => `${k} ${v}`).join(", ")) +
         (doc.suspect_label !== undefined ? `; ${doc.suspect_label} suspected label errors` : "") +
         (doc.epochs ? ` — figures from ${doc.epochs.said}` : "") +
-        (doc.suspects_note ? `; no suspects reported: ${doc.suspects_note}` : "");
+        // (after one epoch the note would repeat what the line already says)
+        (doc.suspects_note && (!oneEpoch || doc.learning_until_step != null) ? `; no suspects reported: ${doc.suspects_note}` : "");
       if (doc.curve && doc.curve.length) {
         if (!curve) curve = T.lineChart(curveBox, "accuracy and loss over snapshots", [["accuracy", "#1a7f37"], ["avg loss", "#2f5bd3"]]);
         curve.setData([doc.curve.map((c) => c.step), doc.curve.map((c) => c.accuracy), doc.curve.map((c) => c.avg_loss)]);
