@@ -239,7 +239,11 @@ def _one(dyn: RunDynamics | None, evo: Evolution | None, example: str, json_out:
         console.print_json(json.dumps(example_doc(d, p)))
         return
     if d is not None:
-        console.print(f"[bold]{d.example_id}[/bold] (line {d.row.get('line', '—')}; {d.cls}; confidence "
+        one = dyn is not None and len(dyn.epochs_used) < 2
+        cls = "no class after one epoch" if one else d.cls
+        first = "never" if d.first_right_step is None else f"step {d.first_right_step}"
+        console.print(f"[bold]{d.example_id}[/bold] (line {d.row.get('line', '—')}; {cls}; "
+                      + (f"seen at step {d.first_seen_step}, first right {first}; " if one else "") + "confidence "
                       f"{d.confidence:.3f}, variability {d.variability:.3f}, correct in {100 * d.correctness:.0f}% "
                       f"of epochs, {d.forgetting_events} forgetting events, AUM {d.aum:+.2f}"
                       + ("; [bold red]suspected label error[/]" if d.suspect else "") + ")", highlight=False)

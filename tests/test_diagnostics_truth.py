@@ -222,9 +222,11 @@ def test_one_epoch_says_what_it_can_and_two_say_which_epochs(home, tmp_path):
         and "two or more" in doc["suspects_note"]
     )
     rights = [e["first_right_step"] for e in doc["examples"]]
-    assert rights[0] is None and all(
-        s is None or s >= 1 for s in rights
-    )  # never answered right comes first
+    # never answered right comes first
+    assert rights[0] is None and all(s is None or s >= 1 for s in rights)
+    one = doc["examples"][0]["example_id"]
+    r = runner.invoke(app, ["evolution", "--home", str(home), "--example", one])
+    assert "no class after one epoch" in r.output and "first right never" in r.output, r.output
     r = runner.invoke(
         app, ["evolution", "export", "--only", "hard", "--out", "hard.jsonl", "--home", str(home)]
     )

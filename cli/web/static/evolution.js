@@ -45,7 +45,9 @@
       const parts = [];
       const d = doc.dynamics, p = doc.probe;
       if (d) {
-        parts.push(el("p", {}, el("b", { text: d.example_id }), ` (line ${d.line ?? "—"}) `, el("span", { class: "pill " + d.class, text: d.class }),
+        parts.push(el("p", {}, el("b", { text: d.example_id }), ` (line ${d.line ?? "—"}) `, (d.per_epoch || []).length < 2
+          ? el("span", { class: "pill", text: `one epoch: first right ${d.first_right_step === null ? "never" : "at step " + d.first_right_step}` })
+          : el("span", { class: "pill " + d.class, text: d.class }),
           ` confidence ${T.fmt(d.confidence, 3)}, variability ${T.fmt(d.variability, 3)}, correct in ${T.pct(d.correctness)} of epochs, ` +
           `${d.forgetting_events} forgetting events, AUM ${T.fmt(d.aum, 2)}` + (d.suspect_label ? " — suspected label error" : "")));
         parts.push(T.table(["epoch", "loss", "golden prob", "argmax share", "margin"], d.per_epoch,
