@@ -249,8 +249,8 @@ class Alerts(Collector):
     def about(self) -> str:
         lim = self.limits
         return (f"loss spike {lim.loss_spike_factor:g}x, divergence {lim.divergence_factor:g}x, gradient spike "
-                f"{lim.grad_spike_factor:g}x, exploding > {lim.exploding_grad_norm:g}, ECE > {lim.max_ece:g}: "
-                "[alerts] in trainctl.toml")
+                f"{lim.grad_spike_factor:g}x, exploding > {lim.exploding_grad_norm:g}, ECE > {lim.max_ece:g}; "
+                "thresholds in the alerts section of trainctl.toml")
 
     def summary(self) -> dict[str, Any]:
         by_sev = {sev: sum(1 for a in self.active.values() if a.severity == sev) for sev in SEVERITIES}
