@@ -62,8 +62,16 @@ def flags_list(ctx: typer.Context,
                       + (f" containing {search!r}" if search else "") + ". They appear after the fixed "
                       "evaluations of a training job (or `trainctl flags add`).")
         return
+    shortened = False
+
     def cut(text: str, size: int = 60) -> str:
-        return text if full else clip(text, size)
+        """The text whole with --full, else clipped with a …; notes whether anything was clipped."""
+        nonlocal shortened
+        if full:
+            return text
+        shown = clip(text, size)
+        shortened = shortened or shown != " ".join(str(text).split())
+        return shown
 
     t = Table()
     for col in ("id", "job", "reason", "step", "loss", "file", "prompt", "golden", "model output", "time", "notes"):
@@ -77,8 +85,7 @@ def flags_list(ctx: typer.Context,
                   f"[{colour}]{cut(output)}[/{colour}]", (f.get("timestamp") or "")[:19],
                   cut(f.get("notes") or f.get("change") or "", 40))
     console.print(t)
-    texts = (str(f.get(k) or "") for f in rows for k in ("prompt", "golden", "output"))
-    if not full and any(len(" ".join(text.split())) > 60 for text in texts):
+    if shortened:
         console.print("… marks cut text: --full shows it whole")
 
 

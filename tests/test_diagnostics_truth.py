@@ -123,7 +123,7 @@ def test_a_run_that_never_learned_reports_no_suspects_and_says_why(tmp_path):
 
 
 def test_library_names_follow_the_installed_transformers():
-    from daemon.models.library_names import _cache_name, checkpointing_args
+    from daemon.models.library_names import cache_argument, checkpointing_args
 
     class Renamed:
         def forward(self, input_ids=None, cache=None): ...
@@ -131,7 +131,7 @@ def test_library_names_follow_the_installed_transformers():
     class Old:
         def forward(self, input_ids=None, past_key_values=None): ...
 
-    assert _cache_name(Renamed) == "cache" and _cache_name(Old) == "past_key_values"
+    assert cache_argument(Renamed()) == "cache" and cache_argument(Old()) == "past_key_values"
     args = checkpointing_args(True)
     assert list(args.values()) == [True, {"use_reentrant": False}]
 

@@ -46,19 +46,25 @@ def checkpointing_args(enabled: bool) -> dict[str, Any]:
     return {prefix: enabled, f"{prefix}_kwargs": {"use_reentrant": False} if enabled else None}
 
 
-def cache_argument(model: Any) -> str:
-    """The name the model's forward takes its key/value cache by: `cache` or `past_key_values`."""
+def forward_parameters(model: Any) -> frozenset[str]:
+    """The argument names the model's forward takes (of the base model under a peft wrapper), read once
+    per model class."""
     base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
     cls: Any = type(base)
-    return _cache_name(cls)
+    return _parameters(cls)
 
 
 @functools.cache
-def _cache_name(cls: Any) -> str:
+def _parameters(cls: Any) -> frozenset[str]:
     try:
-        params = inspect.signature(cls.forward).parameters
+        return frozenset(inspect.signature(cls.forward).parameters)
     except (TypeError, ValueError):
-        return "past_key_values"
+        return frozenset()
+
+
+def cache_argument(model: Any) -> str:
+    """The name the model's forward takes its key/value cache by: `cache` or `past_key_values`."""
+    params = forward_parameters(model)
     return "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
 
 

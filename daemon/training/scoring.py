@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.models.library_names import cache_argument, cache_of
+from daemon.models.library_names import cache_argument, cache_of, forward_parameters
 from daemon.training.labelled_head import labelled_logits, split_head
 
 BATCH_ROWS = 128
@@ -137,10 +137,7 @@ def _shared_prefix(encs: list[Any]) -> int:
 
 def _keeps_logits(model: Any) -> bool:
     """Whether the model's forward takes `logits_to_keep` (transformers' causal LMs do; some remote code does not)."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return "logits_to_keep" in forward_parameters(model)
 
 
 def _forward(model: Any, ids: Any, attn: Any, targets: Any, prefix: int, use_cache: bool) -> tuple[Any, Any]:

@@ -57,7 +57,7 @@ class Collectors:
         """Hand every collector the job log's `echo` (their `say` lines) and describe them in one line."""
         for collector in self.callbacks():
             collector.echo = echo
-        parts = [c.name + (f" ({c.about()})" if c.about() else "") for c in self.callbacks()]
+        parts = [c.name + (f" ({about})" if (about := c.about()) else "") for c in self.callbacks()]
         return "collectors started: " + ", ".join(parts)
 
 
@@ -130,7 +130,8 @@ def build_collectors(
     )
     limits = limits or AlertsConfig()
     streaming = StreamingMetrics(alpha=cfg.ema_alpha, trend_window=limits.plateau_steps)
-    lora = LoRAMonitor(every=cfg.monitor_every)
+    lora = LoRAMonitor(every=cfg.monitor_every, exploding=limits.exploding_grad_norm,
+                       vanishing=limits.vanishing_grad_norm, imbalance=limits.imbalance_ratio)
     found = Collectors(budget=budget, throughput=throughput, streaming=streaming, lora=lora)
     # Evaluations and snapshots run under the training's autocast precision
     autocast = pick_precision(cfg.dtype, next(model.parameters()).device.type).autocast

@@ -3,7 +3,9 @@
 An alert fires once when its condition starts to hold, stays active (not repeated) while it holds, and resolves by
 itself when it clears; each firing and resolution is one line in `alerts.jsonl` when a path is given, and one line
 of the job's log. While it stays active its message and recommendation follow the latest check, so they carry the
-figures of now, not of when it fired. Every threshold is a setting of `[alerts]` (daemon/config.AlertsConfig).
+figures of now, not of when it fired. Every threshold is a setting of `[alerts]` (daemon/config.AlertsConfig); the
+gradient ones (exploding, vanishing, imbalance) are handed to the LoRA monitor, whose verdicts both the status's
+`lora_summary` and these rules read.
 A NaN/Inf raw loss is critical: training is stopped at once (no checkpoint of the poisoned weights is written, so
 the last complete one is kept) and `critical` says why.
 
@@ -152,20 +154,19 @@ class Alerts(Collector):
                 "learning has levelled off: more epochs will not help much; " + self._stop_advice()) \
                 if improvement is not None and abs(improvement) < lim.plateau_improvement else None
         if lo is not None and lo.grad_norm:
-            lim = self.limits
-            exploding = sorted(((g, layer) for layer, g in lo.grad_norm.items() if g > lim.exploding_grad_norm),
-                               reverse=True)
+            # The gradient thresholds are the monitor's (set from [alerts]), so its summary says the same
+            exploding = lo.exploding()
             conditions["exploding_gradients"] = (
-                "warning", f"gradient norm > {lim.exploding_grad_norm:g} in {len(exploding)} LoRA layer(s), up to "
-                           f"{exploding[0][0]:.3g}: {', '.join(layer for _, layer in exploding[:3])}",
+                "warning", f"gradient norm > {lo.exploding_norm:g} in {len(exploding)} LoRA layer(s), up to "
+                           f"{lo.grad_norm[exploding[0]]:.3g}: {', '.join(exploding[:3])}",
                 "lower train.lr, or clip gradients harder") if exploding else None
             dead = set(lo.dead())
             live = [g for layer, g in lo.grad_norm.items() if layer not in dead]
             conditions["vanishing_gradients"] = (
-                "warning", f"every live LoRA layer's gradient norm is below {lim.vanishing_grad_norm:g} (largest "
+                "warning", f"every live LoRA layer's gradient norm is below {lo.vanishing_norm:g} (largest "
                            f"{max(live, default=0.0):.2g})",
                 "raise train.lr or lora_alpha; check that the loss is taken on some tokens (loss_on)") \
-                if lo.steps >= lo.dead_after and live and max(live) < lim.vanishing_grad_norm else None
+                if lo.steps >= lo.dead_after and live and max(live) < lo.vanishing_norm else None
             conditions["dead_layers"] = (
                 "warning", f"{len(dead)} LoRA layer(s) learn nothing: {', '.join(sorted(dead)[:5])}",
                 "these layers get no gradient: are they frozen, or cut off from the loss?") if dead else None
@@ -173,12 +174,13 @@ class Alerts(Collector):
             conditions["gradient_imbalance"] = (
                 "info", f"gradient norms differ {imb:.0f}x between LoRA layers",
                 "usually harmless; if some layers never learn, check target_modules") \
-                if imb and imb > lim.imbalance_ratio else None
+                if imb and imb > lo.imbalance_ratio else None
             ratio = lo.update_ratio()
             conditions["lr_too_low"] = (
                 "warning", f"one step moves the adapter by {ratio:.1e} of its size",
                 "raise train.lr: the adapter barely changes") \
-                if ratio is not None and lo.steps > lim.warmup_steps and ratio < lim.min_update_ratio else None
+                if ratio is not None and lo.steps > self.limits.warmup_steps \
+                and ratio < self.limits.min_update_ratio else None
         if ev is not None and ev.last is not None and ev.last.get("ece") is not None:
             ece = ev.last["ece"]
             conditions["poor_calibration"] = (

@@ -36,10 +36,13 @@ def layer_of(param_name: str) -> str | None:
 class LoRAMonitor(Collector):
     name = "lora"
 
-    def __init__(self, every: int = 5, dead_after: int = 10):
+    def __init__(self, every: int = 5, dead_after: int = 10, exploding: float = EXPLODING,
+                 vanishing: float = VANISHING, imbalance: float = IMBALANCE):
         self.every = every
         """Measure every N optimizer steps (1 = each step). `dead_after` counts measured steps."""
         self.dead_after = dead_after
+        self.exploding_norm, self.vanishing_norm, self.imbalance_ratio = exploding, vanishing, imbalance
+        """The verdicts' thresholds (`[alerts]`): the status's lora_summary and the alerts read the same ones."""
         self.layers: dict[str, list[tuple[str, Any]]] = {}
         self.grad_norm: dict[str, float] = {}
         self.update: dict[str, float] = {}
@@ -130,10 +133,12 @@ class LoRAMonitor(Collector):
         if self.steps < self.dead_after:
             return []
         dead = set(self.dead())
-        return [layer for layer, g in self.grad_norm.items() if g < VANISHING and layer not in dead]
+        return [layer for layer, g in self.grad_norm.items() if g < self.vanishing_norm and layer not in dead]
 
     def exploding(self) -> list[str]:
-        return [layer for layer, g in self.grad_norm.items() if g > EXPLODING]
+        """Layers whose gradient norm is above the threshold, largest first."""
+        found = [layer for layer, g in self.grad_norm.items() if g > self.exploding_norm]
+        return sorted(found, key=lambda layer: -self.grad_norm[layer])
 
     def imbalance(self) -> float | None:
         """Largest over smallest gradient norm among live layers."""
@@ -172,7 +177,7 @@ class LoRAMonitor(Collector):
                 "grad_norm_mean": _r(sum(g) / len(g)), "grad_norm_max": _r(max(g)),
                 "grad_norm_min": _r(min(g)), "update_ratio": _r(ratio), "dead": self.dead(),
                 "vanishing": self.vanishing(), "exploding": self.exploding(),
-                "imbalance": _r(imb), "imbalanced": bool(imb and imb > IMBALANCE)},
+                "imbalance": _r(imb), "imbalanced": bool(imb and imb > self.imbalance_ratio)},
         }
 
 
