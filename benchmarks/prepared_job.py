@@ -53,6 +53,7 @@ def prepare(model: str, steps: int, batch_size: int, tok_model: str | None = Non
     s.train.save_steps = 10**6
     s.train.final_eval_examples = 0
     s.train.evolution_examples = 0  # evolution snapshots are an evaluation pass too: benchmarks/snapshot_cost.py
+    s.train.max_length = 512  # as measured before max_length became "auto" (its rows are shorter)
     tok = load_tokenizer(tok_model or model, home.models)
     ds = home.datasets / "bench"
     Curator(s.curation, s.train, tokenizer=tok).run(sample_file(tok_model or model), ds)

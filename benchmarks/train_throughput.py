@@ -166,6 +166,7 @@ def worker(side: str, model_name: str, n: int) -> dict:
     s.train.final_eval_examples = 0
     s.train.evolution_examples = 0
     s.train.packing = side != "trainctl-padded"
+    s.train.max_length = 512  # as measured before max_length became "auto" (its rows are shorter)
     tok = load_tokenizer(model_name, home.models)
     records = make_records()
     encoded = [encode_messages(tok, messages_of(r), s.train.max_length) for r in records]

@@ -123,6 +123,8 @@ def render(s: dict[str, Any]) -> Group:
         g.add_row("job", f"{t.get('job_id')}  {t.get('dataset', '')}  [{t.get('state', '?')}]")
         if t.get("rendering"):
             g.add_row("rendering", str(t["rendering"]))
+        if t.get("max_length"):
+            g.add_row("max length", str(t["max_length"]))
         g.add_row("step", f"{step}/{total}  {bar(step, total)}  epoch {_num(t.get('epoch'), '{:.2f}')}")
         loss = _num(t.get("loss"), "{:.4f}")
         if t.get("streaming_ce") is not None:

@@ -66,8 +66,11 @@ class TrainConfig:
     """Fraction of steps spent warming the learning rate up linearly."""
     weight_decay: float = 0.0
     """AdamW weight decay on the LoRA parameters."""
-    max_length: int = 512
-    """Longest tokenised example; longer ones are truncated, and rejected if no trainable token is left."""
+    max_length: int | str = "auto"
+    """Longest tokenised example. `auto`: the length that keeps 99% of the curated records whole, rounded up to
+    64 and capped by the model's context and a memory estimate for one batch (chosen at curation; config.json's
+    `max_length_auto` and the status say what it became and why). Longer records lose their oldest turns first
+    (the system turn, the tools and the last answer stay); one with no trained token left is rejected."""
     lora_r: int = 16
     """LoRA rank."""
     lora_alpha: int = 32
@@ -141,6 +144,13 @@ class TrainConfig:
     """Shard the model across the job's GPUs (FSDP full_shard) instead of replicating it (DDP), for models that do
     not fit one device; needs CUDA and more than one process."""
 
+    @property
+    def resolved_max_length(self) -> int:
+        """max_length as a number, once "auto" is resolved (daemon/training/data.py:resolve_max_length)."""
+        if not isinstance(self.max_length, int):
+            raise ValueError("train.max_length is still 'auto': resolve_max_length() sets it first")
+        return self.max_length
+
     def problems(self) -> list[str]:
         """Every out-of-range or unknown value, each as one sentence."""
         checks = [
@@ -154,7 +164,8 @@ class TrainConfig:
             (self.quantization in ("none", "4bit", "8bit"),
              f"train.quantization must be 'none', '4bit' or '8bit', not {self.quantization!r}"),
             (0 <= self.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
-            (self.max_length >= 16, "train.max_length must be >= 16"),
+            (self.max_length == "auto" or (isinstance(self.max_length, int) and self.max_length >= 16),
+             f"train.max_length must be 'auto' or a number >= 16, not {self.max_length!r}"),
             (self.lora_r >= 1, "train.lora_r must be >= 1"),
             (self.lora_alpha >= 1, "train.lora_alpha must be >= 1"),
             (0 <= self.lora_dropout < 1, "train.lora_dropout must be in [0, 1)"),
@@ -202,7 +213,8 @@ class CurationConfig:
     seed: int = 0
     """Salt of the hash-based split; change it to draw another split."""
     on_too_long: str = "truncate"
-    """Records longer than train.max_length: `truncate` (kept if a trained token is left) or `reject` (too_long)."""
+    """Records longer than train.max_length: `truncate` (oldest turns first; kept if a trained token is left) or
+    `reject` (too_long). With max_length = "auto" and `reject`, the length keeps every accepted record whole."""
     max_rejected_fraction: float = 0.5
     """A file whose rejected share exceeds this fails its job (see `trainctl rejected`)."""
     min_quality: float = 0.5

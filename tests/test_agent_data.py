@@ -305,7 +305,10 @@ def test_a_tool_use_file_trains_end_to_end_on_the_real_model(real_home, tmp_path
     rendering = json.loads((run / "config.json").read_text())["rendering"]
     assert rendering["tool_calls"] == "fallback: <tool_call> blocks" and rendering["rows_with"]["tool_calls"] > 80
     status = json.loads(Home(home).training_status.read_text())
-    assert status["rendering"] == rendering["summary"] and status["state"] == "done"
+    assert status["rendering"].startswith(rendering["summary"]) and status["state"] == "done"
+    trained = rendering["by_layout"]["sharegpt"]
+    assert trained["records"] == trained["with_tools"] and trained["calls_trained"] >= trained["with_calls"] > 80
+    assert f"{trained['calls_trained']} calls" in status["rendering"]
     assert status["test_exact_match"] > status["base_test_exact_match"]
 
     # Evolution: a call as the golden answer, and the model writing it by the last snapshot.

@@ -61,7 +61,7 @@ def test_recorded_figures_equal_a_separate_eval_pass(home, tmp_path, packing):
     models = Home.open(home).models
     tok = load_tokenizer("builtin:tiny", models)
     examples = [{**e, "index": i} for i, e in enumerate(packing_examples(tok))]
-    b = Batching(examples, TrainConfig(packing=packing, batch_size=5), tok.pad_token_id)
+    b = Batching(examples, TrainConfig(packing=packing, batch_size=5, max_length=512), tok.pad_token_id)
     model = small_model(resolve_model_path("builtin:tiny", models))
     recorder = DynamicsRecorder(tmp_path, "d", tmp_path / "train.jsonl", len(examples))
     args = TrainingArguments(str(tmp_path / "out"), report_to="none", use_cpu=True,
@@ -201,7 +201,7 @@ home, out = Path(sys.argv[1]), Path(sys.argv[2])
 models = Home.open(home).models
 tok = load_tokenizer("builtin:tiny", models)
 examples = [{**e, "index": i} for i, e in enumerate(packing_examples(tok) * 4)]  # 20 examples
-b = Batching(examples, TrainConfig(packing=True, batch_size=2), tok.pad_token_id)
+b = Batching(examples, TrainConfig(packing=True, batch_size=2, max_length=512), tok.pad_token_id)
 recorder = DynamicsRecorder(out, "d", out / "train.jsonl", len(examples))
 args = TrainingArguments(str(out / "ckpt"), report_to="none", use_cpu=True, ddp_backend="gloo", num_train_epochs=2,
                          per_device_train_batch_size=1, save_strategy="no", logging_steps=1)

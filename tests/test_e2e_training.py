@@ -36,12 +36,18 @@ def test_demo_job_learns_and_leaves_adapter_config_and_metrics(home):
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 16
     cfg = json.loads((adapter / "trainctl_config.json").read_text())
     assert cfg["train"]["epochs"] == 6 and cfg["train"]["lr"] == 3e-3  # resolved, defaults filled in
+    # max_length "auto" became the curation's number: 99% of the records whole, a multiple of 64
+    chosen = json.loads((Path(job.dataset_dir) / "stats.json").read_text())["max_length"]
+    assert cfg["train"]["max_length"] == chosen["value"] == cfg["max_length_auto"]["value"]
+    assert cfg["max_length_auto"]["chosen_at"] == "curation" and chosen["value"] % 64 == 0
+    assert chosen["share_tokens"] <= chosen["value"] < chosen["share_tokens"] + 64 and chosen["longer"] <= 4
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) >= result["steps"] and rows[-1]["current_step"] == result["steps"]
     assert rows[0]["loss"] > rows[-1]["loss"]  # it learned
     st = status(home)
     assert st["state"] == "done" and st["current_step"] == st["total_steps"] == result["steps"]
     assert st["tokens_per_sec_avg"] > 0
+    assert st["max_length"].startswith(f"{chosen['value']} tokens (auto: 99% of all ")
     # Every documented status field is there (flagged_count comes with flagged examples).
     for f in ("state", "job_id", "dataset", "current_step", "total_steps", "epoch", "loss", "learning_rate",
               "streaming_ce", "loss_variance", "token_entropy", "loss_trend", "tokens_per_sec", "tokens_per_sec_avg",

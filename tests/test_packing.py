@@ -161,7 +161,7 @@ def test_the_trainer_replans_each_epoch_and_sees_every_example_each_time(home, t
     models = Home.open(home).models
     tok = load_tokenizer("builtin:tiny", models)
     examples = packing_examples(tok) * 8  # 40 examples
-    cfg = TrainConfig(packing=True, batch_size=4)
+    cfg = TrainConfig(packing=True, batch_size=4, max_length=512)
     b = Batching(examples, cfg, tok.pad_token_id)
     trainer = b.trainer_class(model=small_model(resolve_model_path("builtin:tiny", models)).train(),
                               args=TrainingArguments(str(tmp_path / "out"), per_device_train_batch_size=1,
@@ -282,7 +282,7 @@ def test_output_layer_on_labelled_positions_trains_as_the_full_forward(home, tmp
     models = Home.open(home).models
     tok = load_tokenizer("builtin:tiny", models)
     examples = packing_examples(tok)
-    b = Batching(examples, TrainConfig(packing=packing, batch_size=5), tok.pad_token_id)
+    b = Batching(examples, TrainConfig(packing=packing, batch_size=5, max_length=512), tok.pad_token_id)
     model = small_model(resolve_model_path("builtin:tiny", models))
     assert split_head(model) is not None  # a llama: the labelled-only path is the one taken
     trainer = b.trainer_class(model=model, args=TrainingArguments(str(tmp_path / "out"), report_to="none",
@@ -332,7 +332,7 @@ def test_labelled_path_runs_under_the_trainers_mixed_precision(home, tmp_path):
 
     models = Home.open(home).models
     tok = load_tokenizer("builtin:tiny", models)
-    b = Batching(packing_examples(tok), TrainConfig(), tok.pad_token_id)
+    b = Batching(packing_examples(tok), TrainConfig(max_length=512), tok.pad_token_id)
     model = small_model(resolve_model_path("builtin:tiny", models))
     args = TrainingArguments(str(tmp_path / "out"), report_to="none", use_cpu=True, bf16=True)
     trainer = b.trainer_class(model=model, args=args, train_dataset=b.dataset, data_collator=b.collator)

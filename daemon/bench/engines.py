@@ -99,19 +99,6 @@ def cpu_kv_cache_gib(cfg: BenchConfig) -> float:
     return max(0.25, min(CPU_KV_CACHE_MAX_GIB, available_ram_gib() / 4))
 
 
-def model_context(model_path: str) -> int | None:
-    """The model's context length from its config.json (a local folder), or None."""
-    doc: dict[str, Any] = {}
-    try:
-        doc = json.loads((Path(model_path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        if isinstance(doc.get(key), int) and doc[key] > 0:
-            return int(doc[key])
-    return None
-
-
 def plan_max_model_len(cfg: BenchConfig, longest_prompt: int, max_answer: int, context: int | None) -> int:
     """Tokens per request the engine plans for: the longest prompt + its answer budget, rounded up."""
     if cfg.max_model_len:

@@ -23,7 +23,7 @@ from typing import Any
 
 from daemon.atomic import JsonlAppender, iter_jsonl, repair_torn_tail, write_bytes_atomic
 from daemon.bench.backends import Backend, Completion, Request
-from daemon.bench.engines import model_context, one_line, plan_max_model_len, vllm_unusable
+from daemon.bench.engines import one_line, plan_max_model_len, vllm_unusable
 from daemon.bench.prompts import BenchPrompt, iter_prompts, scan_prompt_file
 from daemon.bench.state import (
     BenchState,
@@ -41,6 +41,7 @@ from daemon.config import BenchConfig
 from daemon.errors import BenchError
 from daemon.hashing import update_from_file
 from daemon.home import Home
+from daemon.models.max_length import model_context
 
 
 @dataclass

@@ -62,6 +62,7 @@ class Example:
             row["tools"] = self.tools
         row.update(self.meta)
         row["line"] = self.line
+        row["layout"] = self.fmt
         return row
 
 

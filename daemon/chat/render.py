@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from daemon.chat.messages import Message, last_answer
 
@@ -218,6 +218,10 @@ class Encoded:
     labels: list[int]
     extra: list[Encoded] = field(default_factory=list)
     """Turns the template renders differently inside the whole conversation, each on its own rendering."""
+    cut: bool = False
+    """Cut at the right end to max_length."""
+    dropped: int = 0
+    """Turns left out from the start (after the system turns) so that the rest fits max_length."""
 
     @property
     def trainable(self) -> int:
@@ -238,12 +242,54 @@ def _tokenise(tok: Any, text: str, spans: list[tuple[int, int]], max_length: int
         # A token trains if it starts inside a trained span (special tokens too: the end-of-turn must be learned).
         if any(a <= s < b for a, b in spans) and e > s:
             labels[i] = ids[i]
-    return Encoded(input_ids=ids[:max_length], labels=labels[:max_length])
+    return Encoded(input_ids=ids[:max_length], labels=labels[:max_length], cut=len(ids) > max_length)
 
 
 def encode_messages(tok: Any, messages: list[Message], max_length: int, loss_on: str = "assistant",
                     tools: list[dict[str, Any]] | None = None, reasoning_loss: bool = True) -> Encoded:
-    """input_ids and labels for one conversation, truncated to max_length (right side); see the module docstring."""
+    """input_ids and labels for one conversation of at most max_length tokens; see the module docstring.
+
+    A longer conversation loses its oldest exchanges first (`shortened`): the system turn and the tools stay,
+    and the earliest exchanges (a user turn and everything up to the next user turn) go until the rest fits.
+    When even the last exchange does not fit, it is cut at the right end; if that leaves no trained token, the
+    whole conversation is cut at the right end instead (its first turns train). `dropped` says how many turns
+    went."""
+    whole = _encode(tok, messages, max_length, loss_on, tools, reasoning_loss)
+    if not whole.cut:
+        return whole
+    head, starts = exchange_starts(messages)
+    if not starts:
+        return whole
+    texts = [_full_text(tok, shortened(messages, head, s), tools) for s in starts]
+    fits = [s for s, n in zip(starts, count_tokens(tok, texts)) if n <= max_length]
+    cut_at = fits[0] if fits else starts[-1]
+    short = _encode(tok, shortened(messages, head, cut_at), max_length, loss_on, tools, reasoning_loss)
+    short.dropped = cut_at - head
+    return short if short.sequences or not whole.sequences else whole
+
+
+def exchange_starts(messages: list[Message]) -> tuple[int, list[int]]:
+    """(how many leading system turns stay, where each exchange after the first begins): the indices of the
+    user turns after the first turn of the conversation, the places it can be shortened from."""
+    head = 0
+    while head < len(messages) and messages[head].role == "system":
+        head += 1
+    return head, [k for k in range(head + 1, len(messages)) if messages[k].role == "user"]
+
+
+def shortened(messages: list[Message], head: int, start: int) -> list[Message]:
+    """The system turns, then the conversation from turn `start` on."""
+    return messages[:head] + messages[start:]
+
+
+def _full_text(tok: Any, messages: list[Message], tools: list[dict[str, Any]] | None) -> str:
+    rows, kw, _ = template_rows(messages, tools, rendering_of(tok))
+    return render(tok, rows, kw)
+
+
+def _encode(tok: Any, messages: list[Message], max_length: int, loss_on: str,
+            tools: list[dict[str, Any]] | None, reasoning_loss: bool) -> Encoded:
+    """The conversation as the template renders it, with its loss spans, cut at max_length at the right."""
     rows, kw, at = template_rows(messages, tools, rendering_of(tok))
     full = render(tok, rows, kw)
     spans: list[tuple[int, int]] = []  # character ranges [start, end) of `full` that carry loss
@@ -280,20 +326,38 @@ def count_tokens(tok: Any, texts: list[str]) -> list[int]:
     return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
 
 
-def length_and_first_trained(tok: Any, conversations: list[tuple[list[Message], list[dict[str, Any]] | None]],
-                             loss_on: str) -> list[tuple[int, int]]:
-    """(tokens of the whole conversation, tokens before the first trained one) for each (messages, tools), batched.
-    After right truncation to L a conversation keeps a trained token iff the second number is < L."""
+class Lengths(NamedTuple):
+    """A conversation's token counts that decide what max_length does to it (`measure_lengths`)."""
+
+    whole: int
+    """Tokens of the whole conversation: kept whole at max_length >= this."""
+    first_trained: int
+    """Tokens before its first trained one: cut at the right end to L, it keeps a trained token iff < L."""
+    last_exchange: int
+    """Tokens of the system turn, the tools and the last exchange (= whole when it has one exchange): the
+    shortest it gets by dropping its oldest turns; its last answer is kept whole at max_length >= this."""
+    last_first_trained: int
+    """Tokens before the first trained one of that shortest form."""
+
+    def keeps_trained_token(self, max_length: int) -> bool:
+        return min(self.first_trained, self.last_first_trained) < max_length
+
+
+def measure_lengths(tok: Any, conversations: list[tuple[list[Message], list[dict[str, Any]] | None]],
+                    loss_on: str) -> list[Lengths]:
+    """`Lengths` of each (messages, tools), tokenised in one batch."""
     r = rendering_of(tok)
-    fulls, prefixes = [], []
+    texts: list[str] = []
     for msgs, tools in conversations:
-        rows, kw, at = template_rows(msgs, tools, r)
-        fulls.append(render(tok, rows, kw))
-        k = next((i for i, m in enumerate(msgs) if trains_on(m, loss_on)), None)
-        prefixes.append(render(tok, rows[:at[k]], kw, gen=msgs[k].role == "assistant") if k is not None
-                        else fulls[-1])
-    counts = count_tokens(tok, fulls + prefixes)
-    return list(zip(counts[: len(fulls)], counts[len(fulls):]))
+        head, starts = exchange_starts(msgs)
+        for form in (msgs, shortened(msgs, head, starts[-1]) if starts else msgs):
+            rows, kw, at = template_rows(form, tools, r)
+            texts.append(render(tok, rows, kw))
+            k = next((i for i, m in enumerate(form) if trains_on(m, loss_on)), None)
+            texts.append(render(tok, rows[:at[k]], kw, gen=form[k].role == "assistant") if k is not None
+                         else texts[-1])
+    counts = count_tokens(tok, texts)
+    return [Lengths(counts[i], counts[i + 1], counts[i + 2], counts[i + 3]) for i in range(0, len(counts), 4)]
 
 
 def prompt_text(tok: Any, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> str:

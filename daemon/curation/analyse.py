@@ -18,11 +18,12 @@ import orjson
 
 from daemon.chat.formats import Example, FormatError, normalise
 from daemon.chat.messages import Message, text_bytes
-from daemon.chat.render import length_and_first_trained, trains_on
+from daemon.chat.render import Lengths, exchange_starts, measure_lengths, shortened, trains_on
 from daemon.config import CurationConfig, TrainConfig
 from daemon.curation import validate
 from daemon.curation.neardup import NearDupIndex, shingles
 from daemon.curation.quality import Quality, QualityScorer
+from daemon.models.max_length import round_up
 
 Item = tuple[int, Any]
 """(line number, raw bytes of a JSONL line | an already parsed element of a JSON array)."""
@@ -57,6 +58,8 @@ class Candidate(NamedTuple):
     """rensa MinHash of the word 3-gram shingles."""
     tools_key: bytes
     """Hash of the record's tool definitions (b"" without): only records with the same tools are near duplicates."""
+    keep_bound: int
+    """With max_length "auto": `Analyser.keep_bound` (the curator checks those above the chosen length); else 0."""
 
 
 @contextmanager
@@ -110,6 +113,16 @@ def rejected_row(obj: Any, text: str, line: int, reason: str, details: dict[str,
                     domain if isinstance(domain, str) else str(domain), score)
 
 
+def no_trainable_tokens(raw: Any, line: int, n: Lengths, limit: int) -> Rejected:
+    """The rejection of a record that keeps no trained token at max_length `limit`; `keeps_at` is the
+    max_length that keeps its last exchange whole (the system turn, the tools, the last prompt and answer)."""
+    return rejected_row(raw, "", line, "validation_failed", {
+        "detail": "no_trainable_tokens", "tokens": n.whole, "max_length": limit,
+        "keeps_at": round_up(n.last_exchange),
+        "error": f"no trained token is left at max_length {limit}, even with the oldest turns left out; "
+                 f"max_length {round_up(n.last_exchange)} keeps its last exchange whole"})
+
+
 def _ident(ex: Example) -> str:
     """How a record is named in another record's rejection: its `id`, else its line."""
     rid = ex.meta.get("id")
@@ -125,6 +138,9 @@ class Analyser:
         self.tok = tokenizer
         self.quality = quality
         self._overheads: dict[tuple[str, ...], int] = {}
+        self.limit = train_cfg.max_length if isinstance(train_cfg.max_length, int) else 1 << 30
+        """The length the checks hold records to: train.max_length, or the ceiling when it is "auto"."""
+        self.auto = tokenizer is not None and not isinstance(train_cfg.max_length, int)
 
     def chunk(self, items: list[Item]) -> tuple[list[Rejected | Candidate], int]:
         """Outcomes in input order (one per item), and how many records needed exact tokenisation."""
@@ -168,12 +184,13 @@ class Analyser:
         """too_long / no_trainable_tokens, in place; returns how many records were tokenised.
 
         A token covers at least one byte (byte-level BPE, SentencePiece with byte fallback), so byte counts bound
-        token counts: a record whose rendered size fits max_length cannot be too long, and one whose prompt (up to
-        the first trained turn) fits keeps a trained token after truncation. Only records these bounds cannot
-        settle are tokenised, in one batch for the chunk."""
+        token counts: a record whose rendered size fits the limit cannot be too long, and one whose prompt (up to
+        the first trained turn, in its whole or its shortest form: see `encode_messages`) fits keeps a trained
+        token. Only records these bounds cannot settle are tokenised, in one batch for the chunk. The limit is
+        train.max_length, or with "auto" the ceiling (the curator settles the chosen length at the end)."""
         if self.tok is None:
             return 0
-        limit = self.train_cfg.max_length
+        limit = self.limit
         reject_long = self.cfg.on_too_long == "reject"
         unsure = []
         for i, p in enumerate(parsed):
@@ -181,29 +198,45 @@ class Analyser:
                 continue
             msgs, tools = p[2].messages, p[2].tools
             if reject_long:
-                size = text_bytes(msgs, tools)
-                if size + self._overhead(tuple(m.role for m in msgs)) > limit:
+                if self.whole_bound(msgs, tools) > limit:
                     unsure.append(i)
-                continue
-            k = next((j for j, m in enumerate(msgs) if trains_on(m, self.train_cfg.loss_on)), len(msgs))
-            prompt = msgs[: k + 1]  # the first trained turn's role marker counts too
-            size = text_bytes(msgs[:k], tools)
-            if size + self._overhead(tuple(m.role for m in prompt)) > limit:
+            elif self.keep_bound(msgs, tools) >= limit:
                 unsure.append(i)
         if not unsure:
             return 0
-        lengths = length_and_first_trained(self.tok, [(parsed[i][2].messages, parsed[i][2].tools) for i in unsure],
-                                           self.train_cfg.loss_on)
-        for i, (full, first_trained) in zip(unsure, lengths):
+        lengths = measure_lengths(self.tok, [(parsed[i][2].messages, parsed[i][2].tools) for i in unsure],
+                                  self.train_cfg.loss_on)
+        for i, n in zip(unsure, lengths):
             line, payload, ex = parsed[i]
-            if full > limit and reject_long:
+            if n.whole > limit and reject_long:
                 parsed[i] = rejected_row(ex.raw, "", line, "validation_failed", {
-                    "detail": "too_long", "tokens": full, "max_length": limit})
-            elif first_trained >= limit:
-                parsed[i] = rejected_row(ex.raw, "", line, "validation_failed", {
-                    "detail": "no_trainable_tokens", "tokens": full, "max_length": limit,
-                    "error": "no trained token is left after truncation to max_length"})
+                    "detail": "too_long", "tokens": n.whole, "max_length": limit,
+                    "keeps_at": round_up(n.whole)})
+            elif not reject_long and not n.keeps_trained_token(limit):
+                parsed[i] = no_trainable_tokens(ex.raw, line, n, limit)
         return len(unsure)
+
+    def length_bound(self, msgs: list[Message], tools: list[dict[str, Any]] | None) -> int:
+        """The bound the length check reads: `whole_bound` with on_too_long = "reject", else `keep_bound`."""
+        if self.cfg.on_too_long == "reject":
+            return self.whole_bound(msgs, tools)
+        return self.keep_bound(msgs, tools)
+
+    def whole_bound(self, msgs: list[Message], tools: list[dict[str, Any]] | None) -> int:
+        """An upper bound on the conversation's tokens."""
+        return text_bytes(msgs, tools) + self._overhead(tuple(m.role for m in msgs))
+
+    def keep_bound(self, msgs: list[Message], tools: list[dict[str, Any]] | None) -> int:
+        """An upper bound on the tokens before the first trained one, in the conversation's whole or shortest
+        form (whichever is less): below max_length, the record surely keeps a trained token."""
+        loss_on = self.train_cfg.loss_on
+        head, starts = exchange_starts(msgs)
+        bound = 1 << 30
+        for form in (msgs, shortened(msgs, head, starts[-1])) if starts else (msgs,):
+            k = next((j for j, m in enumerate(form) if trains_on(m, loss_on)), len(form))
+            prompt = form[: k + 1]  # the first trained turn's role marker counts too
+            bound = min(bound, text_bytes(form[:k], tools) + self._overhead(tuple(m.role for m in prompt)))
+        return bound
 
     def _overhead(self, roles: tuple[str, ...]) -> int:
         """Bytes the chat template adds around the contents for this sequence of roles (+ a safety margin)."""
@@ -237,7 +270,8 @@ class Analyser:
         row["quality_score"] = q.score
         return Candidate(line, bytes.fromhex(key[:32]), verdict, " ".join(words), orjson.dumps(row, default=str),
                          sum(len(m.content) + len(m.reasoning) for m in ex.messages), _ident(ex), key,
-                         split_of(key, self.cfg), NearDupIndex.signature(shingles(words)), tools_key)
+                         split_of(key, self.cfg), NearDupIndex.signature(shingles(words)), tools_key,
+                         self.length_bound(ex.messages, ex.tools) if self.auto else 0)
 
 
 def _words(m: Message) -> list[str]:

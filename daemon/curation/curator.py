@@ -38,6 +38,7 @@ from daemon.curation.analyse import (
     set_worker_analyser,
     split_of,
 )
+from daemon.curation.lengths import AutoLengthCurator
 from daemon.curation.neardup import NearDupIndex
 from daemon.curation.quality import QualityScorer
 from daemon.errors import InputFileError
@@ -130,6 +131,10 @@ class Curator:
         self.near = NearDupIndex(cfg.near_dup_threshold)
         self.kept: list[_Kept] = []  # near-dup index key -> the accepted record it stands for
         self.tokenised = 0  # records that needed an exact tokenisation (the rest fit by the byte bound)
+        # train.max_length = "auto": chosen from the accepted records' lengths (daemon/curation/lengths.py)
+        self.auto = AutoLengthCurator(self.analyser, train_cfg, tokenizer) if self.analyser.auto else None
+        self.max_length: dict[str, Any] = {"setting": train_cfg.max_length}
+        """stats.json's `max_length`: the setting, and with "auto" what it resolved to and why."""
 
     def run(self, src: Path, out_dir: Path) -> CurationResult:
         """Curate `src` into the new folder `out_dir`. It appears whole, by one rename of a work folder beside
@@ -179,6 +184,10 @@ class Curator:
             if self.cfg.near_duplicates == "keep":
                 self._pending.close()
                 self._write_clusters(pending)
+        if self.auto is not None:
+            with open(work / "rejected.jsonl", "ab") as self._rejected:
+                chosen = self.auto.settle(work, SPLITS, self._settled_reject)
+            self.max_length = chosen.to_dict()
 
         accepted = {s: self._counts[s] for s in SPLITS}
         result = CurationResult(out_dir, lines_read + blank.get("blank", 0), accepted, sum(self._reasons.values()),
@@ -245,6 +254,8 @@ class Curator:
         self.near.add(len(self.kept), sig, c.words)
         self.kept.append(_Kept(c.line, c.ident, c.split_key, c.tools_key))
         self._accept(c.split, c.chars, c.row)
+        if self.auto is not None:
+            self.auto.accepted(c)
 
     def _accept(self, split: str, chars: int, row: bytes) -> None:
         self._counts[split] += 1
@@ -264,6 +275,8 @@ class Curator:
             self._parent[max(a, b)] = min(a, b)
         self.near.add(idx, sig, c.words)
         self._pending.write(b"%d\t%d\t" % (idx, c.chars) + c.row + b"\n")
+        if self.auto is not None:
+            self.auto.accepted(c)
 
     def _find(self, i: int) -> int:
         while self._parent[i] != i:
@@ -277,6 +290,12 @@ class Curator:
                 idx, chars, row = line.rstrip(b"\n").split(b"\t", 2)
                 root = self.kept[self._find(int(idx))]
                 self._accept(split_of(root.key, self.cfg), int(chars), row)
+
+    def _settled_reject(self, r: Rejected, split: str, index: int) -> None:
+        """An accepted record the automatic max_length does not keep: out of its split, into the rejections."""
+        self._counts[split] -= 1
+        self._chars[split][index] = -1  # marked; dropped from the length statistics
+        self._reject(r)
 
     def _reject(self, r: Rejected) -> None:
         self._reasons[r.reason] += 1
@@ -301,8 +320,9 @@ class Curator:
             "accepted": result.total_accepted, "rejected": result.rejected,
             "accounted_for": result.total_accepted + result.rejected == result.records,
             "splits": result.accepted,
-            "chars": {s: _length_stats(v) for s, v in self._chars.items()},
+            "chars": {s: _length_stats([n for n in v if n >= 0]) for s, v in self._chars.items()},
             "tokenised_exactly": self.tokenised,
+            "max_length": self.max_length,
             "seconds": round(result.seconds, 3)})
         write_json_atomic(out_dir / "metadata.json", {
             "source_file": src.name, "source_sha256": file_sha256(src, follow_symlinks=False),

@@ -97,7 +97,10 @@ def _preview(row: dict[str, Any]) -> str:
 
 def analyse(ds: Path, reason: str | None = None) -> RejectReport:
     stats = read_json(ds / "stats.json") or {}
-    settings = (read_json(ds / "metadata.json") or {}).get("settings", {})
+    settings = dict((read_json(ds / "metadata.json") or {}).get("settings", {}))
+    chosen = stats.get("max_length") or {}
+    if settings.get("max_length") == "auto" and isinstance(chosen.get("value"), int):
+        settings["max_length"] = f"auto = {chosen['value']}"
     by_reason: Counter[str] = Counter()
     by_detail: Counter[str] = Counter()
     by_domain: dict[str, Counter[str]] = defaultdict(Counter)
@@ -109,6 +112,7 @@ def analyse(ds: Path, reason: str | None = None) -> RejectReport:
     comp_n: Counter[str] = Counter()
     examples: dict[str, list[int]] = defaultdict(list)  # reason/detail -> first lines
     too_long: list[int] = []
+    keeps_at: list[int] = []  # no_trainable_tokens: the max_length that keeps each one's last exchange whole
     near: list[float] = []  # scores of low_quality rejects within 0.05 of their threshold
     unknown_keys: Counter[str] = Counter()
     total = shown = 0
@@ -129,6 +133,8 @@ def analyse(ds: Path, reason: str | None = None) -> RejectReport:
             examples[key].append(row.get("line", 0))
         if detail == "too_long" and isinstance(details.get("tokens"), int):
             too_long.append(details["tokens"])
+        if detail == "no_trainable_tokens" and isinstance(details.get("keeps_at"), int):
+            keeps_at.append(details["keeps_at"])
         if r == "unknown_format":
             unknown_keys[", ".join(sorted(k for k in row if k not in _BOOKKEEPING))[:80]] += 1
         score = row.get("quality_score")
@@ -162,7 +168,7 @@ def analyse(ds: Path, reason: str | None = None) -> RejectReport:
         by_reason=dict(by_reason.most_common()), by_detail=dict(by_detail.most_common()),
         by_domain={d: dict(c.most_common()) for d, c in sorted(by_domain.items(), key=lambda kv: -sum(kv[1].values()))},
         closest=closest, histogram=hist, score_stats=score_stats)
-    report.recommendations = _recommend(report, settings, examples, too_long, near, weak,
+    report.recommendations = _recommend(report, settings, examples, too_long, keeps_at, near, weak,
                                         {k: comp_sum[k] / comp_n[k] for k in comp_n}, unknown_keys)
     return report
 
@@ -172,6 +178,7 @@ def _lines(xs: list[int]) -> str:
 
 
 def _recommend(rep: RejectReport, settings: dict[str, Any], examples: dict[str, list[int]], too_long: list[int],
+               keeps_at: list[int],
                near: list[float], weak: Counter[str], comp_mean: dict[str, float],
                unknown_keys: Counter[str]) -> list[str]:
     """Advice derived from the numbers: each line names a count and the change that addresses it."""
@@ -217,8 +224,11 @@ def _recommend(rep: RejectReport, settings: dict[str, Any], examples: dict[str, 
                    f"{settings.get('max_length', '?')}): raise train.max_length to {_round_up(longest)} or set "
                    "curation.on_too_long = \"truncate\".")
     if rep.by_detail.get("no_trainable_tokens"):
-        out.append(f"{rep.by_detail['no_trainable_tokens']} records lose their whole answer to truncation (lines "
-                   f"{_lines(examples['no_trainable_tokens'])}): raise train.max_length or shorten their prompts.")
+        keep = (f"train.max_length = {max(keeps_at)} keeps them all (their last exchange whole)" if keeps_at
+                else "raise train.max_length")
+        out.append(f"{rep.by_detail['no_trainable_tokens']} records keep no trained token even without their oldest "
+                   f"turns (lines {_lines(examples['no_trainable_tokens'])}, train.max_length "
+                   f"{settings.get('max_length', '?')}): {keep}, or shorten their prompts.")
     if rep.by_reason.get("invalid_json"):
         out.append(f"{rep.by_reason['invalid_json']} lines are not valid JSON (lines "
                    f"{_lines(examples['invalid_json'])}): fix them and drop the file again.")

@@ -26,6 +26,7 @@ class TrainingStatus(TypedDict, total=False):
     rendering: (
         str  # how tools, calls and reasoning reached the tokens (only for datasets that have them)
     )
+    max_length: str  # the number, and with "auto" how it was chosen
     current_step: int
     total_steps: int
     epoch: float

@@ -88,7 +88,7 @@ def answer_rows(
     from daemon.training.probe_pass import ProbePass
 
     answering = ProbePass("final", tok, [messages_of(r) for r in rows], [tools_of(r) for r in rows],
-                          cfg.max_length, cfg.max_new_tokens, cfg.loss_on, autocast=autocast)
+                          cfg.resolved_max_length, cfg.max_new_tokens, cfg.loss_on, autocast=autocast)
     return answering.run(model)
 
 

@@ -216,7 +216,7 @@ class Batching:
             return
         # batch_tokens = 0: batch_size examples' worth of tokens, so a step carries as much as it did padded
         budget = cfg.batch_tokens or max(1, round(cfg.batch_size * self.real_tokens / max(1, len(encoded))))
-        self.dataset = PackedDataset(encoded, cfg.max_length, budget, cfg.seed)
+        self.dataset = PackedDataset(encoded, cfg.resolved_max_length, budget, cfg.seed)
         plan = self.dataset.plan
         self.collator = PackedCollator(pad_id, flash)
         self.trainer_class = trainer_class()

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import Trainer, TrainingArguments
 
+    from daemon.training.data import TrainedParts
     from daemon.training.packing import Batching
     from daemon.training.run_control import RunControl
     from daemon.training.status_writer import StatusWriter
@@ -94,13 +95,15 @@ def resolved_config(ctx: RunContext) -> dict[str, Any]:
     return doc
 
 
-def load_data(ctx: RunContext, tok: Any) -> tuple[list[dict[str, Any]], list[dict[str, list[int]]]]:
-    """The curated train split: its rows, and each one tokenised with the prompt's labels masked."""
+def load_data(ctx: RunContext, tok: Any, parts: TrainedParts | None = None
+              ) -> tuple[list[dict[str, Any]], list[dict[str, list[int]]]]:
+    """The curated train split: its rows, and each one tokenised with the prompt's labels masked
+    (`parts` counts the calls and reasoning that reached the loss, per layout)."""
     from daemon.training.data import encode_rows, read_split
 
     cfg = ctx.settings.train
     rows = read_split(ctx.dataset_dir / "train.jsonl")
-    encoded = encode_rows(tok, rows, cfg.max_length, cfg.loss_on, cfg.loss_on_reasoning)
+    encoded = encode_rows(tok, rows, cfg.resolved_max_length, cfg.loss_on, cfg.loss_on_reasoning, parts)
     if not encoded:
         raise TrainingError(
             f"{ctx.dataset_dir.name} has no training example with a trainable token"
@@ -211,8 +214,26 @@ def total_steps(cfg: TrainConfig, items_per_epoch: int, batch_size: int) -> int:
 
 
 def _rendering_status(report: dict[str, Any]) -> dict[str, Any]:
-    """The status file's `rendering` line, for datasets with tools, calls or reasoning at all."""
-    return {"rendering": report["summary"]} if any(report["rows_with"].values()) else {}
+    """The status file's `rendering` line, for datasets with tools, calls or reasoning at all: how
+    the template renders them, the layouts, and what reached the loss."""
+    if not any(report["rows_with"].values()):
+        return {}
+    trained = f" — {report['trained']}" if report.get("trained") else ""
+    return {"rendering": report["summary"] + trained}
+
+
+def _max_length_status(config: dict[str, Any]) -> str:
+    """The status file's `max_length` line: the number, and with "auto" how it was chosen."""
+    from daemon.models.max_length import AutoLength
+
+    auto = config.get("max_length_auto")
+    if not auto:
+        return f"{config['train']['max_length']} tokens (set)"
+    fields = {k: auto[k] for k in AutoLength.__dataclass_fields__ if k in auto}
+    try:
+        return AutoLength(**fields).summary()
+    except TypeError:  # an older record
+        return f"{config['train']['max_length']} tokens (auto)"
 
 
 class LoRARecipe:
@@ -251,6 +272,7 @@ class LoRARecipe:
         from daemon.models.loading import load_tokenizer
         from daemon.runs.checkpoints import CHECKPOINT_REQUEST, newest_complete_checkpoint
         from daemon.training import faults
+        from daemon.training.data import TrainedParts, resolve_max_length
         from daemon.training.packing import Batching
         from daemon.training.ranks import AgreeOnStop
         from daemon.training.run_control import RunControl
@@ -265,7 +287,14 @@ class LoRARecipe:
         set_seed(cfg.seed)
         # 2. data: the curated train split, tokenised with prompt tokens masked
         self.tok = tok = load_tokenizer(cfg.model, ctx.home.models, cfg.trust_remote_code)
-        self.rows, train_set = load_data(ctx, tok)
+        # train.max_length = "auto" becomes a number here (the curation's choice), before anything
+        # tokenises; config.json keeps the number and how it was chosen
+        auto_length = resolve_max_length(cfg, ctx.dataset_dir, tok)
+        if auto_length is not None:
+            config["train"]["max_length"] = cfg.max_length
+            config["max_length_auto"] = auto_length
+        parts = TrainedParts(tok, cfg.loss_on, cfg.loss_on_reasoning)
+        self.rows, train_set = load_data(ctx, tok, parts)
         # 3. model: the base model with LoRA adapters (only they train)
         self.model = model = build_model(ctx)
         # Batches: padded, or padding-free packed rows with train.packing
@@ -274,7 +303,9 @@ class LoRARecipe:
         self.batching = batching = Batching(train_set, cfg, tok.pad_token_id, flash)
         # How tools, calls and reasoning reached the tokens (the model's template or the documented
         # fallback), and how the examples were batched
-        config.update(rendering=rendering_report(tok, self.rows), batching=batching.report)
+        config.update(rendering={**rendering_report(tok, self.rows), "by_layout": parts.report(),
+                                 "trained": parts.summary()},
+                      batching=batching.report)
         if self.main:
             write_json_atomic(run_dir / "config.json", config)
         # 4. the Trainer and its callbacks. With several processes rank 0 alone reports (status,
@@ -304,6 +335,7 @@ class LoRARecipe:
                     "run_dir": str(run_dir),
                     "world_size": world_size(),
                     **_rendering_status(config["rendering"]),
+                    "max_length": _max_length_status(config),
                 },
                 collectors=collectors,
                 echo=ctx.echo,
