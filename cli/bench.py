@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -432,10 +433,12 @@ def bench_compare(runs: list[str] = typer.Argument(..., help="Two or more run na
         for cell in r.cells:
             if cell is None:
                 cells.append("[dim]—[/dim]")
-            elif c.label_regex:
-                cells.append(f"[bold]{cell.value}[/bold] {clip(cell.text, width)}")
             else:
-                cells.append(clip(readable(cell.text), width))
+                text = (f"[bold]{escape(cell.value)}[/bold] {escape(clip(cell.text, width))}" if c.label_regex
+                        else escape(clip(readable(cell.text), width)))
+                # ✓ matches the reference; ✂ stopped at max_tokens
+                cells.append(("[green]✓[/green] " if cell.matches else "") + text + (" [yellow]✂[/yellow]" if cell.cut
+                                                                                      else ""))
         mark = "[red]≠[/red]" if r.disagree else "[green]=[/green]"
         t.add_row(mark, r.name, *([clip(readable(r.reference or ""), width)] if has_ref else []), *cells)
     if shown:
@@ -451,6 +454,11 @@ def bench_compare(runs: list[str] = typer.Argument(..., help="Two or more run na
     console.print(pt)
     for pr in c.per_run:
         extra = f", no label in {pr['no_label']}" if pr["no_label"] else ""
+        if pr["with_reference"]:
+            extra += (f", matches the reference in {pr['match_reference']} of {pr['with_reference']} "
+                      f"({pr['match_reference'] / pr['with_reference']:.0%})")
+        if pr["cut"]:
+            extra += f", {pr['cut']} cut at max_tokens (✂)"
         console.print(f"{pr['run']}: {pr['results']} results, {pr['errors']} errors{extra}", highlight=False)
     if export:
         console.print(f"exported {len([r for r in c.rows if r.disagree or not diff_only])} rows → {h.inside(export)}")

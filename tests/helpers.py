@@ -111,8 +111,10 @@ def drop_demo(home: Path, name: str = "demo.jsonl") -> Path:
     return dest
 
 
-def bench_run_on_disk(home: Home, name: str, answers: list[str]) -> None:
-    """A finished bench run written directly (no model), as `bench list` and `compare` read it."""
+def bench_run_on_disk(home: Home, name: str, answers: list[str], references: list[str] | None = None,
+                      cut: frozenset[int] = frozenset()) -> None:
+    """A finished bench run written directly (no model), as `bench list` and `compare` read it; `references`
+    are the golden answers, `cut` the answers that stopped at max_tokens."""
     from daemon.bench.backends import Completion
     from daemon.bench.prompts import BenchPrompt
     from daemon.bench.runner import result_row
@@ -122,8 +124,9 @@ def bench_run_on_disk(home: Home, name: str, answers: list[str]) -> None:
     d.mkdir(parents=True)
     with open(d / "results.jsonl", "w") as fh:
         for i, text in enumerate(answers):
-            c = Completion(f"q{i}", text, 5, 3, "stop", 100.0, 100.5)
-            fh.write(json.dumps(result_row(name, "m", BenchPrompt(f"q{i}", i + 1), c, None)) + "\n")
+            c = Completion(f"q{i}", text, 5, 3, "length" if i in cut else "stop", 100.0, 100.5)
+            prompt = BenchPrompt(f"q{i}", i + 1, reference=references[i] if references else None)
+            fh.write(json.dumps(result_row(name, "m", prompt, c, None)) + "\n")
     info = RunInfo(
         name=name,
         fingerprint={"model": "m", "backend": "hf"},

@@ -47,8 +47,29 @@ def test_queue_lists_jobs_with_their_errors(tmp_path):
     r = runner.invoke(app, ["queue", "--home", str(tmp_path)])
     assert r.exit_code == 0
     assert "bad.jsonl is empty" in r.output and "queued" in r.output
+    # At 80 columns: one line a job, nothing folded; the long error is cut with … in its row and said whole
+    # under the table. --wide has every column.
+    with JobQueue(h.jobs_db) as q:
+        long = q.enqueue("customer_support_conversations_2026_q4.jsonl", h.inbox / "c.jsonl", "u")
+        error = "curation failed: " + "a very long explanation of what went wrong " * 3
+        q.transition(long.id, JobState.FAILED, error=error, dataset_dir=str(h.datasets / "c_1"))
+    from cli.common import console
+
+    was = console.width
+    console.width = 80
+    try:
+        r = runner.invoke(app, ["queue", "--home", str(tmp_path)])
+    finally:
+        console.width = was
+    lines = r.output.splitlines()
+    assert r.exit_code == 0 and max(len(x) for x in lines) <= 80
+    (row,) = [x for x in lines if x.strip().startswith("3 ")]
+    assert "failed" in row and "customer_support" in row and row.rstrip().endswith("…")
+    assert error.strip() in " ".join(r.output.split()) and "c_1" not in r.output
+    wide = runner.invoke(app, ["queue", "--home", str(tmp_path), "--wide"])
+    assert "datasets/c_1" in wide.output and "dataset / adapter" in wide.output
     rows = json.loads(runner.invoke(app, ["queue", "--home", str(tmp_path), "--json"]).output)
-    assert [x["state"] for x in rows] == ["queued", "failed"]
+    assert [x["state"] for x in rows] == ["failed", "queued", "failed"]
 
 
 def test_user_mistakes_are_one_red_line_and_exit_1(tmp_path):

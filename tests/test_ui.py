@@ -62,7 +62,7 @@ def ui_home(curated_home):  # noqa: F811 - the imported fixture
                                                 for e in range(2) for i in range(n)))
     FlagStore(h.flagged_file).add([
         {"reason": "mismatch", "step": 2, "loss": 1.5, "file": "mixed.jsonl", "prompt": XSS, "golden": "abc",
-         "output": "abd"},
+         "output": "abd", "job": 1},
         {"reason": "high_loss", "step": 2, "loss": 3.0, "file": "other.jsonl", "prompt": "p", "golden": "x",
          "output": "x"}])
     return h
@@ -128,7 +128,18 @@ def test_every_endpoint_answers_from_the_same_readers_as_the_cli(server, ui_home
 
     out = CliRunner().invoke(app, ["rejected", "--latest", "--json", "--home", str(ui_home.root)]).output
     assert json.loads(out)["by_reason"] == rej["by_reason"]
-    for page in ("", "flags", "compare", "evolution", "rejected", "static/app.js", "static/uPlot.iife.min.js"):
+    # The job page's document: its evaluations, figures with their sets, checkpoints; curves to lay over
+    job = _json(base + "api/job?id=1")[1]
+    assert [e["step"] for e in job["evaluations"]] == [0, 2] and job["flags"]["total"] == 1
+    assert job["figures"][0]["set"].endswith("val examples (the fixed set)") and job["checkpoints"] == []
+    curves = _json(base + "api/overlay?jobs=1")[1]
+    assert [s for s, _ in curves["1"]["loss"]] == [1, 2, 3] and curves["1"]["exact_match"] == [[0, 0.5], [2, 0.5]]
+    assert _req(base + "api/job?id=7")[0] == 404 and _req(base + "api/overlay?jobs=1,x")[0] == 400
+    searched = _json(base + "api/bench/compare?runs=a,b&q=no")[1]
+    assert [r["custom_id"] for r in searched["rows"]] == ["q1"]  # "No" in run a's answer
+    assert _json(base + "api/flags?count=1")[1] == {"stats": flags["stats"]}
+    for page in ("", "flags", "compare", "evolution", "rejected", "jobs/1", "static/app.js", "static/job.js",
+                 "static/uPlot.iife.min.js"):
         status, body, headers = _req(base + page)
         assert status == 200 and body, page
         assert "script-src 'self'" in headers["Content-Security-Policy"]
@@ -187,6 +198,8 @@ def test_writes_need_the_session_token_and_persist(server, ui_home):
     assert _req(base + "api/flags/1/resolve", "POST", {"notes": "fixed the label"}, ok)[0] == 200
     (flag,) = [f for f in FlagStore(ui_home.flagged_file).load() if f["id"] == 1]
     assert flag["resolved"] and flag["notes"] == "looked at it; fixed the label"
+    assert _req(base + "api/flags/1/reopen", "POST", {}, ok)[0] == 200
+    assert not next(f for f in FlagStore(ui_home.flagged_file).load() if f["id"] == 1)["resolved"]
     assert _req(base + "api/status", "POST", {}, ok)[0] == 404  # nothing else is writable
 
 
@@ -199,13 +212,30 @@ def test_an_access_token_guards_every_request_when_set(ui_home):
         assert _req(s.url)[0] == 401
         assert _req(s.url + "api/status", headers={"Authorization": "Bearer wrong"})[0] == 401
         assert _req(s.url + "api/status", headers={"Authorization": "Bearer s3cret"})[0] == 200
-        status, _, headers = _req(s.url + "?token=s3cret")
-        assert status == 200 and "trainctl_token=s3cret" in headers["Set-Cookie"]
+        # The first visit with ?token= puts it in the cookie and sends the page to its address without it
+        status, headers = _first_hop(s.url + "flags?token=s3cret&state=all")
+        assert status == 303 and headers["Location"] == "/flags?state=all"
+        assert "trainctl_token=s3cret" in headers["Set-Cookie"]
         assert "HttpOnly" in headers["Set-Cookie"] and "SameSite=Strict" in headers["Set-Cookie"]
+        assert _req(s.url + "flags?state=all", headers={"Cookie": "trainctl_token=s3cret"})[0] == 200
         assert _req(s.url + "api/status", headers={"Cookie": "trainctl_token=s3cret"})[0] == 200
+        assert _req(s.url + "api/status?token=s3cret")[0] == 200  # an API call is answered, not redirected
     finally:
         s.shutdown()
         s.server_close()
+
+
+def _first_hop(url: str) -> tuple[int, dict]:
+    """The status and headers of one request, a redirect not followed."""
+    class Stay(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    try:
+        with urllib.request.build_opener(Stay).open(url, timeout=10) as r:
+            return r.status, dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers)
 
 
 def _start_ui(home: Path, *args: str) -> tuple[subprocess.Popen, str]:
@@ -227,16 +257,25 @@ def test_ui_refuses_a_busy_port_in_one_line_and_needs_a_token_beyond_loopback(ho
     finally:
         p.send_signal(signal.SIGINT)
         p.wait(10)
-    p, url = _start_ui(home, "--host", "0.0.0.0")
+    p, url = _start_ui(home, "--token", "t0ken")  # tests listen on loopback only
     try:
-        assert "?token=" in url
-        token = url.split("?token=")[1]
-        local = url.replace("0.0.0.0", "127.0.0.1")
-        assert _req(local.split("?")[0] + "api/status")[0] == 401
-        assert _req(local.split("?")[0] + "api/status", headers={"Authorization": f"Bearer {token}"})[0] == 200
+        assert url.endswith("/?token=t0ken")
+        assert _req(url.split("?")[0] + "api/status")[0] == 401
+        assert _req(url.split("?")[0] + "api/status", headers={"Authorization": "Bearer t0ken"})[0] == 200
     finally:
         p.send_signal(signal.SIGINT)
         p.wait(10)
+
+
+def test_network_mode_prints_addresses_another_machine_can_open():
+    """`--host 0.0.0.0` prints this machine's reachable addresses with the token, never 0.0.0.0."""
+    from cli.ui import machine_addresses, usable_urls
+
+    urls = usable_urls("0.0.0.0", 8080, "abc")
+    assert urls and all(u.endswith(":8080/?token=abc") for u in urls) and not any("0.0.0.0" in u for u in urls)
+    if machine_addresses():  # a machine with no network but loopback has nothing else to print
+        assert not any("127.0.0.1" in u or "[::1]" in u for u in urls)
+    assert usable_urls("192.168.1.7", 9000, None) == ["http://192.168.1.7:9000/"]
 
 
 # -- in a real browser ------------------------------------------------------------------------------------------------
@@ -282,8 +321,9 @@ def test_pages_in_a_browser_while_a_real_job_trains(home, daemons):
     from tests.helpers import bench_run_on_disk as bench_run
 
     h = Home.open(home)
-    bench_run(h, "base", ["Yes", "No", XSS, "Maybe"])
-    bench_run(h, "tuned", ["Yes", "Yes", XSS, "Maybe"])
+    golden = ["Yes", "Yes", "No", "Maybe"]
+    bench_run(h, "base", ["Yes", "No", XSS, "Maybe"], golden)
+    bench_run(h, "tuned", ["Yes", "Yes", XSS, "Maybe"], golden, cut=frozenset({2}))
     d = daemons(home, "--epochs", "12", "--save-steps", "500")
     (Home(home).inbox / "demo.jsonl").write_bytes(DEMO.read_bytes())
     run = h.run_dir(1)
@@ -302,6 +342,14 @@ def test_pages_in_a_browser_while_a_real_job_trains(home, daemons):
             p.wait_for_function(f"() => +document.getElementById('loss-chart').dataset.points > {before + 5}",
                                 timeout=30_000)
             assert p.locator("#loss-chart canvas").count() >= 1
+            # Every axis has its title; steps are whole numbers; EM and ECE have an axis each
+            axes = p.evaluate("() => Object.fromEntries(Object.entries(trainctl.charts).map(([k, c]) => "
+                              "[k, c.axes.map((a) => a.label)]))")
+            assert axes["loss"] == ["step", "CE (nats/token)"], axes
+            assert axes["ev"] == ["step", "exact match (%)", "calibration error (ECE)"], axes
+            assert all(labels[0] == "step" and all(labels) for labels in axes.values()), axes
+            ticks = p.evaluate("() => trainctl.charts.loss.axes[0]._values")
+            assert ticks and all(t.isdigit() for t in ticks), ticks
             wait_for(lambda: json.loads(Home(home).training_status.read_text())["state"] == "done",
                      300, "the job to finish")
             rows = _loss_rows(run)
@@ -327,19 +375,42 @@ def test_pages_in_a_browser_while_a_real_job_trains(home, daemons):
             p.select_option("#reason", "manual")
             p.wait_for_function("() => document.querySelectorAll('#flag-list tbody tr').length === 1")
             assert XSS in p.locator("#flag-list tbody tr").inner_text()  # shown as text, not run
-            assert p.locator("#flag-list tbody mark").inner_text() == "wrong"  # the differing part, marked
+            # the differing words, marked: the output's in yellow, the golden answer's it lacks struck through
+            assert p.locator("#flag-list tbody mark:not(.del)").inner_text() == "wrong"
+            assert p.locator("#flag-list tbody mark.del").inner_text() == "right"
             manual_id = next(f["id"] for f in store.load() if f["reason"] == "manual")
             p.fill(f"#notes-{manual_id}", "checked by hand")
             p.click("button.resolve")
             p.wait_for_function("() => document.querySelector('#flag-list').innerText.includes('no flag matches')")
             (flag,) = [f for f in FlagStore(h.flagged_file).load() if f["id"] == manual_id]
             assert flag["resolved"] and flag["notes"] == "checked by hand"
+            p.select_option("#state", "resolved")  # ... and reopened from the page
+            p.click(f'button.reopen[data-id="{manual_id}"]')
+            p.wait_for_function("() => !document.querySelector('#flag-list').innerText.includes('checked by hand')")
+            assert not next(f for f in FlagStore(h.flagged_file).load() if f["id"] == manual_id)["resolved"]
+
+            # The job page: its figures name their set, and every kept checkpoint has a row and its command
+            p.goto(url.rstrip("/") + "/jobs/1")
+            p.wait_for_selector("#checkpoints table")
+            from daemon.runs.checkpoints import complete_checkpoint_steps
+
+            kept = complete_checkpoint_steps(run / "checkpoints")
+            rows = p.locator("#checkpoints tbody tr")
+            assert rows.count() == len(kept) + 1 + (run / "adapter-best").is_dir()
+            assert "trainctl export 1 --checkpoint" in rows.first.inner_text() if kept else True
+            assert p.locator("#checkpoints .pill.best").count() >= 1
+            assert "val examples" in p.locator("#figures").inner_text()
 
             # Comparison: disagreeing rows marked; diff-only hides the agreeing ones
             p.goto(url.rstrip("/") + "/compare")
             p.wait_for_selector("#rows table")
             assert p.locator("#rows tbody tr").count() == 4
             assert p.locator("#rows tbody tr.disagree").count() == 1
+            # each run against the reference, matching cells marked, the cut answer marked
+            summary = p.locator("#summary").inner_text()
+            assert "2 of 4 (50.0%)" in summary and "3 of 4 (75.0%)" in summary, summary
+            assert p.locator("#rows td.match").count() == 5
+            assert p.locator("#rows .pill.warning").count() == 1
             p.check("#diff-only")
             p.wait_for_function("() => document.querySelectorAll('#rows tbody tr').length === 1")
             assert p.locator("#rows tbody tr.agree").count() == 0
@@ -354,6 +425,14 @@ def test_pages_in_a_browser_while_a_real_job_trains(home, daemons):
 
             assert p.evaluate("() => window.pwned") is None  # no payload ran on any page
             assert tab.errors == [], tab.errors
+
+            # A phone: no page scrolls sideways at 390 px (tables scroll inside their box)
+            phone = browser.new_page(viewport={"width": 390, "height": 844})
+            for path in ("/", "/jobs/1", "/flags?state=all", "/compare", "/evolution", "/rejected"):
+                phone.goto(url.rstrip("/") + path)
+                phone.wait_for_timeout(1500)
+                width = phone.evaluate("() => document.documentElement.scrollWidth")
+                assert width <= 390, (path, width)
             browser.close()
     finally:
         ui.send_signal(signal.SIGINT)

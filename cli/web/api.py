@@ -112,6 +112,37 @@ def metrics(home: Home, params: dict[str, str]) -> dict[str, Any]:
             "more": offset + len(complete) < size}
 
 
+def job(home: Home, params: dict[str, str]) -> dict[str, Any]:
+    """The job page's document (cli/web/job_page.py) for ?id=N."""
+    from cli.web.job_page import job_doc
+    from daemon.jobs import JobQueue
+
+    job_id = _int(params, "id")
+    if job_id is None:
+        raise BadRequest("id is missing")
+    if not _job_exists(home, job_id):
+        raise NotFound(f"no job {job_id}")
+    with JobQueue(home.jobs_db, readonly=True) as q:
+        found = q.get(job_id)
+    doc = job_doc(home, found)
+    doc["flags"] = _flags(home).stats(job=job_id)
+    return doc
+
+
+def overlay(home: Home, params: dict[str, str]) -> dict[str, Any]:
+    """Curves of ?jobs=1,2,... (each looked up in the queue) to lay over each other."""
+    from cli.web.job_page import overlay as curves
+
+    raw = [x for x in (params.get("jobs") or "").split(",") if x]
+    if not raw or not all(x.isdigit() for x in raw) or len(raw) > 8:
+        raise BadRequest("jobs must be one to eight job numbers, e.g. jobs=1,2")
+    ids = [int(x) for x in raw]
+    missing = [i for i in ids if not _job_exists(home, i)]
+    if missing:
+        raise NotFound(f"no job {missing[0]}")
+    return curves(home, ids)
+
+
 def alerts(home: Home, params: dict[str, str]) -> dict[str, Any]:
     """A job's alert firings and resolutions (alerts.jsonl), oldest first."""
     from daemon.atomic import iter_jsonl
@@ -169,6 +200,8 @@ def flags(home: Home, params: dict[str, str]) -> dict[str, Any]:
     if job is not None and not job.isdigit():
         raise BadRequest("job must be a job number")
     all_flags = store.load()  # one read of the file for every part of the answer
+    if params.get("count"):  # the navigation's badge: the counts alone
+        return {"stats": store.stats(all_flags)}
     try:
         rows = store.query(reason, sort, None, include_resolved=state != "open", flags=all_flags,
                            job=int(job) if job else None, search=params.get("q") or None)
@@ -183,15 +216,21 @@ def flags(home: Home, params: dict[str, str]) -> dict[str, Any]:
             "reasons": sorted({f["reason"] for f in all_flags})}
 
 
-def flag_write(home: Home, flag_id: int, body: dict[str, Any], resolve: bool) -> dict[str, Any]:
-    """Resolve a flag (with notes), or add notes to it: the UI's only writes."""
+FLAG_WRITES = ("resolve", "notes", "reopen")
+"""What the UI may do to a flag (its only writes): resolve it (with notes), add notes, reopen a resolved one."""
+
+
+def flag_write(home: Home, flag_id: int, body: dict[str, Any], action: str) -> dict[str, Any]:
+    """One of FLAG_WRITES on flag `flag_id`."""
     store = _flags(home)
     if not any(f["id"] == flag_id for f in store.load()):
         raise NotFound(f"no flag {flag_id}")
     notes = body.get("notes")
     if notes is not None and not isinstance(notes, str):
         raise BadRequest("notes must be text")
-    if resolve:
+    if action == "reopen":
+        return store.reopen(flag_id)
+    if action == "resolve":
         return store.resolve(flag_id, (notes or "").strip() or None)
     if not (notes or "").strip():
         raise BadRequest("notes are empty")
@@ -227,12 +266,42 @@ def bench_compare(home: Home, params: dict[str, str]) -> dict[str, Any]:
                 raise BadRequest(f"{key} is not a valid regular expression: {problem}")
     c = comparison(home, runs, params.get("label_regex"), params.get("name_field"), params.get("name_regex"))
     doc = compare_doc(c, params.get("diff_only") in ("1", "true"))
+    search = (params.get("q") or "").strip().lower()
+    if search:  # rows whose name, reference or any answer holds the text
+        doc["rows"] = [r for r in doc["rows"] if search in json.dumps(
+            [r.get("name"), r.get("reference"), *((r[run] or {}).get("answer") for run in runs)],
+            ensure_ascii=False).lower()]
     offset, limit = _int(params, "offset", 0) or 0, _int(params, "limit", 200) or 200
     doc["total_rows"] = len(doc["rows"])
     doc["disagreements"] = c.disagreements
     doc["rows"] = doc["rows"][offset: offset + limit]
     doc["offset"] = offset
+    prompts = _prompts(home, runs, {r["custom_id"] for r in doc["rows"]})
+    for r in doc["rows"]:
+        r["prompt"] = prompts.get(r["custom_id"])
     return doc
+
+
+def _prompts(home: Home, runs: list[str], ids: set[str]) -> dict[str, str]:
+    """The conversation each of `ids` asked, as `role: text` lines, from the prompt file of the first run that
+    still has one (a run keeps the path of the file it answered)."""
+    from daemon.bench.prompts import iter_prompts
+    from daemon.bench.state import load_run
+    from daemon.chat.answers import answer_of_message
+
+    for name in runs:
+        info = load_run(home.bench_dir(name))
+        path = Path(info.prompts_path) if info is not None and info.prompts_path else None
+        if path is None or not path.is_file():
+            continue
+        out = {}
+        for p in iter_prompts(path):
+            if p.custom_id in ids:
+                out[p.custom_id] = "\n".join(
+                    f"{m.get('role')}: {answer_of_message(m) if m.get('role') == 'assistant' else m.get('content')}"
+                    for m in p.messages)
+        return out
+    return {}
 
 
 # -- evolution ------------------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ they read the JSON endpoints of cli/web/api.py.
 
 Security:
   * it listens on 127.0.0.1 unless told otherwise; another host needs an access token (--token, or one is generated
-    and printed), carried by every request: `?token=` once (it is then kept in a same-site cookie) or an
-    `Authorization: Bearer` header;
+    and printed), carried by every request: `?token=` once (a page then redirects to its address without it,
+    the token kept in a same-site HttpOnly cookie) or an `Authorization: Bearer` header;
   * on loopback the Host header must name loopback, so a web page cannot reach it through DNS rebinding;
   * writes (resolving a flag, adding notes) need the per-session write token the pages get from /api/session (a
     cross-site page can neither read it nor send the custom header without the browser asking first), and a
@@ -20,6 +20,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import re
 import secrets
 import signal
 import threading
@@ -29,7 +30,7 @@ from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from cli.web import api
 from daemon.errors import TrainctlError
@@ -38,10 +39,12 @@ from daemon.home import Home
 STATIC = Path(__file__).parent / "static"
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css",
           ".txt": "text/plain; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
+JOB_PAGE = re.compile(r"/jobs/[0-9]{1,9}")
 COOKIE = "trainctl_token"
 """Where the access token is kept once a page was opened with ?token=."""
 PAGES = {"/": ("Monitor", "monitor"), "/flags": ("Flagged examples", "flags"), "/compare": ("Compare runs", "compare"),
-         "/evolution": ("Evolution", "evolution"), "/rejected": ("Rejections", "rejected")}
+         "/evolution": ("Evolution", "evolution"), "/rejected": ("Rejections", "rejected"),
+         "/jobs/": ("Job", "job")}
 """URL -> (title, its script in static/): every page is static/page.html around its own script. Static assets are
 whatever files cli/web/static holds, by exact name (see `_static`)."""
 
@@ -86,6 +89,8 @@ _GET: dict[str, Callable[[Home, dict[str, str]], Any]] = {
     "/api/queue": api.queue,
     "/api/metrics": api.metrics,
     "/api/alerts": api.alerts,
+    "/api/job": api.job,
+    "/api/overlay": api.overlay,
     "/api/flags": api.flags,
     "/api/bench/runs": lambda h, p: api.bench_runs(h),
     "/api/bench/compare": api.bench_compare,
@@ -172,8 +177,18 @@ class Handler(BaseHTTPRequestHandler):
         if routed is None:
             return
         path, query, extra = routed
+        if (path in PAGES or JOB_PAGE.fullmatch(path)) and "token" in query and extra:
+            # First visit with ?token=: the token moves into the cookie and the address bar is cleaned (it would
+            # otherwise sit in the history, bookmarks and every link copied from it)
+            rest = urlencode([(k, v) for k, v in query.items() if k != "token"])
+            self._send(HTTPStatus.SEE_OTHER, b"", _TYPES[".txt"],
+                       {**extra, "Location": path + (f"?{rest}" if rest else "")})
+            return
         if path in PAGES:
             self._send(HTTPStatus.OK, page_html(path), _TYPES[".html"], extra)
+            return
+        if JOB_PAGE.fullmatch(path):  # /jobs/N: one page for every job (the script reads N from the address)
+            self._send(HTTPStatus.OK, page_html("/jobs/"), _TYPES[".html"], extra)
             return
         if path in self.server.static:
             f = self.server.static[path]
@@ -218,11 +233,10 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             self._error(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
             return
-        segs = path.strip("/").split("/")  # api/flags/<id>/(resolve|notes)
-        if len(segs) == 4 and segs[:2] == ["api", "flags"] and segs[2].isdigit() and segs[3] in ("resolve", "notes"):
+        segs = path.strip("/").split("/")  # api/flags/<id>/(resolve|notes|reopen)
+        if len(segs) == 4 and segs[:2] == ["api", "flags"] and segs[2].isdigit() and segs[3] in api.FLAG_WRITES:
             flag_id = int(segs[2])
-            self._answer(lambda: api.flag_write(self.server.home, flag_id, body, resolve=segs[3] == "resolve"),
-                         extra)
+            self._answer(lambda: api.flag_write(self.server.home, flag_id, body, segs[3]), extra)
             return
         self._error(HTTPStatus.NOT_FOUND, f"nothing to write at {path}")
 

@@ -29,6 +29,10 @@ class Cell:
     text: str
     value: str
     """What is compared: the extracted label, or the whitespace-normalised answer; ERROR for an error line."""
+    cut: bool = False
+    """The answer stopped at max_tokens (finish_reason "length"), not where the model ended it."""
+    matches: bool | None = None
+    """Its value equals the reference's (extracted the same way); None where the row has no reference."""
 
 
 @dataclass
@@ -115,8 +119,9 @@ def _load(run_dir: Path, pattern: re.Pattern[str] | None) -> tuple[dict[str, Cel
             err = row["error"]
             cells[cid] = Cell(f"{err.get('code')}: {err.get('message')}", ERROR)
         else:
-            text = answer_of_message(row["response"]["body"]["choices"][0]["message"])
-            cells[cid] = Cell(text, extract(text, pattern))
+            choice = row["response"]["body"]["choices"][0]
+            text = answer_of_message(choice["message"])
+            cells[cid] = Cell(text, extract(text, pattern), cut=choice.get("finish_reason") == "length")
         extra[cid] = {"reference": row.get("reference"), "metadata": row.get("metadata") or {}}
     return cells, extra
 
@@ -172,7 +177,13 @@ def compare_runs(bench_root: Path, names: list[str], label_regex: str = "", name
     rows = []
     for cid in ids:
         ref = next((e[cid]["reference"] for _, e in loaded if cid in e and e[cid]["reference"] is not None), None)
-        rows.append(Row(cid, display.get(cid, cid), [cells.get(cid) for cells, _ in loaded], ref))
+        row = Row(cid, display.get(cid, cid), [cells.get(cid) for cells, _ in loaded], ref)
+        if ref is not None:  # each answer against the golden one, compared as the answers are among themselves
+            want = extract(ref, label)
+            for cell in row.cells:
+                if cell is not None:
+                    cell.matches = cell.value == want
+        rows.append(row)
     pairs = []
     for i, j in combinations(range(len(names)), 2):
         joint = [(r.cells[i].value, r.cells[j].value) for r in rows  # type: ignore[union-attr]
@@ -181,7 +192,10 @@ def compare_runs(bench_root: Path, names: list[str], label_regex: str = "", name
     per_run = []
     for n, (cells, _) in zip(names, loaded):
         values = Counter(c.value for c in cells.values())
+        judged = [c for c in cells.values() if c.matches is not None]
         per_run.append({"run": n, "results": len(cells), "errors": values.get(ERROR, 0),
+                        "cut": sum(c.cut for c in cells.values()),
+                        "with_reference": len(judged), "match_reference": sum(bool(c.matches) for c in judged),
                         "no_label": values.get(NO_LABEL, 0) if label else None,
                         "top_labels": values.most_common(5) if label else None})
     return Comparison(list(names), rows, pairs, label_regex, per_run)
@@ -196,6 +210,7 @@ def comparison_rows_json(c: Comparison, diff_only: bool = False) -> list[dict[st
         if r.reference is not None:
             row["reference"] = r.reference
         for run, cell in zip(c.runs, r.cells):
-            row[run] = None if cell is None else {"answer": cell.text, "value": cell.value}
+            row[run] = None if cell is None else {"answer": cell.text, "value": cell.value, "cut": cell.cut,
+                                                  "matches": cell.matches}
         out.append(row)
     return out

@@ -5,19 +5,31 @@
   T.nav("/");
   const page = document.getElementById("page");
   const cards = el("div", { class: "cards", id: "cards" });
-  const smooth = el("input", { type: "range", min: "0", max: "0.99", step: "0.01", value: "0.9", id: "smoothing" });
+  // Smoothing: a debiased exponential moving average (as TensorBoard's), so the curve starts where the raw one
+  // does; 0.6 by default keeps it close to the raw curve. Its value is shown beside the slider.
+  const smooth = el("input", { type: "range", min: "0", max: "0.99", step: "0.01", value: "0.6", id: "smoothing" });
+  const smoothValue = el("output", { id: "smoothing-value", text: "0.60" });
   const logScale = el("input", { type: "checkbox", id: "log-scale" });
+  const xTime = el("select", { id: "x-axis" }, el("option", { value: "step", text: "x: step" }),
+    el("option", { value: "time", text: "x: wall-clock time" }));
+  const jobLink = el("a", { id: "job-link", href: "#" });
   const lossBox = el("div", { id: "loss-chart" });
   const boxes = { tps: el("div", { id: "tps-chart" }), lr: el("div", { id: "lr-chart" }),
     gn: el("div", { id: "gn-chart" }), ev: el("div", { id: "eval-chart" }) };
   const alertsBox = el("div", { id: "alerts" }), loraBox = el("div", { id: "lora" }),
     devBox = el("div", { id: "devices" }), jobsBox = el("div", { id: "jobs" });
-  page.append(cards,
+  const emptyBox = el("div", { id: "no-job", class: "panel", style: "display:none" },
+    T.empty("No job has trained yet: the charts appear here as soon as one starts.",
+      "Drop a JSONL file into inbox/ while `trainctl daemon` runs, or run `trainctl train FILE` (try "
+      + "examples/demo_reverse.jsonl)."));
+  const charted = el("div", { id: "charted" },
     el("div", { class: "panel" }, el("div", { class: "controls" },
-      el("label", {}, "smoothing ", smooth), el("label", {}, logScale, " log scale")), lossBox),
+      el("label", {}, "smoothing ", smooth, " ", smoothValue), el("label", {}, logScale, " log scale"), xTime,
+      jobLink), lossBox),
     el("div", { class: "grid" },
-      el("div", { class: "panel" }, boxes.tps), el("div", { class: "panel" }, boxes.lr),
-      el("div", { class: "panel" }, boxes.gn), el("div", { class: "panel" }, boxes.ev)),
+      el("div", { class: "panel" }, boxes.ev), el("div", { class: "panel" }, boxes.tps),
+      el("div", { class: "panel" }, boxes.lr), el("div", { class: "panel" }, boxes.gn)));
+  page.append(cards, emptyBox, charted,
     el("div", { class: "grid" },
       el("div", { class: "panel" }, el("h2", { text: "Alerts" }), alertsBox),
       el("div", { class: "panel" }, el("h2", { text: "LoRA layers" }), loraBox)),
@@ -28,7 +40,8 @@
   let job = null, offset = 0, charts = null;
   let d = null;
   function reset() {
-    d = { step: [], loss: [], lstep: [], tps: [], lr: [], gn: [], estep: [], em: [], ece: [], lastEval: null };
+    d = { step: [], time: [], loss: [], lstep: [], ltime: [], ce: [], tps: [], lr: [], gn: [],
+      estep: [], etime: [], em: [], ece: [], lastEval: null, t0: null };
     offset = 0;
   }
   reset();
@@ -36,45 +49,68 @@
   function makeCharts() {
     if (charts) for (const c of Object.values(charts)) c.destroy();
     T.clear(lossBox); for (const b of Object.values(boxes)) T.clear(b);
+    const x = xTime.value;
     charts = {
-      loss: T.lineChart(lossBox, "loss", [["loss", "#9aa7bd"], ["EMA", "#2f5bd3", { width: 2 }]],
-        { height: 260, log: logScale.checked }),
-      tps: T.lineChart(boxes.tps, "tokens/s", [["tokens/s", "#1a7f37"]]),
-      lr: T.lineChart(boxes.lr, "learning rate", [["lr", "#8e44ad"]]),
-      gn: T.lineChart(boxes.gn, "gradient norm", [["grad norm", "#b26a00"]]),
-      ev: T.lineChart(boxes.ev, "fixed evaluation", [["EM", "#1a7f37"], ["ECE", "#c62828"]]),
+      loss: T.chart(lossBox, { title: "training loss and fixed-eval loss", x, height: 260,
+        y: { label: "CE (nats/token)", log: logScale.checked },
+        series: [["loss", "#9aa7bd"], ["smoothed", "#2f5bd3", { width: 2 }],
+          ["fixed-eval CE", "#e07b00", { points: true }]] }),
+      ev: T.chart(boxes.ev, { title: "fixed evaluation (held-out val examples)", x,
+        y: { label: "exact match (%)", range: [0, 100] }, y2: { label: "calibration error (ECE)", range: [0, 1] },
+        series: [["EM %", "#1a7f37", { points: true }], ["ECE", "#c62828", { points: true, scale: "y2" }]] }),
+      tps: T.chart(boxes.tps, { title: "throughput", x, y: { label: "tokens/s" },
+        series: [["tokens/s", "#1a7f37"]] }),
+      lr: T.chart(boxes.lr, { title: "learning rate", x, y: { label: "learning rate" },
+        series: [["lr", "#8e44ad"]] }),
+      gn: T.chart(boxes.gn, { title: "gradient norm", x, y: { label: "L2 norm, before clipping" },
+        series: [["grad norm", "#b26a00"]] }),
     };
     window.trainctl.charts = charts;
   }
 
   function ema(values, s) {
-    const out = []; let m = null;
-    for (const v of values) { if (v === null || !isFinite(v)) { out.push(m); continue; } m = m === null ? v : s * m + (1 - s) * v; out.push(m); }
+    const out = []; let m = 0, k = 0;
+    for (const v of values) {
+      if (v === null || !isFinite(v)) { out.push(null); continue; }
+      k++; m = s * m + (1 - s) * v;
+      out.push(s > 0 ? m / (1 - Math.pow(s, k)) : v);
+    }
     return out;
   }
 
   function draw() {
     if (!charts) makeCharts();
     const s = parseFloat(smooth.value);
-    charts.loss.setData([d.lstep, d.loss, ema(d.loss, s)]);
+    smoothValue.textContent = s.toFixed(2);
+    const time = xTime.value === "time";
+    charts.loss.setData([time ? d.ltime : d.lstep, d.loss, ema(d.loss, s), d.ce]);
     lossBox.dataset.points = String(d.loss.length);
     lossBox.dataset.job = job === null ? "" : String(job);
-    charts.tps.setData([d.step, d.tps]);
-    charts.lr.setData([d.step, d.lr]);
-    charts.gn.setData([d.step, d.gn]);
-    charts.ev.setData([d.estep, d.em, d.ece]);
+    const xs = time ? d.time : d.step;
+    charts.tps.setData([xs, d.tps]);
+    charts.lr.setData([xs, d.lr]);
+    charts.gn.setData([xs, d.gn]);
+    charts.ev.setData([time ? d.etime : d.estep, d.em.map((v) => (v === null ? null : 100 * v)), d.ece]);
   }
 
   function add(rows) {
     const num = (v) => (typeof v === "number" && isFinite(v) ? v : null);
     for (const r of rows) {
       const step = r.current_step;
-      if (typeof r.loss === "number") { d.lstep.push(step); d.loss.push(num(r.loss)); }
-      d.step.push(step); d.tps.push(num(r.tokens_per_sec)); d.lr.push(num(r.learning_rate)); d.gn.push(num(r.grad_norm));
+      if (d.t0 === null && typeof r.time === "number") d.t0 = r.time;
+      const minutes = typeof r.time === "number" ? (r.time - d.t0) / 60 : null;
+      let ce = null;
       if (r.fixed_eval_step !== undefined && r.fixed_eval_step !== d.lastEval && r.fixed_eval_em !== undefined) {
         d.lastEval = r.fixed_eval_step;
-        d.estep.push(r.fixed_eval_step); d.em.push(num(r.fixed_eval_em)); d.ece.push(num(r.fixed_eval_ece));
+        d.estep.push(r.fixed_eval_step); d.etime.push(minutes);
+        d.em.push(num(r.fixed_eval_em)); d.ece.push(num(r.fixed_eval_ece));
+        ce = num(r.fixed_eval_ce);
       }
+      if (typeof r.loss === "number" || ce !== null) {
+        d.lstep.push(step); d.ltime.push(minutes); d.loss.push(num(r.loss)); d.ce.push(ce);
+      }
+      d.step.push(step); d.time.push(minutes);
+      d.tps.push(num(r.tokens_per_sec)); d.lr.push(num(r.learning_rate)); d.gn.push(num(r.grad_norm));
     }
   }
 
@@ -103,7 +139,8 @@
       card("ETA", t.state === "training" ? T.duration(t.eta_seconds) : "—"),
       card("loss", T.fmt(t.loss, 4)),
       card("tokens/s", T.fmt(t.tokens_per_sec, 0)),
-      card("fixed-eval EM", t.fixed_eval_em === undefined ? "—" : T.pct(t.fixed_eval_em)));
+      card(`fixed-eval EM (${t.fixed_eval_examples || "?"} val examples)`,
+        t.fixed_eval_em === undefined ? "—" : T.pct(t.fixed_eval_em)));
     const active = t.active_alerts || [];
     T.clear(alertsBox, active.length
       ? T.table(["severity", "alert", "since step", "recommendation"], active,
@@ -134,9 +171,10 @@
 
   async function showJobs() {
     const jobs = await T.get("/api/queue", { limit: 20 });
-    T.clear(jobsBox, T.table(["id", "state", "file", "result"], jobs,
-      (j) => [String(j.id), el("span", { class: j.state === "done" ? "ok" : j.state === "failed" || j.state === "cancelled" ? "bad" : "", text: j.state }),
-        j.file_name, T.textCell(j.error || j.message || "")]));
+    T.clear(jobsBox, jobs.length ? T.table(["id", "state", "file", "result"], jobs,
+      (j) => [el("a", { href: `/jobs/${j.id}`, text: `job ${j.id}` }), el("span", { class: j.state === "done" ? "ok" : j.state === "failed" || j.state === "cancelled" ? "bad" : "", text: j.state }),
+        j.file_name, T.textCell(j.error || j.message || "")])
+      : T.empty("No jobs yet.", "Drop a JSONL file into inbox/ or run `trainctl train FILE`."));
   }
 
   async function tick() {
@@ -145,6 +183,12 @@
       showStatus(st);
       const current = (st.training || {}).job_id;
       await pullMetrics(current === undefined ? null : current);
+      emptyBox.style.display = job === null ? "" : "none";
+      charted.style.display = job === null ? "none" : "";
+      if (job !== null) {
+        jobLink.href = `/jobs/${job}`;
+        jobLink.textContent = `job ${job}: checkpoints, results, other jobs →`;
+      }
       draw();
       await showPast();
       await showJobs();
@@ -156,5 +200,6 @@
 
   smooth.addEventListener("input", draw);
   logScale.addEventListener("change", () => { makeCharts(); draw(); });
+  xTime.addEventListener("change", () => { makeCharts(); draw(); });
   window.addEventListener("load", () => { makeCharts(); tick(); setInterval(tick, 2000); });
 })();

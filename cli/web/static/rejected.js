@@ -10,7 +10,7 @@
 
   function bars(entries) {
     const max = Math.max(1, ...entries.map(([, v]) => v));
-    return T.table(["", "count", ""], entries, ([k, v]) => [k, String(v), el("span", { class: "bar", style: `width:${Math.round(240 * v / max)}px` })]);
+    return T.table(["", "count", ""], entries, ([k, v]) => [k, String(v), el("span", { class: "bar", style: `width:${Math.round(160 * v / max)}px` })]);
   }
 
   async function load() {
@@ -46,7 +46,9 @@
     try {
       const names = await T.get("/api/datasets");
       T.clear(pick, names.map((n) => el("option", { value: n, text: n })));
-      if (names.length) await load(); else T.showError("no curated dataset yet");
+      if (names.length) await load();
+      else T.clear(body, T.empty("No curated dataset yet: every rejected record and its reason appear here.",
+        "Drop a JSONL file into inbox/ or run `trainctl curate FILE` (or `trainctl train FILE`)."));
     } catch (e) { T.showError(e.message); }
   });
   pick.addEventListener("change", load);
