@@ -141,11 +141,12 @@ def render(s: dict[str, Any]) -> Group:
         g.add_row("ETA", (duration(t.get("eta_seconds")) + " (incl. evaluations)")
                   if t.get("state") == "training" else "—")
         if t.get("fixed_eval_em") is not None:
-            g.add_row("fixed eval", f"EM {t['fixed_eval_em']:.0%}  CE {_num(t.get('fixed_eval_ce'), '{:.3f}')}  "
-                                    f"ECE {_num(t.get('fixed_eval_ece'), '{:.3f}')}  ({t.get('fixed_eval_trend')}, "
-                                    f"step {t.get('fixed_eval_step')})  accuracy last 20 "
-                                    f"{_num(t.get('accuracy_last_20'), '{:.0%}')}, last 50 "
-                                    f"{_num(t.get('accuracy_last_50'), '{:.0%}')}")
+            g.add_row(f"fixed eval ({t.get('fixed_eval_examples') or '?'} val)",
+                      f"EM {t['fixed_eval_em']:.0%}  CE {_num(t.get('fixed_eval_ce'), '{:.3f}')}  "
+                      f"ECE {_num(t.get('fixed_eval_ece'), '{:.3f}')}  ({t.get('fixed_eval_trend')}, "
+                      f"step {t.get('fixed_eval_step')})  accuracy last 20 "
+                      f"{_num(t.get('accuracy_last_20'), '{:.0%}')}, last 50 "
+                      f"{_num(t.get('accuracy_last_50'), '{:.0%}')}")
         if t.get("diagnostics_share") is not None:
             left = t.get("diagnostics_skipped") or {}
             thinned = ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in left.items())
@@ -177,11 +178,13 @@ def render(s: dict[str, Any]) -> Group:
         if t.get("message"):
             g.add_row("note", str(t["message"]))
         if t.get("train_exact_match") is not None:
-            g.add_row("exact match (train)", f"{t['train_exact_match']:.0%}")
+            g.add_row("exact match (train)", f"{t['train_exact_match']:.0%} of "
+                                             f"{t.get('train_eval_examples') or '?'} training examples")
         if t.get("test_exact_match") is not None:
             base = _num(t.get("base_test_exact_match"), "{:.0%}")
             g.add_row("exact match (held-out test)",
-                      f"[bold]{t['test_exact_match']:.0%}[/bold] tuned vs {base} base model — "
+                      f"[bold]{t['test_exact_match']:.0%}[/bold] tuned vs {base} base model, on "
+                      f"{t.get('test_examples') or '?'} test examples — "
                       f"`trainctl bench run --job {t.get('job_id')}` (and `--base`) for every answer")
         g.add_row("updated", dash(t.get("updated_at")))
         parts.append(Panel(g, title="training", expand=False))

@@ -100,6 +100,8 @@ class TrainingStatus(TypedDict, total=False):
     train_exact_match: float | None
     test_exact_match: float | None
     base_test_exact_match: float | None
+    train_eval_examples: int | None  # the training examples train_exact_match is measured on
+    test_examples: int | None  # the held-out test examples test_exact_match (and the base's) is measured on
 
 
 STATUS_KEYS = frozenset(TrainingStatus.__annotations__)

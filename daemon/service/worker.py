@@ -155,14 +155,18 @@ def run_job(home: Home, job_id: int, echo: Callable[[str], None] = print, in_chi
                 ended = q.stopped(job.id, f"stopped at step {outcome.steps}; resumes from its checkpoint on restart")
                 echo(f"job {job.id}: {ended.state.value} at step {outcome.steps}, checkpoint kept")
                 return ended.state
-            em = {k: (outcome.metrics.get(k) or {}).get("exact_match") for k in ("train_eval", "test_eval",
-                                                                                  "base_test_eval")}
+            evals = {k: outcome.metrics.get(k) or {} for k in ("train_eval", "test_eval", "base_test_eval")}
+            em = {k: v.get("exact_match") for k, v in evals.items()}
             msg = f"{outcome.steps} steps, final loss {outcome.final_loss:.4f}" if outcome.final_loss is not None \
                 else f"{outcome.steps} steps"
+            # Each exact match says which set it is measured on and how many examples that set has
             if em["train_eval"] is not None:
-                msg += f", exact match on training examples {em['train_eval']:.0%}"
+                msg += f", exact match on {evals['train_eval'].get('count', '?')} training examples " \
+                       f"{em['train_eval']:.0%}"
             if em["test_eval"] is not None:
-                msg += f", held-out test {em['test_eval']:.0%} (base model {em['base_test_eval']:.0%})"
+                base = f"{em['base_test_eval']:.0%}" if em["base_test_eval"] is not None else "not measured"
+                msg += f", on {evals['test_eval'].get('count', '?')} held-out test examples " \
+                       f"{em['test_eval']:.0%} (base model {base})"
             msg += best_checkpoint_note(outcome.metrics.get("best"))
             if outcome.metrics.get("stopped_early"):
                 msg += f"; {outcome.metrics['stopped_early']}"

@@ -518,6 +518,9 @@ class LoRARecipe:
                 )
                 for key in ("train_eval", "test_eval", "base_test_eval")
             },
+            # how many examples each of those is measured on
+            train_eval_examples=(metrics.get("train_eval") or {}).get("count"),
+            test_examples=(metrics.get("test_eval") or {}).get("count"),
         )
         status.write(state, force=True)
         return TrainOutcome(

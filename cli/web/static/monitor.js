@@ -140,7 +140,10 @@
       card("loss", T.fmt(t.loss, 4)),
       card("tokens/s", T.fmt(t.tokens_per_sec, 0)),
       card(`fixed-eval EM (${t.fixed_eval_examples || "?"} val examples)`,
-        t.fixed_eval_em === undefined ? "—" : T.pct(t.fixed_eval_em)));
+        t.fixed_eval_em === undefined ? "—" : T.pct(t.fixed_eval_em)),
+      t.test_exact_match !== undefined && t.test_exact_match !== null
+        ? card(`held-out test EM (${t.test_examples || "?"} test examples)`,
+          `${T.pct(t.test_exact_match)} tuned · ${T.pct(t.base_test_exact_match)} base`) : null);
     const active = t.active_alerts || [];
     T.clear(alertsBox, active.length
       ? T.table(["severity", "alert", "since step", "recommendation"], active,
