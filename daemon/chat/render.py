@@ -343,6 +343,19 @@ class Lengths(NamedTuple):
         return min(self.first_trained, self.last_first_trained) < max_length
 
 
+def whole_lengths(tok: Any, conversations: list[tuple[list[Message], list[dict[str, Any]] | None]]) -> list[int]:
+    """Tokens of each whole (messages, tools), rendered once and tokenised in one batch (`Lengths.whole`)."""
+    r = rendering_of(tok)
+    counts: list[int] = []
+    for at in range(0, len(conversations), 512):  # in batches: a batch's encodings are held at once
+        texts = []
+        for msgs, tools in conversations[at: at + 512]:
+            rows, kw, _ = template_rows(msgs, tools, r)
+            texts.append(render(tok, rows, kw))
+        counts += count_tokens(tok, texts)
+    return counts
+
+
 def measure_lengths(tok: Any, conversations: list[tuple[list[Message], list[dict[str, Any]] | None]],
                     loss_on: str) -> list[Lengths]:
     """`Lengths` of each (messages, tools), tokenised in one batch."""

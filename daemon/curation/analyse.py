@@ -59,7 +59,8 @@ class Candidate(NamedTuple):
     tools_key: bytes
     """Hash of the record's tool definitions (b"" without): only records with the same tools are near duplicates."""
     keep_bound: int
-    """With max_length "auto": `Analyser.keep_bound` (the curator checks those above the chosen length); else 0."""
+    """`Analyser.length_bound` (0 without a tokenizer): with max_length "auto" the curator re-checks the records
+    whose bound reaches the chosen length."""
 
 
 @contextmanager
@@ -146,10 +147,11 @@ class Analyser:
         """Outcomes in input order (one per item), and how many records needed exact tokenisation."""
         with gc_paused():
             parsed = [self._parse(line, payload) for line, payload in items]
-            tokenised = self._check_lengths(parsed)
+            bounds = [0] * len(parsed)
+            tokenised = self._check_lengths(parsed, bounds)
             out: list[Rejected | Candidate] = []
-            for p in parsed:
-                out.append(p if isinstance(p, Rejected) else self._finish(p[0], p[2]))
+            for p, bound in zip(parsed, bounds):
+                out.append(p if isinstance(p, Rejected) else self._finish(p[0], p[2], bound))
             return out, tokenised
 
     def _parse(self, line: int, payload: Any) -> Rejected | tuple[int, Any, Example]:
@@ -180,14 +182,15 @@ class Analyser:
             return rejected_row(obj, text, line, "validation_failed", {"detail": problem[0], "error": problem[1]})
         return line, payload, ex
 
-    def _check_lengths(self, parsed: list[Any]) -> int:
+    def _check_lengths(self, parsed: list[Any], bounds: list[int]) -> int:
         """too_long / no_trainable_tokens, in place; returns how many records were tokenised.
 
         A token covers at least one byte (byte-level BPE, SentencePiece with byte fallback), so byte counts bound
         token counts: a record whose rendered size fits the limit cannot be too long, and one whose prompt (up to
         the first trained turn, in its whole or its shortest form: see `encode_messages`) fits keeps a trained
         token. Only records these bounds cannot settle are tokenised, in one batch for the chunk. The limit is
-        train.max_length, or with "auto" the ceiling (the curator settles the chosen length at the end)."""
+        train.max_length, or with "auto" the ceiling (the curator settles the chosen length at the end).
+        `bounds[i]` receives record i's bound (`length_bound`), which the automatic length reads again."""
         if self.tok is None:
             return 0
         limit = self.limit
@@ -196,11 +199,8 @@ class Analyser:
         for i, p in enumerate(parsed):
             if isinstance(p, Rejected):
                 continue
-            msgs, tools = p[2].messages, p[2].tools
-            if reject_long:
-                if self.whole_bound(msgs, tools) > limit:
-                    unsure.append(i)
-            elif self.keep_bound(msgs, tools) >= limit:
+            bounds[i] = bound = self.length_bound(p[2].messages, p[2].tools)
+            if bound > limit or (bound == limit and not reject_long):
                 unsure.append(i)
         if not unsure:
             return 0
@@ -228,15 +228,25 @@ class Analyser:
 
     def keep_bound(self, msgs: list[Message], tools: list[dict[str, Any]] | None) -> int:
         """An upper bound on the tokens before the first trained one, in the conversation's whole or shortest
-        form (whichever is less): below max_length, the record surely keeps a trained token."""
+        form (whichever is less): below max_length, the record surely keeps a trained token. The shortest form
+        is looked at only when the whole one's bound does not settle it (below `self.limit`)."""
         loss_on = self.train_cfg.loss_on
-        head, starts = exchange_starts(msgs)
         bound = 1 << 30
-        for form in (msgs, shortened(msgs, head, starts[-1])) if starts else (msgs,):
+        for form in self._forms(msgs):
             k = next((j for j, m in enumerate(form) if trains_on(m, loss_on)), len(form))
             prompt = form[: k + 1]  # the first trained turn's role marker counts too
             bound = min(bound, text_bytes(form[:k], tools) + self._overhead(tuple(m.role for m in prompt)))
+            if bound < self.limit:
+                break
         return bound
+
+    @staticmethod
+    def _forms(msgs: list[Message]) -> Iterator[list[Message]]:
+        """The conversation whole, then (when it has several exchanges) its shortest form."""
+        yield msgs
+        head, starts = exchange_starts(msgs)
+        if starts:
+            yield shortened(msgs, head, starts[-1])
 
     def _overhead(self, roles: tuple[str, ...]) -> int:
         """Bytes the chat template adds around the contents for this sequence of roles (+ a safety margin)."""
@@ -248,7 +258,7 @@ class Analyser:
                 self._overheads[roles] = 1 << 30
         return self._overheads[roles]
 
-    def _finish(self, line: int, ex: Example) -> Candidate:
+    def _finish(self, line: int, ex: Example, bound: int) -> Candidate:
         turns = [(m.role, _words(m)) for m in ex.messages]
         tools_key = b""
         if ex.tools:  # two conversations that differ only in their tools are different examples
@@ -271,7 +281,7 @@ class Analyser:
         return Candidate(line, bytes.fromhex(key[:32]), verdict, " ".join(words), orjson.dumps(row, default=str),
                          sum(len(m.content) + len(m.reasoning) for m in ex.messages), _ident(ex), key,
                          split_of(key, self.cfg), NearDupIndex.signature(shingles(words)), tools_key,
-                         self.length_bound(ex.messages, ex.tools) if self.auto else 0)
+                         bound)
 
 
 def _words(m: Message) -> list[str]:

@@ -186,7 +186,7 @@ class Curator:
                 self._write_clusters(pending)
         if self.auto is not None:
             with open(work / "rejected.jsonl", "ab") as self._rejected:
-                chosen = self.auto.settle(work, SPLITS, self._settled_reject)
+                chosen = self.auto.settle(work, self._settled_reject)
             self.max_length = chosen.to_dict()
 
         accepted = {s: self._counts[s] for s in SPLITS}
@@ -253,14 +253,16 @@ class Curator:
             return
         self.near.add(len(self.kept), sig, c.words)
         self.kept.append(_Kept(c.line, c.ident, c.split_key, c.tools_key))
-        self._accept(c.split, c.chars, c.row)
+        self._accept(c.split, c.chars, c.row, c.keep_bound)
         if self.auto is not None:
             self.auto.accepted(c)
 
-    def _accept(self, split: str, chars: int, row: bytes) -> None:
+    def _accept(self, split: str, chars: int, row: bytes, bound: int) -> None:
         self._counts[split] += 1
         self._chars[split].append(chars)
         self._out[split].write(row + b"\n")
+        if self.auto is not None:
+            self.auto.written(split, bound)
 
     # near_duplicates = "keep": clusters are only known at the end (a later record can join two), so accepted
     # rows wait in a pending file with their record index; `_write_clusters` then puts each cluster in the split
@@ -274,7 +276,7 @@ class Curator:
             a, b = self._find(idx), self._find(m.key)
             self._parent[max(a, b)] = min(a, b)
         self.near.add(idx, sig, c.words)
-        self._pending.write(b"%d\t%d\t" % (idx, c.chars) + c.row + b"\n")
+        self._pending.write(b"%d\t%d\t%d\t" % (idx, c.chars, c.keep_bound) + c.row + b"\n")
         if self.auto is not None:
             self.auto.accepted(c)
 
@@ -287,9 +289,9 @@ class Curator:
     def _write_clusters(self, pending: Path) -> None:
         with open(pending, "rb") as fh:
             for line in fh:
-                idx, chars, row = line.rstrip(b"\n").split(b"\t", 2)
+                idx, chars, bound, row = line.rstrip(b"\n").split(b"\t", 3)
                 root = self.kept[self._find(int(idx))]
-                self._accept(split_of(root.key, self.cfg), int(chars), row)
+                self._accept(split_of(root.key, self.cfg), int(chars), row, int(bound))
 
     def _settled_reject(self, r: Rejected, split: str, index: int) -> None:
         """An accepted record the automatic max_length does not keep: out of its split, into the rejections."""
