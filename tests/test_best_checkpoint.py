@@ -49,7 +49,8 @@ def _fixed_set_em(home: Path, adapter: Path) -> float:
     rows = read_split(Path(config["dataset_dir"]) / "val.jsonl")[: config["train"]["fixed_eval_examples"]]
     tok = load_tokenizer("builtin:tiny", Home(home).models)
     model = PeftModel.from_pretrained(load_model("builtin:tiny", Home(home).models, "cpu"), str(adapter)).eval()
-    return exact_match(model, tok, rows, TrainConfig(max_new_tokens=32), autocast=None)["exact_match"]
+    cfg = TrainConfig(max_new_tokens=32, max_length=config["train"]["max_length"])  # as the run resolved it
+    return exact_match(model, tok, rows, cfg, autocast=None)["exact_match"]
 
 
 def test_best_record_tie_breaks_progress_early_stop_and_resume():

@@ -1,9 +1,11 @@
 """Padding-free batches (`train.packing = true`): no compute spent on padding.
 
 **The plan** (`plan_batches`, one per epoch, reproducible by seed and epoch). The examples are shuffled; within
-windows of `WINDOW` examples they are packed first-fit, in that shuffled order, into rows of at most max_length
-tokens (precisely: of batch_tokens / ceil(batch_tokens / max_length) tokens, so that a micro-batch is a whole number
-of full rows; a longer example is a row of its own). The rows, shuffled, are grouped into micro-batches of about
+windows of `WINDOW` examples they are packed first-fit, in that shuffled order, into rows of at most
+max(max_length, `ROW_FLOOR`) tokens (precisely: of batch_tokens / ceil(batch_tokens / that) tokens, so that a
+micro-batch is a whole number of full rows; a longer example is a row of its own). A row is a unit of packing, not
+an example: with a short max_length ("auto" picks the length of the longest examples) rows that short would hold
+one or two examples each and waste their ends. The rows, shuffled, are grouped into micro-batches of about
 `batch_tokens` real tokens (a row joins when at least half of it fits), so an epoch has about total tokens /
 batch_tokens steps. Every later epoch is planned afresh (new rows, new company for each example) and cut into as many
 micro-batches as the first had: the Trainer fixes an epoch's length from the dataset's. The Trainer's own sampler
@@ -31,6 +33,8 @@ from typing import Any
 
 from daemon.chat.render import IGNORE
 
+ROW_FLOOR = 512
+"""Rows are never capped below this many tokens (when the micro-batch's budget is larger): see the docstring."""
 WINDOW = 1024
 """Examples per first-fit window: the rows are filled from a shuffled window of this many examples (a bound on the
 work, O(window x open rows), and on how far apart in the shuffle the examples of one row can be)."""
@@ -216,7 +220,7 @@ class Batching:
             return
         # batch_tokens = 0: batch_size examples' worth of tokens, so a step carries as much as it did padded
         budget = cfg.batch_tokens or max(1, round(cfg.batch_size * self.real_tokens / max(1, len(encoded))))
-        self.dataset = PackedDataset(encoded, cfg.resolved_max_length, budget, cfg.seed)
+        self.dataset = PackedDataset(encoded, max(cfg.resolved_max_length, ROW_FLOOR), budget, cfg.seed)
         plan = self.dataset.plan
         self.collator = PackedCollator(pad_id, flash)
         self.trainer_class = trainer_class()
