@@ -64,6 +64,9 @@ def queue(
     if json_out:
         console.print_json(json.dumps([j.to_dict() for j in jobs], default=str))
         return
+    if not jobs:
+        console.print("No jobs yet — drop a .jsonl file into inbox/ and run `trainctl daemon`.")
+        return
     if wide or console.width >= WIDE_FROM:
         console.print(_wide_table(h, jobs))
         return
@@ -83,7 +86,7 @@ def queue(
             (str(j.id), state, j.file_name, _short_clock(j.created_at), duration(_took(j)), note)
         )
     heads = ("ID", "STATE", "FILE", "CREATED", "TOOK", "NOTE")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads[:5])]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(heads[:5])]
     widths[2] = min(widths[2], 24)
     # The last column takes what is left (rich would squeeze the short columns away instead)
     room = max(len(heads[5]), console.width - sum(widths) - 2 * len(heads))

@@ -142,6 +142,9 @@ def test_kill_9_mid_training_resumes_from_checkpoint(home, daemons, kill_worker_
     assert list(Home(home).inbox.glob("*.jsonl")) == []
     result = json.loads((Home(home).run_dir(1) / "result.json").read_text())
     assert result["resumed_from"] == f"checkpoint-{resume_from}" and result["steps"] == 840
+    # It resumed with the length its first start chose, and still says how that was chosen
+    config = json.loads((Home(home).run_dir(1) / "config.json").read_text())
+    assert config["train"]["max_length"] == config["max_length_auto"]["value"]
     # The steps redone after the checkpoint are in metrics.jsonl once, as if the run had never stopped
     rows = (Home(home).run_dir(1) / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(row)["current_step"] for row in rows]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from daemon.atomic import write_json_atomic
+from daemon.atomic import read_json, write_json_atomic
 from daemon.config import BUILTIN_TINY, Settings, TrainConfig
 from daemon.errors import TrainingError
 from daemon.home import Home
@@ -281,6 +281,9 @@ class LoRARecipe:
         ctx, cfg, run_dir = self.ctx, self.cfg, self.run_dir
         # 1. setup: run folder, resolved config, seeds
         ctx.checkpoints().mkdir(parents=True, exist_ok=True)
+        # A resumed run trains with the number its first start chose for max_length "auto": keep
+        # saying how it was chosen
+        chosen_before = (read_json(run_dir / "config.json") or {}).get("max_length_auto")
         self.config = config = resolved_config(ctx)
         if self.main:
             write_json_atomic(run_dir / "config.json", config)
@@ -290,6 +293,8 @@ class LoRARecipe:
         # train.max_length = "auto" becomes a number here (the curation's choice), before anything
         # tokenises; config.json keeps the number and how it was chosen
         auto_length = resolve_max_length(cfg, ctx.dataset_dir, tok)
+        if auto_length is None and chosen_before and chosen_before.get("value") == cfg.max_length:
+            auto_length = chosen_before
         if auto_length is not None:
             config["train"]["max_length"] = cfg.max_length
             config["max_length_auto"] = auto_length
