@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/snapshot_cost.py
 	$(PY) benchmarks/dynamics_cost.py
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/agent_tool_calls.py
 
 # The README's pictures of `trainctl ui`, from the run `make demo` left in this checkout (needs Debian's chromium).
 screenshots: $(STAMP)
