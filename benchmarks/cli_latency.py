@@ -1,8 +1,8 @@
-"""`trainctl status` wall time, and `trainctl ui` start-up (launch until its first page answers), against
-`python -c pass` and `import torch`, measured interleaved in one run.
+"""`trainctl status` wall time, and `trainctl ui` start-up (launch until its first page answers),
+against `python -c pass` and `import torch`, measured interleaved in one run.
 
-Targets: `trainctl status` median under 0.3 s; `trainctl ui` answering well under a second. Prints medians and
-ratios.
+Targets: `trainctl status` median under 0.3 s; `trainctl ui` answering well under a second. Prints
+medians and ratios.
 Usage: python benchmarks/cli_latency.py [--runs 15]
 """
 
@@ -27,14 +27,19 @@ def timed(cmd: list[str]) -> float:
 
 
 def ui_startup(home: Path) -> float:
-    """Seconds from launching `trainctl ui` to its dashboard page answering (it prints its address when
-    listening)."""
+    """Seconds from launching `trainctl ui` to its dashboard page answering (it prints its address
+    when listening)."""
     import re
     import urllib.request
 
     t = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "cli", "ui", "--home", str(home), "--port", "0"], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "cli", "ui", "--home", str(home), "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         url = re.search(r"(http://\S+)", p.stdout.readline()).group(1)
         with urllib.request.urlopen(url + "api/status", timeout=10) as r:
@@ -52,9 +57,21 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="trainctl-bench-"))
     # A home with a realistic status file so the dashboard renders every section.
     (home / "status").mkdir()
-    (home / "status" / "training_status.json").write_text(json.dumps(
-        {"state": "training", "job_id": 1, "current_step": 120, "total_steps": 300, "loss": 1.9,
-         "learning_rate": 1e-3, "tokens_per_sec": 5000, "tokens_per_sec_avg": 4900, "eta_seconds": 40}))
+    (home / "status" / "training_status.json").write_text(
+        json.dumps(
+            {
+                "state": "training",
+                "job_id": 1,
+                "current_step": 120,
+                "total_steps": 300,
+                "loss": 1.9,
+                "learning_rate": 1e-3,
+                "tokens_per_sec": 5000,
+                "tokens_per_sec_avg": 4900,
+                "eta_seconds": 40,
+            }
+        )
+    )
     cmds = {
         "python -c pass": [sys.executable, "-c", "pass"],
         "trainctl status": [sys.executable, "-m", "cli", "status", "--home", str(home)],

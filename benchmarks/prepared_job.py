@@ -1,5 +1,5 @@
-"""A training job prepared in a throwaway home, for the benchmarks that time the recipe's Trainer in-process: the
-sample dataset curated, the settings, the encoded training split.
+"""A training job prepared in a throwaway home, for the benchmarks that time the recipe's Trainer
+in-process: the sample dataset curated, the settings, the encoded training split.
 
 builtin:tiny trains on examples/demo_uppercase.jsonl (what it can learn); every other model on
 examples/demo_reverse.jsonl, the `make demo` task.
@@ -38,7 +38,8 @@ class PreparedJob:
 
 
 def prepare(model: str, steps: int, batch_size: int, tok_model: str | None = None) -> PreparedJob:
-    """Settings for `steps` optimizer steps with no checkpoints, final check or snapshots inside the timed runs."""
+    """Settings for `steps` optimizer steps with no checkpoints, final check or snapshots inside
+    the timed runs."""
     from daemon.config import Settings
     from daemon.curation.curator import Curator
     from daemon.home import Home
@@ -52,7 +53,8 @@ def prepare(model: str, steps: int, batch_size: int, tok_model: str | None = Non
     s.train.batch_size = batch_size
     s.train.save_steps = 10**6
     s.train.final_eval_examples = 0
-    s.train.evolution_examples = 0  # evolution snapshots are an evaluation pass too: benchmarks/snapshot_cost.py
+    # evolution snapshots are an evaluation pass too: benchmarks/snapshot_cost.py
+    s.train.evolution_examples = 0
     s.train.max_length = 512  # as measured before max_length became "auto" (its rows are shorter)
     tok = load_tokenizer(tok_model or model, home.models)
     ds = home.datasets / "bench"
@@ -62,14 +64,23 @@ def prepare(model: str, steps: int, batch_size: int, tok_model: str | None = Non
     return PreparedJob(ctx, tok, rows, train_set)
 
 
-def timed_train(job: PreparedJob, model: Any, args: Any, callbacks: list[Any], b: Any) -> tuple[Any, float]:
-    """Train `model` on the job's training split with the Trainer (its own progress printers removed); returns the
-    trainer and the wall time of `trainer.train()` (GPU work waited for at both ends)."""
+def timed_train(
+    job: PreparedJob, model: Any, args: Any, callbacks: list[Any], b: Any
+) -> tuple[Any, float]:
+    """Train `model` on the job's training split with the Trainer (its own progress printers
+    removed); returns the trainer and the wall time of `trainer.train()` (GPU work waited for at
+    both ends)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     dynamics = next((c for c in callbacks if getattr(c, "name", None) == "dynamics"), None)
-    trainer = b.trainer_class(model=model, args=args, train_dataset=b.dataset, data_collator=b.collator,
-                              callbacks=callbacks, dynamics=dynamics)
+    trainer = b.trainer_class(
+        model=model,
+        args=args,
+        train_dataset=b.dataset,
+        data_collator=b.collator,
+        callbacks=callbacks,
+        dynamics=dynamics,
+    )
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)
     return trainer, train_seconds(trainer)

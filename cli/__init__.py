@@ -1,1 +1,2 @@
-"""trainctl's command line: Typer commands with Rich output. Read-only views import no torch/transformers."""
+"""trainctl's command line: Typer commands with Rich output. Read-only views import no
+torch/transformers."""

@@ -1,8 +1,8 @@
-"""What every command module shares: the consoles, the common options, and how a command reports a TrainctlError
-(one red line and exit code 1: the only place expected errors are caught).
+"""What every command module shares: the consoles, the common options, and how a command reports a
+TrainctlError (one red line and exit code 1: the only place expected errors are caught).
 
-Imports run one way: cli/app.py imports the command modules and registers their commands; the modules import this
-module, never the app."""
+Imports run one way: cli/app.py imports the command modules and registers their commands; the
+modules import this module, never the app."""
 
 from __future__ import annotations
 
@@ -18,13 +18,18 @@ from daemon.errors import TrainctlError
 console = Console()
 err_console = Console(stderr=True)
 
-HomeOpt = Annotated[Optional[str], typer.Option("--home", envvar="TRAINCTL_HOME",
-                                                help="Home folder (default: current directory).")]
+HomeOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--home", envvar="TRAINCTL_HOME", help="Home folder (default: current directory)."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print as JSON for scripts.")]
 
 
 def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A TrainctlError from `fn` becomes one red line on stderr and exit code 1."""
+
     @functools.wraps(fn)
     def wrapper(*a: Any, **kw: Any) -> Any:
         try:
@@ -32,14 +37,19 @@ def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except TrainctlError as exc:
             err_console.print(f"[red]Error[/red]: {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
+
     return wrapper
 
 
-def command(group: typer.Typer, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def command(
+    group: typer.Typer, *args: Any, **kwargs: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register `fn` as a command of a module's own group (bench, flags, evolution)."""
+
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         group.command(*args, **kwargs)(reports_errors(fn))
         return fn
+
     return deco
 
 
@@ -49,10 +59,13 @@ class Commands:
     def __init__(self) -> None:
         self.entries: list[tuple[tuple[Any, ...], dict[str, Any], Callable[..., Any]]] = []
 
-    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def command(
+        self, *args: Any, **kwargs: Any
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
             self.entries.append((args, kwargs, reports_errors(fn)))
             return fn
+
         return deco
 
     def register(self, app: typer.Typer) -> None:

@@ -38,7 +38,9 @@ def sparkline(values: list[float], width: int = 40) -> str:
         return ""
     lo, hi = min(vals), max(vals)
     span = hi - lo or 1.0
-    return "".join(SPARK[min(len(SPARK) - 1, int((v - lo) / span * (len(SPARK) - 1)))] for v in vals)
+    return "".join(
+        SPARK[min(len(SPARK) - 1, int((v - lo) / span * (len(SPARK) - 1)))] for v in vals
+    )
 
 
 def bar(done: int, total: int, width: int = 30) -> str:

@@ -1,5 +1,6 @@
-"""`trainctl queue`: every job with its state, file, times and message; `--wide` adds its settings, devices,
-dataset and adapter. Fits 80 columns without folding a word, as `docker ps` and `kubectl get` do."""
+"""`trainctl queue`: every job with its state, file, times and message; `--wide` adds its settings,
+devices, dataset and adapter. Fits 80 columns without folding a word, as `docker ps` and `kubectl
+get` do."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def queue(
         "adapter paths, whole messages); the default on terminals of 160+ columns.",
     ),
 ) -> None:
-    """Jobs with state, file, times and messages; `--wide` adds settings, devices, dataset and adapter."""
+    """Jobs with state, file, times and messages; `--wide` adds settings, devices, dataset and
+    adapter."""
     h = Home.open(home, create=False)
     if not h.jobs_db.exists():
         if json_out:
@@ -70,8 +72,8 @@ def queue(
     if wide or console.width >= WIDE_FROM:
         console.print(_wide_table(h, jobs))
         return
-    # Narrow (as `docker ps`): one line a job, the short columns whole and the rest cut with …; what was cut
-    # from an error or a stopped worker is said in full under the table.
+    # Narrow (as `docker ps`): one line a job, the short columns whole and the rest cut with …;
+    # what was cut from an error or a stopped worker is said in full under the table.
     rows: list[tuple[str, str, str, str, str, str]] = []
     notes: list[str] = []
     for j in jobs:
@@ -112,8 +114,8 @@ def queue(
 
 
 def _state(j: Job) -> tuple[str, bool]:
-    """The state as said, and whether its worker is gone: CURATING/TRAINING whose worker died (the daemon
-    killed, not restarted yet) say so, not "training"."""
+    """The state as said, and whether its worker is gone: CURATING/TRAINING whose worker died (the
+    daemon killed, not restarted yet) say so, not "training"."""
     if j.state in ACTIVE and not pid_alive(j.worker_pid):
         return f"{j.state.value}: stopped (daemon not running)", True
     return j.state.value, False

@@ -1,5 +1,6 @@
-"""`trainctl ui`: the browser views — live monitor, flagged examples, comparison viewer, evolution viewer,
-rejections — served from this home folder (cli/web/). Starts in well under a second; never imports torch."""
+"""`trainctl ui`: the browser views — live monitor, flagged examples, comparison viewer, evolution
+viewer, rejections — served from this home folder (cli/web/). Starts in well under a second; never
+imports torch."""
 
 from __future__ import annotations
 
@@ -17,14 +18,22 @@ commands = Commands()
 
 
 @commands.command("ui")
-def ui_cmd(home: HomeOpt = None,
-           port: int = typer.Option(8080, "--port", help="TCP port (0 = any free one)."),
-           host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback needs "
-                                    "a token."),
-           token: Optional[str] = typer.Option(None, "--token", help="Access token every request must carry "
-                                               "(generated and printed when another host is given without one)."),
-           open_: bool = typer.Option(False, "--open", help="Open the dashboard in a browser.")) -> None:
-    """Browser views of this home: live monitor, flagged examples, comparison, evolution, rejections."""
+def ui_cmd(
+    home: HomeOpt = None,
+    port: int = typer.Option(8080, "--port", help="TCP port (0 = any free one)."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to listen on; anything but loopback needs a token."
+    ),
+    token: Optional[str] = typer.Option(
+        None,
+        "--token",
+        help="Access token every request must carry "
+        "(generated and printed when another host is given without one).",
+    ),
+    open_: bool = typer.Option(False, "--open", help="Open the dashboard in a browser."),
+) -> None:
+    """Browser views of this home: live monitor, flagged examples, comparison, evolution,
+    rejections."""
     from cli.web.server import is_loopback, serve, wait_forever
 
     h = Home.open(home, create=False)
@@ -33,32 +42,41 @@ def ui_cmd(home: HomeOpt = None,
     try:
         server = serve(h, host, port, token)
     except OSError as exc:
-        raise TrainctlError(f"cannot listen on {host}:{port}: {exc.strerror or exc} — pick another with --port "
-                            "(0 = any free one)") from None
+        raise TrainctlError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+            "— pick another with --port (0 = any free one)"
+        ) from None
     urls = usable_urls(host, server.server_address[1], token)
-    console.print(f"trainctl ui for {h.root}: [bold]{urls[0]}[/bold]  (Ctrl-C stops it)", highlight=False,
-                  soft_wrap=True)
+    console.print(
+        f"trainctl ui for {h.root}: [bold]{urls[0]}[/bold]  (Ctrl-C stops it)",
+        highlight=False,
+        soft_wrap=True,
+    )
     for other in urls[1:]:
         console.print(f"  also {other}", highlight=False, soft_wrap=True)
     if not is_loopback(host):
-        console.print("[yellow]listening beyond this machine: every request needs the token in that address "
-                      "(after the first visit the browser keeps it in a cookie)[/yellow]")
+        console.print(
+            "[yellow]listening beyond this machine: every request needs the token in that "
+            "address (after the first visit the browser keeps it in a cookie)[/yellow]"
+        )
     if open_:
         webbrowser.open(urls[0])
     wait_forever(server)
 
 
 def usable_urls(host: str, port: int, token: str | None) -> list[str]:
-    """The addresses to open: for a wildcard host (0.0.0.0, ::), this machine's name and addresses that another
-    machine can reach (never 0.0.0.0, which no browser can use); else the host itself."""
+    """The addresses to open: for a wildcard host (0.0.0.0, ::), this machine's name and addresses
+    that another machine can reach (never 0.0.0.0, which no browser can use); else the host
+    itself."""
     hosts = machine_addresses() if host in ("0.0.0.0", "::", "") else [host]
     query = f"?token={token}" if token else ""
     return [f"http://{f'[{h}]' if ':' in h else h}:{port}/{query}" for h in hosts or ["127.0.0.1"]]
 
 
 def machine_addresses() -> list[str]:
-    """This machine's host name (when it resolves to a usable address) and its non-loopback addresses: the one
-    its default route leaves from first (a UDP socket's `connect` picks it without sending anything)."""
+    """This machine's host name (when it resolves to a usable address) and its non-loopback
+    addresses: the one its default route leaves from first (a UDP socket's `connect` picks it
+    without sending anything)."""
     import ipaddress
     import socket
 

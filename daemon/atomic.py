@@ -17,11 +17,12 @@ from typing import IO, Any
 
 @contextmanager
 def atomic_open(path: Path, mode: str = "wb", durable: bool = True) -> Iterator[IO[Any]]:
-    """Open a temporary file beside `path`; on a clean exit fsync it (if `durable`) and rename it over `path`.
+    """Open a temporary file beside `path`; on a clean exit fsync it (if `durable`) and rename it
+    over `path`.
 
-    The rename alone makes the write atomic against a killed process; the fsync makes it survive a power cut too.
-    `durable=False` is for live views rewritten every moment (the training status), where that costs more than it
-    saves."""
+    The rename alone makes the write atomic against a killed process; the fsync makes it survive a
+    power cut too. `durable=False` is for live views rewritten every moment (the training status),
+    where that costs more than it saves."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -49,11 +50,14 @@ def write_text_atomic(path: Path, text: str, durable: bool = True) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any, indent: int | None = 2, durable: bool = True) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=str) + "\n", durable)
+    write_text_atomic(
+        path, json.dumps(obj, indent=indent, ensure_ascii=False, default=str) + "\n", durable
+    )
 
 
 def write_jsonl_atomic(path: Path, rows: Any) -> None:
-    """A whole JSONL file at once (e.g. a new file for the inbox: the daemon never sees half of it)."""
+    """A whole JSONL file at once (e.g. a new file for the inbox: the daemon never sees half of
+    it)."""
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
@@ -67,7 +71,8 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 
 def iter_jsonl(path: Path):
-    """Yield the parsed rows of a JSONL file, skipping a torn (unterminated, unparsable) last line."""
+    """Yield the parsed rows of a JSONL file, skipping a torn (unterminated, unparsable) last
+    line."""
     try:
         fh = open(path, encoding="utf-8")
     except FileNotFoundError:
@@ -89,11 +94,17 @@ def _json_line(row: Any) -> bytes:
 
 
 class JsonlAppender:
-    """Appends JSON lines to a file kept open for many rows (training metrics, bench results). Each line is written
-    and flushed to the OS at once, so a reader or a killed process never sees half of one; it is fsynced at most
-    every `fsync_seconds` and at close (None: never, left to the OS). `dumps` turns a row into bytes."""
+    """Appends JSON lines to a file kept open for many rows (training metrics, bench results). Each
+    line is written and flushed to the OS at once, so a reader or a killed process never sees half
+    of one; it is fsynced at most every `fsync_seconds` and at close (None: never, left to the OS).
+    `dumps` turns a row into bytes."""
 
-    def __init__(self, path: Path, fsync_seconds: float | None = None, dumps: Callable[[Any], bytes] = _json_line):
+    def __init__(
+        self,
+        path: Path,
+        fsync_seconds: float | None = None,
+        dumps: Callable[[Any], bytes] = _json_line,
+    ):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.fh = open(path, "ab")
         self.fsync_seconds = fsync_seconds
@@ -103,7 +114,10 @@ class JsonlAppender:
     def write(self, row: Any) -> None:
         self.fh.write(self.dumps(row) + b"\n")
         self.fh.flush()
-        if self.fsync_seconds is not None and time.monotonic() - self.last_sync >= self.fsync_seconds:
+        if (
+            self.fsync_seconds is not None
+            and time.monotonic() - self.last_sync >= self.fsync_seconds
+        ):
             self.sync()
 
     def sync(self) -> None:
@@ -150,7 +164,8 @@ def repair_torn_tail(path: Path) -> int:
                 break
             pos = start
         if keep == size:
-            # Ends in a newline; the last line may still be garbage from a torn multi-write. Check it.
+            # Ends in a newline; the last line may still be garbage from a torn multi-write. Check
+            # it.
             return 0
         fh.truncate(keep)
         fh.flush()

@@ -37,5 +37,5 @@ class ModelError(TrainctlError):
 
 
 class PlacementError(TrainctlError):
-    """A job asks for devices, processes or a cluster this machine cannot give it (more GPUs than there are, Ray not
-    installed, no free rendezvous port)."""
+    """A job asks for devices, processes or a cluster this machine cannot give it (more GPUs than
+    there are, Ray not installed, no free rendezvous port)."""

@@ -1,7 +1,8 @@
 """The home folder: the one place that knows the layout of inbox/, status/ and data/.
 
-Every path under the home folder is built here. Names that come from users (file, dataset, run names) go
-through `safe_name` / `inside`, so that `../`, absolute paths and symlinks pointing out are refused.
+Every path under the home folder is built here. Names that come from users (file, dataset, run
+names) go through `safe_name` / `inside`, so that `../`, absolute paths and symlinks pointing out
+are refused.
 """
 
 from __future__ import annotations
@@ -26,16 +27,20 @@ def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
 
 
 def safe_name(name: str) -> str:
-    """A user-given name reduced to one harmless path component (no separators, no leading dots)."""
+    """A user-given name reduced to one harmless path component (no separators, no leading
+    dots)."""
     cleaned = _SAFE.sub("_", Path(name).name).lstrip(".")
     if not cleaned:
-        raise HomeError(f"name {name!r} has no usable characters — use letters, digits, '.', '_' or '-'")
+        raise HomeError(
+            f"name {name!r} has no usable characters — use letters, digits, '.', '_' or '-'"
+        )
     return cleaned[:120]
 
 
 @dataclass(frozen=True)
 class Home:
-    """Paths of one trainctl home folder: inbox/, status/ and data/ with everything a job leaves."""
+    """Paths of one trainctl home folder: inbox/, status/ and data/ with everything a job
+    leaves."""
 
     root: Path
 
@@ -54,19 +59,31 @@ class Home:
                 raise HomeError(self._unwritable(folder, exc.strerror or str(exc))) from exc
 
     def check_writable(self) -> None:
-        """HomeError naming the first folder the daemon or a job must write to and cannot (a read-only disk,
-        permissions), before any work starts rather than as a traceback halfway through it."""
+        """HomeError naming the first folder the daemon or a job must write to and cannot (a
+        read-only disk, permissions), before any work starts rather than as a traceback halfway
+        through it."""
         for folder in (*self._working_folders(), self.logs):
             if folder.exists() and not os.access(folder, os.W_OK):
                 raise HomeError(self._unwritable(folder, "not writable"))
 
     def _working_folders(self) -> tuple[Path, ...]:
-        return (self.inbox, self.inbox_done, self.inbox_failed, self.inbox_processing, self.status_dir,
-                self.data, self.datasets, self.runs, self.models)
+        return (
+            self.inbox,
+            self.inbox_done,
+            self.inbox_failed,
+            self.inbox_processing,
+            self.status_dir,
+            self.data,
+            self.datasets,
+            self.runs,
+            self.models,
+        )
 
     def _unwritable(self, folder: Path, reason: str) -> str:
-        return (f"cannot write to {folder} ({reason}) — make {self.root} writable (`chmod -R u+w {self.root}`, "
-                f"or remount its disk read-write), or use another home with --home")
+        return (
+            f"cannot write to {folder} ({reason}) — make {self.root} writable (`chmod -R u+w "
+            f"{self.root}`, or remount its disk read-write), or use another home with --home"
+        )
 
     # inbox/
     @property
@@ -152,7 +169,8 @@ class Home:
         return self.data / "notify" / "failed"
 
     def job_log(self, job_id: int) -> Path:
-        """data/logs/job-N.log: the output of job N's worker (curation, training, torchrun), every attempt."""
+        """data/logs/job-N.log: the output of job N's worker (curation, training, torchrun), every
+        attempt."""
         return self.logs / f"job-{int(job_id):05d}.log"
 
     @property
@@ -160,8 +178,8 @@ class Home:
         return self.root / "trainctl.toml"
 
     def job_status(self, job_id: int) -> Path:
-        """status/jobs/job-N.json: the live status of one job (training_status.json is the latest written by any
-        job; with several jobs at once each keeps its own here)."""
+        """status/jobs/job-N.json: the live status of one job (training_status.json is the latest
+        written by any job; with several jobs at once each keeps its own here)."""
         return self.status_dir / "jobs" / f"job-{int(job_id):05d}.json"
 
     def run_dir(self, job_id: int) -> Path:
@@ -177,23 +195,26 @@ class Home:
         return self.inside(self.bench_root / safe_name(run_name))
 
     def inside(self, path: str | os.PathLike[str]) -> Path:
-        """`path` (relative to the home, or absolute) resolved, refused if it leaves the home folder."""
+        """`path` (relative to the home, or absolute) resolved, refused if it leaves the home
+        folder."""
         p = Path(path)
         if not p.is_absolute():
             p = self.root / p
         resolved = p.resolve()
         if resolved != self.root and self.root not in resolved.parents:
-            raise HomeError(f"{path} is outside the home folder {self.root} — use a path inside it")
+            raise HomeError(
+                f"{path} is outside the home folder {self.root} — use a path inside it"
+            )
         return resolved
 
     def unique_path(self, folder: Path, name: str) -> Path:
-        """folder/name, or name.1, .2 ... if taken, so that nothing is overwritten (x.jsonl -> x.1.jsonl: the
-        inbox still sees a .jsonl file)."""
+        """folder/name, or name.1, .2 ... if taken, so that nothing is overwritten (x.jsonl ->
+        x.1.jsonl: the inbox still sees a .jsonl file)."""
         name = safe_name(name)
         stem, ext = name, ""
         for suffix in (".jsonl", ".json"):
             if name.lower().endswith(suffix):
-                stem, ext = name[: -len(suffix)], name[-len(suffix):]
+                stem, ext = name[: -len(suffix)], name[-len(suffix) :]
                 break
         candidate = folder / name
         n = 1

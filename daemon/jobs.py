@@ -1,7 +1,8 @@
 """The job queue (SQLite, data/jobs.db) and the job state machine.
 
-One row per inbox file. The daemon and its training child both write here; WAL mode and a busy timeout let the
-CLI read while they do. Every state change goes through `transition`, which refuses illegal moves.
+One row per inbox file. The daemon and its training child both write here; WAL mode and a busy
+timeout let the CLI read while they do. Every state change goes through `transition`, which refuses
+illegal moves.
 """
 
 from __future__ import annotations
@@ -19,15 +20,20 @@ from daemon.errors import JobError
 
 
 class JobState(str, Enum):
-    QUEUED = "queued"            # waiting in line; its file sits in inbox/processing/
-    CURATING = "curating"        # a worker is turning the file into a dataset
-    TRAINING = "training"        # a worker is fine-tuning on that dataset
-    INTERRUPTED = "interrupted"  # stopped, or its worker died; resumes from its last checkpoint on the next start
-    PAUSED = "paused"            # stopped on request (`trainctl pause`) with a checkpoint; waits for `trainctl resume`
-    DONE = "done"                # adapter written; file moved to inbox/done/
-    FAILED = "failed"            # gave up; `error` says why; file moved to inbox/failed/ with an .error.txt
-    CANCELLED = "cancelled"      # stopped for good on request (`trainctl cancel`); checkpoints kept; file in failed/
-    SKIPPED = "skipped"          # same content as an earlier job; not trained again; file moved to inbox/done/
+    QUEUED = "queued"  # waiting in line; its file sits in inbox/processing/
+    CURATING = "curating"  # a worker is turning the file into a dataset
+    TRAINING = "training"  # a worker is fine-tuning on that dataset
+    # stopped, or its worker died; resumes from its last checkpoint on the next start
+    INTERRUPTED = "interrupted"
+    # stopped on request (`trainctl pause`) with a checkpoint; waits for `trainctl resume`
+    PAUSED = "paused"
+    DONE = "done"  # adapter written; file moved to inbox/done/
+    # gave up; `error` says why; file moved to inbox/failed/ with an .error.txt
+    FAILED = "failed"
+    # stopped for good on request (`trainctl cancel`); checkpoints kept; file in failed/
+    CANCELLED = "cancelled"
+    # same content as an earlier job; not trained again; file moved to inbox/done/
+    SKIPPED = "skipped"
 
 
 TERMINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.SKIPPED})
@@ -37,15 +43,38 @@ WAITING = frozenset({JobState.QUEUED, JobState.INTERRUPTED})
 
 _ALLOWED: dict[JobState, frozenset[JobState]] = {
     # QUEUED -> TRAINING: a retried job whose dataset is already curated
-    JobState.QUEUED: frozenset({JobState.CURATING, JobState.TRAINING, JobState.FAILED, JobState.SKIPPED,
-                                JobState.CANCELLED}),
-    JobState.CURATING: frozenset({JobState.TRAINING, JobState.FAILED, JobState.INTERRUPTED, JobState.PAUSED,
-                                  JobState.CANCELLED}),
-    JobState.TRAINING: frozenset({JobState.DONE, JobState.FAILED, JobState.INTERRUPTED, JobState.PAUSED,
-                                  JobState.CANCELLED}),
-    JobState.INTERRUPTED: frozenset({JobState.CURATING, JobState.TRAINING, JobState.FAILED, JobState.PAUSED,
-                                     JobState.CANCELLED}),
-    JobState.PAUSED: frozenset({JobState.INTERRUPTED, JobState.CANCELLED}),  # resume: back in line, from its checkpoint
+    JobState.QUEUED: frozenset(
+        {
+            JobState.CURATING,
+            JobState.TRAINING,
+            JobState.FAILED,
+            JobState.SKIPPED,
+            JobState.CANCELLED,
+        }
+    ),
+    JobState.CURATING: frozenset(
+        {
+            JobState.TRAINING,
+            JobState.FAILED,
+            JobState.INTERRUPTED,
+            JobState.PAUSED,
+            JobState.CANCELLED,
+        }
+    ),
+    JobState.TRAINING: frozenset(
+        {JobState.DONE, JobState.FAILED, JobState.INTERRUPTED, JobState.PAUSED, JobState.CANCELLED}
+    ),
+    JobState.INTERRUPTED: frozenset(
+        {
+            JobState.CURATING,
+            JobState.TRAINING,
+            JobState.FAILED,
+            JobState.PAUSED,
+            JobState.CANCELLED,
+        }
+    ),
+    # resume: back in line, from its checkpoint
+    JobState.PAUSED: frozenset({JobState.INTERRUPTED, JobState.CANCELLED}),
     JobState.DONE: frozenset(),
     JobState.FAILED: frozenset({JobState.QUEUED}),  # retry
     JobState.CANCELLED: frozenset({JobState.QUEUED}),  # retry
@@ -54,8 +83,10 @@ _ALLOWED: dict[JobState, frozenset[JobState]] = {
 
 STOP_REQUESTS = {"pause": JobState.PAUSED, "cancel": JobState.CANCELLED}
 """A running job asked to stop (`request` column) ends in this state instead of INTERRUPTED."""
-STOPPED_AS_ASKED = {JobState.PAUSED: "paused; `trainctl resume` continues from its checkpoint",
-                    JobState.CANCELLED: "cancelled; its checkpoints are kept"}
+STOPPED_AS_ASKED = {
+    JobState.PAUSED: "paused; `trainctl resume` continues from its checkpoint",
+    JobState.CANCELLED: "cancelled; its checkpoints are kept",
+}
 """The message of a job stopped because `trainctl pause` / `cancel` asked it to."""
 
 _SCHEMA = """
@@ -77,19 +108,24 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker_pid INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
     forced INTEGER NOT NULL DEFAULT 0,
-    overrides TEXT,               -- JSON of per-job setting overrides (flags, [files."x.jsonl"], x.toml)
-    devices TEXT,                 -- JSON of the placement it runs on (GPUs, processes, port); daemon.devices
+    overrides TEXT,               -- JSON: per-job overrides (flags, [files."x.jsonl"], x.toml)
+    devices TEXT,                 -- JSON: its placement (GPUs, processes, port); daemon.devices
     priority INTEGER NOT NULL DEFAULT 0,  -- higher starts first; equal by arrival
-    request TEXT,                 -- a stop asked of the running job: pause or cancel (STOP_REQUESTS)
+    request TEXT,                 -- stop asked of the running job: pause or cancel (STOP_REQUESTS)
     settings_file TEXT            -- the x.toml that came with the file (moved along with it)
 );
 CREATE INDEX IF NOT EXISTS jobs_sha ON jobs(sha256);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 """
 
-_ADDED_COLUMNS = {"devices": "TEXT", "priority": "INTEGER NOT NULL DEFAULT 0", "request": "TEXT",
-                  "settings_file": "TEXT"}
-"""Columns added after the first release, with their declarations: an older queue gets them on open."""
+_ADDED_COLUMNS = {
+    "devices": "TEXT",
+    "priority": "INTEGER NOT NULL DEFAULT 0",
+    "request": "TEXT",
+    "settings_file": "TEXT",
+}
+"""Columns added after the first release, with their declarations: an older queue gets them on
+open."""
 
 
 @dataclass
@@ -113,7 +149,8 @@ class Job:
     forced: int
     overrides: str | None
     devices: str | None = None
-    """JSON of the job's placement (daemon.devices.Placement) while it runs and after: GPUs, processes, port."""
+    """JSON of the job's placement (daemon.devices.Placement) while it runs and after: GPUs,
+    processes, port."""
     priority: int = 0
     """Higher starts first; jobs of equal priority start in order of arrival."""
     request: str | None = None
@@ -156,9 +193,10 @@ def pid_alive(pid: int | None) -> bool:
 
 
 def _create_whole(db_path: Path) -> None:
-    """Make a new queue appear whole: built under a temporary name, then linked into place (never over one another
-    process has just made). A reader that finds the file (`trainctl queue`, `status`) finds its table too; created
-    in place, it could meet an empty database in the instant before the schema ("no such table: jobs")."""
+    """Make a new queue appear whole: built under a temporary name, then linked into place (never
+    over one another process has just made). A reader that finds the file (`trainctl queue`,
+    `status`) finds its table too; created in place, it could meet an empty database in the instant
+    before the schema ("no such table: jobs")."""
     if db_path.exists():
         return
     db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,21 +247,43 @@ class JobQueue:
         d["state"] = JobState(d["state"])
         return Job(**d)
 
-    def enqueue(self, file_name: str, file_path: Path, sha256: str, forced: bool = False,
-                overrides: dict[str, Any] | None = None, initial: JobState = JobState.QUEUED,
-                worker_pid: int | None = None, priority: int = 0, settings_file: Path | None = None) -> Job:
-        """A new job. `initial` is QUEUED (the daemon picks it up) or CURATING (a foreground run owns it)."""
+    def enqueue(
+        self,
+        file_name: str,
+        file_path: Path,
+        sha256: str,
+        forced: bool = False,
+        overrides: dict[str, Any] | None = None,
+        initial: JobState = JobState.QUEUED,
+        worker_pid: int | None = None,
+        priority: int = 0,
+        settings_file: Path | None = None,
+    ) -> Job:
+        """A new job. `initial` is QUEUED (the daemon picks it up) or CURATING (a foreground run
+        owns it)."""
         if initial not in (JobState.QUEUED, JobState.CURATING):
             raise JobError(f"a job cannot start in state {initial.value}")
         now = time.time()
         with self.conn:
             cur = self.conn.execute(
-                "INSERT INTO jobs (file_name, file_path, sha256, state, created_at, updated_at, forced, overrides, "
-                "worker_pid, started_at, priority, settings_file) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (file_name, str(file_path), sha256, initial.value, now, now, int(forced),
-                 json.dumps(overrides) if overrides else None, worker_pid,
-                 now if initial == JobState.CURATING else None, priority,
-                 str(settings_file) if settings_file else None))
+                "INSERT INTO jobs (file_name, file_path, sha256, state, created_at, "
+                "updated_at, forced, overrides, worker_pid, started_at, priority, "
+                "settings_file) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    file_name,
+                    str(file_path),
+                    sha256,
+                    initial.value,
+                    now,
+                    now,
+                    int(forced),
+                    json.dumps(overrides) if overrides else None,
+                    worker_pid,
+                    now if initial == JobState.CURATING else None,
+                    priority,
+                    str(settings_file) if settings_file else None,
+                ),
+            )
         return self.get(int(cur.lastrowid or 0))
 
     def get(self, job_id: int) -> Job:
@@ -234,7 +294,9 @@ class JobQueue:
 
     def newest(self, limit: int = 50, states: set[JobState] | None = None) -> list[Job]:
         """Up to `limit` jobs, newest first (only those in `states`, when given)."""
-        rows = self.conn.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        rows = self.conn.execute(
+            "SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
         jobs = [self._job(r) for r in rows]
         return [j for j in jobs if states is None or j.state in states]
 
@@ -244,32 +306,64 @@ class JobQueue:
         out.update({r[0]: r[1] for r in rows})
         return out
 
-    def find_same_content(self, sha256: str, exclude_id: int | None = None,
-                          overrides: dict[str, Any] | None = None) -> Job | None:
-        """An earlier job with this content and these setting overrides that finished or is still going (failed,
-        cancelled and skipped ones don't count): the same data with other settings is another experiment."""
+    def find_same_content(
+        self, sha256: str, exclude_id: int | None = None, overrides: dict[str, Any] | None = None
+    ) -> Job | None:
+        """An earlier job with this content and these setting overrides that finished or is still
+        going (failed, cancelled and skipped ones don't count): the same data with other settings
+        is another experiment."""
         rows = self.conn.execute(
-            "SELECT * FROM jobs WHERE sha256 = ? AND state NOT IN (?, ?, ?) AND id != ? ORDER BY id",
-            (sha256, JobState.FAILED.value, JobState.CANCELLED.value, JobState.SKIPPED.value,
-             exclude_id or -1)).fetchall()
-        return next((j for j in map(self._job, rows) if j.overrides_dict == (overrides or {})), None)
+            "SELECT * FROM jobs WHERE sha256 = ? AND state "
+            "NOT IN (?, ?, ?) AND id != ? ORDER BY id",
+            (
+                sha256,
+                JobState.FAILED.value,
+                JobState.CANCELLED.value,
+                JobState.SKIPPED.value,
+                exclude_id or -1,
+            ),
+        ).fetchall()
+        return next(
+            (j for j in map(self._job, rows) if j.overrides_dict == (overrides or {})), None
+        )
 
     def next_runnable(self, exclude: set[int] | frozenset[int] = frozenset()) -> Job | None:
-        """The highest priority first; within one priority interrupted jobs (they hold checkpoints), then the oldest
-        queued one. `exclude`: jobs the daemon has just started (their worker has not moved them on yet)."""
+        """The highest priority first; within one priority interrupted jobs (they hold
+        checkpoints), then the oldest queued one. `exclude`: jobs the daemon has just started
+        (their worker has not moved them on yet)."""
         rows = self.conn.execute(
-            "SELECT * FROM jobs WHERE state IN (?, ?) ORDER BY priority DESC, CASE state WHEN ? THEN 0 ELSE 1 END, id",
-            (JobState.INTERRUPTED.value, JobState.QUEUED.value, JobState.INTERRUPTED.value)).fetchall()
+            "SELECT * FROM jobs WHERE state IN (?, ?) ORDER BY "
+            "priority DESC, CASE state WHEN ? THEN 0 ELSE 1 END, id",
+            (JobState.INTERRUPTED.value, JobState.QUEUED.value, JobState.INTERRUPTED.value),
+        ).fetchall()
         return next((self._job(r) for r in rows if r["id"] not in exclude), None)
 
-    def transition(self, job_id: int, new: JobState, only_from: frozenset[JobState] | None = None,
-                   **fields: Any) -> Job:
-        """Move a job to `new`, refusing moves the state machine does not allow. `only_from`: do nothing (and
-        return the job as it is) unless it is in one of these states, checked in the same transaction, for moves
-        two processes may race to make."""
-        allowed_cols = {"file_path", "started_at", "finished_at", "dataset_dir", "run_dir", "adapter_dir",
-                        "error", "message", "worker_pid", "attempts", "devices", "request", "overrides",
-                        "settings_file"}
+    def transition(
+        self,
+        job_id: int,
+        new: JobState,
+        only_from: frozenset[JobState] | None = None,
+        **fields: Any,
+    ) -> Job:
+        """Move a job to `new`, refusing moves the state machine does not allow. `only_from`: do
+        nothing (and return the job as it is) unless it is in one of these states, checked in the
+        same transaction, for moves two processes may race to make."""
+        allowed_cols = {
+            "file_path",
+            "started_at",
+            "finished_at",
+            "dataset_dir",
+            "run_dir",
+            "adapter_dir",
+            "error",
+            "message",
+            "worker_pid",
+            "attempts",
+            "devices",
+            "request",
+            "overrides",
+            "settings_file",
+        }
         bad = set(fields) - allowed_cols
         if bad:
             raise JobError(f"cannot set {sorted(bad)} on a job")
@@ -280,7 +374,9 @@ class JobQueue:
                 raise JobError(f"no job {job_id} — run `trainctl queue` to see the jobs")
             old = JobState(row[0])
             if only_from is not None and old not in only_from:
-                return self._job(self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+                return self._job(
+                    self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                )
             if new != old and new not in _ALLOWED[old]:
                 raise JobError(f"job {job_id} cannot go from {old.value} to {new.value}")
             now = time.time()
@@ -288,8 +384,10 @@ class JobQueue:
             if new in TERMINAL:
                 fields.setdefault("finished_at", now)
             cols = ", ".join(f"{k} = ?" for k in fields)
-            self.conn.execute(f"UPDATE jobs SET state = ?, {cols} WHERE id = ?",
-                              (new.value, *fields.values(), job_id))
+            self.conn.execute(
+                f"UPDATE jobs SET state = ?, {cols} WHERE id = ?",
+                (new.value, *fields.values(), job_id),
+            )
         return self.get(job_id)
 
     def update(self, job_id: int, **fields: Any) -> None:
@@ -302,19 +400,27 @@ class JobQueue:
             self.conn.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id))
 
     def stopped(self, job_id: int, message: str) -> Job:
-        """A running job's worker stopped before the end: INTERRUPTED (resumes on the next start), or PAUSED /
-        CANCELLED when that is what was asked of it. Whoever notices first settles it (the worker, the daemon, the
-        command that asked); later calls find it settled and change nothing."""
+        """A running job's worker stopped before the end: INTERRUPTED (resumes on the next start),
+        or PAUSED / CANCELLED when that is what was asked of it. Whoever notices first settles it
+        (the worker, the daemon, the command that asked); later calls find it settled and change
+        nothing."""
         job = self.get(job_id)
         new = STOP_REQUESTS.get(job.request or "", JobState.INTERRUPTED)
         if new != JobState.INTERRUPTED:
             message = STOPPED_AS_ASKED[new]
-        return self.transition(job_id, new, only_from=ACTIVE, worker_pid=None, request=None, message=message,
-                               **({"error": "cancelled"} if new == JobState.CANCELLED else {}))
+        return self.transition(
+            job_id,
+            new,
+            only_from=ACTIVE,
+            worker_pid=None,
+            request=None,
+            message=message,
+            **({"error": "cancelled"} if new == JobState.CANCELLED else {}),
+        )
 
     def recover_orphans(self) -> list[Job]:
-        """Jobs left CURATING/TRAINING by a worker that is gone (daemon killed): mark them INTERRUPTED (or what
-        was asked of them)."""
+        """Jobs left CURATING/TRAINING by a worker that is gone (daemon killed): mark them
+        INTERRUPTED (or what was asked of them)."""
         out = []
         for job in self.newest(limit=10_000, states=set(ACTIVE)):
             if not pid_alive(job.worker_pid):

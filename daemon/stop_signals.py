@@ -1,11 +1,12 @@
 """A stop asked of a job's process by signal (SIGTERM, SIGINT), taken once.
 
-The same stop can reach a job's processes several times within milliseconds. The kernel sends the parent-death
-signal (PR_SET_PDEATHSIG, daemon/service/worker.py) each time the worker passes from one thread of a dying daemon to the
-next, so a daemon killed with four threads delivers up to four SIGTERMs; a daemon asked twice (Ctrl-C, then
-`trainctl stop`) passes both on. The first starts the stop. The others must change nothing: passed on to torchrun's
-agent, a second signal makes it stop waiting for the ranks' checkpoint (a third can leave it hung at exit); left to
-the default action, a late one kills the worker before it has recorded how the job ended.
+The same stop can reach a job's processes several times within milliseconds. The kernel sends the
+parent-death signal (PR_SET_PDEATHSIG, daemon/service/worker.py) each time the worker passes from
+one thread of a dying daemon to the next, so a daemon killed with four threads delivers up to four
+SIGTERMs; a daemon asked twice (Ctrl-C, then `trainctl stop`) passes both on. The first starts the
+stop. The others must change nothing: passed on to torchrun's agent, a second signal makes it stop
+waiting for the ranks' checkpoint (a third can leave it hung at exit); left to the default action,
+a late one kills the worker before it has recorded how the job ended.
 
 Nothing here imports torch.
 """
@@ -20,11 +21,12 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StopSignals:
-    """While installed, the first SIGTERM/SIGINT calls `on_stop(signal name)`; later ones are ignored.
+    """While installed, the first SIGTERM/SIGINT calls `on_stop(signal name)`; later ones are
+    ignored.
 
-    `release()` (or leaving the `with` block) puts the previous handlers back if no stop came. If one came, later
-    signals stay ignored: the process is finishing that stop (recording it, then exiting), and a repeat of the same
-    stop must not cut that short.
+    `release()` (or leaving the `with` block) puts the previous handlers back if no stop came. If
+    one came, later signals stay ignored: the process is finishing that stop (recording it, then
+    exiting), and a repeat of the same stop must not cut that short.
     """
 
     def __init__(self, on_stop: Callable[[str], None]):

@@ -1,10 +1,11 @@
-"""Screenshots of every `trainctl ui` page for the README, from a real run (after `make demo`: its job, flags,
-evolution, rejections and its bench runs are what the pages show), at 1400 px and on a 390 px phone screen
-(`ui-NAME.png`, `ui-NAME-phone.png`). A page wider than the phone's screen fails the run.
+"""Screenshots of every `trainctl ui` page for the README, from a real run (after `make demo`: its
+job, flags, evolution, rejections and its bench runs are what the pages show), at 1400 px and on a
+390 px phone screen (`ui-NAME.png`, `ui-NAME-phone.png`). A page wider than the phone's screen
+fails the run.
 
 Usage: .venv/bin/python docs/screenshots.py [--home .] [--out docs/img]   (`make screenshots`)
-Needs Debian's chromium (`apt-get install -y chromium`) and playwright (in the dev extras); it never runs
-`playwright install`.
+Needs Debian's chromium (`apt-get install -y chromium`) and playwright (in the dev extras); it
+never runs `playwright install`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = {"monitor": ("/", "#loss-chart canvas"), "job": ("/jobs/1", "#checkpoints table"),
-         "flags": ("/flags", "#flag-list table"), "compare": ("/compare", "#rows table"),
-         "evolution": ("/evolution", "#examples table"), "rejected": ("/rejected", "#report .cards")}
+PAGES = {
+    "monitor": ("/", "#loss-chart canvas"),
+    "job": ("/jobs/1", "#checkpoints table"),
+    "flags": ("/flags", "#flag-list table"),
+    "compare": ("/compare", "#rows table"),
+    "evolution": ("/evolution", "#examples table"),
+    "rejected": ("/rejected", "#report .cards"),
+}
 WIDTHS = {"": (1400, 900), "-phone": (390, 844)}
 
 
@@ -36,8 +42,13 @@ def main() -> int:
         return 1
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    ui = subprocess.Popen([sys.executable, "-m", "cli", "ui", "--home", a.home, "--port", "0"], cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "cli", "ui", "--home", a.home, "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         url = re.search(r"(http://\S+)", ui.stdout.readline()).group(1).rstrip("/")
         with sync_playwright() as pw:
@@ -47,14 +58,16 @@ def main() -> int:
                 page = browser.new_page(viewport={"width": width, "height": height})
                 for name, (path, ready) in PAGES.items():
                     page.goto(url + path)
-                    if name == "flags":  # a run that ends well resolves its flags: show them with the open ones
+                    # a run that ends well resolves its flags: show them with the open ones
+                    if name == "flags":
                         page.wait_for_selector("#state")
                         page.select_option("#state", "all")
                     page.wait_for_selector(ready, timeout=30_000)
                     if name == "evolution":
                         page.click("#examples tbody a >> nth=0")
                         page.wait_for_selector("#example table")
-                    page.wait_for_timeout(2500 if name == "monitor" else 800)  # the monitor's first polls
+                    # the monitor's first polls
+                    page.wait_for_timeout(2500 if name == "monitor" else 800)
                     dest = out / f"ui-{name}{suffix}.png"
                     page.screenshot(path=str(dest))
                     scroll = page.evaluate("() => document.documentElement.scrollWidth")

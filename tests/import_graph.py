@@ -103,7 +103,8 @@ def import_graph(
 
 
 def cycles(graph: dict[str, list[Import]]) -> list[list[str]]:
-    """The strongly connected components of more than one module (Tarjan's algorithm, iterative)."""
+    """The strongly connected components of more than one module (Tarjan's algorithm,
+    iterative)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -191,8 +192,7 @@ def problems(root: Path = ROOT) -> list[str]:
     found = [f"cycle: {' ⇄ '.join(component)}" for component in cycles(graph)]
     found += [
         f"upward: {edge.importer}:{edge.line} imports {edge.target} "
-        f"({ROOMS[room_of(edge.target)]} is above "
-        f"{ROOMS[room_of(edge.importer)]})"
+        f"({ROOMS[room_of(edge.target)]} is above {ROOMS[room_of(edge.importer)]})"
         for edge in upward_imports(graph)
     ]
     found += [

@@ -1,4 +1,5 @@
-"""The CLI through Typer's CliRunner: exit codes, one-line errors, and no torch in read-only commands."""
+"""The CLI through Typer's CliRunner: exit codes, one-line errors, and no torch in read-only
+commands."""
 
 import json
 import re
@@ -27,9 +28,20 @@ def test_status_on_a_fresh_home(tmp_path):
 
 def test_status_json_shows_training_fields(tmp_path):
     h = Home.open(tmp_path)
-    h.training_status.write_text(json.dumps({"state": "training", "job_id": 3, "current_step": 40,
-                                             "total_steps": 100, "loss": 1.25, "learning_rate": 1e-3,
-                                             "tokens_per_sec": 900.0, "eta_seconds": 61}))
+    h.training_status.write_text(
+        json.dumps(
+            {
+                "state": "training",
+                "job_id": 3,
+                "current_step": 40,
+                "total_steps": 100,
+                "loss": 1.25,
+                "learning_rate": 1e-3,
+                "tokens_per_sec": 900.0,
+                "eta_seconds": 61,
+            }
+        )
+    )
     r = runner.invoke(app, ["status", "--home", str(tmp_path), "--json"])
     assert r.exit_code == 0
     doc = json.loads(r.output)
@@ -47,8 +59,8 @@ def test_queue_lists_jobs_with_their_errors(tmp_path):
     r = runner.invoke(app, ["queue", "--home", str(tmp_path)])
     assert r.exit_code == 0
     assert "bad.jsonl is empty" in r.output and "queued" in r.output
-    # At 80 columns: one line a job, nothing folded; the long error is cut with … in its row and said whole
-    # under the table. --wide has every column.
+    # At 80 columns: one line a job, nothing folded; the long error is cut with … in its row and
+    # said whole under the table. --wide has every column.
     with JobQueue(h.jobs_db) as q:
         long = q.enqueue("customer_support_conversations_2026_q4.jsonl", h.inbox / "c.jsonl", "u")
         error = "curation failed: " + "a very long explanation of what went wrong " * 3
@@ -90,22 +102,53 @@ def test_bad_settings_are_reported_all_at_once_by_the_cli(tmp_path):
 
 def test_any_setting_is_a_set_flag_and_bad_ones_are_all_reported(tmp_path):
     (tmp_path / "f.jsonl").write_text('{"text": "x"}\n')
-    r = runner.invoke(app, ["train", str(tmp_path / "f.jsonl"), "--home", str(tmp_path), "--set",
-                            "train.warmup_ratio=2", "--set", "curation.val_fraction=0.99", "--lr", "-1"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            str(tmp_path / "f.jsonl"),
+            "--home",
+            str(tmp_path),
+            "--set",
+            "train.warmup_ratio=2",
+            "--set",
+            "curation.val_fraction=0.99",
+            "--lr",
+            "-1",
+        ],
+    )
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert "3 problem(s)" in r.output, r.output
     for name in ("train.warmup_ratio", "curation.val_fraction", "train.lr"):
         assert name in r.output, name
     for bad in ("train.warmup_ratio", "nosuch.key=1"):
-        r = runner.invoke(app, ["train", str(tmp_path / "f.jsonl"), "--home", str(tmp_path), "--set", bad])
+        r = runner.invoke(
+            app, ["train", str(tmp_path / "f.jsonl"), "--home", str(tmp_path), "--set", bad]
+        )
         assert r.exit_code == 1 and r.output.startswith("Error:") and "--set" in r.output, r.output
 
 
 def test_set_reaches_the_curation_a_command_runs(tmp_path):
-    rows = [{"prompt": f"question number {i}", "completion": f"answer number {i} is here"} for i in range(40)]
+    rows = [
+        {"prompt": f"question number {i}", "completion": f"answer number {i} is here"}
+        for i in range(40)
+    ]
     (tmp_path / "f.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    r = runner.invoke(app, ["curate", str(tmp_path / "f.jsonl"), "--home", str(tmp_path), "--model",
-                            "builtin:tiny", "--set", "curation.val_fraction=0.5", "--set", "curation.test_fraction=0"])
+    r = runner.invoke(
+        app,
+        [
+            "curate",
+            str(tmp_path / "f.jsonl"),
+            "--home",
+            str(tmp_path),
+            "--model",
+            "builtin:tiny",
+            "--set",
+            "curation.val_fraction=0.5",
+            "--set",
+            "curation.test_fraction=0",
+        ],
+    )
     assert r.exit_code == 0, r.output
     split = re.search(r"train (\d+), val (\d+), test (\d+)", r.output)
     assert split and int(split[3]) == 0 and 10 <= int(split[2]) <= 30, r.output
@@ -118,51 +161,74 @@ def test_read_only_commands_and_the_ui_import_no_torch(curated_home):
     snaps = curated_home.evolution_dir("mixed_x")
     snaps.mkdir(parents=True)
     for step, ok in ((0, False), (10, True)):
-        ex = {"example_id": "ex_000", "input": "q", "expected_output": "a", "model_output": "a" if ok else "b",
-              "loss": 0.1, "similarity": 1.0, "exact_match": ok, "golden_prob": 0.9, "metadata": {}}
-        (snaps / f"step_{step:06d}.json").write_text(json.dumps({
-            "snapshot_id": f"mixed_x_step_{step:06d}", "training_step": step, "examples": [ex],
-            "summary": {"avg_loss": 0.1, "accuracy": float(ok), "total_examples": 1, "correct": int(ok),
-                        "incorrect": int(not ok)}}))
+        ex = {
+            "example_id": "ex_000",
+            "input": "q",
+            "expected_output": "a",
+            "model_output": "a" if ok else "b",
+            "loss": 0.1,
+            "similarity": 1.0,
+            "exact_match": ok,
+            "golden_prob": 0.9,
+            "metadata": {},
+        }
+        (snaps / f"step_{step:06d}.json").write_text(
+            json.dumps(
+                {
+                    "snapshot_id": f"mixed_x_step_{step:06d}",
+                    "training_step": step,
+                    "examples": [ex],
+                    "summary": {
+                        "avg_loss": 0.1,
+                        "accuracy": float(ok),
+                        "total_examples": 1,
+                        "correct": int(ok),
+                        "incorrect": int(not ok),
+                    },
+                }
+            )
+        )
     # Per-example dynamics of a run over the curated dataset's train split
     from daemon.runs.dynamics import RECORD
 
     (ds,) = curated_home.datasets.iterdir()
     run = curated_home.run_dir(1)
     run.mkdir(parents=True)
-    (run / "dynamics.json").write_text(json.dumps({"dataset": ds.name, "train_split": str(ds / "train.jsonl")}))
+    (run / "dynamics.json").write_text(
+        json.dumps({"dataset": ds.name, "train_split": str(ds / "train.jsonl")})
+    )
     n = len((ds / "train.jsonl").read_text().splitlines())
-    (run / "dynamics.bin").write_bytes(b"".join(RECORD.pack(i, e, e + 1, 0.5, 0.6, 0.5, 1.0, 5)
-                                                for e in range(2) for i in range(n)))
+    (run / "dynamics.bin").write_bytes(
+        b"".join(
+            RECORD.pack(i, e, e + 1, 0.5, 0.6, 0.5, 1.0, 5) for e in range(2) for i in range(n)
+        )
+    )
     curated_home.logs.mkdir(parents=True, exist_ok=True)
     curated_home.daemon_log.write_text("12:00:00 watching inbox\n")
     code = (
-        "import sys\n"
-        "from typer.testing import CliRunner\n"
-        "from cli.app import app\n"
-        "for cmd in (['status'], ['status', '--json'], ['queue'], ['rejected', '--latest'],\n"
-        "            ['rejected', '--latest', '--json'], ['flags'], ['flags', 'trend'], ['flags', '--stats'],\n"
-        "            ['bench', 'list'], ['bench', 'list', '--json'], ['bench', 'compare', 'a', 'b'],\n"
-        "            ['bench', 'compare', 'a', 'b', '--label-regex', '(Yes|No)', '--json'],\n"
-        "            ['evolution'], ['evolution', '--json'], ['evolution', '--example', 'ex_000'],\n"
-        "            ['evolution', '--sort', 'aum'], ['evolution', '--probe'],\n"
-        "            ['evolution', 'mixed', '--class', 'hard'],\n"
-        "            ['evolution', 'export', '--out', 'clean.jsonl'], ['logs'], ['service', 'install', '--print']):\n"
-        f"    r = CliRunner().invoke(app, cmd + ['--home', {str(tmp_path)!r}])\n"
-        "    assert r.exit_code == 0, r.output\n"
+        "import sys\nfrom typer.testing import CliRunner\nfrom cli.app import app\nfor cmd "
+        "in (['status'], ['status', '--json'], ['queue'], ['rejected', '--latest'],\n       "
+        "     ['rejected', '--latest', '--json'], ['flags'], ['flags', 'trend'], ['flags', "
+        "'--stats'],\n            ['bench', 'list'], ['bench', 'list', '--json'], ['bench', "
+        "'compare', 'a', 'b'],\n            ['bench', 'compare', 'a', 'b', '--label-regex', "
+        "'(Yes|No)', '--json'],\n            ['evolution'], ['evolution', '--json'], "
+        "['evolution', '--example', 'ex_000'],\n            ['evolution', '--sort', 'aum'], "
+        "['evolution', '--probe'],\n            ['evolution', 'mixed', '--class', "
+        "'hard'],\n            ['evolution', 'export', '--out', 'clean.jsonl'], ['logs'], "
+        "['service', 'install', '--print']):\n    r = CliRunner().invoke(app, cmd + "
+        f"['--home', {str(tmp_path)!r}])\n    assert r.exit_code == 0, r.output\n"
         # trainctl ui: the server and every page and endpoint it serves
-        "import urllib.request\n"
-        "from cli.web.server import PAGES, serve\n"
-        "from daemon.home import Home\n"
-        f"s = serve(Home.open({str(tmp_path)!r}), '127.0.0.1', 0, None)\n"
-        "for path in [*PAGES, '/api/status', '/api/queue', '/api/flags', '/api/bench/runs', '/api/datasets',\n"
-        "             '/api/bench/compare?runs=a,b', '/api/evolution', '/api/rejected']:\n"
-        "    urllib.request.urlopen(s.url.rstrip('/') + path, timeout=30).read()\n"
-        "s.shutdown()\n"
-        "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]\n"
-        "print('HEAVY', heavy)\n"
+        "import urllib.request\nfrom cli.web.server import PAGES, serve\nfrom daemon.home "
+        f"import Home\ns = serve(Home.open({str(tmp_path)!r}), '127.0.0.1', 0, None)\nfor "
+        "path in [*PAGES, '/api/status', '/api/queue', '/api/flags', '/api/bench/runs', "
+        "'/api/datasets',\n             '/api/bench/compare?runs=a,b', '/api/evolution', "
+        "'/api/rejected']:\n    urllib.request.urlopen(s.url.rstrip('/') + path, "
+        "timeout=30).read()\ns.shutdown()\nheavy = [m for m in ('torch', 'transformers', "
+        "'peft') if m in sys.modules]\nprint('HEAVY', heavy)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
 
 
@@ -171,14 +237,36 @@ def test_rejected_shows_reasons_closest_histogram_and_advice(curated_home):
     assert r.exit_code == 0, r.output
     out = r.output
     assert "4 of 10 records rejected (40.0%)" in out
-    for piece in ("low_quality", "duplicate", "invalid_json", "closest to passing", "by domain", "junk",
-                  "recommendations", "0.0–0.1"):
+    for piece in (
+        "low_quality",
+        "duplicate",
+        "invalid_json",
+        "closest to passing",
+        "by domain",
+        "junk",
+        "recommendations",
+        "0.0–0.1",
+    ):
         assert piece in out, piece
     assert "trainctl rejected accept --min-score" in out or "weakest component" in out
-    r = runner.invoke(app, ["rejected", "--latest", "--reason", "duplicate", "--json", "--home",
-                            str(curated_home.root)])
+    r = runner.invoke(
+        app,
+        [
+            "rejected",
+            "--latest",
+            "--reason",
+            "duplicate",
+            "--json",
+            "--home",
+            str(curated_home.root),
+        ],
+    )
     data = json.loads(r.output)
-    assert data["by_reason"] == {"duplicate": 1} and data["shown"] == 1 and data["total_rejected"] == 4
+    assert (
+        data["by_reason"] == {"duplicate": 1}
+        and data["shown"] == 1
+        and data["total_rejected"] == 4
+    )
 
 
 def test_rejected_accept_recovers_into_the_inbox_and_they_pass_next_time(curated_home):
@@ -186,50 +274,73 @@ def test_rejected_accept_recovers_into_the_inbox_and_they_pass_next_time(curated
     from daemon.curation.curator import Curator
 
     h = curated_home
-    r = runner.invoke(app, ["rejected", "accept", "--min-score", "0.3", "--latest", "--to-inbox", "--home",
-                            str(h.root)])
+    r = runner.invoke(
+        app,
+        [
+            "rejected",
+            "accept",
+            "--min-score",
+            "0.3",
+            "--latest",
+            "--to-inbox",
+            "--home",
+            str(h.root),
+        ],
+    )
     assert r.exit_code == 0, r.output
     files = list(h.inbox.glob("*.jsonl"))
     assert len(files) == 1 and "recovered" in files[0].name
     recs = [json.loads(x) for x in files[0].read_text().splitlines()]
-    assert recs and all(x["quality_override"] is True and "rejection_reason" not in x for x in recs)
-    res = Curator(CurationConfig(min_quality=0.7, val_fraction=0, test_fraction=0), TrainConfig()).run(
-        files[0], h.datasets / "again")
+    assert recs and all(
+        x["quality_override"] is True and "rejection_reason" not in x for x in recs
+    )
+    res = Curator(
+        CurationConfig(min_quality=0.7, val_fraction=0, test_fraction=0), TrainConfig()
+    ).run(files[0], h.datasets / "again")
     assert res.total_accepted == len(recs)
     # A second accept does not overwrite the first file.
     ds = h.datasets / "mixed_20260101_000000"
-    r = runner.invoke(app, ["rejected", "accept", str(ds), "--min-score", "0.3", "--to-inbox", "--home", str(h.root)])
+    r = runner.invoke(
+        app,
+        ["rejected", "accept", str(ds), "--min-score", "0.3", "--to-inbox", "--home", str(h.root)],
+    )
     assert r.exit_code == 0, r.output
     assert len(list(h.inbox.glob("*.jsonl"))) == 2
 
 
-@pytest.mark.parametrize("args, says", [
-    (["rejected", "accept", "--latest"], "needs --min-score"),
-    (["rejected", "accept", "--min-score", "0.99", "--latest"], "no quality reject"),
-    (["rejected", "--latest", "--min-score", "0.3"], "belong to `trainctl rejected accept`"),
-    (["rejected", "nowhere"], "not a curated dataset"),
-    (["rejected"], "pass its PATH or --latest"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["rejected", "accept", "--latest"], "needs --min-score"),
+        (["rejected", "accept", "--min-score", "0.99", "--latest"], "no quality reject"),
+        (["rejected", "--latest", "--min-score", "0.3"], "belong to `trainctl rejected accept`"),
+        (["rejected", "nowhere"], "not a curated dataset"),
+        (["rejected"], "pass its PATH or --latest"),
+    ],
+)
 def test_rejected_mistakes_are_one_red_line(curated_home, args, says):
     r = runner.invoke(app, args + ["--home", str(curated_home.root)])
     assert r.exit_code == 1 and says in r.output and "Traceback" not in r.output, r.output
 
 
-@pytest.mark.parametrize("args, says", [
-    (["evolution"], "no evolution yet"),
-    (["evolution", "export", "--to-inbox"], "no per-example dynamics"),
-    (["evolution", "export"], "give --out FILE or --to-inbox"),
-    (["evolution", "export", "--to-inbox", "--without", "weird"], "unknown --without 'weird'"),
-    (["evolution", "--sort", "size"], "unknown sort 'size'"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["evolution"], "no evolution yet"),
+        (["evolution", "export", "--to-inbox"], "no per-example dynamics"),
+        (["evolution", "export"], "give --out FILE or --to-inbox"),
+        (["evolution", "export", "--to-inbox", "--without", "weird"], "unknown --without 'weird'"),
+        (["evolution", "--sort", "size"], "unknown sort 'size'"),
+    ],
+)
 def test_evolution_mistakes_are_one_red_line(curated_home, args, says):
     r = runner.invoke(app, args + ["--home", str(curated_home.root)])
     assert r.exit_code == 1 and says in r.output and "Traceback" not in r.output, r.output
 
 
 def test_imports_run_one_way_app_to_commands_to_common():
-    """cli/app.py registers the command modules; no command module imports the app (no import circle), and
-    nothing under daemon/ imports cli/."""
+    """cli/app.py registers the command modules; no command module imports the app (no import
+    circle), and nothing under daemon/ imports cli/."""
     import ast
 
     from tests.helpers import ROOT
@@ -248,4 +359,6 @@ def test_imports_run_one_way_app_to_commands_to_common():
         if path.name not in ("app.py", "__main__.py"):
             assert "cli.app" not in imported(path), f"{path.name} imports cli.app"
     for path in (ROOT / "daemon").rglob("*.py"):
-        assert not any(n == "cli" or n.startswith("cli.") for n in imported(path)), f"{path} imports cli"
+        assert not any(n == "cli" or n.startswith("cli.") for n in imported(path)), (
+            f"{path} imports cli"
+        )

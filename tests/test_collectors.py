@@ -1,5 +1,5 @@
-"""Collectors in a plain transformers Trainer (as anyone would use them), and the alerts they raise on injected
-faults: a frozen LoRA layer is named dead, a learning rate 100x too high is caught."""
+"""Collectors in a plain transformers Trainer (as anyone would use them), and the alerts they raise
+on injected faults: a frozen LoRA layer is named dead, a learning rate 100x too high is caught."""
 
 from __future__ import annotations
 
@@ -27,8 +27,11 @@ def demo_rows(tmp_path_factory, tiny_models):
     return tok, [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
 
 
-def _trainer(tmp_path, tiny_models, demo_rows, lr: float, steps: int, callbacks, freeze: str | None = None):
-    """A plain Trainer + peft on builtin:tiny: nothing of trainctl's recipe but the callbacks under test."""
+def _trainer(
+    tmp_path, tiny_models, demo_rows, lr: float, steps: int, callbacks, freeze: str | None = None
+):
+    """A plain Trainer + peft on builtin:tiny: nothing of trainctl's recipe but the callbacks under
+    test."""
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments
 
@@ -36,17 +39,33 @@ def _trainer(tmp_path, tiny_models, demo_rows, lr: float, steps: int, callbacks,
     from daemon.training.data import PadCollator, encode_rows
 
     tok, rows = demo_rows
-    model = get_peft_model(load_model("builtin:tiny", tiny_models, "cpu"),
-                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        load_model("builtin:tiny", tiny_models, "cpu"),
+        LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
     if freeze:
         for name, p in model.named_parameters():
             if freeze in name and "lora_" in name:
                 p.requires_grad_(False)
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, learning_rate=lr,
-                             max_steps=steps, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-                             disable_tqdm=True, seed=0, remove_unused_columns=False)
-    trainer = Trainer(model=model, args=args, train_dataset=encode_rows(tok, rows, 512, "assistant"),
-                      data_collator=PadCollator(tok.pad_token_id))
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        learning_rate=lr,
+        max_steps=steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        remove_unused_columns=False,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=encode_rows(tok, rows, 512, "assistant"),
+        data_collator=PadCollator(tok.pad_token_id),
+    )
     for cb in callbacks:
         trainer.add_callback(cb)
     return trainer
@@ -55,10 +74,18 @@ def _trainer(tmp_path, tiny_models, demo_rows, lr: float, steps: int, callbacks,
 def test_frozen_lora_layer_is_named_dead(tmp_path, tiny_models, demo_rows):
     streaming, lora = StreamingMetrics(), LoRAMonitor(every=1, dead_after=10)
     alerts = Alerts(streaming, lora, log_path=tmp_path / "alerts.jsonl")
-    _trainer(tmp_path, tiny_models, demo_rows, 3e-3, 25, [streaming, lora, alerts],
-             freeze="layers.1.self_attn.q_proj").train()
-    assert lora.dead() == ["base_model.model.model.layers.1.self_attn.q_proj"] or \
-        lora.dead() == ["model.layers.1.self_attn.q_proj"]
+    _trainer(
+        tmp_path,
+        tiny_models,
+        demo_rows,
+        3e-3,
+        25,
+        [streaming, lora, alerts],
+        freeze="layers.1.self_attn.q_proj",
+    ).train()
+    assert lora.dead() == ["base_model.model.model.layers.1.self_attn.q_proj"] or lora.dead() == [
+        "model.layers.1.self_attn.q_proj"
+    ]
     assert "dead_layers" in alerts.active and "q_proj" in alerts.active["dead_layers"].message
     s = lora.summary()
     assert s["lora_summary"]["layers"] == 21 and len(s["lora_stats"]) == 21
@@ -66,21 +93,42 @@ def test_frozen_lora_layer_is_named_dead(tmp_path, tiny_models, demo_rows):
     assert all(v["update"] > 0 and v["grad_norm"] > 0 for v in live)
     assert streaming.summary()["streaming_ce"] > 0 and streaming.summary()["token_entropy"] > 0
     events = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
-    assert [e["id"] for e in events if e["event"] == "fired"].count("dead_layers") == 1  # fired once, not repeated
+    # fired once, not repeated
+    assert [e["id"] for e in events if e["event"] == "fired"].count("dead_layers") == 1
 
 
 def test_learning_rate_100x_too_high_is_caught(home):
-    """The real recipe at lr 0.3, 100x builtin:tiny's default: a spike, divergence or exploding gradients, early."""
+    """The real recipe at lr 0.3, 100x builtin:tiny's default: a spike, divergence or exploding
+    gradients, early."""
     from typer.testing import CliRunner
 
     from cli.app import app
 
-    r = CliRunner().invoke(app, ["train", str(DEMO), "--home", str(home), "--lr", "0.3", "--max-steps", "40",
-                                 "--eval-steps", "-1"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(DEMO),
+            "--home",
+            str(home),
+            "--lr",
+            "0.3",
+            "--max-steps",
+            "40",
+            "--eval-steps",
+            "-1",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    events = [json.loads(x) for x in (Home(home).run_dir(1) / "alerts.jsonl").read_text().splitlines()]
-    caught = [e for e in events if e["event"] == "fired" and e["id"] in ("loss_spike", "exploding_gradients",
-                                                                          "lr_too_high")]
+    events = [
+        json.loads(x) for x in (Home(home).run_dir(1) / "alerts.jsonl").read_text().splitlines()
+    ]
+    caught = [
+        e
+        for e in events
+        if e["event"] == "fired"
+        and e["id"] in ("loss_spike", "exploding_gradients", "lr_too_high")
+    ]
     assert caught and caught[0]["step"] <= 30, events
     assert {e["severity"] for e in caught} == {"warning"}
 
@@ -127,9 +175,12 @@ def test_fixed_eval_measures_em_ce_ece(tmp_path, tiny_models, demo_rows):
     model = load_model("builtin:tiny", tiny_models, "cpu")
     ev = FixedEval(tok, rows[:8], eval_steps=10)
     res = ev.evaluate(model, 0)
-    assert res["examples"] == 8 and res["exact_match"] == 0.0  # an untrained model gets nothing right
+    # an untrained model gets nothing right
+    assert res["examples"] == 8 and res["exact_match"] == 0.0
     assert res["cross_entropy"] > 3 and 0 <= res["ece"] <= 1
-    assert len(ev.last_results) == 8 and {"prompt", "golden", "output", "loss", "matches"} <= set(ev.last_results[0])
+    assert len(ev.last_results) == 8 and {"prompt", "golden", "output", "loss", "matches"} <= set(
+        ev.last_results[0]
+    )
     assert ev.summary()["fixed_eval_em"] == 0.0 and ev.summary()["accuracy_last_20"] == 0.0
 
 
@@ -139,5 +190,6 @@ def test_mfu_only_where_the_peak_is_known():
     assert peak_flops("NVIDIA H100 80GB HBM3", True) == 989e12
     assert peak_flops("NVIDIA H100 PCIe", True) == 756e12
     assert peak_flops("NVIDIA A100-SXM4-40GB", True) == 312e12
-    assert peak_flops("NVIDIA H100 80GB HBM3", False) is None  # fp32: tensor-core peaks do not apply
+    # fp32: tensor-core peaks do not apply
+    assert peak_flops("NVIDIA H100 80GB HBM3", False) is None
     assert peak_flops("Some Future GPU", True) is None

@@ -17,10 +17,14 @@ def test_unreadable_files_go_to_failed_with_a_reason(home, daemons):
     assert d.wait(240) == 0, d.output()
     failed = Home(home).inbox_failed
     reasons = {p.name: p.read_text() for p in failed.glob("*.error.txt")}
-    assert set(reasons) == {f"{n}.jsonl.error.txt" for n in ("empty", "binary", "latin1", "novalid")}
+    assert set(reasons) == {
+        f"{n}.jsonl.error.txt" for n in ("empty", "binary", "latin1", "novalid")
+    }
     assert "is empty" in reasons["empty.jsonl.error.txt"]
     # each reason names the file as dropped, not its timestamped copy in inbox/processing/
-    assert all(f"Why: {name.removesuffix('.error.txt')} " in text for name, text in reasons.items()), reasons
+    assert all(
+        f"Why: {name.removesuffix('.error.txt')} " in text for name, text in reasons.items()
+    ), reasons
     assert "binary" in reasons["binary.jsonl.error.txt"]
     assert "not UTF-8" in reasons["latin1.jsonl.error.txt"]
     assert "no valid record" in reasons["novalid.jsonl.error.txt"]
@@ -34,8 +38,9 @@ def test_unreadable_files_go_to_failed_with_a_reason(home, daemons):
 
 
 def test_one_daemon_per_home_even_when_its_old_pid_now_belongs_to_another_process(home, daemons):
-    """A second daemon is refused while the first lives; after a kill -9, a daemon.json whose pid is now some other
-    live process (as after a reboot) neither blocks a new daemon nor makes `trainctl stop` signal that process."""
+    """A second daemon is refused while the first lives; after a kill -9, a daemon.json whose pid
+    is now some other live process (as after a reboot) neither blocks a new daemon nor makes
+    `trainctl stop` signal that process."""
     import os
     import signal
     import subprocess
@@ -55,11 +60,24 @@ def test_one_daemon_per_home_even_when_its_old_pid_now_belongs_to_another_proces
         doc = json.loads(Home(home).daemon_status.read_text())
         doc.update(pid=stranger.pid, state="idle")
         Home(home).daemon_status.write_text(json.dumps(doc))
-        stop = subprocess.run([sys.executable, "-m", "cli", "stop", "--home", str(home), "--no-wait"], cwd=ROOT,
-                              capture_output=True, text=True, env=dict(os.environ))
-        assert stop.returncode == 1 and "no daemon is running" in stop.stderr and stranger.poll() is None
-        status = subprocess.run([sys.executable, "-m", "cli", "status", "--home", str(home), "--json"], cwd=ROOT,
-                                capture_output=True, text=True)
+        stop = subprocess.run(
+            [sys.executable, "-m", "cli", "stop", "--home", str(home), "--no-wait"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ),
+        )
+        assert (
+            stop.returncode == 1
+            and "no daemon is running" in stop.stderr
+            and stranger.poll() is None
+        )
+        status = subprocess.run(
+            [sys.executable, "-m", "cli", "status", "--home", str(home), "--json"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         assert json.loads(status.stdout)["daemon"]["status"] == "dead"
         third = daemons(home, "--once")
         assert third.wait(60) == 0, third.output()

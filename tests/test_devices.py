@@ -1,5 +1,5 @@
-"""Devices as a resource of the queue: GPU sets, CPU slots and rendezvous ports handed to jobs (no GPU needed: the
-ledger is given GPU indices as `daemon.gpus` would list them)."""
+"""Devices as a resource of the queue: GPU sets, CPU slots and rendezvous ports handed to jobs (no
+GPU needed: the ledger is given GPU indices as `daemon.gpus` would list them)."""
 
 from __future__ import annotations
 
@@ -53,10 +53,15 @@ def test_impossible_requests_fail_with_a_clear_message():
 
 
 def test_cpu_slots_and_processes():
-    s = settings(train={"nproc": 2}, daemon={"gpus": [], "slots": 2, "rendezvous_ports": [29650, 29651]})
+    s = settings(
+        train={"nproc": 2}, daemon={"gpus": [], "slots": 2, "rendezvous_ports": [29650, 29651]}
+    )
     devices = Devices(s.daemon, port_check=lambda port: True)
     a, b = devices.take(1, s), devices.take(2, s)
-    assert (a.slot, b.slot, a.nproc, a.gpus) == (0, 1, 2, []) and {a.port, b.port} == {29650, 29651}
+    assert (a.slot, b.slot, a.nproc, a.gpus) == (0, 1, 2, []) and {a.port, b.port} == {
+        29650,
+        29651,
+    }
     assert a.env() == {} and a.describe() == "cpu slot 0 x2 :29650"
     assert devices.take(3, s) is None  # both slots held
 
@@ -66,7 +71,10 @@ def test_a_port_in_use_by_another_program_is_skipped_and_an_exhausted_range_is_a
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        s = settings(train={"nproc": 2}, daemon={"gpus": [], "slots": 3, "rendezvous_ports": [port, port + 1]})
+        s = settings(
+            train={"nproc": 2},
+            daemon={"gpus": [], "slots": 3, "rendezvous_ports": [port, port + 1]},
+        )
         devices = Devices(s.daemon)
         assert devices.take(1, s).port == port + 1
         with pytest.raises(PlacementError, match="no free rendezvous port"):
@@ -75,11 +83,21 @@ def test_a_port_in_use_by_another_program_is_skipped_and_an_exhausted_range_is_a
 
 def test_settings_are_checked_together():
     with pytest.raises(Exception) as err:
-        settings(train={"gpus_per_job": 0, "nproc": -1}, daemon={"gpus": "some", "slots": 0},
-                 bench={"tensor_parallel_size": 2, "backend": "hf"}, distributed={"backend": "slurm"})
+        settings(
+            train={"gpus_per_job": 0, "nproc": -1},
+            daemon={"gpus": "some", "slots": 0},
+            bench={"tensor_parallel_size": 2, "backend": "hf"},
+            distributed={"backend": "slurm"},
+        )
     msg = str(err.value)
-    for part in ("gpus_per_job", "train.nproc", "daemon.gpus", "daemon.slots", "need bench.backend = 'vllm'",
-                 "distributed.backend"):
+    for part in (
+        "gpus_per_job",
+        "train.nproc",
+        "daemon.gpus",
+        "daemon.slots",
+        "need bench.backend = 'vllm'",
+        "distributed.backend",
+    ):
         assert part in msg, part
 
 

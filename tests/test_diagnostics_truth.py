@@ -62,9 +62,8 @@ def test_alert_thresholds_are_settings_checked_all_at_once(tmp_path):
     path.write_text("[alerts]\ngrad_spike_factor = 0.5\nmax_ece = 2\nplateau_steps = 80\n")
     with pytest.raises(ConfigError) as err:
         load_settings(path)
-    assert "alerts.grad_spike_factor must be > 1" in str(err.value) and "alerts.max_ece" in str(
-        err.value
-    )
+    said = str(err.value)
+    assert "alerts.grad_spike_factor must be > 1" in said and "alerts.max_ece" in said
     path.write_text("[alerts]\nplateau_steps = 80\nmax_ece = 0.5\n")
     assert load_settings(path).alerts.plateau_steps == 80
 
@@ -198,9 +197,8 @@ def test_a_run_that_goes_wrong_keeps_true_flags_few_suspects_and_tells_its_story
     assert stable.is_symlink() and (stable / "step_000000.json").exists()
     r = runner.invoke(app, ["evolution", "demo_uppercase", "--home", str(home), "--json"])
     doc = json.loads(r.output)
-    assert doc["epochs"]["used"] == [1, 2] and f"up to step {best}" in doc["epochs"]["said"], doc[
-        "epochs"
-    ]
+    epochs = doc["epochs"]
+    assert epochs["used"] == [1, 2] and f"up to step {best}" in epochs["said"], epochs
 
 
 @pytest.mark.slow
@@ -292,8 +290,8 @@ def test_twenty_epochs_of_memorising_still_rank_the_planted_lowest(home, tmp_pat
     }  # by AUM
     suspects = {e["example_id"] for e in doc["examples"] if e["suspect_label"]}
     print(
-        f"lowest-AUM 15% hold {len(lowest & planted) / len(planted):.0%} of the planted; suspects "
-        f"{len(suspects)}, of them planted {len(suspects & planted)}"
+        f"lowest-AUM 15% hold {len(lowest & planted) / len(planted):.0%} of the "
+        f"planted; suspects {len(suspects)}, of them planted {len(suspects & planted)}"
     )
     assert len(lowest & planted) >= 0.8 * len(planted)
     assert len(suspects & planted) >= 0.8 * len(suspects) > 0

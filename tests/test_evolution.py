@@ -1,5 +1,6 @@
-"""Evolution snapshots and `trainctl evolution`: the SPEC schedule and file format, and a signal-quality test —
-the examples evolution ranks hardest are the ones whose answers were planted wrong."""
+"""Evolution snapshots and `trainctl evolution`: the SPEC schedule and file format, and a
+signal-quality test — the examples evolution ranks hardest are the ones whose answers were planted
+wrong."""
 
 from __future__ import annotations
 
@@ -33,9 +34,12 @@ def test_last_step_is_snapshotted_unless_a_scheduled_one_is_near(tmp_path, max_s
     from daemon.training.collectors.evolution_snapshots import EvolutionSnapshots
 
     ev = EvolutionSnapshots(None, [{"messages": []}], tmp_path, "d")
-    ev.snapshot = lambda model, step, **kw: ev.taken.append(step)  # when, not what: no model needed
+    # when, not what: no model needed
+    ev.snapshot = lambda model, step, **kw: ev.taken.append(step)
     for step in range(1, max_steps + 1):
-        ev.on_step_end(None, SimpleNamespace(global_step=step, max_steps=max_steps), None, model=object())
+        ev.on_step_end(
+            None, SimpleNamespace(global_step=step, max_steps=max_steps), None, model=object()
+        )
     assert ev.taken[-1] == last and ev.taken == sorted(set(ev.taken))
     assert all(is_snapshot_step(s) for s in ev.taken[:-1])
 
@@ -43,14 +47,19 @@ def test_last_step_is_snapshotted_unless_a_scheduled_one_is_near(tmp_path, max_s
 @pytest.mark.slow
 def test_lowest_confidence_examples_are_the_planted_wrong_answers(home, tmp_path):
     planted = planted_dataset(tmp_path / "planted.jsonl")
-    # Keep every record (the quality check would catch some planted answers, which is another story) and probe all,
-    # at every step of the SPEC schedule (no diagnostics budget thinning it).
-    Home(home).settings_file.write_text(TINY_SETTINGS + "evolution_examples = 1000\neval_steps = -1\n"
-                                        "diagnostics_budget = 0\n[curation]\n"
-                                        "min_quality = 0\nmin_diversity = 0\nval_fraction = 0\ntest_fraction = 0\n")
-    r = runner.invoke(app, ["train", str(tmp_path / "planted.jsonl"), "--home", str(home), "--epochs", "6"])
+    # Keep every record (the quality check would catch some planted answers, which is another
+    # story) and probe all, at every step of the SPEC schedule (no diagnostics budget thinning it).
+    Home(home).settings_file.write_text(
+        TINY_SETTINGS + "evolution_examples = 1000\neval_steps = -1\n"
+        "diagnostics_budget = 0\n[curation]\nmin_quality = "
+        "0\nmin_diversity = 0\nval_fraction = 0\ntest_fraction = 0\n"
+    )
+    r = runner.invoke(
+        app, ["train", str(tmp_path / "planted.jsonl"), "--home", str(home), "--epochs", "6"]
+    )
     assert r.exit_code == 0, r.output
-    (folder,) = datasets(Home(home).evolution_root)  # the timestamped folder (its stable-name link left out)
+    # the timestamped folder (its stable-name link left out)
+    (folder,) = datasets(Home(home).evolution_root)
     assert (Home(home).evolution_root / "planted").resolve() == folder.resolve()
     steps = sorted(int(p.stem.split("_")[1]) for p in folder.glob("step_*.json"))
     assert steps[:6] == [0, 10, 25, 50, 100, 150]
@@ -58,8 +67,20 @@ def test_lowest_confidence_examples_are_the_planted_wrong_answers(home, tmp_path
     assert snap["snapshot_id"] == f"{folder.name}_step_000100" and snap["training_step"] == 100
     assert snap["model_version"] == "training" and snap["summary"]["total_examples"] == 200
     ex = snap["examples"][0]
-    assert set(ex) >= {"example_id", "input", "expected_output", "model_output", "loss", "similarity",
-                       "exact_match", "metadata"} and ex["example_id"] == "ex_000"
+    assert (
+        set(ex)
+        >= {
+            "example_id",
+            "input",
+            "expected_output",
+            "model_output",
+            "loss",
+            "similarity",
+            "exact_match",
+            "metadata",
+        }
+        and ex["example_id"] == "ex_000"
+    )
     assert snap["summary"]["correct"] + snap["summary"]["incorrect"] == 200
 
     evo = load(folder)
@@ -67,9 +88,12 @@ def test_lowest_confidence_examples_are_the_planted_wrong_answers(home, tmp_path
     top = ranked[: int(0.15 * len(ranked))]
     caught = {e.metadata["id"] for e in top} & planted
     recall, precision = len(caught) / len(planted), len(caught) / len(top)
-    print(f"planted wrong answers in the hardest 15%: recall {recall:.2f}, precision {precision:.2f}")
+    print(
+        f"planted wrong answers in the hardest 15%: recall {recall:.2f}, precision {precision:.2f}"
+    )
     assert recall >= 0.8, (recall, precision)
-    # The rule-following examples are learned; the planted ones are the ones it fails on or learns last.
+    # The rule-following examples are learned; the planted ones are the ones it fails on or learns
+    # last.
     assert evo.curve[-1]["accuracy"] >= 0.85 and evo.curve[0]["accuracy"] == 0.0
 
     r = runner.invoke(app, ["evolution", "--home", str(home), "--json", "--limit", "0"])
@@ -78,7 +102,11 @@ def test_lowest_confidence_examples_are_the_planted_wrong_answers(home, tmp_path
     assert [c["step"] for c in doc["curve"]] == steps and sum(doc["classes"].values()) == 200
     assert doc["sort"] == "aum" and doc["examples"][0]["aum"] <= doc["examples"][-1]["aum"]
     r = runner.invoke(app, ["evolution", "--home", str(home), "--limit", "5"])
-    assert r.exit_code == 0 and "accuracy and loss over snapshots" in r.output and "every training example" in r.output
+    assert (
+        r.exit_code == 0
+        and "accuracy and loss over snapshots" in r.output
+        and "every training example" in r.output
+    )
     r = runner.invoke(app, ["evolution", "--home", str(home), "--limit", "5", "--probe"])
     assert r.exit_code == 0 and "probe examples, hardest first" in r.output
     hard_id = top[0].example_id
@@ -107,7 +135,9 @@ def test_a_failing_snapshot_is_logged_and_training_goes_on(home, tmp_path):
             self.training = True
 
     tok = load_tokenizer("builtin:tiny", Home(home).models)
-    rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
+    rows = [
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    ]
     ev = EvolutionSnapshots(tok, rows, tmp_path / "snaps", "d")
     model = Broken()
     assert ev.snapshot(model, 10) is None  # no exception reaches the Trainer

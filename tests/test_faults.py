@@ -1,9 +1,10 @@
-"""Faults and hostile input: nothing lost, nothing read that should not be, one clear line for each.
+"""Faults and hostile input: nothing lost, nothing read that should not be, one clear line for
+each.
 
-- Hostile inbox entries: whoever can write to the inbox must not make the daemon read anything else. A
-  symbolic link, a hard link, a FIFO or a linked settings file is refused unread: its job fails with one line
-  of reason, the entry goes to inbox/failed/ beside that reason, and none of the content it points at is
-  copied anywhere in the home.
+- Hostile inbox entries: whoever can write to the inbox must not make the daemon read anything
+  else. A symbolic link, a hard link, a FIFO or a linked settings file is refused unread: its job
+  fails with one line of reason, the entry goes to inbox/failed/ beside that reason, and none of
+  the content it points at is copied anywhere in the home.
 - A read-only home is one line at start, and the dropped file stays where it was.
 - One writer per job: a second worker of a job waits for the first to let go of the run folder.
 (Kills at each stage of training, export and the bench are in test_e2e_training, test_bench and
@@ -30,8 +31,10 @@ SECRET = "TOPSECRET-4711"
 
 def _secret_file(folder) -> os.PathLike:
     """A file outside the home that would be accepted as training data if it were ever read."""
-    rows = [{"prompt": f"what is the code {i}", "completion": f"{SECRET} number {i} stays private"}
-            for i in range(40)]
+    rows = [
+        {"prompt": f"what is the code {i}", "completion": f"{SECRET} number {i} stays private"}
+        for i in range(40)
+    ]
     return write_jsonl(folder / "secret.jsonl", rows)
 
 
@@ -55,14 +58,22 @@ def test_links_fifos_and_linked_sidecars_are_refused_unread(home, daemons, tmp_p
     os.mkfifo(h.inbox / "pipe.jsonl")
     (h.inbox / "paired.jsonl").write_bytes(DEMO.read_bytes())
     os.symlink(outside / "secret.toml", h.inbox / "paired.toml")
-    (h.inbox / "two\nlines.jsonl").write_bytes(b"")  # a control character in a name must not split a log line
-    # Work folders of curations: one cut off by a kill (its process is gone), one of a curation running now
+    # a control character in a name must not split a log line
+    (h.inbox / "two\nlines.jsonl").write_bytes(b"")
+    # Work folders of curations: one cut off by a kill (its process is gone), one of a curation
+    # running now
     import subprocess
     import sys
 
-    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout)
-    abandoned, running = h.datasets / f".big_20260101_000000.{gone}.tmp", h.datasets / f".other.{os.getpid()}.tmp"
+    gone = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+        ).stdout
+    )
+    abandoned, running = (
+        h.datasets / f".big_20260101_000000.{gone}.tmp",
+        h.datasets / f".other.{os.getpid()}.tmp",
+    )
     for folder in (abandoned, running):
         folder.mkdir(parents=True)
         (folder / "train.jsonl.tmp").write_bytes(b"")
@@ -74,15 +85,27 @@ def test_links_fifos_and_linked_sidecars_are_refused_unread(home, daemons, tmp_p
 
     with JobQueue(h.jobs_db) as queue:
         jobs = {job.file_name: job for job in queue.newest()}
-    assert set(jobs) == {"linked.jsonl", "dangling.jsonl", "hard.jsonl", "pipe.jsonl", "paired.jsonl",
-                         "two\nlines.jsonl"}
+    assert set(jobs) == {
+        "linked.jsonl",
+        "dangling.jsonl",
+        "hard.jsonl",
+        "pipe.jsonl",
+        "paired.jsonl",
+        "two\nlines.jsonl",
+    }
     assert "is empty" in jobs.pop("two\nlines.jsonl").error
     log_lines = h.daemon_log.read_text().splitlines()
-    assert log_lines and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line) for line in log_lines), log_lines
+    assert log_lines and all(
+        re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line) for line in log_lines
+    ), log_lines
     assert any("two\\x0alines.jsonl" in line for line in log_lines)
-    kinds = {"linked.jsonl": "is a symbolic link", "dangling.jsonl": "is a symbolic link",
-             "hard.jsonl": "is a hard link", "pipe.jsonl": "is a named pipe (FIFO)",
-             "paired.jsonl": "paired.toml is a symbolic link"}
+    kinds = {
+        "linked.jsonl": "is a symbolic link",
+        "dangling.jsonl": "is a symbolic link",
+        "hard.jsonl": "is a hard link",
+        "pipe.jsonl": "is a named pipe (FIFO)",
+        "paired.jsonl": "paired.toml is a symbolic link",
+    }
     for name, kind in kinds.items():
         job = jobs[name]
         assert job.state.value == "failed" and job.message == REFUSED, (name, job)
@@ -92,9 +115,11 @@ def test_links_fifos_and_linked_sidecars_are_refused_unread(home, daemons, tmp_p
         assert os.path.lexists(h.inbox_failed / name)  # the entry itself is kept, as dropped
     assert stat.S_ISFIFO(os.lstat(h.inbox_failed / "pipe.jsonl").st_mode)
     assert os.path.islink(h.inbox_failed / "paired.toml")
-    # No dataset folder for files never read, nor for the empty one; the abandoned work folder is gone
+    # No dataset folder for files never read, nor for the empty one; the abandoned work folder is
+    # gone
     assert list(h.inbox_processing.iterdir()) == [] and list(h.datasets.iterdir()) == [running]
-    # Nothing the links point at reached the home: no dataset, rejection, log line or queue row holds it
+    # Nothing the links point at reached the home: no dataset, rejection, log line or queue row
+    # holds it
     for path in _files_under(h.root):
         if not path.startswith(str(h.inbox_failed)):
             with open(path, "rb") as fh:
@@ -132,7 +157,8 @@ def test_a_link_you_name_yourself_is_followed_by_the_command(home, tmp_path):
 
 
 def _freeze(paths) -> bool:
-    """Make folders unwritable even for root (`chattr +i`), or by mode when not root; False if neither can."""
+    """Make folders unwritable even for root (`chattr +i`), or by mode when not root; False if
+    neither can."""
     import shutil
     import subprocess
 
@@ -169,19 +195,28 @@ def test_a_read_only_home_is_one_line_and_loses_nothing(home):
         pytest.skip("this machine can make no folder read-only for root (no chattr)")
     try:
         for args in (["daemon", "--once"], ["train", str(DEMO)]):
-            done = subprocess.run([sys.executable, "-m", "cli", *args, "--home", str(home)], cwd=ROOT,
-                                  capture_output=True, text=True, timeout=120)
+            done = subprocess.run(
+                [sys.executable, "-m", "cli", *args, "--home", str(home)],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             said = done.stderr.strip()
             assert done.returncode == 1, (args, done.stdout, said)
-            assert said.startswith(f"Error: cannot write to {h.status_dir}") and "--home" in said, said
+            assert (
+                said.startswith(f"Error: cannot write to {h.status_dir}") and "--home" in said
+            ), said
             assert len(said.splitlines()) == 1 and "Traceback" not in done.stdout + said, said
     finally:
         _thaw(frozen)
-    assert (h.inbox / "a.jsonl").read_bytes() == DEMO.read_bytes()  # the dropped file is where it was
+    # the dropped file is where it was
+    assert (h.inbox / "a.jsonl").read_bytes() == DEMO.read_bytes()
 
 
 def test_a_second_worker_of_a_job_waits_for_the_first(home, daemons):
-    """As after a kill -9 of the daemon alone with a restart at once: the old worker still holds the job."""
+    """As after a kill -9 of the daemon alone with a restart at once: the old worker still holds
+    the job."""
     import fcntl
 
     from tests.helpers import jobs, wait_for
@@ -196,9 +231,14 @@ def test_a_second_worker_of_a_job_waits_for_the_first(home, daemons):
         (h.inbox / "a.jsonl").write_bytes(DEMO.read_bytes())
         d = daemons(home, "--once", "--max-steps", "5")
         said = "job 1: waiting for its previous worker (pid 424242) to finish saving"
-        wait_for(lambda: h.job_log(1).exists() and said in h.job_log(1).read_text(), 120, "the waiting line")
+        wait_for(
+            lambda: h.job_log(1).exists() and said in h.job_log(1).read_text(),
+            120,
+            "the waiting line",
+        )
         time.sleep(1.0)
-        assert not any(h.datasets.iterdir())  # nothing curated, nothing written while the other holds the job
+        # nothing curated, nothing written while the other holds the job
+        assert not any(h.datasets.iterdir())
         assert jobs(home)[0].state.value in ("queued", "interrupted")
     finally:
         holder.close()
@@ -211,7 +251,8 @@ def test_a_second_worker_of_a_job_waits_for_the_first(home, daemons):
 def test_wide_unicode_input_is_named_as_such(tmp_path):
     for encoding, name in (("utf-16", "UTF-16"), ("utf-32", "UTF-32")):
         path = tmp_path / f"{encoding}.jsonl"
-        path.write_text('{"prompt": "q", "completion": "a"}\n', encoding=encoding)  # with its byte-order mark
+        # with its byte-order mark
+        path.write_text('{"prompt": "q", "completion": "a"}\n', encoding=encoding)
         with pytest.raises(InputFileError, match=f"is {name} text .* re-save it as UTF-8"):
             list(read_items(path))
 
@@ -225,7 +266,9 @@ def test_queue_says_when_a_job_s_worker_is_gone(tmp_path, wide_console):
     from cli.app import app
     from daemon.jobs import JobState
 
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     h = Home.open(tmp_path)
     with JobQueue(h.jobs_db) as queue:
         job = queue.enqueue("a.jsonl", h.inbox_processing / "a.jsonl", "sha")
@@ -249,17 +292,25 @@ def test_blank_lines_are_counted_and_said(tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_while_curating_leaves_no_half_dataset_and_the_job_finishes(home, daemons, tmp_path):
-    """A power cut in the middle of curating a large file: the pool workers go with it, the work folder is
-    removed at the next start, the file is curated again into one whole dataset and the job finishes."""
+def test_kill_9_while_curating_leaves_no_half_dataset_and_the_job_finishes(
+    home, daemons, tmp_path
+):
+    """A power cut in the middle of curating a large file: the pool workers go with it, the work
+    folder is removed at the next start, the file is curated again into one whole dataset and the
+    job finishes."""
     import itertools
     import signal
 
     from tests.helpers import WORDS, jobs, wait_for
 
     h = Home(home)
-    rows = [{"prompt": f"Uppercase: {a} {b} {c} {i}", "completion": f"{a.upper()} {b.upper()} {c.upper()} {i}"}
-            for i, (a, b, c) in zip(range(60_000), itertools.cycle(itertools.permutations(WORDS, 3)))]
+    rows = [
+        {
+            "prompt": f"Uppercase: {a} {b} {c} {i}",
+            "completion": f"{a.upper()} {b.upper()} {c.upper()} {i}",
+        }
+        for i, (a, b, c) in zip(range(60_000), itertools.cycle(itertools.permutations(WORDS, 3)))
+    ]
     big = write_jsonl(tmp_path / "big.jsonl", rows)
     os.rename(big, h.inbox / "big.jsonl")
     d = daemons(home, "--max-steps", "3")
@@ -271,15 +322,23 @@ def test_kill_9_while_curating_leaves_no_half_dataset_and_the_job_finishes(home,
     d.kill(signal.SIGKILL)
     d.wait(10)
     os.kill(worker, signal.SIGKILL)
-    wait_for(lambda: not any(_alive(pid) for pid in [worker, *pool]), 30, "the worker and its pool to die")
+    wait_for(
+        lambda: not any(_alive(pid) for pid in [worker, *pool]),
+        30,
+        "the worker and its pool to die",
+    )
     assert list(h.datasets.glob(".*.tmp"))  # cut off mid-way: the work folder is left...
     again = daemons(home, "--once", "--max-steps", "3")
     assert again.wait(600) == 0, again.output()
     (job,) = jobs(home)
     assert job.state.value == "done", job
-    assert [p.name for p in h.datasets.iterdir() if p.name.startswith(".")] == []  # ...and removed at the start
+    # ...and removed at the start
+    assert [p.name for p in h.datasets.iterdir() if p.name.startswith(".")] == []
     assert len(list(h.datasets.iterdir())) == 1
-    assert json.loads((h.datasets.iterdir().__next__() / "stats.json").read_text())["lines_read"] == 60_000
+    assert (
+        json.loads((h.datasets.iterdir().__next__() / "stats.json").read_text())["lines_read"]
+        == 60_000
+    )
     log = h.job_log(1).read_text()
     assert "Traceback" not in log and "BrokenPipeError" not in log, log[-2000:]
 
@@ -303,14 +362,15 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_a_daemon_restarted_at_once_after_kill_9_resumes_without_a_second_writer(home, daemons):
-    """kill -9 of the daemon alone, a new daemon at once: the old worker saves and goes, then the new one resumes
-    from that very checkpoint; every step is trained and logged once."""
+    """kill -9 of the daemon alone, a new daemon at once: the old worker saves and goes, then the
+    new one resumes from that very checkpoint; every step is trained and logged once."""
     import signal
 
     from tests.helpers import drop_demo, jobs, status, wait_for
 
     h = Home(home)
-    d = daemons(home, "--epochs", "20", "--save-steps", "500")  # no periodic checkpoint before the kill
+    # no periodic checkpoint before the kill
+    d = daemons(home, "--epochs", "20", "--save-steps", "500")
     drop_demo(home)
     wait_for(lambda: status(home).get("current_step", 0) >= 30, 120, "training progress")
     d.kill(signal.SIGKILL)
@@ -324,7 +384,10 @@ def test_a_daemon_restarted_at_once_after_kill_9_resumes_without_a_second_writer
     assert job.attempts == 2 and "resumed from checkpoint-" in job.message, job
     resumed = int(job.message.split("resumed from checkpoint-")[1].split()[0].rstrip(",;"))
     assert resumed >= 30  # the old worker's stop checkpoint, not the start
-    steps = [json.loads(row)["current_step"] for row in (h.run_dir(1) / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(row)["current_step"]
+        for row in (h.run_dir(1) / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == list(range(1, 841))
     assert "Traceback" not in h.job_log(1).read_text()
 
@@ -341,12 +404,18 @@ def test_kill_9_during_export_leaves_no_half_folder_and_the_next_export_works(ho
     from tests.helpers import ROOT
 
     h = Home(home)
-    trained = CliRunner().invoke(app, ["train", str(DEMO), "--home", str(home), "--max-steps", "4"])
+    trained = CliRunner().invoke(
+        app, ["train", str(DEMO), "--home", str(home), "--max-steps", "4"]
+    )
     assert trained.exit_code == 0, trained.output
     merged = h.data / "exports" / "job-1-merged"
     work = merged.with_name(f".{merged.name}.tmp")
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "export", "1", "--merge", "--home", str(home)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "export", "1", "--merge", "--home", str(home)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not work.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -358,16 +427,24 @@ def test_kill_9_during_export_leaves_no_half_folder_and_the_next_export_works(ho
         import shutil
 
         shutil.rmtree(merged)
-    done = subprocess.run([sys.executable, "-m", "cli", "export", "1", "--merge", "--home", str(home)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "export", "1", "--merge", "--home", str(home)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert (merged / "trainctl_export.json").exists() and (merged / "config.json").exists()
     assert [p.name for p in merged.parent.iterdir() if p.name.startswith(".")] == []
 
 
 @pytest.mark.slow
-def test_kill_9_in_the_middle_of_a_checkpoint_save_resumes_from_the_one_before(home, daemons, monkeypatch):
-    """A checkpoint cut off mid-save (files written, no completeness marker) is never resumed from."""
+def test_kill_9_in_the_middle_of_a_checkpoint_save_resumes_from_the_one_before(
+    home, daemons, monkeypatch
+):
+    """A checkpoint cut off mid-save (files written, no completeness marker) is never resumed
+    from."""
     from typer.testing import CliRunner
 
     from cli.app import app
@@ -382,7 +459,11 @@ def test_kill_9_in_the_middle_of_a_checkpoint_save_resumes_from_the_one_before(h
     (job,) = jobs(home)
     assert job.state.value == "failed" and "SIGKILL" in job.error, job
     cut = h.run_dir(1) / "checkpoints" / "checkpoint-80"
-    assert cut.is_dir() and not (cut / COMPLETE_MARKER).exists() and complete_checkpoints(home, 1) == [40]
+    assert (
+        cut.is_dir()
+        and not (cut / COMPLETE_MARKER).exists()
+        and complete_checkpoints(home, 1) == [40]
+    )
     monkeypatch.delenv("TRAINCTL_FAULT")
     retried = CliRunner().invoke(app, ["retry", "1", "--home", str(home)])
     assert retried.exit_code == 0, retried.output
@@ -390,5 +471,8 @@ def test_kill_9_in_the_middle_of_a_checkpoint_save_resumes_from_the_one_before(h
     assert again.wait(300) == 0, again.output()
     (job,) = jobs(home)
     assert job.state.value == "done" and "resumed from checkpoint-40" in job.message, job
-    steps = [json.loads(row)["current_step"] for row in (h.run_dir(1) / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(row)["current_step"]
+        for row in (h.run_dir(1) / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == list(range(1, 121))

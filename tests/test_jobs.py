@@ -65,8 +65,8 @@ for i in range(int(sys.argv[2])):
 
 
 def test_a_queue_being_made_is_never_seen_without_its_table(tmp_path):
-    """`trainctl queue` or `status` run in the instant the daemon makes its queue see an empty queue, never
-    "no such table: jobs": each new queue is read the moment its file appears."""
+    """`trainctl queue` or `status` run in the instant the daemon makes its queue see an empty
+    queue, never "no such table: jobs": each new queue is read the moment its file appears."""
     n = 40
     maker = subprocess.Popen([sys.executable, "-c", MAKE_QUEUES, str(tmp_path), str(n)])
     seen, errors = 0, []

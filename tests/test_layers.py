@@ -36,13 +36,15 @@ def test_no_module_takes_another_modules_private_names():
 
 
 def test_the_checker_sees_a_cycle_an_upward_import_and_a_private_name(tmp_path):
-    """The rule can fail: a planted function-level cycle, a foundation module reaching up, a private
-    import."""
+    """The rule can fail: a planted function-level cycle, a foundation module reaching up, a
+    private import."""
     (tmp_path / "daemon" / "chat").mkdir(parents=True)
     (tmp_path / "cli").mkdir()
     for package in ("daemon", "daemon/chat", "cli"):
         (tmp_path / package / "__init__.py").write_text("")
-    (tmp_path / "daemon" / "home.py").write_text("def f():\n    from daemon.chat.render import g\n")
+    (tmp_path / "daemon" / "home.py").write_text(
+        "def f():\n    from daemon.chat.render import g\n"
+    )
     (tmp_path / "daemon" / "chat" / "render.py").write_text(
         "from daemon.home import f\n\ndef g():\n    pass\n"
     )

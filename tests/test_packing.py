@@ -20,25 +20,32 @@ def _per_example_padded(model, examples, pad_id):
     for i, ex in enumerate(examples):
         n = len(ex["input_ids"])
         target = batch["labels"][i, 1:n]
-        ce = torch.nn.functional.cross_entropy(logits[i, : n - 1], target, ignore_index=IGNORE, reduction="sum")
+        ce = torch.nn.functional.cross_entropy(
+            logits[i, : n - 1], target, ignore_index=IGNORE, reduction="sum"
+        )
         out.append((ce, int((target != IGNORE).sum())))
     return out, logits
 
 
 def _per_example_packed(model, rows, pad_id):
-    """rows: lists of example dicts; returns per-example (summed CE, trained tokens) in row order, and the logits."""
+    """rows: lists of example dicts; returns per-example (summed CE, trained tokens) in row order,
+    and the logits."""
     import torch
 
     batch = PackedCollator(pad_id)([rows])
-    inputs = {k: v for k, v in batch.items() if k not in ("attention_mask", "shift_labels", "labels")}
+    inputs = {
+        k: v for k, v in batch.items() if k not in ("attention_mask", "shift_labels", "labels")
+    }
     logits = model(**inputs).logits.float()
     out = []
     for r, row in enumerate(rows):
         at = 0
         for ex in row:
             n = len(ex["input_ids"])
-            target = batch["shift_labels"][r, at:at + n]
-            ce = torch.nn.functional.cross_entropy(logits[r, at:at + n], target, ignore_index=IGNORE, reduction="sum")
+            target = batch["shift_labels"][r, at : at + n]
+            ce = torch.nn.functional.cross_entropy(
+                logits[r, at : at + n], target, ignore_index=IGNORE, reduction="sum"
+            )
             out.append((ce, int((target != IGNORE).sum())))
             at += n
     return out, logits, batch
@@ -60,7 +67,8 @@ def _check_equal(model_path, tok):
     model.zero_grad()
 
     packed, _, batch = _per_example_packed(model, rows, pad)
-    assert [n for _, n in packed] == [n for _, n in padded]  # the same trained tokens, example by example
+    # the same trained tokens, example by example
+    assert [n for _, n in packed] == [n for _, n in padded]
     for (a, _), (b, _) in zip(padded, packed):
         assert abs(a.item() - b.item()) <= 1e-5 * max(1.0, abs(a.item()))
     total_packed = sum(c for c, _ in packed) / sum(n for _, n in packed)
@@ -69,18 +77,26 @@ def _check_equal(model_path, tok):
         if p.requires_grad:
             torch.testing.assert_close(p.grad, grads_padded[name], atol=1e-5, rtol=1e-4, msg=name)
 
-    # The model's own loss (what the Trainer optimises): the mean over trained tokens, equal on both paths.
+    # The model's own loss (what the Trainer optimises): the mean over trained tokens, equal on
+    # both paths.
     with torch.no_grad():
         loss_padded = model(**PadCollator(pad)(flat)).loss
         inputs = {k: v for k, v in batch.items() if k != "attention_mask"}
         loss_packed = model(**inputs).loss
     assert abs(loss_padded.item() - loss_packed.item()) <= 1e-5
-    # Across an accumulation window the Trainer passes num_items_in_batch (all trained tokens of the window): the
-    # micro-batches' losses add up to the padded batch's mean.
+    # Across an accumulation window the Trainer passes num_items_in_batch (all trained tokens of
+    # the window): the micro-batches' losses add up to the padded batch's mean.
     n_items = sum(n for _, n in packed)
     with torch.no_grad():
-        parts = [model(**{k: v for k, v in PackedCollator(pad)([[[ex]]]).items() if k != "attention_mask"},
-                       num_items_in_batch=n_items).loss for ex in flat]
+        parts = [
+            model(
+                **{
+                    k: v for k, v in PackedCollator(pad)([[[ex]]]).items() if k != "attention_mask"
+                },
+                num_items_in_batch=n_items,
+            ).loss
+            for ex in flat
+        ]
     assert abs(sum(p.item() for p in parts) - loss_padded.item()) <= 1e-5
 
 
@@ -88,7 +104,9 @@ def test_packed_batch_equals_padded_on_tiny(home):
     from daemon.models.loading import load_tokenizer, resolve_model_path
 
     models = Home.open(home).models
-    _check_equal(resolve_model_path("builtin:tiny", models), load_tokenizer("builtin:tiny", models))
+    _check_equal(
+        resolve_model_path("builtin:tiny", models), load_tokenizer("builtin:tiny", models)
+    )
 
 
 @pytest.mark.slow
@@ -113,8 +131,9 @@ def test_no_attention_across_examples(home):
         _, after, _ = _per_example_packed(model, [[a, changed, c]], tok.pad_token_id)
     na, nb = len(a["input_ids"]), len(b["input_ids"])
     assert torch.equal(before[0, :na], after[0, :na])  # before b: causal anyway
-    torch.testing.assert_close(before[0, na + nb:], after[0, na + nb:], atol=1e-6, rtol=0)  # after b: unchanged
-    assert not torch.allclose(before[0, na:na + nb], after[0, na:na + nb])
+    # after b: unchanged
+    torch.testing.assert_close(before[0, na + nb :], after[0, na + nb :], atol=1e-6, rtol=0)
+    assert not torch.allclose(before[0, na : na + nb], after[0, na : na + nb])
 
 
 def test_plan_is_reproducible_full_and_within_budget():
@@ -123,12 +142,16 @@ def test_plan_is_reproducible_full_and_within_budget():
     rng = random.Random(3)
     lengths = [int(rng.lognormvariate(4, 0.9)) % 500 + 10 for _ in range(3000)]
     plan = plan_batches(lengths, 512, 2048, seed=1)
-    assert plan == plan_batches(lengths, 512, 2048, seed=1) and plan != plan_batches(lengths, 512, 2048, seed=2)
+    assert plan == plan_batches(lengths, 512, 2048, seed=1) and plan != plan_batches(
+        lengths, 512, 2048, seed=2
+    )
     seen = sorted(i for batch in plan for row in batch for i in row)
     assert seen == list(range(3000))  # every example once
     assert all(sum(lengths[i] for i in row) <= 512 for batch in plan for row in batch)
-    assert all(sum(lengths[i] for r in batch for i in r) <= 2048 + 512 // 2 for batch in plan)  # about the budget
-    # Micro-batches are full (about total / budget of them) and their rows, padded to the longest, waste little.
+    # about the budget
+    assert all(sum(lengths[i] for r in batch for i in r) <= 2048 + 512 // 2 for batch in plan)
+    # Micro-batches are full (about total / budget of them) and their rows, padded to the longest,
+    # waste little.
     assert abs(len(plan) - sum(lengths) / 2048) <= 0.03 * len(plan) + 1
     padded = sum(max(sum(lengths[i] for i in r) for r in batch) * len(batch) for batch in plan)
     assert sum(lengths) / padded > 0.95
@@ -142,13 +165,17 @@ def test_each_epoch_has_its_own_plan_with_as_many_steps():
     first = plan_batches(lengths, 512, 1500, seed=7)
     for epoch in (1, 2, 5):
         plan = plan_batches(lengths, 512, 1500, seed=7, epoch=epoch, count=len(first))
-        # The same number of steps (the Trainer fixed the epoch's length), every example once, new company
-        assert len(plan) == len(first) and plan == plan_batches(lengths, 512, 1500, 7, epoch, len(first))
+        # The same number of steps (the Trainer fixed the epoch's length), every example once, new
+        # company
+        assert len(plan) == len(first) and plan == plan_batches(
+            lengths, 512, 1500, 7, epoch, len(first)
+        )
         assert sorted(i for b in plan for r in b for i in r) == list(range(1500))
         rows = lambda p: {frozenset(r) for b in p for r in b}  # noqa: E731
         assert len(rows(plan) & rows(first)) < 0.05 * len(rows(first))
         tokens = [sum(lengths[i] for r in b for i in r) for b in plan]
-        assert sum(t > 2 * 1500 for t in tokens) <= 2  # only the few micro-batches that made up the count differ
+        # only the few micro-batches that made up the count differ
+        assert sum(t > 2 * 1500 for t in tokens) <= 2
 
 
 def test_the_trainer_replans_each_epoch_and_sees_every_example_each_time(home, tmp_path):
@@ -163,11 +190,20 @@ def test_the_trainer_replans_each_epoch_and_sees_every_example_each_time(home, t
     examples = packing_examples(tok) * 8  # 40 examples
     cfg = TrainConfig(packing=True, batch_size=4, max_length=512)
     b = Batching(examples, cfg, tok.pad_token_id)
-    trainer = b.trainer_class(model=small_model(resolve_model_path("builtin:tiny", models)).train(),
-                              args=TrainingArguments(str(tmp_path / "out"), per_device_train_batch_size=1,
-                                                     num_train_epochs=3, save_strategy="no", report_to="none",
-                                                     use_cpu=True, logging_steps=1),
-                              train_dataset=b.dataset, data_collator=b.collator)
+    trainer = b.trainer_class(
+        model=small_model(resolve_model_path("builtin:tiny", models)).train(),
+        args=TrainingArguments(
+            str(tmp_path / "out"),
+            per_device_train_batch_size=1,
+            num_train_epochs=3,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            logging_steps=1,
+        ),
+        train_dataset=b.dataset,
+        data_collator=b.collator,
+    )
     plans = []
     original = b.dataset.set_epoch
 
@@ -186,8 +222,9 @@ def test_the_trainer_replans_each_epoch_and_sees_every_example_each_time(home, t
 
 
 def test_rows_are_a_random_sample_not_sorted_by_length():
-    """Sorted (first-fit decreasing) rows put a window's longest examples together: on length-dependent tasks those
-    steps' losses recur far above the running level. Rows filled in shuffled order mix lengths like random batches."""
+    """Sorted (first-fit decreasing) rows put a window's longest examples together: on
+    length-dependent tasks those steps' losses recur far above the running level. Rows filled in
+    shuffled order mix lengths like random batches."""
     import random
     import statistics
 
@@ -197,7 +234,9 @@ def test_rows_are_a_random_sample_not_sorted_by_length():
     means = [statistics.mean(lengths[i] for r in b for i in r) for b in plan]
     order = list(range(400))
     rng.shuffle(order)
-    random_means = [statistics.mean(lengths[i] for i in order[k:k + 8]) for k in range(0, 400, 8)]
+    random_means = [
+        statistics.mean(lengths[i] for i in order[k : k + 8]) for k in range(0, 400, 8)
+    ]
     assert statistics.pstdev(means) < 1.3 * statistics.pstdev(random_means)
 
 
@@ -229,10 +268,18 @@ def test_quantization_on_cpu_is_refused_before_the_job(home, tmp_path):
     from tests.helpers import DEMO, ROOT, TINY_SETTINGS
 
     Home(home).settings_file.write_text(TINY_SETTINGS + 'quantization = "4bit"\n')
-    r = subprocess.run([sys.executable, "-m", "cli", "train", str(DEMO), "--home", str(home)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "cli", "train", str(DEMO), "--home", str(home)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 1
-    assert 'train.quantization = \'4bit\' needs a CUDA GPU' in r.stderr and "Traceback" not in r.stderr + r.stdout
+    assert (
+        "train.quantization = '4bit' needs a CUDA GPU" in r.stderr
+        and "Traceback" not in r.stderr + r.stdout
+    )
     assert not (Home(home).run_dir(1) / "checkpoints").exists()  # nothing trained
 
 
@@ -252,10 +299,16 @@ def test_a_packed_job_trains_and_counts_only_real_tokens(home):
     assert r.exit_code == 0, r.output
     run = Home(home).run_dir(1)
     batching = json.loads((run / "config.json").read_text())["batching"]
-    assert batching["packing"] and batching["padding_share"] < 0.05 and batching["examples_per_step"] > 4
+    assert (
+        batching["packing"]
+        and batching["padding_share"] < 0.05
+        and batching["examples_per_step"] > 4
+    )
     status = json.loads(Home(home).training_status.read_text())
-    assert status["state"] == "done" and status["current_step"] == status["total_steps"] == 2 * batching[
-        "micro_batches"]
+    assert (
+        status["state"] == "done"
+        and status["current_step"] == status["total_steps"] == 2 * batching["micro_batches"]
+    )
     # tokens/s counts real tokens: two epochs of the encoded training split, not the padded rows.
 
     tok = load_tokenizer("builtin:tiny", Home.open(home).models)
@@ -266,9 +319,10 @@ def test_a_packed_job_trains_and_counts_only_real_tokens(home):
 
 @pytest.mark.parametrize("packing", [True, False])
 def test_output_layer_on_labelled_positions_trains_as_the_full_forward(home, tmp_path, packing):
-    """The Trainer runs the output layer only where a label is: the loss and every LoRA gradient equal the model's
-    own full forward pass, with and without the accumulation window's token count; the callbacks that read the
-    loss off the model's forward (streaming metrics, the NaN fault) still get it."""
+    """The Trainer runs the output layer only where a label is: the loss and every LoRA gradient
+    equal the model's own full forward pass, with and without the accumulation window's token
+    count; the callbacks that read the loss off the model's forward (streaming metrics, the NaN
+    fault) still get it."""
     import torch
     from transformers import TrainingArguments
 
@@ -282,18 +336,27 @@ def test_output_layer_on_labelled_positions_trains_as_the_full_forward(home, tmp
     models = Home.open(home).models
     tok = load_tokenizer("builtin:tiny", models)
     examples = packing_examples(tok)
-    b = Batching(examples, TrainConfig(packing=packing, batch_size=5, max_length=512), tok.pad_token_id)
+    b = Batching(
+        examples, TrainConfig(packing=packing, batch_size=5, max_length=512), tok.pad_token_id
+    )
     model = small_model(resolve_model_path("builtin:tiny", models))
     assert split_head(model) is not None  # a llama: the labelled-only path is the one taken
-    trainer = b.trainer_class(model=model, args=TrainingArguments(str(tmp_path / "out"), report_to="none",
-                                                                  use_cpu=True), train_dataset=b.dataset,
-                              data_collator=b.collator)
+    trainer = b.trainer_class(
+        model=model,
+        args=TrainingArguments(str(tmp_path / "out"), report_to="none", use_cpu=True),
+        train_dataset=b.dataset,
+        data_collator=b.collator,
+    )
     batch = b.collator([b.dataset[k] for k in range(len(b.dataset))] if packing else examples)
-    full_inputs = {k: v for k, v in batch.items() if k not in ("example_index",)
-                   and not (packing and k == "attention_mask")}
+    full_inputs = {
+        k: v
+        for k, v in batch.items()
+        if k not in ("example_index",) and not (packing and k == "attention_mask")
+    }
     trained = int((batch["shift_labels" if packing else "labels"] != IGNORE).sum())
     mean = None
-    for items in (None, torch.tensor(trained + 7)):  # a window of more tokens than this micro-batch
+    # a window of more tokens than this micro-batch
+    for items in (None, torch.tensor(trained + 7)):
         kwargs = {} if items is None else {"num_items_in_batch": items}
         model.zero_grad()
         reference = model(**full_inputs, **kwargs).loss
@@ -303,8 +366,13 @@ def test_output_layer_on_labelled_positions_trains_as_the_full_forward(home, tmp
         got = trainer.compute_loss(model, dict(batch), num_items_in_batch=items)
         got.backward()
         if items is None:
-            mean = reference.item()  # the plain mean over trained tokens, as the streaming metrics get it below
-        assert abs(got.item() - reference.item()) <= 1e-5 * max(1.0, reference.item()), (items, got, reference)
+            # the plain mean over trained tokens, as the streaming metrics get it below
+            mean = reference.item()
+        assert abs(got.item() - reference.item()) <= 1e-5 * max(1.0, reference.item()), (
+            items,
+            got,
+            reference,
+        )
         for name, p in model.named_parameters():
             if p.requires_grad:
                 torch.testing.assert_close(p.grad, want[name], atol=1e-6, rtol=1e-4, msg=name)
@@ -320,9 +388,9 @@ def test_output_layer_on_labelled_positions_trains_as_the_full_forward(home, tmp
 
 
 def test_labelled_path_runs_under_the_trainers_mixed_precision(home, tmp_path):
-    """With `bf16` the Trainer's autocast (accelerate puts it around the model's own forward) covers the decoder
-    and the output layer of the labelled-only path too: the matmuls run in bf16, as they would in the model's
-    forward."""
+    """With `bf16` the Trainer's autocast (accelerate puts it around the model's own forward)
+    covers the decoder and the output layer of the labelled-only path too: the matmuls run in bf16,
+    as they would in the model's forward."""
     import torch
     from transformers import TrainingArguments
 
@@ -335,9 +403,14 @@ def test_labelled_path_runs_under_the_trainers_mixed_precision(home, tmp_path):
     b = Batching(packing_examples(tok), TrainConfig(max_length=512), tok.pad_token_id)
     model = small_model(resolve_model_path("builtin:tiny", models))
     args = TrainingArguments(str(tmp_path / "out"), report_to="none", use_cpu=True, bf16=True)
-    trainer = b.trainer_class(model=model, args=args, train_dataset=b.dataset, data_collator=b.collator)
+    trainer = b.trainer_class(
+        model=model, args=args, train_dataset=b.dataset, data_collator=b.collator
+    )
     seen = []
-    for layer in (model.get_base_model().model.layers[0].mlp.down_proj, model.get_base_model().lm_head):
+    for layer in (
+        model.get_base_model().model.layers[0].mlp.down_proj,
+        model.get_base_model().lm_head,
+    ):
         layer.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     loss = trainer.compute_loss(model, b.collator([b.dataset[0]]))
     assert seen == [torch.bfloat16, torch.bfloat16] and loss.dtype == torch.float32

@@ -1,5 +1,5 @@
-"""Queue control: cancel, pause, resume, priority, retry, checkpoint — each a guarded transition, with the daemon
-running (a real training job) and with it down."""
+"""Queue control: cancel, pause, resume, priority, retry, checkpoint — each a guarded transition,
+with the daemon running (a real training job) and with it down."""
 
 import json
 import os
@@ -49,13 +49,17 @@ def test_higher_priority_starts_first_then_interrupted_then_arrival(tmp_path):
 def test_an_older_queue_gets_the_new_columns(tmp_path):
     db = tmp_path / "jobs.db"
     con = sqlite3.connect(db)
-    con.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, file_name TEXT NOT NULL, file_path TEXT NOT "
-                "NULL, sha256 TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL, started_at REAL, "
-                "finished_at REAL, updated_at REAL NOT NULL, dataset_dir TEXT, run_dir TEXT, adapter_dir TEXT, "
-                "error TEXT, message TEXT, worker_pid INTEGER, attempts INTEGER NOT NULL DEFAULT 0, forced INTEGER "
-                "NOT NULL DEFAULT 0, overrides TEXT)")
-    con.execute("INSERT INTO jobs (file_name, file_path, sha256, state, created_at, updated_at) VALUES "
-                "('old.jsonl', '/x', 's', 'queued', 1, 1)")
+    con.execute(
+        "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, file_name TEXT NOT NULL, "
+        "file_path TEXT NOT NULL, sha256 TEXT NOT NULL, state TEXT NOT NULL, created_at REAL "
+        "NOT NULL, started_at REAL, finished_at REAL, updated_at REAL NOT NULL, dataset_dir "
+        "TEXT, run_dir TEXT, adapter_dir TEXT, error TEXT, message TEXT, worker_pid INTEGER, "
+        "attempts INTEGER NOT NULL DEFAULT 0, forced INTEGER NOT NULL DEFAULT 0, overrides TEXT)"
+    )
+    con.execute(
+        "INSERT INTO jobs (file_name, file_path, sha256, state, created_at, "
+        "updated_at) VALUES ('old.jsonl', '/x', 's', 'queued', 1, 1)"
+    )
     con.commit()
     con.close()
     with JobQueue(db) as q:
@@ -82,13 +86,22 @@ def test_commands_refuse_what_the_state_machine_does_not_allow(tmp_path):
     assert r.exit_code == 0, r.output
     with JobQueue(Home(home).jobs_db) as q:
         job = q.get(queued.id)
-    assert job.state == JobState.CANCELLED and Path(job.file_path) == Home(home).inbox_failed / "a.jsonl"
+    assert (
+        job.state == JobState.CANCELLED
+        and Path(job.file_path) == Home(home).inbox_failed / "a.jsonl"
+    )
     assert "cancelled" in (Home(home).inbox_failed / "a.jsonl.error.txt").read_text()
-    for cmd, why in (("cancel", "nothing to cancel"), ("pause", "nothing to pause"),
-                     ("priority", "priority orders jobs that are still to run"),
-                     ("resume", "only a paused job can be resumed")):
+    for cmd, why in (
+        ("cancel", "nothing to cancel"),
+        ("pause", "nothing to pause"),
+        ("priority", "priority orders jobs that are still to run"),
+        ("resume", "only a paused job can be resumed"),
+    ):
         r = cli(home, cmd, str(job.id), *(["3"] if cmd == "priority" else []))
-        assert r.exit_code == 1 and f"job {job.id} is cancelled" in r.output and why in r.output, (cmd, r.output)
+        assert r.exit_code == 1 and f"job {job.id} is cancelled" in r.output and why in r.output, (
+            cmd,
+            r.output,
+        )
     # A bad value for a retry is refused before the job is touched
     r = cli(home, "retry", str(job.id), "--lr", "-1")
     assert r.exit_code == 1 and "train.lr" in r.output
@@ -97,8 +110,14 @@ def test_commands_refuse_what_the_state_machine_does_not_allow(tmp_path):
     assert r.exit_code == 0, r.output
     with JobQueue(Home(home).jobs_db) as q:
         job = q.get(job.id)
-    assert job.state == JobState.QUEUED and job.error is None and job.overrides_dict == {"train": {"epochs": 2.0}}
-    assert Path(job.file_path).parent == Home(home).inbox_processing and Path(job.file_path).exists()
+    assert (
+        job.state == JobState.QUEUED
+        and job.error is None
+        and job.overrides_dict == {"train": {"epochs": 2.0}}
+    )
+    assert (
+        Path(job.file_path).parent == Home(home).inbox_processing and Path(job.file_path).exists()
+    )
     assert not (Home(home).inbox_failed / "a.jsonl.error.txt").exists()
     r = cli(home, "priority", str(job.id), "7")
     assert r.exit_code == 0 and "priority 7" in r.output
@@ -126,8 +145,11 @@ def test_checkpoint_pause_and_resume_across_a_daemon_restart_train_no_step_twice
     assert job.state == JobState.PAUSED and job.worker_pid is None
     paused_at = complete_checkpoints(home, 1)[-1]
     assert paused_at > saved[0]
-    wait_for(lambda: json.loads(Home(home).daemon_status.read_text())["state"] == "idle", 10,
-             "the daemon to hold no job")
+    wait_for(
+        lambda: json.loads(Home(home).daemon_status.read_text())["state"] == "idle",
+        10,
+        "the daemon to hold no job",
+    )
     assert jobs(home)[0].state == JobState.PAUSED  # not restarted by the running daemon
     assert cli(home, "stop", "--timeout", "60").exit_code == 0
     assert d.wait(30) == 0
@@ -137,14 +159,18 @@ def test_checkpoint_pause_and_resume_across_a_daemon_restart_train_no_step_twice
     d2 = daemons(home, "--once")
     assert d2.wait(300) == 0, d2.output()
     (job,) = jobs(home)
-    assert job.state == JobState.DONE and f"resumed from checkpoint-{paused_at}" in job.message, job
+    assert job.state == JobState.DONE and f"resumed from checkpoint-{paused_at}" in job.message, (
+        job
+    )
     run = Home(home).run_dir(1)
     result = json.loads((run / "result.json").read_text())
     assert result["steps"] == 840
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    # One row per optimizer step (each run's end-of-training summary, with `train_loss`, adds a row of its own)
+    # One row per optimizer step (each run's end-of-training summary, with `train_loss`, adds a row
+    # of its own)
     steps = [r["current_step"] for r in rows if "train_loss" not in r]
-    assert len(steps) == len(set(steps)) == 840 and max(steps) == 840  # no step trained (or reported) twice
+    # no step trained (or reported) twice
+    assert len(steps) == len(set(steps)) == 840 and max(steps) == 840
     log = (Home(home).logs / "job-00001.log").read_text()
     assert log.count("==== ") == 2  # the job's two runs, in its own log
 
@@ -161,10 +187,16 @@ def test_cancel_during_training_keeps_checkpoints_and_retry_continues_from_them(
     kept = complete_checkpoints(home, 1)
     assert kept and kept[-1] >= 30
     # the daemon files it away once the worker has exited
-    wait_for(lambda: (Home(home).inbox_failed / "demo.jsonl.error.txt").exists(), 10, "the file in inbox/failed/")
+    wait_for(
+        lambda: (Home(home).inbox_failed / "demo.jsonl.error.txt").exists(),
+        10,
+        "the file in inbox/failed/",
+    )
     assert "cancelled" in (Home(home).inbox_failed / "demo.jsonl.error.txt").read_text()
     r = cli(home, "retry", "1")
-    assert r.exit_code == 0 and "continues from its newest complete checkpoint" in r.output, r.output
+    assert r.exit_code == 0 and "continues from its newest complete checkpoint" in r.output, (
+        r.output
+    )
     wait_for(lambda: jobs(home)[0].state == JobState.DONE, 300, "the retried job to finish")
     (job,) = jobs(home)
     assert f"resumed from checkpoint-{kept[-1]}" in job.message
@@ -173,7 +205,9 @@ def test_cancel_during_training_keeps_checkpoints_and_retry_continues_from_them(
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r["current_step"] for r in rows if "train_loss" not in r]
     assert len(steps) == len(set(steps)) == 840  # nothing lost, no step trained twice
-    wait_for(lambda: (Home(home).inbox_done / "demo.jsonl").exists(), 10, "the file in inbox/done/")
+    wait_for(
+        lambda: (Home(home).inbox_done / "demo.jsonl").exists(), 10, "the file in inbox/done/"
+    )
     assert not list(Home(home).inbox_failed.iterdir())
     d.kill(signal.SIGTERM)
     assert d.wait(30) == 0
@@ -187,9 +221,25 @@ def test_cancel_of_a_foreground_train_stops_it(home, tmp_path):
 
     from tests.helpers import ROOT
 
-    p = subprocess.Popen([sys.executable, "-m", "cli", "train", str(DEMO), "--home", str(home), "--epochs", "20",
-                          "--save-steps", "500"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "train",
+            str(DEMO),
+            "--home",
+            str(home),
+            "--epochs",
+            "20",
+            "--save-steps",
+            "500",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_for(lambda: status(home).get("current_step", 0) >= 10, 120, "training progress")
         r = cli(home, "cancel", "1", "--timeout", "120")
@@ -205,8 +255,9 @@ def test_cancel_of_a_foreground_train_stops_it(home, tmp_path):
 
 
 def test_a_stopped_worker_is_settled_once_whoever_notices_first(tmp_path):
-    """The worker, the daemon and the command may all see a paused job's worker end: the first settles it, the
-    others change nothing (a second settle must not turn PAUSED into INTERRUPTED, which would resume it)."""
+    """The worker, the daemon and the command may all see a paused job's worker end: the first
+    settles it, the others change nothing (a second settle must not turn PAUSED into INTERRUPTED,
+    which would resume it)."""
     q = JobQueue(tmp_path / "jobs.db")
     j = q.enqueue("a.jsonl", tmp_path / "a", "1")
     q.transition(j.id, JobState.CURATING)

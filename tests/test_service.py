@@ -1,5 +1,5 @@
-"""Running it like a service: per-file settings, notices (webhook and command, retried, never in a job's way),
-`daemon --detach`, `logs`, `service install`."""
+"""Running it like a service: per-file settings, notices (webhook and command, retried, never in a
+job's way), `daemon --detach`, `logs`, `service install`."""
 
 import json
 import os
@@ -27,12 +27,18 @@ runner = CliRunner()
 
 
 class Hook:
-    """A webhook on 127.0.0.1: records each JSON body and Idempotency-Key header; `fail_first` answers 500 to
-    the first try of each notice, `always_fail` to every try; `hang_first` keeps the first request of all waiting
-    for `hang_seconds`; `slow_seconds` delays every answer."""
+    """A webhook on 127.0.0.1: records each JSON body and Idempotency-Key header; `fail_first`
+    answers 500 to the first try of each notice, `always_fail` to every try; `hang_first` keeps the
+    first request of all waiting for `hang_seconds`; `slow_seconds` delays every answer."""
 
-    def __init__(self, fail_first: bool = False, hang_first: bool = False, hang_seconds: float = 30,
-                 always_fail: bool = False, slow_seconds: float = 0.0):
+    def __init__(
+        self,
+        fail_first: bool = False,
+        hang_first: bool = False,
+        hang_seconds: float = 30,
+        always_fail: bool = False,
+        slow_seconds: float = 0.0,
+    ):
         self.bodies: list[dict] = []
         self.tries: list[str] = []
         self.keys: list[str | None] = []
@@ -78,14 +84,27 @@ def _notice(job: int, event: str) -> dict:
 def test_notices_are_retried_and_delivered_in_order():
     hook = Hook(fail_first=True)
     try:
-        n = Notifier(NotifyConfig(webhook=hook.url, retries=2, backoff_seconds=0.05, timeout_seconds=2))
+        n = Notifier(
+            NotifyConfig(webhook=hook.url, retries=2, backoff_seconds=0.05, timeout_seconds=2)
+        )
         started = time.monotonic()
         for job, event in ((1, "critical"), (1, "failed"), (2, "done"), (3, "warning")):
             n.send(_notice(job, event))
         assert time.monotonic() - started < 0.1  # sending never waits for a delivery
         n.close()
-        assert [(b["job"], b["event"]) for b in hook.bodies] == [(1, "critical"), (1, "failed"), (2, "done")]
-        assert hook.tries == ["1:critical", "1:critical", "1:failed", "1:failed", "2:done", "2:done"]
+        assert [(b["job"], b["event"]) for b in hook.bodies] == [
+            (1, "critical"),
+            (1, "failed"),
+            (2, "done"),
+        ]
+        assert hook.tries == [
+            "1:critical",
+            "1:critical",
+            "1:failed",
+            "1:failed",
+            "2:done",
+            "2:done",
+        ]
         assert n.delivered == 3 and n.given_up == 0
     finally:
         hook.close()
@@ -98,30 +117,38 @@ from daemon.home import Home
 from daemon.service.notify import Notifier
 notifier = Notifier(NotifyConfig(webhook=sys.argv[2], timeout_seconds=10), Home.open(sys.argv[1]))
 for job in range(1, 7):
-    notifier.send({"event": "failed", "job": job, "file": "x.jsonl", "idempotency_key": f"failed:job-{job}"})
+    key = f"failed:job-{job}"
+    notifier.send({"event": "failed", "job": job, "file": "x.jsonl", "idempotency_key": key})
 print("queued", flush=True)
 time.sleep(120)
 """
 
 
 def test_notices_queued_when_the_daemon_is_killed_are_sent_at_its_next_start(tmp_path):
-    """The daemon is killed with six notices queued against a webhook that takes a second per answer."""
+    """The daemon is killed with six notices queued against a webhook that takes a second per
+    answer."""
     hook = Hook(slow_seconds=1.0)
     try:
-        proc = subprocess.Popen([sys.executable, "-c", OUTBOX_SCRIPT, str(tmp_path), hook.url], cwd=ROOT,
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", OUTBOX_SCRIPT, str(tmp_path), hook.url],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout is not None and proc.stdout.readline().strip() == "queued"
         wait_for(lambda: len(hook.bodies) >= 2, 30, "two deliveries")
         proc.kill()
         proc.wait(10)
         h = Home(tmp_path)
         assert len(hook.bodies) < 6 and list(h.notify_outbox.glob("*.json"))  # the rest is on disk
-        Notifier(NotifyConfig(webhook=hook.url, timeout_seconds=10), h).close()  # the next start sends it
+        # the next start sends it
+        Notifier(NotifyConfig(webhook=hook.url, timeout_seconds=10), h).close()
         jobs_told = [body["job"] for body in hook.bodies]
         assert set(jobs_told) == set(range(1, 7))  # none lost
         assert list(dict.fromkeys(jobs_told)) == list(range(1, 7))  # in order
         assert len(jobs_told) <= 7  # at most the one in flight at the kill is told twice...
-        assert hook.keys == [f"failed:job-{job}" for job in jobs_told]  # ...and its key lets a receiver see it
+        # ...and its key lets a receiver see it
+        assert hook.keys == [f"failed:job-{job}" for job in jobs_told]
         assert list(h.notify_outbox.glob("*.json")) == []
     finally:
         hook.close()
@@ -137,7 +164,9 @@ def test_a_notice_every_retry_failed_is_kept_and_counted_by_status(tmp_path, wid
     finally:
         hook.close()
     (kept,) = h.notify_failed.glob("*.json")
-    assert json.loads(kept.read_text())["refused_by"] == ["webhook"] and not any(h.notify_outbox.iterdir())
+    assert json.loads(kept.read_text())["refused_by"] == ["webhook"] and not any(
+        h.notify_outbox.iterdir()
+    )
     doc = json.loads(CliRunner().invoke(app, ["status", "--json", "--home", str(tmp_path)]).output)
     assert doc["notices_undelivered"] == 1
     shown = CliRunner().invoke(app, ["status", "--home", str(tmp_path)]).output
@@ -150,7 +179,9 @@ def test_a_command_hook_gets_the_json_and_a_failing_one_gives_up(tmp_path):
     n.send(_notice(4, "done"))
     n.close()
     assert [json.loads(x)["job"] for x in out.read_text().splitlines() if x] == [4]
-    bad = Notifier(NotifyConfig(command="exit 3", retries=1, backoff_seconds=0.01, events=["done"]))
+    bad = Notifier(
+        NotifyConfig(command="exit 3", retries=1, backoff_seconds=0.01, events=["done"])
+    )
     bad.send(_notice(4, "done"))
     bad.close()
     assert bad.given_up == 1 and bad.delivered == 0
@@ -158,15 +189,22 @@ def test_a_command_hook_gets_the_json_and_a_failing_one_gives_up(tmp_path):
 
 def test_file_settings_layers_and_every_problem_at_once(tmp_path):
     settings = Home(tmp_path).settings_file
-    settings.write_text(TINY_SETTINGS + '[files."a.jsonl"]\npriority = 2\n[files."a.jsonl".train]\nlr = 0.01\n'
-                        'epochs = 4\n')
+    settings.write_text(
+        TINY_SETTINGS + '[files."a.jsonl"]\npriority = 2\n[files."a.jsonl".train]\nlr = 0.01\n'
+        "epochs = 4\n"
+    )
     side = tmp_path / "a.toml"
     side.write_text("priority = 5\n[train]\nepochs = 2\n[curation]\nmin_quality = 0.2\n")
     fs = resolve(settings, "a.jsonl", side, {"train": {"epochs": 9, "batch_size": 4}})
-    assert fs.overrides == {"train": {"epochs": 2, "batch_size": 4, "lr": 0.01}, "curation": {"min_quality": 0.2}}
+    assert fs.overrides == {
+        "train": {"epochs": 2, "batch_size": 4, "lr": 0.01},
+        "curation": {"min_quality": 0.2},
+    }
     assert fs.priority == 5 and fs.sources == ['[files."a.jsonl"]', "a.toml"]
     assert resolve(settings, "b.jsonl", None).overrides == {}
-    side.write_text('priority = "high"\n[train]\nepochs = "three"\nlr = -1.0\n[daemon]\nslots = 4\n')
+    side.write_text(
+        'priority = "high"\n[train]\nepochs = "three"\nlr = -1.0\n[daemon]\nslots = 4\n'
+    )
     with pytest.raises(ConfigError) as e:
         resolve(settings, "a.jsonl", side)
     msg = str(e.value)
@@ -174,22 +212,27 @@ def test_file_settings_layers_and_every_problem_at_once(tmp_path):
     side.write_text("[train\n")
     with pytest.raises(ConfigError, match="a.toml is not valid TOML"):
         resolve(settings, "a.jsonl", side)
-    # A range problem of the sidecar is named by the sidecar as dropped, not by trainctl.toml or its copy
+    # A range problem of the sidecar is named by the sidecar as dropped, not by trainctl.toml or
+    # its copy
     copy = tmp_path / "20261205101010-a.toml"
     copy.write_text("[train]\nepochs = -1\n")
     with pytest.raises(ConfigError) as e:
         resolve(settings, "a.jsonl", copy)
-    assert "a.toml: train.epochs must be > 0" in str(e.value) and "20261205101010" not in str(e.value)
+    said = str(e.value)
+    assert "a.toml: train.epochs must be > 0" in said and "20261205101010" not in said
     assert str(settings) not in str(e.value)
     settings.write_text('[files."a.jsonl".bench]\nbatch_size = 2\n')
     from daemon.config import load_settings
 
-    with pytest.raises(ConfigError, match=r'\[files."a.jsonl"\]: \[bench\] cannot be set per file'):
+    with pytest.raises(
+        ConfigError, match=r'\[files."a.jsonl"\]: \[bench\] cannot be set per file'
+    ):
         load_settings(settings)
 
 
 def test_a_sidecar_that_comes_after_its_data_file_is_applied_or_reported(tmp_path):
-    """Applied to a job still waiting; a job already running or ended gets it in inbox/failed/ with why."""
+    """Applied to a job still waiting; a job already running or ended gets it in inbox/failed/ with
+    why."""
     from daemon.config import load_settings
     from daemon.jobs import JobQueue
     from daemon.service.loop import Daemon
@@ -213,23 +256,29 @@ def test_a_sidecar_that_comes_after_its_data_file_is_applied_or_reported(tmp_pat
         with JobQueue(h.jobs_db) as queue:
             applied, kept = queue.get(waiting.id), queue.get(started.id)
         assert applied.overrides_dict == {"train": {"epochs": 2}} and applied.priority == 3
-        assert applied.settings_file == str(h.inbox_processing / "1-a.toml") and not (h.inbox / "a.toml").exists()
+        assert (
+            applied.settings_file == str(h.inbox_processing / "1-a.toml")
+            and not (h.inbox / "a.toml").exists()
+        )
         assert "came after a.jsonl" in applied.message
         assert kept.overrides_dict == {} and not (h.inbox / "b.toml").exists()
         why = (h.inbox_failed / "b.toml.error.txt").read_text()
         assert "b.toml arrived after b.jsonl was taken as job 2" in why and "not applied" in why
         assert (h.inbox_failed / "b.toml").exists() and (h.inbox / "c.toml").exists()
         with JobQueue(h.jobs_db) as queue:
-            assert queue.get(started.id).message is None  # a running job's worker says what it has to say
-            assert queue.get(ended.id).message == ("same content as job 1; d.toml came too late and was not "
-                                                   "applied (inbox/failed/)")
+            # a running job's worker says what it has to say
+            assert queue.get(started.id).message is None
+            assert queue.get(ended.id).message == (
+                "same content as job 1; d.toml came too late and was not applied (inbox/failed/)"
+            )
     finally:
         daemon.notifier.close()
         daemon.queue.close()
 
 
 def test_pieces_of_one_slowly_written_file_are_flagged(tmp_path):
-    """A writer that reopens the file for each line: each piece looks finished, so each is a job; say so."""
+    """A writer that reopens the file for each line: each piece looks finished, so each is a job;
+    say so."""
     from daemon.config import load_settings
     from daemon.service.loop import Daemon
 
@@ -264,7 +313,8 @@ def test_a_sidecar_dropped_just_after_its_data_file_is_taken_with_it(tmp_path):
         return [], time.monotonic()
 
     assert poll_until_ready(0.4)[0] == []
-    (tmp_path / "a.toml").write_text("[train]\nepochs = 1\n")  # within the window: the clock restarts
+    # within the window: the clock restarts
+    (tmp_path / "a.toml").write_text("[train]\nepochs = 1\n")
     side_at = time.monotonic()
     got, at = poll_until_ready(3)
     assert got == [data] and at - side_at >= 0.55  # stable for the window counted from the sidecar
@@ -275,9 +325,12 @@ def test_a_sidecar_dropped_just_after_its_data_file_is_taken_with_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_sidecar_and_plain_file_train_with_their_own_settings_in_one_daemon_run(home, daemons, tiny_models):
-    """x.toml sets model (the tiny model's folder) and epochs for x.jsonl; y.jsonl trains with the daemon's flags; a
-    bad sidecar fails its job with every problem named, both files in inbox/failed/; `queue` shows the settings."""
+def test_sidecar_and_plain_file_train_with_their_own_settings_in_one_daemon_run(
+    home, daemons, tiny_models
+):
+    """x.toml sets model (the tiny model's folder) and epochs for x.jsonl; y.jsonl trains with the
+    daemon's flags; a bad sidecar fails its job with every problem named, both files in
+    inbox/failed/; `queue` shows the settings."""
     (model_dir,) = [p for p in tiny_models.iterdir() if p.is_dir()]
     inbox = Home(home).inbox
     rows = DEMO.read_text().splitlines()
@@ -291,8 +344,10 @@ def test_sidecar_and_plain_file_train_with_their_own_settings_in_one_daemon_run(
     by_name = {j.file_name: j for j in jobs(home)}
     x, y, z = by_name["x.jsonl"], by_name["y.jsonl"], by_name["z.jsonl"]
     assert x.state == y.state == JobState.DONE, (x, y)
-    cfg = {n: json.loads((Home(home).run_dir(j.id) / "config.json").read_text())["train"]
-           for n, j in (("x", x), ("y", y))}
+    cfg = {
+        n: json.loads((Home(home).run_dir(j.id) / "config.json").read_text())["train"]
+        for n, j in (("x", x), ("y", y))
+    }
     assert cfg["x"]["model"] == str(model_dir) and cfg["x"]["epochs"] == 1
     assert cfg["y"]["model"] == "builtin:tiny" and cfg["y"]["epochs"] == 2
     assert (Home(home).inbox_done / "x.toml").exists() and x.settings_file.endswith("done/x.toml")
@@ -301,7 +356,10 @@ def test_sidecar_and_plain_file_train_with_their_own_settings_in_one_daemon_run(
     assert (Home(home).inbox_failed / "z.toml").exists()
     assert "train.epochs" in (Home(home).inbox_failed / "z.jsonl.error.txt").read_text()
     r = runner.invoke(app, ["queue", "--home", str(home)], env={"COLUMNS": "300"})
-    assert f"priority=1 model={model_dir} epochs=1" in r.output.replace("\n", "") or "(x.toml)" in r.output
+    assert (
+        f"priority=1 model={model_dir} epochs=1" in r.output.replace("\n", "")
+        or "(x.toml)" in r.output
+    )
 
 
 @pytest.mark.slow
@@ -309,8 +367,10 @@ def test_daemon_notices_a_critical_alert_a_failure_and_a_success_in_order(home, 
     hook = Hook(fail_first=True)
     out = tmp_path / "notices.jsonl"
     Home(home).settings_file.write_text(
-        TINY_SETTINGS + f'[notify]\nwebhook = "{hook.url}"\ncommand = "cat >> {out}; echo >> {out}"\n'
-        'retries = 2\nbackoff_seconds = 0.1\n')
+        TINY_SETTINGS
+        + f'[notify]\nwebhook = "{hook.url}"\ncommand = "cat >> {out}; echo >> {out}"\n'
+        "retries = 2\nbackoff_seconds = 0.1\n"
+    )
     os.environ["TRAINCTL_FAULT"] = "nan_at_step=30@bad"
     try:
         d = daemons(home, "--epochs", "2", "--save-steps", "10", "--once")
@@ -318,17 +378,28 @@ def test_daemon_notices_a_critical_alert_a_failure_and_a_success_in_order(home, 
         del os.environ["TRAINCTL_FAULT"]
     (Home(home).inbox / "bad.jsonl").write_bytes(DEMO.read_bytes())
     time.sleep(0.05)
-    (Home(home).inbox / "good.jsonl").write_bytes(DEMO.read_bytes() + b'{"text": "one more record"}\n')
+    (Home(home).inbox / "good.jsonl").write_bytes(
+        DEMO.read_bytes() + b'{"text": "one more record"}\n'
+    )
     try:
         assert d.wait(300) == 0, d.output()
         seen = [(b["file"], b["event"]) for b in hook.bodies]
-        assert seen == [("bad.jsonl", "critical"), ("bad.jsonl", "failed"), ("good.jsonl", "done")], seen
+        assert seen == [
+            ("bad.jsonl", "critical"),
+            ("bad.jsonl", "failed"),
+            ("good.jsonl", "done"),
+        ], seen
         critical, failed, done = hook.bodies
         assert critical["alert"]["id"] == "nan_loss" and "nan_loss" in failed["error"]
-        assert done["state"] == "done" and done["adapter"].endswith("adapter") and done["figures"]["steps"] > 0
+        assert (
+            done["state"] == "done"
+            and done["adapter"].endswith("adapter")
+            and done["figures"]["steps"] > 0
+        )
         assert "test_exact_match" in done["figures"]
         by_command = [json.loads(x) for x in out.read_text().splitlines() if x]
-        assert [(b["file"], b["event"]) for b in by_command] == seen  # the command got the same notices
+        # the command got the same notices
+        assert [(b["file"], b["event"]) for b in by_command] == seen
         assert "notice job" in (Home(home).logs / "daemon.log").read_text()
     finally:
         hook.close()
@@ -337,8 +408,10 @@ def test_daemon_notices_a_critical_alert_a_failure_and_a_success_in_order(home, 
 @pytest.mark.slow
 def test_a_hook_that_hangs_does_not_delay_the_next_job(home, daemons):
     hook = Hook(hang_first=True, hang_seconds=30)
-    Home(home).settings_file.write_text(TINY_SETTINGS + f'[notify]\nwebhook = "{hook.url}"\ntimeout_seconds = 8\n'
-                                        "retries = 1\nbackoff_seconds = 0.1\n")
+    Home(home).settings_file.write_text(
+        TINY_SETTINGS + f'[notify]\nwebhook = "{hook.url}"\ntimeout_seconds = 8\n'
+        "retries = 1\nbackoff_seconds = 0.1\n"
+    )
     rows = DEMO.read_text().splitlines()
     d = daemons(home, "--max-steps", "3", "--once")
     (Home(home).inbox / "a.jsonl").write_text("\n".join(rows[:40]) + "\n")
@@ -348,36 +421,52 @@ def test_a_hook_that_hangs_does_not_delay_the_next_job(home, daemons):
         assert d.wait(300) == 0, d.output()
         a, b = sorted(jobs(home), key=lambda j: j.id)
         assert a.state == b.state == JobState.DONE
-        # b's worker started (it sets started_at once it has imported and loaded its settings) well within the 8 s
-        # the hung delivery of a's notice took, let alone the 30 s hang
+        # b's worker started (it sets started_at once it has imported and loaded its settings) well
+        # within the 8 s the hung delivery of a's notice took, let alone the 30 s hang
         assert b.started_at - a.finished_at < 5.0, (a.finished_at, b.started_at)
-        assert [x["file"] for x in hook.bodies] == ["a.jsonl", "b.jsonl"]  # the hung try was retried
+        # the hung try was retried
+        assert [x["file"] for x in hook.bodies] == ["a.jsonl", "b.jsonl"]
     finally:
         hook.close()
 
 
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kw,
+    )
 
 
 @pytest.mark.slow
 def test_detached_daemon_logs_and_stop(home):
-    r = _cli("daemon", "--detach", "--home", str(home), "--epochs", "1", "--set", "train.max_steps=5")
+    r = _cli(
+        "daemon", "--detach", "--home", str(home), "--epochs", "1", "--set", "train.max_steps=5"
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "daemon started" in r.stdout
     doc = json.loads(Home(home).daemon_status.read_text())
     try:
         r2 = _cli("daemon", "--detach", "--home", str(home))
-        assert r2.returncode == 1 and "already running" in r2.stderr and "Traceback" not in r2.stderr
+        assert (
+            r2.returncode == 1 and "already running" in r2.stderr and "Traceback" not in r2.stderr
+        )
         (Home(home).inbox / "a.jsonl").write_bytes(DEMO.read_bytes())
-        wait_for(lambda: jobs(home) and jobs(home)[0].state != JobState.QUEUED, 60, "the job to start")
+        wait_for(
+            lambda: jobs(home) and jobs(home)[0].state != JobState.QUEUED, 60, "the job to start"
+        )
         follow = _cli("logs", "-f", "1", "--home", str(home))  # returns when the job ends
         assert follow.returncode == 0, follow.stderr
         assert "job 1: done" in follow.stdout and "step 5/5" in follow.stdout
         assert jobs(home)[0].state == JobState.DONE
-        wait_for(lambda: "job 1: done" in _cli("logs", "--home", str(home), "-n", "100").stdout, 30,
-                 "the daemon to log the job's end")
+        wait_for(
+            lambda: "job 1: done" in _cli("logs", "--home", str(home), "-n", "100").stdout,
+            30,
+            "the daemon to log the job's end",
+        )
         assert "queued a.jsonl as job 1" in _cli("logs", "--home", str(home), "-n", "100").stdout
     finally:
         stop = _cli("stop", "--home", str(home), "--timeout", "60")

@@ -1,5 +1,6 @@
-"""`trainctl ui`: every endpoint over a fixture home, the incremental metrics offset, unknown names, traversal
-attempts, the tokens; then the pages in a real headless Chromium over a home where a real job trains."""
+"""`trainctl ui`: every endpoint over a fixture home, the incremental metrics offset, unknown
+names, traversal attempts, the tokens; then the pages in a real headless Chromium over a home where
+a real job trains."""
 
 import json
 import os
@@ -24,9 +25,21 @@ XSS = '<img src=x onerror="window.pwned=1"><script>window.pwned=1</script>'
 
 
 def _metric_row(step: int) -> str:
-    return json.dumps({"current_step": step, "loss": 2.0 / step, "learning_rate": 1e-3, "grad_norm": 1.0,
-                       "tokens_per_sec": 100.0, "fixed_eval_step": step - step % 2, "fixed_eval_em": 0.5,
-                       "fixed_eval_ece": 0.1}) + "\n"
+    return (
+        json.dumps(
+            {
+                "current_step": step,
+                "loss": 2.0 / step,
+                "learning_rate": 1e-3,
+                "grad_norm": 1.0,
+                "tokens_per_sec": 100.0,
+                "fixed_eval_step": step - step % 2,
+                "fixed_eval_em": 0.5,
+                "fixed_eval_ece": 0.1,
+            }
+        )
+        + "\n"
+    )
 
 
 @pytest.fixture
@@ -39,32 +52,89 @@ def ui_home(curated_home):  # noqa: F811 - the imported fixture
     run = h.run_dir(job.id)
     run.mkdir(parents=True)
     (run / "metrics.jsonl").write_text("".join(_metric_row(s) for s in (1, 2, 3)))
-    (run / "alerts.jsonl").write_text(json.dumps({"event": "fired", "step": 2, "id": "loss_spike",
-                                                  "severity": "warning", "message": "m", "recommendation": "r"}) + "\n")
-    (h.status_dir / "training_status.json").write_text(json.dumps({"job_id": job.id, "state": "training",
-                                                                   "current_step": 3, "total_steps": 10}))
-    # Probe snapshots and per-example dynamics of the curated dataset (as in test_cli's torch-free test)
+    (run / "alerts.jsonl").write_text(
+        json.dumps(
+            {
+                "event": "fired",
+                "step": 2,
+                "id": "loss_spike",
+                "severity": "warning",
+                "message": "m",
+                "recommendation": "r",
+            }
+        )
+        + "\n"
+    )
+    (h.status_dir / "training_status.json").write_text(
+        json.dumps({"job_id": job.id, "state": "training", "current_step": 3, "total_steps": 10})
+    )
+    # Probe snapshots and per-example dynamics of the curated dataset (as in test_cli's torch-free
+    # test)
     from daemon.runs.dynamics import RECORD
 
     (ds,) = h.datasets.iterdir()
     snaps = h.evolution_dir(ds.name)
     snaps.mkdir(parents=True)
     for step, ok in ((0, False), (10, True)):
-        ex = {"example_id": "ex_000", "input": XSS, "expected_output": "a", "model_output": "a" if ok else "b",
-              "loss": 0.1, "similarity": 1.0, "exact_match": ok, "golden_prob": 0.9, "metadata": {}}
-        (snaps / f"step_{step:06d}.json").write_text(json.dumps({
-            "snapshot_id": f"{ds.name}_step_{step:06d}", "training_step": step, "examples": [ex],
-            "summary": {"avg_loss": 0.1, "accuracy": float(ok), "total_examples": 1, "correct": int(ok),
-                        "incorrect": int(not ok)}}))
-    (run / "dynamics.json").write_text(json.dumps({"dataset": ds.name, "train_split": str(ds / "train.jsonl")}))
+        ex = {
+            "example_id": "ex_000",
+            "input": XSS,
+            "expected_output": "a",
+            "model_output": "a" if ok else "b",
+            "loss": 0.1,
+            "similarity": 1.0,
+            "exact_match": ok,
+            "golden_prob": 0.9,
+            "metadata": {},
+        }
+        (snaps / f"step_{step:06d}.json").write_text(
+            json.dumps(
+                {
+                    "snapshot_id": f"{ds.name}_step_{step:06d}",
+                    "training_step": step,
+                    "examples": [ex],
+                    "summary": {
+                        "avg_loss": 0.1,
+                        "accuracy": float(ok),
+                        "total_examples": 1,
+                        "correct": int(ok),
+                        "incorrect": int(not ok),
+                    },
+                }
+            )
+        )
+    (run / "dynamics.json").write_text(
+        json.dumps({"dataset": ds.name, "train_split": str(ds / "train.jsonl")})
+    )
     n = len((ds / "train.jsonl").read_text().splitlines())
-    (run / "dynamics.bin").write_bytes(b"".join(RECORD.pack(i, e, e + 1, 0.5, 0.6, 0.5, 1.0, 5)
-                                                for e in range(2) for i in range(n)))
-    FlagStore(h.flagged_file).add([
-        {"reason": "mismatch", "step": 2, "loss": 1.5, "file": "mixed.jsonl", "prompt": XSS, "golden": "abc",
-         "output": "abd", "job": 1},
-        {"reason": "high_loss", "step": 2, "loss": 3.0, "file": "other.jsonl", "prompt": "p", "golden": "x",
-         "output": "x"}])
+    (run / "dynamics.bin").write_bytes(
+        b"".join(
+            RECORD.pack(i, e, e + 1, 0.5, 0.6, 0.5, 1.0, 5) for e in range(2) for i in range(n)
+        )
+    )
+    FlagStore(h.flagged_file).add(
+        [
+            {
+                "reason": "mismatch",
+                "step": 2,
+                "loss": 1.5,
+                "file": "mixed.jsonl",
+                "prompt": XSS,
+                "golden": "abc",
+                "output": "abd",
+                "job": 1,
+            },
+            {
+                "reason": "high_loss",
+                "step": 2,
+                "loss": 3.0,
+                "file": "other.jsonl",
+                "prompt": "p",
+                "golden": "x",
+                "output": "x",
+            },
+        ]
+    )
     return h
 
 
@@ -96,26 +166,35 @@ def _json(url: str, **kw):
 def test_every_endpoint_answers_from_the_same_readers_as_the_cli(server, ui_home):
     base = server.url
     st, doc = _json(base + "api/status")
-    assert st == 200 and doc["training"]["job_id"] == 1 and doc["devices"]["kind"] in ("cpu", "gpu")
+    assert (
+        st == 200 and doc["training"]["job_id"] == 1 and doc["devices"]["kind"] in ("cpu", "gpu")
+    )
     assert _json(base + "api/queue")[1][0]["file_name"] == "mixed.jsonl"
     assert [e["id"] for e in _json(base + "api/alerts?job=1")[1]["events"]] == ["loss_spike"]
     flags = _json(base + "api/flags")[1]
-    assert [f["id"] for f in flags["flags"]] == [2, 1] and flags["files"] == ["mixed.jsonl", "other.jsonl"]
+    assert [f["id"] for f in flags["flags"]] == [2, 1] and flags["files"] == [
+        "mixed.jsonl",
+        "other.jsonl",
+    ]
     assert [f["id"] for f in _json(base + "api/flags?reason=high_loss")[1]["flags"]] == [2]
     assert [f["id"] for f in _json(base + "api/flags?file=mixed.jsonl")[1]["flags"]] == [1]
     assert [f["id"] for f in _json(base + "api/flags?sort=lowest-loss")[1]["flags"]] == [1, 2]
     assert {r["name"] for r in _json(base + "api/bench/runs")[1]} == {"a", "b"}
     cmp = _json(base + "api/bench/compare?runs=a,b")[1]
     assert cmp["total_rows"] == 3 and cmp["disagreements"] == 1 and cmp["pairs"][0]["agree"] == 2
-    assert [r["custom_id"] for r in _json(base + "api/bench/compare?runs=a,b&diff_only=1")[1]["rows"]] == ["q1"]
+    assert [
+        r["custom_id"] for r in _json(base + "api/bench/compare?runs=a,b&diff_only=1")[1]["rows"]
+    ] == ["q1"]
     paged = _json(base + "api/bench/compare?runs=a,b&offset=1&limit=1")[1]
     assert [r["custom_id"] for r in paged["rows"]] == ["q1"] and paged["total_rows"] == 3
     evo = _json(base + "api/evolution")[1]
     assert [c["step"] for c in evo["curve"]] == [0, 10] and evo["examples"] and evo["classes"]
-    assert _json(base + "api/evolution?class=hard")[1]["examples"] == [e for e in evo["examples"]
-                                                                    if e["class"] == "hard"]
+    assert _json(base + "api/evolution?class=hard")[1]["examples"] == [
+        e for e in evo["examples"] if e["class"] == "hard"
+    ]
     one = _json(base + "api/evolution/example?id=ex_000")[1]
-    assert [c["model_output"] for c in one["probe"]["curve"]] == ["b", "a"] and one["probe"]["input"] == XSS
+    assert [c["model_output"] for c in one["probe"]["curve"]] == ["b", "a"]
+    assert one["probe"]["input"] == XSS
     assert _req(base + "api/evolution/example?id=nope")[0] == 404
     assert _req(base + "api/evolution?class=weird")[0] == 400
     (ds,) = _json(base + "api/datasets")[1]
@@ -126,20 +205,40 @@ def test_every_endpoint_answers_from_the_same_readers_as_the_cli(server, ui_home
 
     from cli.app import app
 
-    out = CliRunner().invoke(app, ["rejected", "--latest", "--json", "--home", str(ui_home.root)]).output
+    out = (
+        CliRunner()
+        .invoke(app, ["rejected", "--latest", "--json", "--home", str(ui_home.root)])
+        .output
+    )
     assert json.loads(out)["by_reason"] == rej["by_reason"]
-    # The job page's document: its evaluations, figures with their sets, checkpoints; curves to lay over
+    # The job page's document: its evaluations, figures with their sets, checkpoints; curves to lay
+    # over
     job = _json(base + "api/job?id=1")[1]
     assert [e["step"] for e in job["evaluations"]] == [0, 2] and job["flags"]["total"] == 1
-    assert job["figures"][0]["set"].endswith("val examples (the fixed set)") and job["checkpoints"] == []
+    assert (
+        job["figures"][0]["set"].endswith("val examples (the fixed set)")
+        and job["checkpoints"] == []
+    )
     curves = _json(base + "api/overlay?jobs=1")[1]
-    assert [s for s, _ in curves["1"]["loss"]] == [1, 2, 3] and curves["1"]["exact_match"] == [[0, 0.5], [2, 0.5]]
+    assert [s for s, _ in curves["1"]["loss"]] == [1, 2, 3] and curves["1"]["exact_match"] == [
+        [0, 0.5],
+        [2, 0.5],
+    ]
     assert _req(base + "api/job?id=7")[0] == 404 and _req(base + "api/overlay?jobs=1,x")[0] == 400
     searched = _json(base + "api/bench/compare?runs=a,b&q=no")[1]
     assert [r["custom_id"] for r in searched["rows"]] == ["q1"]  # "No" in run a's answer
     assert _json(base + "api/flags?count=1")[1] == {"stats": flags["stats"]}
-    for page in ("", "flags", "compare", "evolution", "rejected", "jobs/1", "static/app.js", "static/job.js",
-                 "static/uPlot.iife.min.js"):
+    for page in (
+        "",
+        "flags",
+        "compare",
+        "evolution",
+        "rejected",
+        "jobs/1",
+        "static/app.js",
+        "static/job.js",
+        "static/uPlot.iife.min.js",
+    ):
         status, body, headers = _req(base + page)
         assert status == 200 and body, page
         assert "script-src 'self'" in headers["Content-Security-Policy"]
@@ -151,13 +250,15 @@ def test_metrics_come_incrementally_from_an_offset(server, ui_home):
     assert [r["current_step"] for r in first["rows"]] == [1, 2, 3] and not first["more"]
     metrics = ui_home.run_dir(1) / "metrics.jsonl"
     with open(metrics, "a") as fh:
-        fh.write(_metric_row(4) + _metric_row(5) + '{"current_step": 6, "lo')  # a row being written
+        # a row being written
+        fh.write(_metric_row(4) + _metric_row(5) + '{"current_step": 6, "lo')
     second = _json(base + f"api/metrics?job=1&offset={first['offset']}")[1]
     assert [r["current_step"] for r in second["rows"]] == [4, 5]  # only the new complete rows
     with open(metrics, "a") as fh:
         fh.write('ss": 0.3}\n')
     third = _json(base + f"api/metrics?job=1&offset={second['offset']}")[1]
-    assert [r["current_step"] for r in third["rows"]] == [6] and third["offset"] == metrics.stat().st_size
+    assert [r["current_step"] for r in third["rows"]] == [6]
+    assert third["offset"] == metrics.stat().st_size
     # A new run of the job (the file started again, shorter): the page is told to start over
     metrics.write_text(_metric_row(1))
     again = _json(base + f"api/metrics?job=1&offset={third['offset']}")[1]
@@ -169,10 +270,21 @@ def test_unknown_names_and_traversal_attempts_are_404(server, ui_home):
     base = server.url
     secret = ui_home.root.parent / "secret.txt"
     secret.write_text("do not serve")
-    for path in ("api/metrics?job=99", "api/alerts?job=99", "api/rejected?dataset=nope",
-                 "api/rejected?dataset=../../secret.txt", "api/bench/compare?runs=a,zzz",
-                 "api/bench/compare?runs=a,../b", "static/../server.py", "static/%2e%2e/server.py",
-                 "static/..%2fapi.py", "..%2f..%2fsecret.txt", "static/", "nothing", "api/nothing"):
+    for path in (
+        "api/metrics?job=99",
+        "api/alerts?job=99",
+        "api/rejected?dataset=nope",
+        "api/rejected?dataset=../../secret.txt",
+        "api/bench/compare?runs=a,zzz",
+        "api/bench/compare?runs=a,../b",
+        "static/../server.py",
+        "static/%2e%2e/server.py",
+        "static/..%2fapi.py",
+        "..%2f..%2fsecret.txt",
+        "static/",
+        "nothing",
+        "api/nothing",
+    ):
         status, body, _ = _req(base + path)
         assert status == 404, (path, status, body)
         assert b"do not serve" not in body and b"import" not in body
@@ -212,14 +324,18 @@ def test_an_access_token_guards_every_request_when_set(ui_home):
         assert _req(s.url)[0] == 401
         assert _req(s.url + "api/status", headers={"Authorization": "Bearer wrong"})[0] == 401
         assert _req(s.url + "api/status", headers={"Authorization": "Bearer s3cret"})[0] == 200
-        # The first visit with ?token= puts it in the cookie and sends the page to its address without it
+        # The first visit with ?token= puts it in the cookie and sends the page to its address
+        # without it
         status, headers = _first_hop(s.url + "flags?token=s3cret&state=all")
         assert status == 303 and headers["Location"] == "/flags?state=all"
         assert "trainctl_token=s3cret" in headers["Set-Cookie"]
         assert "HttpOnly" in headers["Set-Cookie"] and "SameSite=Strict" in headers["Set-Cookie"]
-        assert _req(s.url + "flags?state=all", headers={"Cookie": "trainctl_token=s3cret"})[0] == 200
+        assert (
+            _req(s.url + "flags?state=all", headers={"Cookie": "trainctl_token=s3cret"})[0] == 200
+        )
         assert _req(s.url + "api/status", headers={"Cookie": "trainctl_token=s3cret"})[0] == 200
-        assert _req(s.url + "api/status?token=s3cret")[0] == 200  # an API call is answered, not redirected
+        # an API call is answered, not redirected
+        assert _req(s.url + "api/status?token=s3cret")[0] == 200
     finally:
         s.shutdown()
         s.server_close()
@@ -227,6 +343,7 @@ def test_an_access_token_guards_every_request_when_set(ui_home):
 
 def _first_hop(url: str) -> tuple[int, dict]:
     """The status and headers of one request, a redirect not followed."""
+
     class Stay(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args, **kwargs):
             return None
@@ -239,8 +356,13 @@ def _first_hop(url: str) -> tuple[int, dict]:
 
 
 def _start_ui(home: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    p = subprocess.Popen([sys.executable, "-m", "cli", "ui", "--home", str(home), "--port", "0", *args], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "cli", "ui", "--home", str(home), "--port", "0", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     line = p.stdout.readline()
     m = re.search(r"(http://\S+)", line)
     assert m, line + (p.stdout.read() if p.poll() is not None else "")
@@ -251,8 +373,13 @@ def test_ui_refuses_a_busy_port_in_one_line_and_needs_a_token_beyond_loopback(ho
     p, url = _start_ui(home)
     try:
         port = url.rsplit(":", 1)[1].strip("/")
-        r = subprocess.run([sys.executable, "-m", "cli", "ui", "--home", str(home), "--port", port], cwd=ROOT,
-                           capture_output=True, text=True, timeout=30)
+        r = subprocess.run(
+            [sys.executable, "-m", "cli", "ui", "--home", str(home), "--port", port],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert r.returncode == 1 and "cannot listen" in r.stderr and "Traceback" not in r.stderr
     finally:
         p.send_signal(signal.SIGINT)
@@ -261,7 +388,10 @@ def test_ui_refuses_a_busy_port_in_one_line_and_needs_a_token_beyond_loopback(ho
     try:
         assert url.endswith("/?token=t0ken")
         assert _req(url.split("?")[0] + "api/status")[0] == 401
-        assert _req(url.split("?")[0] + "api/status", headers={"Authorization": "Bearer t0ken"})[0] == 200
+        assert (
+            _req(url.split("?")[0] + "api/status", headers={"Authorization": "Bearer t0ken"})[0]
+            == 200
+        )
     finally:
         p.send_signal(signal.SIGINT)
         p.wait(10)
@@ -272,17 +402,23 @@ def test_network_mode_prints_addresses_another_machine_can_open():
     from cli.ui import machine_addresses, usable_urls
 
     urls = usable_urls("0.0.0.0", 8080, "abc")
-    assert urls and all(u.endswith(":8080/?token=abc") for u in urls) and not any("0.0.0.0" in u for u in urls)
+    assert (
+        urls
+        and all(u.endswith(":8080/?token=abc") for u in urls)
+        and not any("0.0.0.0" in u for u in urls)
+    )
     if machine_addresses():  # a machine with no network but loopback has nothing else to print
         assert not any("127.0.0.1" in u or "[::1]" in u for u in urls)
     assert usable_urls("192.168.1.7", 9000, None) == ["http://192.168.1.7:9000/"]
 
 
-# -- in a real browser ------------------------------------------------------------------------------------------------
+# -- in a real browser
+# ------------------------------------------------------------------------------------------------
+
 
 def _browser():
-    """Debian's chromium driven by playwright (never `playwright install`). Skipped where neither is installed,
-    except under CI (TRAINCTL_REQUIRE_BROWSER=1), where a missing browser fails."""
+    """Debian's chromium driven by playwright (never `playwright install`). Skipped where neither
+    is installed, except under CI (TRAINCTL_REQUIRE_BROWSER=1), where a missing browser fails."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     try:
         from playwright.sync_api import sync_playwright
@@ -290,8 +426,13 @@ def _browser():
         sync_playwright = None
     if exe is None or sync_playwright is None:
         if os.environ.get("TRAINCTL_REQUIRE_BROWSER") == "1":
-            pytest.fail("chromium and playwright are needed: apt-get install -y chromium; pip install playwright")
-        pytest.skip("no chromium/playwright here (apt-get install -y chromium; pip install playwright)")
+            pytest.fail(
+                "chromium and playwright are needed: apt-get "
+                "install -y chromium; pip install playwright"
+            )
+        pytest.skip(
+            "no chromium/playwright here (apt-get install -y chromium; pip install playwright)"
+        )
     return sync_playwright, exe
 
 
@@ -302,7 +443,10 @@ class Page:
         self.page = browser.new_page(viewport={"width": 1300, "height": 900})
         self.errors: list[str] = []
         self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
-        self.page.on("console", lambda m: self.errors.append(f"console: {m.text}") if m.type == "error" else None)
+        self.page.on(
+            "console",
+            lambda m: self.errors.append(f"console: {m.text}") if m.type == "error" else None,
+        )
         self.page.on("dialog", lambda d: (self.errors.append(f"dialog: {d.message}"), d.dismiss()))
 
 
@@ -335,61 +479,104 @@ def test_pages_in_a_browser_while_a_real_job_trains(home, daemons):
             tab = Page(browser)
             p = tab.page
             p.goto(url)
-            # The loss chart: one point per metrics row with a loss, and it grows while the job trains
-            p.wait_for_function("() => +document.getElementById('loss-chart').dataset.points > 0", timeout=20_000)
+            # The loss chart: one point per metrics row with a loss, and it grows while the job
+            # trains
+            p.wait_for_function(
+                "() => +document.getElementById('loss-chart').dataset.points > 0", timeout=20_000
+            )
             before = int(p.get_attribute("#loss-chart", "data-points"))
             assert before <= _loss_rows(run)
-            p.wait_for_function(f"() => +document.getElementById('loss-chart').dataset.points > {before + 5}",
-                                timeout=30_000)
+            p.wait_for_function(
+                f"() => +document.getElementById('loss-chart').dataset.points > {before + 5}",
+                timeout=30_000,
+            )
             assert p.locator("#loss-chart canvas").count() >= 1
             # Every axis has its title; steps are whole numbers; EM and ECE have an axis each
-            axes = p.evaluate("() => Object.fromEntries(Object.entries(trainctl.charts).map(([k, c]) => "
-                              "[k, c.axes.map((a) => a.label)]))")
+            axes = p.evaluate(
+                "() => Object.fromEntries(Object.entries(trainctl.charts).map(([k, "
+                "c]) => [k, c.axes.map((a) => a.label)]))"
+            )
             assert axes["loss"] == ["step", "CE (nats/token)"], axes
             assert axes["ev"] == ["step", "exact match (%)", "calibration error (ECE)"], axes
             assert all(labels[0] == "step" and all(labels) for labels in axes.values()), axes
             ticks = p.evaluate("() => trainctl.charts.loss.axes[0]._values")
             assert ticks and all(t.isdigit() for t in ticks), ticks
-            wait_for(lambda: json.loads(Home(home).training_status.read_text())["state"] == "done",
-                     300, "the job to finish")
+            wait_for(
+                lambda: json.loads(Home(home).training_status.read_text())["state"] == "done",
+                300,
+                "the job to finish",
+            )
             rows = _loss_rows(run)
-            p.wait_for_function(f"() => +document.getElementById('loss-chart').dataset.points === {rows}",
-                                timeout=20_000)
-            p.wait_for_function("() => document.getElementById('jobs').innerText.includes('done')", timeout=30_000)
+            p.wait_for_function(
+                f"() => +document.getElementById('loss-chart').dataset.points === {rows}",
+                timeout=20_000,
+            )
+            p.wait_for_function(
+                "() => document.getElementById('jobs').innerText.includes('done')", timeout=30_000
+            )
 
-            # Flagged examples: the job's open flags are its last evaluation's mistakes (the rest resolved as
-            # the model learned them); the filter changes the rows; resolving persists to the flags file
+            # Flagged examples: the job's open flags are its last evaluation's mistakes (the rest
+            # resolved as the model learned them); the filter changes the rows; resolving persists
+            # to the flags file
             store = FlagStore(h.flagged_file)
             status = json.loads(Home(home).training_status.read_text())
             wrong = round((1 - status["fixed_eval_em"]) * status["fixed_eval_examples"])
-            assert len(store.query("mismatch", job=1)) == wrong and store.stats(job=1)["total"] > wrong
-            store.add([{"reason": "manual", "prompt": XSS, "golden": "the right answer", "output": "the wrong answer",
-                        "file": "demo.jsonl"},
-                       {"reason": "high_loss", "prompt": "q", "golden": "a", "output": "a", "loss": 4.2,
-                        "file": "demo.jsonl"}])
+            assert (
+                len(store.query("mismatch", job=1)) == wrong
+                and store.stats(job=1)["total"] > wrong
+            )
+            store.add(
+                [
+                    {
+                        "reason": "manual",
+                        "prompt": XSS,
+                        "golden": "the right answer",
+                        "output": "the wrong answer",
+                        "file": "demo.jsonl",
+                    },
+                    {
+                        "reason": "high_loss",
+                        "prompt": "q",
+                        "golden": "a",
+                        "output": "a",
+                        "loss": 4.2,
+                        "file": "demo.jsonl",
+                    },
+                ]
+            )
             p.goto(url.rstrip("/") + "/flags")
             p.wait_for_selector("#flag-list table")
             everything = p.locator("#flag-list tbody tr").count()
             open_flags = [f for f in store.load() if not f.get("resolved")]
             assert everything == len(open_flags) > 1
             p.select_option("#reason", "manual")
-            p.wait_for_function("() => document.querySelectorAll('#flag-list tbody tr').length === 1")
+            p.wait_for_function(
+                "() => document.querySelectorAll('#flag-list tbody tr').length === 1"
+            )
             assert XSS in p.locator("#flag-list tbody tr").inner_text()  # shown as text, not run
-            # the differing words, marked: the output's in yellow, the golden answer's it lacks struck through
+            # the differing words, marked: the output's in yellow, the golden answer's it lacks
+            # struck through
             assert p.locator("#flag-list tbody mark:not(.del)").inner_text() == "wrong"
             assert p.locator("#flag-list tbody mark.del").inner_text() == "right"
             manual_id = next(f["id"] for f in store.load() if f["reason"] == "manual")
             p.fill(f"#notes-{manual_id}", "checked by hand")
             p.click("button.resolve")
-            p.wait_for_function("() => document.querySelector('#flag-list').innerText.includes('no flag matches')")
+            p.wait_for_function(
+                "() => document.querySelector('#flag-list').innerText.includes('no flag matches')"
+            )
             (flag,) = [f for f in FlagStore(h.flagged_file).load() if f["id"] == manual_id]
             assert flag["resolved"] and flag["notes"] == "checked by hand"
             p.select_option("#state", "resolved")  # ... and reopened from the page
             p.click(f'button.reopen[data-id="{manual_id}"]')
-            p.wait_for_function("() => !document.querySelector('#flag-list').innerText.includes('checked by hand')")
-            assert not next(f for f in FlagStore(h.flagged_file).load() if f["id"] == manual_id)["resolved"]
+            p.wait_for_function(
+                "() => !document.querySelector('#flag-list').innerText.includes('checked by hand')"
+            )
+            assert not next(f for f in FlagStore(h.flagged_file).load() if f["id"] == manual_id)[
+                "resolved"
+            ]
 
-            # The job page: its figures name their set, and every kept checkpoint has a row and its command
+            # The job page: its figures name their set, and every kept checkpoint has a row and its
+            # command
             p.goto(url.rstrip("/") + "/jobs/1")
             p.wait_for_selector("#checkpoints table")
             from daemon.runs.checkpoints import complete_checkpoint_steps
@@ -428,7 +615,14 @@ def test_pages_in_a_browser_while_a_real_job_trains(home, daemons):
 
             # A phone: no page scrolls sideways at 390 px (tables scroll inside their box)
             phone = browser.new_page(viewport={"width": 390, "height": 844})
-            for path in ("/", "/jobs/1", "/flags?state=all", "/compare", "/evolution", "/rejected"):
+            for path in (
+                "/",
+                "/jobs/1",
+                "/flags?state=all",
+                "/compare",
+                "/evolution",
+                "/rejected",
+            ):
                 phone.goto(url.rstrip("/") + path)
                 phone.wait_for_timeout(1500)
                 width = phone.evaluate("() => document.documentElement.scrollWidth")

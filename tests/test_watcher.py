@@ -1,4 +1,5 @@
-"""The stable-file rule: a file is queued within about a second of its copy finishing, never before."""
+"""The stable-file rule: a file is queued within about a second of its copy finishing, never
+before."""
 
 import subprocess
 import sys
@@ -24,7 +25,8 @@ time.sleep(0.5)
 
 @pytest.fixture
 def watch(tmp_path):
-    """start(stable_seconds) -> a running InboxWatcher on tmp_path/inbox, stopped after the test."""
+    """start(stable_seconds) -> a running InboxWatcher on tmp_path/inbox, stopped after the
+    test."""
     started = []
 
     def start(stable_seconds: float) -> InboxWatcher:
@@ -53,9 +55,12 @@ def test_slow_copy_held_open_is_not_picked_up_until_closed(watch, tmp_path):
     if not ready:
         ready = wait_for(w.ready, 5, "the finished file")
     picked_at = time.time()
-    # A pick-up is early when the writer still holds the file: it closes the file and touches the marker right
-    # after, so a pick-up during one of its 1.5 s pauses would leave the marker absent for about a second.
-    assert wait_for(closed.exists, 0.5, "writer closed the file"), "picked up while the writer still held it open"
+    # A pick-up is early when the writer still holds the file: it closes the file and touches the
+    # marker right after, so a pick-up during one of its 1.5 s pauses would leave the marker absent
+    # for about a second.
+    assert wait_for(closed.exists, 0.5, "writer closed the file"), (
+        "picked up while the writer still held it open"
+    )
     assert ready == [target]
     took = picked_at - closed.stat().st_mtime
     assert took < 1.5, f"queued {took:.2f}s after the copy finished"
@@ -90,7 +95,9 @@ def test_open_for_writing_sees_a_writer(tmp_path):
     with open(p, "w") as fh:
         fh.write("x")
         fh.flush()
-        proc = subprocess.Popen([sys.executable, "-c", f"import time; f=open({str(p)!r}, 'a'); time.sleep(30)"])
+        proc = subprocess.Popen(
+            [sys.executable, "-c", f"import time; f=open({str(p)!r}, 'a'); time.sleep(30)"]
+        )
         try:
             assert wait_for(lambda: open_for_writing(p), 10, "writer to be seen")
         finally:

@@ -1,11 +1,13 @@
-"""A small stand-in for vLLM's LLMEngine, for testing our vllm backend where vLLM cannot run (no CPU wheel).
+"""A small stand-in for vLLM's LLMEngine, for testing our vllm backend where vLLM cannot run (no
+CPU wheel).
 
-It follows the documented engine contract our backend uses: `add_request(request_id, prompt, params,
-lora_request=...)` with a TokensPrompt dict, `step()` returning RequestOutput-shaped objects (finished or not) and
-`has_unfinished_requests()`. Like vLLM's scheduler it runs at most `max_num_seqs` requests at once and adds one
-token per running request per step, so requests finish out of order. Tokens are a deterministic function of the
-request's seed and prompt, so a test can check that a resumed request samples the same.
-`tests/test_vllm_contract.py` holds these names and signatures against the real vLLM classes.
+It follows the documented engine contract our backend uses: `add_request(request_id, prompt,
+params, lora_request=...)` with a TokensPrompt dict, `step()` returning RequestOutput-shaped
+objects (finished or not) and `has_unfinished_requests()`. Like vLLM's scheduler it runs at most
+`max_num_seqs` requests at once and adds one token per running request per step, so requests finish
+out of order. Tokens are a deterministic function of the request's seed and prompt, so a test can
+check that a resumed request samples the same. `tests/test_vllm_contract.py` holds these names and
+signatures against the real vLLM classes.
 """
 
 from __future__ import annotations
@@ -65,9 +67,17 @@ class StandInEngine:
         self.added: list[tuple[str, Any]] = []
         self.loras: list[Any] = []
 
-    def add_request(self, request_id: str, prompt: Any, params: Any, arrival_time: float | None = None,
-                    lora_request: Any = None, tokenization_kwargs: dict[str, Any] | None = None,
-                    trace_headers: Any = None, priority: int = 0) -> str:
+    def add_request(
+        self,
+        request_id: str,
+        prompt: Any,
+        params: Any,
+        arrival_time: float | None = None,
+        lora_request: Any = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
+        trace_headers: Any = None,
+        priority: int = 0,
+    ) -> str:
         if request_id in self.seen:
             raise ValueError(f"request id {request_id} already exists")
         if request_id in self.fail_ids:
@@ -94,8 +104,12 @@ class StandInEngine:
             done_eos, done_len = t == self.EOS, len(r.tokens) >= r.params.max_tokens
             finished = done_eos or done_len
             text = "".join(chr(ord("a") + x % 26) for x in r.tokens if x != self.EOS)
-            comp = StandInCompletionOutput(0, text, list(r.tokens),
-                                           finish_reason=("stop" if done_eos else "length") if finished else None)
+            comp = StandInCompletionOutput(
+                0,
+                text,
+                list(r.tokens),
+                finish_reason=("stop" if done_eos else "length") if finished else None,
+            )
             outs.append(StandInRequestOutput(r.rid, None, r.prompt_ids, None, [comp], finished))
             if finished:
                 self.running.remove(r)

@@ -1,8 +1,9 @@
-"""The JSON the browser views read: the same readers the terminal commands use (cli/status, cli/bench,
-cli/evolution, daemon/flags, daemon/curation/rejects), never a second copy of the parsing.
+"""The JSON the browser views read: the same readers the terminal commands use (cli/status,
+cli/bench, cli/evolution, daemon/flags, daemon/curation/rejects), never a second copy of the
+parsing.
 
-Every name that comes in a URL (a job, a run, a dataset, a flag) is looked up among what exists and never joined
-into a path, so no request reaches a file outside the home folder. No torch here.
+Every name that comes in a URL (a job, a run, a dataset, a flag) is looked up among what exists and
+never joined into a path, so no request reaches a file outside the home folder. No torch here.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from daemon.errors import TrainctlError
 from daemon.home import Home
 
 MAX_METRIC_BYTES = 4 << 20
-"""One metrics answer carries at most this much of the file; the page asks again from the new offset."""
+"""One metrics answer carries at most this much of the file; the page asks again from the new
+offset."""
 
 
 class NotFound(TrainctlError):
@@ -52,7 +54,9 @@ def _job_exists(home: Home, job_id: int) -> bool:
     return True
 
 
-# -- live monitor ---------------------------------------------------------------------------------------------------
+# -- live monitor
+# -------------------------------------------------------------------------------------------------
+
 
 def status(home: Home) -> dict[str, Any]:
     from cli.status import gather
@@ -72,7 +76,8 @@ def queue(home: Home, params: dict[str, str]) -> list[dict[str, Any]]:
 
 
 def _run_dir(home: Home, params: dict[str, str]) -> tuple[int, Path]:
-    """The job named by ?job=N (looked up in the queue), else the one training_status.json is about."""
+    """The job named by ?job=N (looked up in the queue), else the one training_status.json is
+    about."""
     from daemon.runs.training_status import read_training_status
 
     job = _int(params, "job")
@@ -86,8 +91,9 @@ def _run_dir(home: Home, params: dict[str, str]) -> tuple[int, Path]:
 
 
 def metrics(home: Home, params: dict[str, str]) -> dict[str, Any]:
-    """metrics.jsonl rows from byte `offset` on (complete lines only) and the offset to ask from next time. A file
-    shorter than the offset (a new run of the job) starts again from 0 (`reset`)."""
+    """metrics.jsonl rows from byte `offset` on (complete lines only) and the offset to ask from
+    next time. A file shorter than the offset (a new run of the job) starts again from 0
+    (`reset`)."""
     job, run = _run_dir(home, params)
     offset = _int(params, "offset", 0) or 0
     path = run / "metrics.jsonl"
@@ -108,8 +114,13 @@ def metrics(home: Home, params: dict[str, str]) -> dict[str, Any]:
             rows.append(json.loads(line))
         except ValueError:
             continue
-    return {"job": job, "rows": rows, "offset": offset + len(complete), "reset": reset,
-            "more": offset + len(complete) < size}
+    return {
+        "job": job,
+        "rows": rows,
+        "offset": offset + len(complete),
+        "reset": reset,
+        "more": offset + len(complete) < size,
+    }
 
 
 def job(home: Home, params: dict[str, str]) -> dict[str, Any]:
@@ -153,16 +164,32 @@ def alerts(home: Home, params: dict[str, str]) -> dict[str, Any]:
 
 
 def devices() -> dict[str, Any]:
-    """GPU memory and utilisation from nvidia-smi where there is one; CPU load and RAM otherwise."""
+    """GPU memory and utilisation from nvidia-smi where there is one; CPU load and RAM
+    otherwise."""
     if shutil.which("nvidia-smi"):
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.used,memory.total,utilization.gpu",
-                                  "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5)
+            out = subprocess.run(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=index,name,memory.used,memory.total,utilization.gpu",
+                    "--format=csv,noheader,nounits",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
             gpus = []
             for line in out.stdout.strip().splitlines():
                 i, name, used, total, util = (x.strip() for x in line.split(","))
-                gpus.append({"index": int(i), "name": name, "memory_used_mib": float(used),
-                             "memory_total_mib": float(total), "utilization_pct": float(util)})
+                gpus.append(
+                    {
+                        "index": int(i),
+                        "name": name,
+                        "memory_used_mib": float(used),
+                        "memory_total_mib": float(total),
+                        "utilization_pct": float(util),
+                    }
+                )
             if gpus:
                 return {"kind": "gpu", "gpus": gpus}
         except (OSError, ValueError, subprocess.SubprocessError):
@@ -175,11 +202,18 @@ def devices() -> dict[str, Any]:
     except (OSError, ValueError):
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
-    return {"kind": "cpu", "cpus": os.cpu_count(), "load_1m": round(load[0], 2),
-            "memory_total": mem.get("MemTotal"), "memory_available": mem.get("MemAvailable")}
+    return {
+        "kind": "cpu",
+        "cpus": os.cpu_count(),
+        "load_1m": round(load[0], 2),
+        "memory_total": mem.get("MemTotal"),
+        "memory_available": mem.get("MemAvailable"),
+    }
 
 
-# -- flagged examples -----------------------------------------------------------------------------------------------
+# -- flagged examples
+# -----------------------------------------------------------------------------------------------
+
 
 def _flags(home: Home) -> Any:
     from daemon.runs.flag_store import FlagStore
@@ -188,8 +222,8 @@ def _flags(home: Home) -> Any:
 
 
 def flags(home: Home, params: dict[str, str]) -> dict[str, Any]:
-    """Flags filtered by reason, file, job, text (`q`) and state (open / resolved / all), sorted like
-    `trainctl flags --sort`."""
+    """Flags filtered by reason, file, job, text (`q`) and state (open / resolved / all), sorted
+    like `trainctl flags --sort`."""
     store = _flags(home)
     state = params.get("state") or "open"
     if state not in ("open", "resolved", "all"):
@@ -203,21 +237,32 @@ def flags(home: Home, params: dict[str, str]) -> dict[str, Any]:
     if params.get("count"):  # the navigation's badge: the counts alone
         return {"stats": store.stats(all_flags)}
     try:
-        rows = store.query(reason, sort, None, include_resolved=state != "open", flags=all_flags,
-                           job=int(job) if job else None, search=params.get("q") or None)
+        rows = store.query(
+            reason,
+            sort,
+            None,
+            include_resolved=state != "open",
+            flags=all_flags,
+            job=int(job) if job else None,
+            search=params.get("q") or None,
+        )
     except TrainctlError as exc:
         raise BadRequest(str(exc)) from None
     if state == "resolved":
         rows = [f for f in rows if f.get("resolved")]
     if params.get("file"):
         rows = [f for f in rows if f.get("file") == params["file"]]
-    return {"stats": store.stats(all_flags), "flags": rows,
-            "files": sorted({f["file"] for f in all_flags if f.get("file")}),
-            "reasons": sorted({f["reason"] for f in all_flags})}
+    return {
+        "stats": store.stats(all_flags),
+        "flags": rows,
+        "files": sorted({f["file"] for f in all_flags if f.get("file")}),
+        "reasons": sorted({f["reason"] for f in all_flags}),
+    }
 
 
 FLAG_WRITES = ("resolve", "notes", "reopen")
-"""What the UI may do to a flag (its only writes): resolve it (with notes), add notes, reopen a resolved one."""
+"""What the UI may do to a flag (its only writes): resolve it (with notes), add notes, reopen a
+resolved one."""
 
 
 def flag_write(home: Home, flag_id: int, body: dict[str, Any], action: str) -> dict[str, Any]:
@@ -237,7 +282,9 @@ def flag_write(home: Home, flag_id: int, body: dict[str, Any], action: str) -> d
     return store.note(flag_id, (notes or "").strip())
 
 
-# -- bench comparison -----------------------------------------------------------------------------------------------
+# -- bench comparison
+# -----------------------------------------------------------------------------------------------
+
 
 def bench_runs(home: Home) -> list[dict[str, Any]]:
     from cli.bench import runs_doc
@@ -246,11 +293,13 @@ def bench_runs(home: Home) -> list[dict[str, Any]]:
 
 
 def bench_compare(home: Home, params: dict[str, str]) -> dict[str, Any]:
-    """Runs (?runs=a,b — looked up among the runs) joined by custom_id; rows paged with ?offset=&limit=."""
+    """Runs (?runs=a,b — looked up among the runs) joined by custom_id; rows paged with
+    ?offset=&limit=."""
     from cli.bench import compare_doc, comparison
     from daemon.bench.state import list_runs
 
-    known = {info.name for _, info in list_runs(home.bench_root)}  # (runs_doc would also count every result)
+    # (runs_doc would also count every result)
+    known = {info.name for _, info in list_runs(home.bench_root)}
     runs = [r for r in (params.get("runs") or "").split(",") if r]
     if len(runs) < 2:
         raise BadRequest("pick two or more runs")
@@ -264,17 +313,29 @@ def bench_compare(home: Home, params: dict[str, str]) -> dict[str, Any]:
             problem = regex_problem(params[key])
             if problem:
                 raise BadRequest(f"{key} is not a valid regular expression: {problem}")
-    c = comparison(home, runs, params.get("label_regex"), params.get("name_field"), params.get("name_regex"))
+    c = comparison(
+        home, runs, params.get("label_regex"), params.get("name_field"), params.get("name_regex")
+    )
     doc = compare_doc(c, params.get("diff_only") in ("1", "true"))
     search = (params.get("q") or "").strip().lower()
     if search:  # rows whose name, reference or any answer holds the text
-        doc["rows"] = [r for r in doc["rows"] if search in json.dumps(
-            [r.get("name"), r.get("reference"), *((r[run] or {}).get("answer") for run in runs)],
-            ensure_ascii=False).lower()]
+        doc["rows"] = [
+            r
+            for r in doc["rows"]
+            if search
+            in json.dumps(
+                [
+                    r.get("name"),
+                    r.get("reference"),
+                    *((r[run] or {}).get("answer") for run in runs),
+                ],
+                ensure_ascii=False,
+            ).lower()
+        ]
     offset, limit = _int(params, "offset", 0) or 0, _int(params, "limit", 200) or 200
     doc["total_rows"] = len(doc["rows"])
     doc["disagreements"] = c.disagreements
-    doc["rows"] = doc["rows"][offset: offset + limit]
+    doc["rows"] = doc["rows"][offset : offset + limit]
     doc["offset"] = offset
     prompts = _prompts(home, runs, {r["custom_id"] for r in doc["rows"]})
     for r in doc["rows"]:
@@ -283,8 +344,8 @@ def bench_compare(home: Home, params: dict[str, str]) -> dict[str, Any]:
 
 
 def _prompts(home: Home, runs: list[str], ids: set[str]) -> dict[str, str]:
-    """The conversation each of `ids` asked, as `role: text` lines, from the prompt file of the first run that
-    still has one (a run keeps the path of the file it answered)."""
+    """The conversation each of `ids` asked, as `role: text` lines, from the prompt file of the
+    first run that still has one (a run keeps the path of the file it answered)."""
     from daemon.bench.prompts import iter_prompts
     from daemon.bench.state import load_run
     from daemon.chat.answers import answer_of_message
@@ -298,16 +359,21 @@ def _prompts(home: Home, runs: list[str], ids: set[str]) -> dict[str, str]:
         for p in iter_prompts(path):
             if p.custom_id in ids:
                 out[p.custom_id] = "\n".join(
-                    f"{m.get('role')}: {answer_of_message(m) if m.get('role') == 'assistant' else m.get('content')}"
-                    for m in p.messages)
+                    f"{m.get('role')}: "
+                    f"{answer_of_message(m) if m.get('role') == 'assistant' else m.get('content')}"
+                    for m in p.messages
+                )
         return out
     return {}
 
 
-# -- evolution ------------------------------------------------------------------------------------------------------
+# -- evolution
+# -------------------------------------------------------------------------------------------------
+
 
 def evolution(home: Home, params: dict[str, str]) -> dict[str, Any]:
-    """The snapshot curve, the cartography of every training example, the probe examples (?class=, ?sort=)."""
+    """The snapshot curve, the cartography of every training example, the probe examples (?class=,
+    ?sort=)."""
     from cli.evolution import CLASSES, default_sort, pick_sources, show_doc
     from daemon.runs.dynamics import SORTS
 
@@ -337,7 +403,9 @@ def evolution_example(home: Home, params: dict[str, str]) -> dict[str, Any]:
         raise NotFound(str(exc)) from None
 
 
-# -- rejections -----------------------------------------------------------------------------------------------------
+# -- rejections
+# -------------------------------------------------------------------------------------------------
+
 
 def datasets(home: Home) -> list[str]:
     """Curated datasets, newest first."""

@@ -1,16 +1,19 @@
-"""`trainctl ui`: a small threaded HTTP server over one home folder (Python's http.server; no torch, no build step).
+"""`trainctl ui`: a small threaded HTTP server over one home folder (Python's http.server; no
+torch, no build step).
 
-Pages are static HTML + JavaScript shipped in cli/web/static/ (uPlot vendored, nothing fetched from the internet);
-they read the JSON endpoints of cli/web/api.py.
+Pages are static HTML + JavaScript shipped in cli/web/static/ (uPlot vendored, nothing fetched from
+the internet); they read the JSON endpoints of cli/web/api.py.
 
 Security:
-  * it listens on 127.0.0.1 unless told otherwise; another host needs an access token (--token, or one is generated
-    and printed), carried by every request: `?token=` once (a page then redirects to its address without it,
-    the token kept in a same-site HttpOnly cookie) or an `Authorization: Bearer` header;
-  * on loopback the Host header must name loopback, so a web page cannot reach it through DNS rebinding;
-  * writes (resolving a flag, adding notes) need the per-session write token the pages get from /api/session (a
-    cross-site page can neither read it nor send the custom header without the browser asking first), and a
-    same-origin Origin header when the browser sends one;
+  * it listens on 127.0.0.1 unless told otherwise; another host needs an access token (--token, or
+    one is generated and printed), carried by every request: `?token=` once (a page then redirects
+    to its address without it, the token kept in a same-site HttpOnly cookie) or an `Authorization:
+    Bearer` header;
+  * on loopback the Host header must name loopback, so a web page cannot reach it through DNS
+    rebinding;
+  * writes (resolving a flag, adding notes) need the per-session write token the pages get from
+    /api/session (a cross-site page can neither read it nor send the custom header without the
+    browser asking first), and a same-origin Origin header when the browser sends one;
   * static files and every name in a URL are looked up, never joined into a path;
   * the pages put data text into the page as text (textContent), never as HTML.
 """
@@ -37,21 +40,38 @@ from daemon.errors import TrainctlError
 from daemon.home import Home
 
 STATIC = Path(__file__).parent / "static"
-_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css",
-          ".txt": "text/plain; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css",
+    ".txt": "text/plain; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+}
 JOB_PAGE = re.compile(r"/jobs/[0-9]{1,9}")
 COOKIE = "trainctl_token"
 """Where the access token is kept once a page was opened with ?token=."""
-PAGES = {"/": ("Monitor", "monitor"), "/flags": ("Flagged examples", "flags"), "/compare": ("Compare runs", "compare"),
-         "/evolution": ("Evolution", "evolution"), "/rejected": ("Rejections", "rejected"),
-         "/jobs/": ("Job", "job")}
-"""URL -> (title, its script in static/): every page is static/page.html around its own script. Static assets are
-whatever files cli/web/static holds, by exact name (see `_static`)."""
+PAGES = {
+    "/": ("Monitor", "monitor"),
+    "/flags": ("Flagged examples", "flags"),
+    "/compare": ("Compare runs", "compare"),
+    "/evolution": ("Evolution", "evolution"),
+    "/rejected": ("Rejections", "rejected"),
+    "/jobs/": ("Job", "job"),
+}
+"""URL -> (title, its script in static/): every page is static/page.html around its own script.
+Static assets are whatever files cli/web/static holds, by exact name (see `_static`)."""
 
 
 def page_html(path: str) -> bytes:
     title, script = PAGES[path]
-    return (STATIC / "page.html").read_text().replace("{title}", title).replace("{script}", script).encode()
+    return (
+        (STATIC / "page.html")
+        .read_text()
+        .replace("{title}", title)
+        .replace("{script}", script)
+        .encode()
+    )
 
 
 def _static() -> dict[str, Path]:
@@ -73,7 +93,8 @@ class UIServer(ThreadingHTTPServer):
         self.access_token = token
         """Required on every request when set (any host but loopback)."""
         self.write_token = secrets.token_urlsafe(24)
-        """Required (X-Trainctl-Write header) on every write; handed to the pages by /api/session."""
+        """Required (X-Trainctl-Write header) on every write; handed to the pages by
+        /api/session."""
         self.static = _static()
         self.loopback = is_loopback(host)
         super().__init__((host, port), Handler)
@@ -81,7 +102,11 @@ class UIServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}/" if isinstance(host, str) else f"http://{host.decode()}:{port}/"
+        return (
+            f"http://{host!s}:{port}/"
+            if isinstance(host, str)
+            else f"http://{host.decode()}:{port}/"
+        )
 
 
 _GET: dict[str, Callable[[Home, dict[str, str]], Any]] = {
@@ -108,7 +133,8 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
         pass  # quiet: a page polls every 2 s
 
-    # -- checks ---------------------------------------------------------------------------------------------------
+    # -- checks
+    # ---------------------------------------------------------------------------------------------
     def _host_ok(self) -> bool:
         if not self.server.loopback:
             return True  # the access token guards other hosts
@@ -116,7 +142,8 @@ class Handler(BaseHTTPRequestHandler):
         return is_loopback(host)
 
     def _token_ok(self, query: dict[str, str]) -> tuple[bool, bool]:
-        """(allowed, set the cookie): no token needed, or the right one in the header, cookie or query."""
+        """(allowed, set the cookie): no token needed, or the right one in the header, cookie or
+        query."""
         want = self.server.access_token
         if not want:
             return True, False
@@ -130,8 +157,11 @@ class Handler(BaseHTTPRequestHandler):
             return True, True
         return False, False
 
-    # -- answers --------------------------------------------------------------------------------------------------
-    def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
+    # -- answers
+    # ---------------------------------------------------------------------------------------------
+    def _send(
+        self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -139,8 +169,11 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
         # Scripts only from this server (no inline script, nothing from elsewhere)
-        self.send_header("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self' "
-                         "'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'")
+        self.send_header(
+            "Content-Security-Policy",
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
+        )
         for k, v in (extra or {}).items():
             self.send_header(k, v)
         self.end_headers()
@@ -154,7 +187,8 @@ class Handler(BaseHTTPRequestHandler):
         self._json(status, {"error": message})
 
     def _route(self) -> tuple[str, dict[str, str], dict[str, str]] | None:
-        """(path, query, extra headers) once the request passed the host and token checks; None if answered."""
+        """(path, query, extra headers) once the request passed the host and token checks; None if
+        answered."""
         parts = urlsplit(self.path)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         if not self._host_ok():
@@ -162,11 +196,14 @@ class Handler(BaseHTTPRequestHandler):
             return None
         ok, set_cookie = self._token_ok(query)
         if not ok:
-            self._error(HTTPStatus.UNAUTHORIZED, "this server needs its access token: open the address "
-                                                 "`trainctl ui` printed (it ends in ?token=...)")
+            self._error(
+                HTTPStatus.UNAUTHORIZED,
+                "this server needs its access token: open the address "
+                "`trainctl ui` printed (it ends in ?token=...)",
+            )
             return None
-        extra = {"Set-Cookie": f"{COOKIE}={self.server.access_token}; HttpOnly; SameSite=Strict; Path=/"} \
-            if set_cookie else {}
+        cookie = f"{COOKIE}={self.server.access_token}; HttpOnly; SameSite=Strict; Path=/"
+        extra = {"Set-Cookie": cookie} if set_cookie else {}
         return parts.path, query, extra
 
     def do_HEAD(self) -> None:  # noqa: N802
@@ -178,16 +215,22 @@ class Handler(BaseHTTPRequestHandler):
             return
         path, query, extra = routed
         if (path in PAGES or JOB_PAGE.fullmatch(path)) and "token" in query and extra:
-            # First visit with ?token=: the token moves into the cookie and the address bar is cleaned (it would
-            # otherwise sit in the history, bookmarks and every link copied from it)
+            # First visit with ?token=: the token moves into the cookie and the address bar is
+            # cleaned (it would otherwise sit in the history, bookmarks and every link copied from
+            # it)
             rest = urlencode([(k, v) for k, v in query.items() if k != "token"])
-            self._send(HTTPStatus.SEE_OTHER, b"", _TYPES[".txt"],
-                       {**extra, "Location": path + (f"?{rest}" if rest else "")})
+            self._send(
+                HTTPStatus.SEE_OTHER,
+                b"",
+                _TYPES[".txt"],
+                {**extra, "Location": path + (f"?{rest}" if rest else "")},
+            )
             return
         if path in PAGES:
             self._send(HTTPStatus.OK, page_html(path), _TYPES[".html"], extra)
             return
-        if JOB_PAGE.fullmatch(path):  # /jobs/N: one page for every job (the script reads N from the address)
+        # /jobs/N: one page for every job (the script reads N from the address)
+        if JOB_PAGE.fullmatch(path):
             self._send(HTTPStatus.OK, page_html("/jobs/"), _TYPES[".html"], extra)
             return
         if path in self.server.static:
@@ -195,8 +238,11 @@ class Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, f.read_bytes(), _TYPES[f.suffix], extra)
             return
         if path == "/api/session":
-            self._json(HTTPStatus.OK, {"write_token": self.server.write_token, "home": str(self.server.home.root)},
-                       extra)
+            self._json(
+                HTTPStatus.OK,
+                {"write_token": self.server.write_token, "home": str(self.server.home.root)},
+                extra,
+            )
             return
         handler = _GET.get(path)
         if handler is None:
@@ -211,7 +257,9 @@ class Handler(BaseHTTPRequestHandler):
         path, _query, extra = routed
         supplied = self.headers.get("X-Trainctl-Write") or ""
         if not hmac.compare_digest(supplied, self.server.write_token):
-            self._error(HTTPStatus.FORBIDDEN, "writes need this session's write token (reload the page)")
+            self._error(
+                HTTPStatus.FORBIDDEN, "writes need this session's write token (reload the page)"
+            )
             return
         origin = self.headers.get("Origin")
         if origin and urlsplit(origin).netloc != (self.headers.get("Host") or ""):
@@ -223,7 +271,9 @@ class Handler(BaseHTTPRequestHandler):
             length = -1
         if not 0 <= length <= 1 << 20:
             self.close_connection = True  # the unread body must not be taken for the next request
-            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "the body must be JSON of at most 1 MiB")
+            self._error(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "the body must be JSON of at most 1 MiB"
+            )
             return
         try:
             body = json.loads(self.rfile.read(length) or b"{}") if length else {}
@@ -234,7 +284,12 @@ class Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
             return
         segs = path.strip("/").split("/")  # api/flags/<id>/(resolve|notes|reopen)
-        if len(segs) == 4 and segs[:2] == ["api", "flags"] and segs[2].isdigit() and segs[3] in api.FLAG_WRITES:
+        if (
+            len(segs) == 4
+            and segs[:2] == ["api", "flags"]
+            and segs[2].isdigit()
+            and segs[3] in api.FLAG_WRITES
+        ):
             flag_id = int(segs[2])
             self._answer(lambda: api.flag_write(self.server.home, flag_id, body, segs[3]), extra)
             return
@@ -251,7 +306,9 @@ class Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.BAD_REQUEST, str(exc))
 
 
-def serve(home: Home, host: str = "127.0.0.1", port: int = 8080, token: str | None = None) -> UIServer:
+def serve(
+    home: Home, host: str = "127.0.0.1", port: int = 8080, token: str | None = None
+) -> UIServer:
     """A started server (in a background thread); `shutdown()` stops it."""
     server = UIServer(home, host, port, token)
     threading.Thread(target=server.serve_forever, name="trainctl-ui", daemon=True).start()
@@ -259,8 +316,8 @@ def serve(home: Home, host: str = "127.0.0.1", port: int = 8080, token: str | No
 
 
 def wait_forever(server: UIServer) -> None:
-    """Serve until SIGINT (Ctrl-C) or SIGTERM. Both are set here: a process started in the background inherits
-    SIGINT ignored, and would otherwise never stop on it."""
+    """Serve until SIGINT (Ctrl-C) or SIGTERM. Both are set here: a process started in the
+    background inherits SIGINT ignored, and would otherwise never stop on it."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.set())

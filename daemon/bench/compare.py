@@ -1,7 +1,9 @@
-"""`trainctl bench compare`: join runs by custom_id, extract the comparable part of each answer, mark rows where the
-runs disagree, and measure agreement for every pair of runs (share of equal answers and Cohen's kappa).
+"""`trainctl bench compare`: join runs by custom_id, extract the comparable part of each answer,
+mark rows where the runs disagree, and measure agreement for every pair of runs (share of equal
+answers and Cohen's kappa).
 
-Reads results.jsonl files only; no torch. Each run's answers are held in memory as text (one entry per custom_id).
+Reads results.jsonl files only; no torch. Each run's answers are held in memory as text (one entry
+per custom_id).
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ ERROR = "<error>"
 class Cell:
     text: str
     value: str
-    """What is compared: the extracted label, or the whitespace-normalised answer; ERROR for an error line."""
+    """What is compared: the extracted label, or the whitespace-normalised answer; ERROR for an
+    error line."""
     cut: bool = False
     """The answer stopped at max_tokens (finish_reason "length"), not where the model ended it."""
     matches: bool | None = None
-    """Its value equals the reference's (extracted the same way); None where the row has no reference."""
+    """Its value equals the reference's (extracted the same way); None where the row has no
+    reference."""
 
 
 @dataclass
@@ -76,7 +80,8 @@ class Comparison:
 
 
 def extract(text: str, pattern: re.Pattern[str] | None) -> str:
-    if pattern is None:  # the whole answer: prose and tool calls (by name and parsed arguments), not reasoning
+    # the whole answer: prose and tool calls (by name and parsed arguments), not reasoning
+    if pattern is None:
         return parse_answer(text).key()
     m = pattern.search(text)
     if m is None:
@@ -106,14 +111,20 @@ def _dig(d: dict[str, Any], dotted: str) -> Any:
     return cur
 
 
-def _load(run_dir: Path, pattern: re.Pattern[str] | None) -> tuple[dict[str, Cell], dict[str, dict[str, Any]]]:
-    """custom_id -> Cell, and custom_id -> {reference, metadata} (for names and the golden answer)."""
+def _load(
+    run_dir: Path, pattern: re.Pattern[str] | None
+) -> tuple[dict[str, Cell], dict[str, dict[str, Any]]]:
+    """custom_id -> Cell, and custom_id -> {reference, metadata} (for names and the golden
+    answer)."""
     cells: dict[str, Cell] = {}
     extra: dict[str, dict[str, Any]] = {}
     files = results_files(run_dir)
     if not files:
-        raise BenchError(f"{run_dir.name} has no results.jsonl yet — run `trainctl bench run` first")
-    for row in (row for path in files for row in iter_jsonl(path)):  # skips torn last lines (a kill mid-write)
+        raise BenchError(
+            f"{run_dir.name} has no results.jsonl yet — run `trainctl bench run` first"
+        )
+    # skips torn last lines (a kill mid-write)
+    for row in (row for path in files for row in iter_jsonl(path)):
         cid = row["custom_id"]
         if row.get("error"):
             err = row["error"]
@@ -121,39 +132,58 @@ def _load(run_dir: Path, pattern: re.Pattern[str] | None) -> tuple[dict[str, Cel
         else:
             choice = row["response"]["body"]["choices"][0]
             text = answer_of_message(choice["message"])
-            cells[cid] = Cell(text, extract(text, pattern), cut=choice.get("finish_reason") == "length")
+            cells[cid] = Cell(
+                text, extract(text, pattern), cut=choice.get("finish_reason") == "length"
+            )
         extra[cid] = {"reference": row.get("reference"), "metadata": row.get("metadata") or {}}
     return cells, extra
 
 
 def _names_from_prompts(prompts: Path, ids: set[str], pattern: re.Pattern[str]) -> dict[str, str]:
     if not prompts.exists():
-        raise BenchError(f"--name-regex reads the prompts, but {prompts} is gone — use --name-field instead")
+        raise BenchError(
+            f"--name-regex reads the prompts, but {prompts} is gone — use --name-field instead"
+        )
     names = {}
     for p in iter_prompts(prompts):
         if p.custom_id in ids and p.messages:
-            users = [m["content"] for m in p.messages if m["role"] == "user"] or [p.messages[-1]["content"]]
+            users = [m["content"] for m in p.messages if m["role"] == "user"] or [
+                p.messages[-1]["content"]
+            ]
             m = pattern.search(users[-1])
             if m:
                 names[p.custom_id] = m.group(1) if m.groups() else m.group(0)
     return names
 
 
-def compare_runs(bench_root: Path, names: list[str], label_regex: str = "", name_field: str = "",
-                 name_regex: str = "") -> Comparison:
+def compare_runs(
+    bench_root: Path,
+    names: list[str],
+    label_regex: str = "",
+    name_field: str = "",
+    name_regex: str = "",
+) -> Comparison:
     if len(names) < 2:
         raise BenchError("compare needs at least two runs — `trainctl bench list` shows them")
     try:
         label = re.compile(label_regex) if label_regex else None
         name_pat = re.compile(name_regex) if name_regex else None
     except re.error as exc:
-        raise BenchError(f"invalid regular expression: {exc} — check --label-regex / --name-regex") from exc
+        raise BenchError(
+            f"invalid regular expression: {exc} — check --label-regex / --name-regex"
+        ) from exc
     loaded = []
     for n in names:
         d = bench_root / n
         if load_run(d) is None:
-            known = ", ".join(sorted(p.name for p in bench_root.iterdir() if p.is_dir())) if bench_root.exists() else ""
-            raise BenchError(f"no bench run named {n!r} (runs: {known or 'none'}) — see `trainctl bench list`")
+            known = (
+                ", ".join(sorted(p.name for p in bench_root.iterdir() if p.is_dir()))
+                if bench_root.exists()
+                else ""
+            )
+            raise BenchError(
+                f"no bench run named {n!r} (runs: {known or 'none'}) — see `trainctl bench list`"
+            )
         loaded.append(_load(d, label))
     ids: list[str] = []
     seen: set[str] = set()
@@ -172,13 +202,23 @@ def compare_runs(bench_root: Path, names: list[str], label_regex: str = "", name
     if name_pat is not None:
         first = load_run(bench_root / names[0])
         assert first is not None
-        for cid, v in _names_from_prompts(Path(first.prompts_path), seen - set(display), name_pat).items():
+        for cid, v in _names_from_prompts(
+            Path(first.prompts_path), seen - set(display), name_pat
+        ).items():
             display[cid] = v
     rows = []
     for cid in ids:
-        ref = next((e[cid]["reference"] for _, e in loaded if cid in e and e[cid]["reference"] is not None), None)
+        ref = next(
+            (
+                e[cid]["reference"]
+                for _, e in loaded
+                if cid in e and e[cid]["reference"] is not None
+            ),
+            None,
+        )
         row = Row(cid, display.get(cid, cid), [cells.get(cid) for cells, _ in loaded], ref)
-        if ref is not None:  # each answer against the golden one, compared as the answers are among themselves
+        # each answer against the golden one, compared as the answers are among themselves
+        if ref is not None:
             want = extract(ref, label)
             for cell in row.cells:
                 if cell is not None:
@@ -186,18 +226,32 @@ def compare_runs(bench_root: Path, names: list[str], label_regex: str = "", name
         rows.append(row)
     pairs = []
     for i, j in combinations(range(len(names)), 2):
-        joint = [(r.cells[i].value, r.cells[j].value) for r in rows  # type: ignore[union-attr]
-                 if r.cells[i] is not None and r.cells[j] is not None]
-        pairs.append(PairStats(names[i], names[j], len(joint), sum(a == b for a, b in joint), cohen_kappa(joint)))
+        joint = [
+            (r.cells[i].value, r.cells[j].value)  # type: ignore[union-attr]
+            for r in rows
+            if r.cells[i] is not None and r.cells[j] is not None
+        ]
+        pairs.append(
+            PairStats(
+                names[i], names[j], len(joint), sum(a == b for a, b in joint), cohen_kappa(joint)
+            )
+        )
     per_run = []
     for n, (cells, _) in zip(names, loaded):
         values = Counter(c.value for c in cells.values())
         judged = [c for c in cells.values() if c.matches is not None]
-        per_run.append({"run": n, "results": len(cells), "errors": values.get(ERROR, 0),
-                        "cut": sum(c.cut for c in cells.values()),
-                        "with_reference": len(judged), "match_reference": sum(bool(c.matches) for c in judged),
-                        "no_label": values.get(NO_LABEL, 0) if label else None,
-                        "top_labels": values.most_common(5) if label else None})
+        per_run.append(
+            {
+                "run": n,
+                "results": len(cells),
+                "errors": values.get(ERROR, 0),
+                "cut": sum(c.cut for c in cells.values()),
+                "with_reference": len(judged),
+                "match_reference": sum(bool(c.matches) for c in judged),
+                "no_label": values.get(NO_LABEL, 0) if label else None,
+                "top_labels": values.most_common(5) if label else None,
+            }
+        )
     return Comparison(list(names), rows, pairs, label_regex, per_run)
 
 
@@ -210,7 +264,15 @@ def comparison_rows_json(c: Comparison, diff_only: bool = False) -> list[dict[st
         if r.reference is not None:
             row["reference"] = r.reference
         for run, cell in zip(c.runs, r.cells):
-            row[run] = None if cell is None else {"answer": cell.text, "value": cell.value, "cut": cell.cut,
-                                                  "matches": cell.matches}
+            row[run] = (
+                None
+                if cell is None
+                else {
+                    "answer": cell.text,
+                    "value": cell.value,
+                    "cut": cell.cut,
+                    "matches": cell.matches,
+                }
+            )
         out.append(row)
     return out

@@ -1,10 +1,11 @@
 """Read a bench prompt file as a stream of `BenchPrompt`s.
 
-Accepted lines: OpenAI Batch API requests (`custom_id`, `method`, `url`, `body.messages`, `body.tools`,
-`body.max_tokens`, `body.temperature`, `body.top_p`) or any training record (daemon/chat/formats.py). For a
-training record that ends with an assistant turn, the prompt is everything before it and the answer is kept as
-the `reference`. The id is `custom_id`, else `id`, else `line-N`. A line that cannot be run becomes a prompt
-with an `error`, so that it still ends with exactly one (error) result.
+Accepted lines: OpenAI Batch API requests (`custom_id`, `method`, `url`, `body.messages`,
+`body.tools`, `body.max_tokens`, `body.temperature`, `body.top_p`) or any training record
+(daemon/chat/formats.py). For a training record that ends with an assistant turn, the prompt is
+everything before it and the answer is kept as the `reference`. The id is `custom_id`, else `id`,
+else `line-N`. A line that cannot be run becomes a prompt with an `error`, so that it still ends
+with exactly one (error) result.
 """
 
 from __future__ import annotations
@@ -27,18 +28,22 @@ class BenchPrompt:
     custom_id: str
     line: int
     messages: list[dict[str, Any]] = field(default_factory=list)
-    """The chat to answer, as normalised rows (daemon.chat.messages): the model writes the next assistant turn."""
+    """The chat to answer, as normalised rows (daemon.chat.messages): the model writes the next
+    assistant turn."""
     tools: list[dict[str, Any]] | None = None
-    """The tools the model may call (`body.tools` of a batch line, a record's `tools`), rendered as in training."""
+    """The tools the model may call (`body.tools` of a batch line, a record's `tools`), rendered as
+    in training."""
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     reference: str | None = None
     """The golden answer, when the record carried one (a test split, an Alpaca record)."""
     metadata: dict[str, Any] = field(default_factory=dict)
-    """The record's other fields (body.metadata for batch lines): `bench compare --name-field` reads them."""
+    """The record's other fields (body.metadata for batch lines): `bench compare --name-field`
+    reads them."""
     error: str | None = None
-    """Why this line cannot be run (`invalid_json`, `unknown_format`, `invalid_request`); None for a good prompt."""
+    """Why this line cannot be run (`invalid_json`, `unknown_format`, `invalid_request`); None for
+    a good prompt."""
 
 
 def _number(value: Any, kind: type) -> Any:
@@ -60,7 +65,9 @@ def _from_batch_line(rec: dict[str, Any], line: int) -> BenchPrompt:
     if not isinstance(msgs, list) or not msgs:
         return BenchPrompt(cid, line, error="invalid_request: body.messages is missing or empty")
     try:
-        parsed = normalise({"messages": msgs, "tools": body.get("tools", body.get("functions"))}, line)
+        parsed = normalise(
+            {"messages": msgs, "tools": body.get("tools", body.get("functions"))}, line
+        )
         assert parsed is not None
         max_tokens = _number(body.get("max_completion_tokens", body.get("max_tokens")), int)
         temperature = _number(body.get("temperature"), float)
@@ -69,12 +76,24 @@ def _from_batch_line(rec: dict[str, Any], line: int) -> BenchPrompt:
         return BenchPrompt(cid, line, error=f"invalid_request: {exc}")
     metadata = body.get("metadata")
     meta: dict[str, Any] = metadata if isinstance(metadata, dict) else {}
-    return BenchPrompt(cid, line, [m.to_row() for m in parsed.messages], parsed.tools,
-                       max_tokens, temperature, top_p, metadata=dict(meta))
+    return BenchPrompt(
+        cid,
+        line,
+        [m.to_row() for m in parsed.messages],
+        parsed.tools,
+        max_tokens,
+        temperature,
+        top_p,
+        metadata=dict(meta),
+    )
 
 
 def _from_record(rec: Any, line: int) -> BenchPrompt:
-    cid = str(rec.get("custom_id", rec.get("id", f"line-{line}"))) if isinstance(rec, dict) else f"line-{line}"
+    cid = (
+        str(rec.get("custom_id", rec.get("id", f"line-{line}")))
+        if isinstance(rec, dict)
+        else f"line-{line}"
+    )
     if isinstance(rec, dict) and "prompt" in rec and "completion" not in rec:
         user = {"role": "user", "content": rec["prompt"]}
         rec = {k: v for k, v in rec.items() if k != "prompt"} | {"messages": [user]}
@@ -83,7 +102,9 @@ def _from_record(rec: Any, line: int) -> BenchPrompt:
     except FormatError as exc:
         return BenchPrompt(cid, line, error=f"invalid_request: {exc}")
     if ex is None:
-        return BenchPrompt(cid, line, error="unknown_format: not a batch request nor a training record")
+        return BenchPrompt(
+            cid, line, error="unknown_format: not a batch request nor a training record"
+        )
     msgs = ex.messages
     reference = None
     if ex.fmt == "text":
@@ -93,7 +114,9 @@ def _from_record(rec: Any, line: int) -> BenchPrompt:
     if not msgs:
         return BenchPrompt(cid, line, error="invalid_request: no prompt before the answer")
     meta = {k: v for k, v in ex.meta.items() if k not in ("custom_id", "id")}
-    return BenchPrompt(cid, line, [m.to_row() for m in msgs], ex.tools, reference=reference, metadata=meta)
+    return BenchPrompt(
+        cid, line, [m.to_row() for m in msgs], ex.tools, reference=reference, metadata=meta
+    )
 
 
 def iter_prompts(path: Path) -> Iterator[BenchPrompt]:
@@ -118,8 +141,8 @@ class PromptFileInfo:
 
 
 def scan_prompt_file(path: Path) -> PromptFileInfo:
-    """One streaming pass: content hash (what a resumed run must match) and prompt count. Refuses duplicate ids,
-    which would make "one result per custom_id" impossible."""
+    """One streaming pass: content hash (what a resumed run must match) and prompt count. Refuses
+    duplicate ids, which would make "one result per custom_id" impossible."""
     digest = update_from_file(hashlib.sha256(), path)
     seen: dict[str, int] = {}
     dups: list[str] = []

@@ -1,10 +1,11 @@
-"""`trainctl bench run`: stream a prompt file through a backend, appending each answer to results.jsonl the moment
-it finishes, so that a kill at any instant loses only the requests in flight.
+"""`trainctl bench run`: stream a prompt file through a backend, appending each answer to
+results.jsonl the moment it finishes, so that a kill at any instant loses only the requests in
+flight.
 
-Read top to bottom: open (fingerprint, lock, resume bookkeeping) → load the backend → stream the prompts that
-have no result yet → write each completion → close (state, progress). results.jsonl is the truth: on resume its
-torn last line is cut, its custom_ids are skipped, and a run only ever appends, so every prompt ends with exactly
-one result line.
+Read top to bottom: open (fingerprint, lock, resume bookkeeping) → load the backend → stream the
+prompts that have no result yet → write each completion → close (state, progress). results.jsonl is
+the truth: on resume its torn last line is cut, its custom_ids are skipped, and a run only ever
+appends, so every prompt ends with exactly one result line.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ class BenchSpec:
     cfg: BenchConfig
     job_id: int | None = None
     limit: int | None = None
-    """Answer only the first `limit` prompts of the file (`--limit`: try 100 first); a later run of the same
-    line without it answers the rest."""
+    """Answer only the first `limit` prompts of the file (`--limit`: try 100 first); a later run of
+    the same line without it answers the rest."""
 
 
 @dataclass
@@ -71,19 +72,26 @@ class Outcome:
 
 
 class Stop(Exception):
-    """A second SIGINT/SIGTERM: leave now, abandoning the requests in flight (they are redone on resume)."""
+    """A second SIGINT/SIGTERM: leave now, abandoning the requests in flight (they are redone on
+    resume)."""
 
 
-def prompt_ids(tok: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
-    """The chat rendered as in training (daemon.chat.render: the model's template with the tools, or the fallback)
-    with the generation prompt, as token ids (what both backends take)."""
+def prompt_ids(
+    tok: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> list[int]:
+    """The chat rendered as in training (daemon.chat.render: the model's template with the tools,
+    or the fallback) with the generation prompt, as token ids (what both backends take)."""
     text = prompt_text(tok, [message_from_row(m) for m in messages], tools)
     return list(tok(text, add_special_tokens=False)["input_ids"])
 
 
 def request_seed(run_seed: int, custom_id: str) -> int:
-    """The per-request sampling seed: the same for a request whatever session or batch it runs in."""
-    return int.from_bytes(hashlib.sha256(f"{run_seed}:{custom_id}".encode()).digest()[:4], "big") & 0x7FFFFFFF
+    """The per-request sampling seed: the same for a request whatever session or batch it runs
+    in."""
+    return (
+        int.from_bytes(hashlib.sha256(f"{run_seed}:{custom_id}".encode()).digest()[:4], "big")
+        & 0x7FFFFFFF
+    )
 
 
 def adapter_sha256(adapter: Path | None) -> str | None:
@@ -93,39 +101,66 @@ def adapter_sha256(adapter: Path | None) -> str | None:
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         f = adapter / name
         if not f.exists():
-            raise BenchError(f"{adapter} has no {name} — point --adapter at a saved LoRA adapter folder")
+            raise BenchError(
+                f"{adapter} has no {name} — point --adapter at a saved LoRA adapter folder"
+            )
         update_from_file(digest, f)
     return digest.hexdigest()
 
 
 def fingerprint(spec: BenchSpec, prompts_sha256: str) -> dict[str, Any]:
     c = spec.cfg
-    return {"model": spec.model, "adapter": str(spec.adapter) if spec.adapter else None,
-            "adapter_sha256": adapter_sha256(spec.adapter), "prompts_sha256": prompts_sha256, "backend": c.backend,
-            "max_tokens": c.max_tokens, "temperature": c.temperature, "top_p": c.top_p, "seed": c.seed}
+    return {
+        "model": spec.model,
+        "adapter": str(spec.adapter) if spec.adapter else None,
+        "adapter_sha256": adapter_sha256(spec.adapter),
+        "prompts_sha256": prompts_sha256,
+        "backend": c.backend,
+        "max_tokens": c.max_tokens,
+        "temperature": c.temperature,
+        "top_p": c.top_p,
+        "seed": c.seed,
+    }
 
 
-def check_resume(name: str, existing: RunInfo | None, resume: bool, fp: dict[str, Any],
-                 log: Callable[[str], None]) -> None:
-    """Refuse to resume a run that does not exist, or to continue one with another model, adapter, prompt file or
-    sampling setting (naming what changed). The same command line run again on an existing run with the same
-    settings continues it, saying so: after a crash, a user re-runs the line they ran."""
+def check_resume(
+    name: str,
+    existing: RunInfo | None,
+    resume: bool,
+    fp: dict[str, Any],
+    log: Callable[[str], None],
+) -> None:
+    """Refuse to resume a run that does not exist, or to continue one with another model, adapter,
+    prompt file or sampling setting (naming what changed). The same command line run again on an
+    existing run with the same settings continues it, saying so: after a crash, a user re-runs the
+    line they ran."""
     if not existing and resume:
-        raise BenchError(f"there is no bench run {name!r} to resume — drop --resume to start it "
-                         "(`trainctl bench list` shows the runs)")
+        raise BenchError(
+            f"there is no bench run {name!r} to resume — drop --resume "
+            "to start it (`trainctl bench list` shows the runs)"
+        )
     changes = fingerprint_changes(existing.fingerprint, fp) if existing else []
     if changes and not resume:
-        raise BenchError(f"bench run {name!r} already exists with other settings: " + "; ".join(changes)
-                         + " — run it with its own settings, or choose another --name")
+        raise BenchError(
+            f"bench run {name!r} already exists with other settings: "
+            + "; ".join(changes)
+            + " — run it with its own settings, or choose another --name"
+        )
     if changes:
-        raise BenchError(f"bench run {name!r} cannot resume: " + "; ".join(changes)
-                         + " — resume with the original settings, or start a new run with another --name")
+        raise BenchError(
+            f"bench run {name!r} cannot resume: "
+            + "; ".join(changes)
+            + " — resume with the original settings, or start a new run with another --name"
+        )
     if existing and not resume:
-        log(f"bench run {name!r} exists with the same settings ({existing.shown_state}, "
-            f"{existing.progress.done}/{existing.total}): continuing it")
+        log(
+            f"bench run {name!r} exists with the same settings ({existing.shown_state}, "
+            f"{existing.progress.done}/{existing.total}): continuing it"
+        )
 
 
 # ---------------------------------------------------------------- results.jsonl
+
 
 def scan_results(path: Path) -> tuple[set[str], set[str], Progress]:
     """(answered ids, errored ids, token totals) of an existing results file."""
@@ -146,8 +181,8 @@ def scan_results(path: Path) -> tuple[set[str], set[str], Progress]:
 
 
 def drop_error_lines(path: Path) -> int:
-    """Rewrite results.jsonl without its error lines (atomically), so that retried prompts still end with one
-    line each. Returns how many were dropped."""
+    """Rewrite results.jsonl without its error lines (atomically), so that retried prompts still
+    end with one line each. Returns how many were dropped."""
     kept, dropped = [], 0
     with open(path, "rb") as fh:
         for raw in fh:
@@ -159,29 +194,56 @@ def drop_error_lines(path: Path) -> int:
     return dropped
 
 
-def result_row(run: str, model: str, prompt: BenchPrompt, c: Completion | None, error: str | None) -> dict[str, Any]:
-    """One line of results.jsonl: the OpenAI batch output shape, plus timing, the prompt's line, reference and
-    metadata."""
+def result_row(
+    run: str, model: str, prompt: BenchPrompt, c: Completion | None, error: str | None
+) -> dict[str, Any]:
+    """One line of results.jsonl: the OpenAI batch output shape, plus timing, the prompt's line,
+    reference and metadata."""
     rid = hashlib.sha256(f"{run}:{prompt.custom_id}".encode()).hexdigest()[:24]
-    row: dict[str, Any] = {"id": f"batch_req_{rid}", "custom_id": prompt.custom_id, "response": None, "error": None}
+    row: dict[str, Any] = {
+        "id": f"batch_req_{rid}",
+        "custom_id": prompt.custom_id,
+        "response": None,
+        "error": None,
+    }
     if error is None and c is not None:
         created = int(c.finished_at)
         message = openai_message(c.text, f"call_{rid}")
-        row["response"] = {"status_code": 200, "request_id": f"req_{rid}", "body": {
-            "id": f"chatcmpl-{rid}", "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": message,
-                         "finish_reason": "tool_calls" if "tool_calls" in message and c.finish_reason == "stop"
-                         else c.finish_reason}],
-            "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                      "total_tokens": c.prompt_tokens + c.completion_tokens}}}
+        row["response"] = {
+            "status_code": 200,
+            "request_id": f"req_{rid}",
+            "body": {
+                "id": f"chatcmpl-{rid}",
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": message,
+                        "finish_reason": "tool_calls"
+                        if "tool_calls" in message and c.finish_reason == "stop"
+                        else c.finish_reason,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": c.prompt_tokens,
+                    "completion_tokens": c.completion_tokens,
+                    "total_tokens": c.prompt_tokens + c.completion_tokens,
+                },
+            },
+        }
     else:
         code, _, detail = (error or "error").partition(": ")
         row["error"] = {"code": code, "message": detail or code}
     if c is not None:
         latency = max(c.finished_at - c.started_at, 1e-9)
-        row["timing"] = {"started_at": round(c.started_at, 3), "finished_at": round(c.finished_at, 3),
-                         "latency_s": round(latency, 4),
-                         "output_tokens_per_s": round(c.completion_tokens / latency, 2)}
+        row["timing"] = {
+            "started_at": round(c.started_at, 3),
+            "finished_at": round(c.finished_at, 3),
+            "latency_s": round(latency, 4),
+            "output_tokens_per_s": round(c.completion_tokens / latency, 2),
+        }
     row["line"] = prompt.line
     if prompt.reference is not None:
         row["reference"] = prompt.reference
@@ -192,12 +254,21 @@ def result_row(run: str, model: str, prompt: BenchPrompt, c: Completion | None, 
 
 # ---------------------------------------------------------------- the run
 
+
 class BenchRunner:
-    def __init__(self, home: Home, spec: BenchSpec, resume: bool = False, retry_errors: bool = False,
-                 on_progress: Callable[[RunInfo], None] | None = None, log: Callable[[str], None] = print,
-                 shard: tuple[int, int] | None = None):
-        """`shard`: (rank, ranks) of a data-parallel run (daemon/bench/shards.py): this runner answers the prompts
-        whose custom_id hashes to `rank`, into results.rank-R.jsonl, with its own run.rank-R.json."""
+    def __init__(
+        self,
+        home: Home,
+        spec: BenchSpec,
+        resume: bool = False,
+        retry_errors: bool = False,
+        on_progress: Callable[[RunInfo], None] | None = None,
+        log: Callable[[str], None] = print,
+        shard: tuple[int, int] | None = None,
+    ):
+        """`shard`: (rank, ranks) of a data-parallel run (daemon/bench/shards.py): this runner
+        answers the prompts whose custom_id hashes to `rank`, into results.rank-R.jsonl, with its
+        own run.rank-R.json."""
         self.home, self.spec, self.resume, self.retry_errors = home, spec, resume, retry_errors
         self.on_progress = on_progress or (lambda info: None)
         self.log = log
@@ -219,7 +290,9 @@ class BenchRunner:
         except BlockingIOError:
             info = load_run(self.dir)
             pid = f" (pid {info.pid})" if info and info.pid else ""
-            raise BenchError(f"bench run {self.spec.name!r} is already running{pid} — wait for it or stop it") from None
+            raise BenchError(
+                f"bench run {self.spec.name!r} is already running{pid} — wait for it or stop it"
+            ) from None
 
     def mine(self, custom_id: str) -> bool:
         return self.shard is None or shard_of(custom_id, self.shard[1]) == self.shard[0]
@@ -232,7 +305,10 @@ class BenchRunner:
         self._lock()
         repaired = repair_torn_tail(self.results)
         if repaired:
-            self.log(f"cut a torn last line ({repaired} bytes) from {self.results.name}: that prompt is redone")
+            self.log(
+                f"cut a torn last line ({repaired} bytes) from "
+                f"{self.results.name}: that prompt is redone"
+            )
         ok, bad, prog = scan_results(self.results)
         if self.retry_errors and bad:
             drop_error_lines(self.results)
@@ -245,7 +321,8 @@ class BenchRunner:
         others = [f for f in results_files(self.dir) if f != self.results]
         for f in others:
             # Answers in the other ranks' files (of this session's ranks or, after a change of
-            # data_parallel_size, of earlier sessions) are never redone: every prompt keeps exactly one answer
+            # data_parallel_size, of earlier sessions) are never redone: every prompt keeps exactly
+            # one answer
             other_ok, other_bad, _ = scan_results(f)
             ok, bad = ok | other_ok, bad | other_bad
         if self.shard is not None or limit:
@@ -255,8 +332,13 @@ class BenchRunner:
             prog.errors = len(bad & wanted)
         elif others:
             prog.done, prog.errors = len(ok | bad), len(bad)
-        info = existing or RunInfo(name=self.spec.name, fingerprint=fp, prompts_path=str(self.spec.prompts),
-                                   total=total, job_id=self.spec.job_id)
+        info = existing or RunInfo(
+            name=self.spec.name,
+            fingerprint=fp,
+            prompts_path=str(self.spec.prompts),
+            total=total,
+            job_id=self.spec.job_id,
+        )
         info.total = total
         info.limit = limit
         info.prompts_path = str(self.spec.prompts)
@@ -269,8 +351,14 @@ class BenchRunner:
         return itertools.islice(iter_prompts(self.spec.prompts), self.spec.limit or None)
 
     # -- the prompt stream: skip what has a result, render the rest
-    def _requests(self, tok: Any, pending: dict[str, BenchPrompt], writer: JsonlAppender,
-                  done: set[str], info: RunInfo) -> Iterator[Request]:
+    def _requests(
+        self,
+        tok: Any,
+        pending: dict[str, BenchPrompt],
+        writer: JsonlAppender,
+        done: set[str],
+        info: RunInfo,
+    ) -> Iterator[Request]:
         c = self.spec.cfg
         max_pos = _max_positions(tok)
         for p in self.prompts():
@@ -284,18 +372,31 @@ class BenchRunner:
             if error is None:
                 ids = prompt_ids(tok, p.messages, p.tools)
                 if max_pos and len(ids) + max_tokens > max_pos:
-                    error = (f"prompt_too_long: {len(ids)} prompt tokens + max_tokens {max_tokens} exceed the "
-                             f"model's {max_pos} positions")
+                    error = (
+                        f"prompt_too_long: {len(ids)} prompt tokens + max_tokens "
+                        f"{max_tokens} exceed the model's {max_pos} positions"
+                    )
             if error is not None:
                 self._record(writer, info, p, None, error)
                 continue
             pending[p.custom_id] = p
-            yield Request(p.custom_id, ids, max_tokens,
-                          c.temperature if p.temperature is None else p.temperature,
-                          c.top_p if p.top_p is None else p.top_p, request_seed(c.seed, p.custom_id))
+            yield Request(
+                p.custom_id,
+                ids,
+                max_tokens,
+                c.temperature if p.temperature is None else p.temperature,
+                c.top_p if p.top_p is None else p.top_p,
+                request_seed(c.seed, p.custom_id),
+            )
 
-    def _record(self, writer: JsonlAppender, info: RunInfo, p: BenchPrompt, c: Completion | None,
-                error: str | None) -> None:
+    def _record(
+        self,
+        writer: JsonlAppender,
+        info: RunInfo,
+        p: BenchPrompt,
+        c: Completion | None,
+        error: str | None,
+    ) -> None:
         writer.write(result_row(self.spec.name, self.spec.model, p, c, error))
         prog = info.progress
         prog.done += 1
@@ -310,8 +411,10 @@ class BenchRunner:
         """Which engine answered (each session's; a run resumed on another engine says so)."""
         engine = {"backend": backend.name, "version": backend.version}
         if info.engine and info.engine != engine:
-            self.log(f"this session answers with {backend.name} {backend.version}; earlier sessions used "
-                     f"{info.engine['backend']} {info.engine['version']}")
+            self.log(
+                f"this session answers with {backend.name} {backend.version}; earlier "
+                f"sessions used {info.engine['backend']} {info.engine['version']}"
+            )
         info.engine = engine
         info.save(self.run_json)
 
@@ -320,22 +423,28 @@ class BenchRunner:
             if self.stop_requested:
                 raise Stop()
             self.stop_requested = True
-            self.log(f"{signal.Signals(signum).name}: finishing the requests in flight, then stopping "
-                     "(send it again to abandon them; they are redone on resume)")
+            self.log(
+                f"{signal.Signals(signum).name}: finishing the requests in flight, then "
+                "stopping (send it again to abandon them; they are redone on resume)"
+            )
+
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
 
         def restore() -> None:
             for s, h in old.items():
                 signal.signal(s, h)
+
         return restore
 
     def run(self, load_backend: Callable[[BenchSpec], tuple[Backend, Any]]) -> Outcome:
-        """`load_backend(spec) -> (backend, tokenizer)`; kept as an argument so tests can give a stand-in."""
+        """`load_backend(spec) -> (backend, tokenizer)`; kept as an argument so tests can give a
+        stand-in."""
         info, done, repaired = self.open()
         skipped = len(done)
         self.written = 0
         restore = self._signals()
-        writer = JsonlAppender(self.results, self.spec.cfg.fsync_seconds)  # a power cut loses at most that long
+        # a power cut loses at most that long
+        writer = JsonlAppender(self.results, self.spec.cfg.fsync_seconds)
         session_start = time.monotonic()
         last_save = 0.0
 
@@ -358,9 +467,12 @@ class BenchRunner:
                     backend, tok = load_backend(self.spec)
                 except BenchError:
                     raise
-                except Exception as exc:  # noqa: BLE001 - the model/engine failed to load: a FAILED run
-                    raise BenchError(f"cannot load {self.spec.model!r} for {self.spec.cfg.backend}: "
-                                     f"{one_line(exc)}") from exc
+                # any exception: the model/engine failed to load, a FAILED run
+                except Exception as exc:  # noqa: BLE001
+                    raise BenchError(
+                        f"cannot load {self.spec.model!r} for "
+                        f"{self.spec.cfg.backend}: {one_line(exc)}"
+                    ) from exc
                 self._record_engine(info, backend)
                 session_start = time.monotonic()  # loading the model is not generation time
                 pending: dict[str, BenchPrompt] = {}
@@ -370,11 +482,17 @@ class BenchRunner:
                     self.on_progress(info)
             complete = info.progress.done >= info.total
             if complete:
-                info.transition(BenchState.COMPLETED, f"{info.progress.done} results, {info.progress.errors} errors")
+                info.transition(
+                    BenchState.COMPLETED,
+                    f"{info.progress.done} results, {info.progress.errors} errors",
+                )
             else:
                 info.transition(BenchState.STOPPED, "stopped by a signal; `--resume` continues")
         except Stop:
-            info.transition(BenchState.STOPPED, "stopped by a second signal; requests in flight are redone on resume")
+            info.transition(
+                BenchState.STOPPED,
+                "stopped by a second signal; requests in flight are redone on resume",
+            )
         except BaseException as exc:
             msg = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
             if info.state is not BenchState.FAILED:
@@ -390,11 +508,14 @@ class BenchRunner:
 
 
 class ModelLoader:
-    """The real `load_backend`: the model's tokenizer, then one loaded model (vLLM engine or transformers) for the
-    whole process, handing out a backend per adapter. `adapters`: every adapter the model must answer with (a
-    sweep's); by default the spec's own. `bench.backend = "auto"` falls back to hf with a one-line reason."""
+    """The real `load_backend`: the model's tokenizer, then one loaded model (vLLM engine or
+    transformers) for the whole process, handing out a backend per adapter. `adapters`: every
+    adapter the model must answer with (a sweep's); by default the spec's own. `bench.backend =
+    "auto"` falls back to hf with a one-line reason."""
 
-    def __init__(self, home: Home, log: Callable[[str], None] = print, adapters: list[Path] | None = None):
+    def __init__(
+        self, home: Home, log: Callable[[str], None] = print, adapters: list[Path] | None = None
+    ):
         self.home, self.log, self.adapters = home, log, adapters
         self.loaded: Any = None
         self.tok: Any = None
@@ -422,7 +543,8 @@ class ModelLoader:
             if reason is None:
                 try:
                     return self._vllm(spec, tok, adapters), tok
-                except Exception as exc:  # noqa: BLE001 - auto: any engine failure falls back to hf
+                # auto: any engine failure falls back to hf
+                except Exception as exc:  # noqa: BLE001
                     if choice == "vllm":
                         raise
                     reason = f"vLLM could not load {spec.model}: {one_line(exc)}"
@@ -435,7 +557,11 @@ class ModelLoader:
 
         path = resolve_model_path(spec.model, self.home.models)
         longest, answer = 0, spec.cfg.max_tokens
-        prompts = [] if spec.cfg.max_model_len else itertools.islice(iter_prompts(spec.prompts), spec.limit or None)
+        prompts = (
+            []
+            if spec.cfg.max_model_len
+            else itertools.islice(iter_prompts(spec.prompts), spec.limit or None)
+        )
         for p in prompts:  # the length plan: the longest rendered prompt and its answer budget
             if p.error is None:
                 longest = max(longest, len(prompt_ids(tok, p.messages, p.tools)))

@@ -1,12 +1,15 @@
-"""Data-parallel bench runs (`[bench] data_parallel_size = N`): N engines side by side, one process each.
+"""Data-parallel bench runs (`[bench] data_parallel_size = N`): N engines side by side, one process
+each.
 
-The coordinator (the `trainctl bench run` process) writes the run's spec and run.json, starts one rank per engine
-(`python -m daemon.bench.shards --home H --name RUN --rank R --of N`), each seeing only its own GPUs (tensor x
-pipeline parallel of them), and waits. Each rank is an ordinary BenchRunner over the prompts whose custom_id hashes
-to it (daemon.bench.state.shard_of), appending to its own results.rank-R.jsonl with its own lock and
-run.rank-R.json. Every reader (list, compare, resume) takes the results files together: each prompt's one line is
-in exactly one of them, whatever number of ranks wrote them. A stop (SIGTERM/SIGINT) is passed to every rank; a
-killed coordinator takes its ranks with it (they die with their parent); `--resume` starts the ranks again.
+The coordinator (the `trainctl bench run` process) writes the run's spec and run.json, starts one
+rank per engine (`python -m daemon.bench.shards --home H --name RUN --rank R --of N`), each seeing
+only its own GPUs (tensor x pipeline parallel of them), and waits. Each rank is an ordinary
+BenchRunner over the prompts whose custom_id hashes to it (daemon.bench.state.shard_of), appending
+to its own results.rank-R.jsonl with its own lock and run.rank-R.json. Every reader (list, compare,
+resume) takes the results files together: each prompt's one line is in exactly one of them,
+whatever number of ranks wrote them. A stop (SIGTERM/SIGINT) is passed to every rank; a killed
+coordinator takes its ranks with it (they die with their parent); `--resume` starts the ranks
+again.
 """
 
 from __future__ import annotations
@@ -43,32 +46,46 @@ SPEC_FILE = "spec.json"
 
 
 def gpu_groups(ranks: int, per_rank: int) -> list[list[int]]:
-    """The GPUs of each rank: consecutive groups of `per_rank` (tensor x pipeline parallel); [] on CPU. Raises when
-    the machine has GPUs but too few for every rank."""
+    """The GPUs of each rank: consecutive groups of `per_rank` (tensor x pipeline parallel); [] on
+    CPU. Raises when the machine has GPUs but too few for every rank."""
     gpus = visible_gpus("all")
     if not gpus:
         return [[] for _ in range(ranks)]
     if len(gpus) < ranks * per_rank:
-        raise BenchError(f"data_parallel_size {ranks} x {per_rank} GPU(s) per engine needs {ranks * per_rank} GPUs; "
-                         f"this machine shows {len(gpus)} — lower bench.data_parallel_size")
-    return [gpus[i * per_rank:(i + 1) * per_rank] for i in range(ranks)]
+        raise BenchError(
+            f"data_parallel_size {ranks} x {per_rank} GPU(s) per engine needs {ranks * per_rank} "
+            f"GPUs; this machine shows {len(gpus)} — lower bench.data_parallel_size"
+        )
+    return [gpus[i * per_rank : (i + 1) * per_rank] for i in range(ranks)]
 
 
 def _spec_doc(spec: BenchSpec) -> dict[str, Any]:
-    return {"name": spec.name, "model": spec.model, "prompts": str(spec.prompts),
-            "adapter": str(spec.adapter) if spec.adapter else None, "cfg": dataclasses.asdict(spec.cfg),
-            "job_id": spec.job_id, "limit": spec.limit}
+    return {
+        "name": spec.name,
+        "model": spec.model,
+        "prompts": str(spec.prompts),
+        "adapter": str(spec.adapter) if spec.adapter else None,
+        "cfg": dataclasses.asdict(spec.cfg),
+        "job_id": spec.job_id,
+        "limit": spec.limit,
+    }
 
 
 def _spec_from(doc: dict[str, Any]) -> BenchSpec:
-    return BenchSpec(name=doc["name"], model=doc["model"], prompts=Path(doc["prompts"]),
-                     adapter=Path(doc["adapter"]) if doc["adapter"] else None, cfg=BenchConfig(**doc["cfg"]),
-                     job_id=doc["job_id"], limit=doc.get("limit"))
+    return BenchSpec(
+        name=doc["name"],
+        model=doc["model"],
+        prompts=Path(doc["prompts"]),
+        adapter=Path(doc["adapter"]) if doc["adapter"] else None,
+        cfg=BenchConfig(**doc["cfg"]),
+        job_id=doc["job_id"],
+        limit=doc.get("limit"),
+    )
 
 
 def _summed(run_dir: Path, info: RunInfo, ranks: int) -> Progress:
-    """The run's progress at its end: every results file's lines (exact), and the ranks' generation time (they
-    run side by side: the longest counts)."""
+    """The run's progress at its end: every results file's lines (exact), and the ranks' generation
+    time (they run side by side: the longest counts)."""
     prog = Progress()
     for f in results_files(run_dir):
         p = scan_results(f)[2]
@@ -81,9 +98,10 @@ def _summed(run_dir: Path, info: RunInfo, ranks: int) -> Progress:
 
 
 def _live(run_dir: Path, info: RunInfo, ranks: int) -> Progress:
-    """The run's progress while it runs: the sum of the ranks' own run.rank-R.json (each rank rewrites its own
-    every few seconds), so the coordinator does not re-read every results file each second. Each rank counts its
-    share's answers, so the sum counts every answer once (tokens: this session's files only, until `_summed`)."""
+    """The run's progress while it runs: the sum of the ranks' own run.rank-R.json (each rank
+    rewrites its own every few seconds), so the coordinator does not re-read every results file
+    each second. Each rank counts its share's answers, so the sum counts every answer once (tokens:
+    this session's files only, until `_summed`)."""
     prog = Progress(active_seconds=info.progress.active_seconds)
     session = 0.0
     for i in range(ranks):
@@ -99,9 +117,14 @@ def _live(run_dir: Path, info: RunInfo, ranks: int) -> Progress:
     return prog
 
 
-def run_sharded(home: Home, spec: BenchSpec, resume: bool = False, retry_errors: bool = False,
-                on_progress: Callable[[RunInfo], None] | None = None,
-                log: Callable[[str], None] = print) -> Outcome:
+def run_sharded(
+    home: Home,
+    spec: BenchSpec,
+    resume: bool = False,
+    retry_errors: bool = False,
+    on_progress: Callable[[RunInfo], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> Outcome:
     ranks = spec.cfg.data_parallel_size
     run_dir = home.bench_dir(spec.name)
     existing = load_run(run_dir)
@@ -110,8 +133,13 @@ def run_sharded(home: Home, spec: BenchSpec, resume: bool = False, retry_errors:
     check_resume(spec.name, existing, resume, fp, log)
     groups = gpu_groups(ranks, spec.cfg.tensor_parallel_size * spec.cfg.pipeline_parallel_size)
     total = min(scan.total, spec.limit) if spec.limit else scan.total
-    info = existing or RunInfo(name=spec.name, fingerprint=fp, prompts_path=str(spec.prompts), total=total,
-                               job_id=spec.job_id)
+    info = existing or RunInfo(
+        name=spec.name,
+        fingerprint=fp,
+        prompts_path=str(spec.prompts),
+        total=total,
+        job_id=spec.job_id,
+    )
     info.total, info.limit = total, spec.limit
     before = sum(count_lines(f) for f in results_files(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -121,18 +149,36 @@ def run_sharded(home: Home, spec: BenchSpec, resume: bool = False, retry_errors:
     info.save(run_dir / "run.json")
     procs = []
     for rank, gpus in enumerate(groups):
-        cmd = [sys.executable, "-m", "daemon.bench.shards", "--home", str(home.root), "--name", spec.name,
-               "--rank", str(rank), "--of", str(ranks)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "daemon.bench.shards",
+            "--home",
+            str(home.root),
+            "--name",
+            spec.name,
+            "--rank",
+            str(rank),
+            "--of",
+            str(ranks),
+        ]
         if (run_dir / f"run.rank-{rank}.json").exists():
             cmd.append("--resume")
         if retry_errors:
             cmd.append("--retry-errors")
-        env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if gpus else {})}
-        # A session of its own: a Ctrl-C on the terminal reaches the coordinator alone, which passes it on once.
-        # Reaching a rank from both, one press would count as the second that abandons the requests in flight. The
-        # ranks still die with the coordinator (PR_SET_PDEATHSIG, main below).
+        env = {
+            **os.environ,
+            **({"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if gpus else {}),
+        }
+        # A session of its own: a Ctrl-C on the terminal reaches the coordinator alone, which
+        # passes it on once. Reaching a rank from both, one press would count as the second that
+        # abandons the requests in flight. The ranks still die with the coordinator
+        # (PR_SET_PDEATHSIG, main below).
         procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
-    log(f"{ranks} ranks started (pids {', '.join(str(p.pid) for p in procs)}); each writes results.rank-R.jsonl")
+    log(
+        f"{ranks} ranks started (pids {', '.join(str(p.pid) for p in procs)}); "
+        "each writes results.rank-R.jsonl"
+    )
 
     def forward(signum: int, frame: Any) -> None:
         for p in procs:
@@ -150,16 +196,27 @@ def run_sharded(home: Home, spec: BenchSpec, resume: bool = False, retry_errors:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    states = [getattr(load_run(run_dir, f"run.rank-{i}.json"), "state", BenchState.FAILED) for i in range(ranks)]
+    states = [
+        getattr(load_run(run_dir, f"run.rank-{i}.json"), "state", BenchState.FAILED)
+        for i in range(ranks)
+    ]
     info.progress = _summed(run_dir, info, ranks)
     if all(s is BenchState.COMPLETED for s in states) and info.progress.done >= info.total:
-        info.transition(BenchState.COMPLETED, f"{info.progress.done} results, {info.progress.errors} errors, "
-                        f"from {ranks} engines")
+        info.transition(
+            BenchState.COMPLETED,
+            f"{info.progress.done} results, {info.progress.errors} errors, from {ranks} engines",
+        )
     elif any(s is BenchState.FAILED for s in states):
-        failed = [(i, run) for i, s in enumerate(states) if s is BenchState.FAILED
-                  and (run := load_run(run_dir, f"run.rank-{i}.json")) is not None]
-        info.transition(BenchState.FAILED, "a rank failed: " + "; ".join(f"rank {i}: {run.message}"
-                                                                           for i, run in failed))
+        failed = [
+            (i, run)
+            for i, s in enumerate(states)
+            if s is BenchState.FAILED
+            and (run := load_run(run_dir, f"run.rank-{i}.json")) is not None
+        ]
+        info.transition(
+            BenchState.FAILED,
+            "a rank failed: " + "; ".join(f"rank {i}: {run.message}" for i, run in failed),
+        )
     else:
         info.transition(BenchState.STOPPED, "stopped; `--resume` continues every rank")
     info.save(run_dir / "run.json")
@@ -181,8 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent()  # the coordinator went away (killed): stop too; what was written stays
     home = Home.open(a.home)
     spec = _spec_from(read_json(home.bench_dir(a.name) / SPEC_FILE))
-    runner = BenchRunner(home, spec, resume=a.resume, retry_errors=a.retry_errors, shard=(a.rank, a.of),
-                         log=lambda m: print(f"[rank {a.rank}] {m}", flush=True))
+    runner = BenchRunner(
+        home,
+        spec,
+        resume=a.resume,
+        retry_errors=a.retry_errors,
+        shard=(a.rank, a.of),
+        log=lambda m: print(f"[rank {a.rank}] {m}", flush=True),
+    )
     try:
         outcome = runner.run(load_backend_for(home))
     except BenchError as exc:

@@ -1,8 +1,9 @@
 """A bench run's state machine and its run.json: fingerprint, progress, sessions.
 
-results.jsonl is the truth about which prompts are answered; run.json says what the run is (its fingerprint, so
-that a resume with another model, adapter, prompt file or sampling settings is refused) and a progress summary
-for `bench list`, rewritten atomically every few seconds. Nothing here imports torch.
+results.jsonl is the truth about which prompts are answered; run.json says what the run is (its
+fingerprint, so that a resume with another model, adapter, prompt file or sampling settings is
+refused) and a progress summary for `bench list`, rewritten atomically every few seconds. Nothing
+here imports torch.
 """
 
 from __future__ import annotations
@@ -20,28 +21,52 @@ from daemon.jobs import Job, JobQueue, JobState, pid_alive
 
 
 class BenchState(str, Enum):
-    CREATED = "created"      # run.json written, no prompt sent yet
-    RUNNING = "running"      # a process is generating (if its pid is gone, it was killed: see `shown_state`)
-    STOPPED = "stopped"      # stopped by SIGINT/SIGTERM after flushing; `--resume` continues
-    FAILED = "failed"        # the backend failed (model not loadable, engine crash); `--resume` retries
+    CREATED = "created"  # run.json written, no prompt sent yet
+    # a process is generating (if its pid is gone, it was killed: see `shown_state`)
+    RUNNING = "running"
+    STOPPED = "stopped"  # stopped by SIGINT/SIGTERM after flushing; `--resume` continues
+    # the backend failed (model not loadable, engine crash); `--resume` retries
+    FAILED = "failed"
     COMPLETED = "completed"  # every prompt has exactly one result (some may be error lines)
 
 
 _ALLOWED: dict[BenchState, set[BenchState]] = {
     BenchState.CREATED: {BenchState.RUNNING, BenchState.FAILED},
     # RUNNING -> RUNNING: a killed run resumed (the run's lock proves its old process is gone).
-    BenchState.RUNNING: {BenchState.RUNNING, BenchState.COMPLETED, BenchState.STOPPED, BenchState.FAILED},
+    BenchState.RUNNING: {
+        BenchState.RUNNING,
+        BenchState.COMPLETED,
+        BenchState.STOPPED,
+        BenchState.FAILED,
+    },
     BenchState.STOPPED: {BenchState.RUNNING, BenchState.FAILED},
     BenchState.FAILED: {BenchState.RUNNING, BenchState.FAILED},
     # A completed run is reopened only to retry its error lines (--retry-errors).
     BenchState.COMPLETED: {BenchState.RUNNING},
 }
 
-FINGERPRINT_KEYS = ("model", "adapter", "adapter_sha256", "prompts_sha256", "backend", "max_tokens", "temperature",
-                    "top_p", "seed")
-_WHAT = {"model": "model", "adapter": "adapter", "adapter_sha256": "adapter weights", "prompts_sha256":
-         "prompt file content", "backend": "backend", "max_tokens": "max_tokens", "temperature": "temperature",
-         "top_p": "top_p", "seed": "seed"}
+FINGERPRINT_KEYS = (
+    "model",
+    "adapter",
+    "adapter_sha256",
+    "prompts_sha256",
+    "backend",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+)
+_WHAT = {
+    "model": "model",
+    "adapter": "adapter",
+    "adapter_sha256": "adapter weights",
+    "prompts_sha256": "prompt file content",
+    "backend": "backend",
+    "max_tokens": "max_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+}
 
 
 @dataclass
@@ -52,7 +77,8 @@ class Progress:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     active_seconds: float = 0.0
-    """Wall time spent generating, summed over sessions (a resumed run does not count the time it was dead)."""
+    """Wall time spent generating, summed over sessions (a resumed run does not count the time it
+    was dead)."""
 
 
 @dataclass
@@ -77,7 +103,9 @@ class RunInfo:
 
     def transition(self, new: BenchState, message: str | None = None) -> None:
         if new not in _ALLOWED[self.state]:
-            raise BenchError(f"bench run {self.name!r} cannot go from {self.state.value} to {new.value}")
+            raise BenchError(
+                f"bench run {self.name!r} cannot go from {self.state.value} to {new.value}"
+            )
         self.state = new
         if message is not None:
             self.message = message
@@ -120,14 +148,16 @@ def load_run(run_dir: Path, name: str = "run.json") -> RunInfo | None:
 
 
 def results_files(run_dir: Path) -> list[Path]:
-    """Every results file of a run: results.jsonl, and one results.rank-R.jsonl per data-parallel rank. Each prompt
-    has its one result line in exactly one of them; together they are the run's results."""
+    """Every results file of a run: results.jsonl, and one results.rank-R.jsonl per data-parallel
+    rank. Each prompt has its one result line in exactly one of them; together they are the run's
+    results."""
     files = [run_dir / "results.jsonl"] if (run_dir / "results.jsonl").exists() else []
     return files + sorted(run_dir.glob("results.rank-*.jsonl"))
 
 
 def shard_of(custom_id: str, ranks: int) -> int:
-    """The data-parallel rank that answers `custom_id`: a hash, the same in every session and on every machine."""
+    """The data-parallel rank that answers `custom_id`: a hash, the same in every session and on
+    every machine."""
     return int.from_bytes(hashlib.sha256(custom_id.encode()).digest()[:8], "big") % ranks
 
 
@@ -156,7 +186,8 @@ def list_runs(bench_root: Path) -> list[tuple[Path, RunInfo]]:
 
 
 def count_lines(path: Path) -> int:
-    """Complete lines in a file (a torn last line is not counted): `bench list` shows the truth, cheaply."""
+    """Complete lines in a file (a torn last line is not counted): `bench list` shows the truth,
+    cheaply."""
     n = 0
     try:
         with open(path, "rb") as fh:
@@ -168,15 +199,19 @@ def count_lines(path: Path) -> int:
 
 
 def finished_job(home: Any, job_id: int, if_empty: str) -> tuple[Job, Path]:
-    """A done training job with an adapter, and its held-out test split (`bench run --job`, `bench sweep`);
-    `if_empty` ends the message when that split is empty."""
+    """A done training job with an adapter, and its held-out test split (`bench run --job`, `bench
+    sweep`); `if_empty` ends the message when that split is empty."""
     if not home.jobs_db.exists():
-        raise BenchError("there are no training jobs yet — `trainctl train FILE` or the daemon makes one")
+        raise BenchError(
+            "there are no training jobs yet — `trainctl train FILE` or the daemon makes one"
+        )
     with JobQueue(home.jobs_db, readonly=True) as q:
         job = q.get(job_id)
     if job.state is not JobState.DONE or not job.adapter_dir or not job.dataset_dir:
-        raise BenchError(f"job {job_id} is {job.state.value}, not done with an adapter — `trainctl queue` shows "
-                         "the finished jobs")
+        raise BenchError(
+            f"job {job_id} is {job.state.value}, not done with an "
+            "adapter — `trainctl queue` shows the finished jobs"
+        )
     test = Path(job.dataset_dir) / "test.jsonl"
     if not test.exists() or test.stat().st_size == 0:
         raise BenchError(f"job {job_id}'s test split ({test}) is empty{if_empty}")

@@ -1,1 +1,2 @@
-"""How a conversation becomes tokens: messages with tool calls and reasoning, rendering and masks, answers read back."""
+"""How a conversation becomes tokens: messages with tool calls and reasoning, rendering and masks,
+answers read back."""

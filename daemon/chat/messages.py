@@ -1,22 +1,23 @@
 """A conversation as trainctl keeps it from curation to training, evaluation and the bench.
 
-A message carries, besides its role and text: the reasoning that came before the answer, the tool calls an
-assistant turn makes (several per turn), and, on a tool result, which call it answers. A record may also define the
-tools the assistant can call. The normalised row written to train/val/test.jsonl (README "What a curated row looks
-like"):
+A message carries, besides its role and text: the reasoning that came before the answer, the tool
+calls an assistant turn makes (several per turn), and, on a tool result, which call it answers. A
+record may also define the tools the assistant can call. The normalised row written to
+train/val/test.jsonl (README "What a curated row looks like"):
 
     {"messages": [
         {"role": "user", "content": "Weather in Paris?"},
         {"role": "assistant", "content": "", "reasoning": "I need the forecast.",
          "tool_calls": [{"id": "call_1", "type": "function",
                          "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
-        {"role": "tool", "content": "{\"temp\": 21}", "tool_call_id": "call_1", "name": "get_weather"},
-        {"role": "assistant", "content": "It is 21 °C."}],
+        {"role": "tool", "content": "{\"temp\": 21}", "tool_call_id": "call_1", "name":
+        "get_weather"}, {"role": "assistant", "content": "It is 21 °C."}],
      "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {...}}}],
      ...the record's own fields..., "line": 7}
 
-Arguments are kept parsed (a JSON object), so that calls compare by value and templates serialise them themselves.
-Keys that a message does not use are left out, so a plain chat row is exactly what it was before tools existed.
+Arguments are kept parsed (a JSON object), so that calls compare by value and templates serialise
+them themselves. Keys that a message does not use are left out, so a plain chat row is exactly what
+it was before tools existed.
 """
 
 from __future__ import annotations
@@ -33,13 +34,17 @@ class ToolCall:
     id: str | None = None
 
     def to_row(self) -> dict[str, Any]:
-        row: dict[str, Any] = {"type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+        row: dict[str, Any] = {
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
         if self.id is not None:
             row = {"id": self.id, **row}
         return row
 
     def as_text(self) -> str:
-        """The call as the documented fallback rendering writes it (and as model outputs are parsed)."""
+        """The call as the documented fallback rendering writes it (and as model outputs are
+        parsed)."""
         return json.dumps({"name": self.name, "arguments": self.arguments}, ensure_ascii=False)
 
 
@@ -75,17 +80,21 @@ class Message:
 
     @property
     def prose(self) -> str:
-        """The words of the turn people read as text: its reasoning and its answer (not the calls' JSON)."""
+        """The words of the turn people read as text: its reasoning and its answer (not the calls'
+        JSON)."""
         return f"{self.reasoning}\n{self.content}" if self.reasoning else self.content
 
     def as_text(self) -> str:
-        """The whole turn as one readable text, in the documented fallback rendering: `<think>` reasoning, the
-        answer, then one `<tool_call>` block per call. A plain turn is just its content. This is the golden answer
-        that evaluations show and compare (daemon.chat.answers parses it back into parts)."""
+        """The whole turn as one readable text, in the documented fallback rendering: `<think>`
+        reasoning, the answer, then one `<tool_call>` block per call. A plain turn is just its
+        content. This is the golden answer that evaluations show and compare (daemon.chat.answers
+        parses it back into parts)."""
         if not self.reasoning and not self.tool_calls:
             return self.content
-        body = "\n".join(([self.content] if self.content else [])
-                         + [f"<tool_call>\n{c.as_text()}\n</tool_call>" for c in self.tool_calls])
+        body = "\n".join(
+            ([self.content] if self.content else [])
+            + [f"<tool_call>\n{c.as_text()}\n</tool_call>" for c in self.tool_calls]
+        )
         return f"<think>\n{self.reasoning}\n</think>\n\n{body}" if self.reasoning else body
 
 
@@ -95,8 +104,15 @@ def message_from_row(row: dict[str, Any]) -> Message:
     for c in row.get("tool_calls") or []:
         fn = c.get("function", c)
         calls.append(ToolCall(fn["name"], fn.get("arguments") or {}, c.get("id")))
-    return Message(row["role"], row.get("content") or "", row.get("train"), row.get("reasoning") or "", calls,
-                   row.get("tool_call_id"), row.get("name"))
+    return Message(
+        row["role"],
+        row.get("content") or "",
+        row.get("train"),
+        row.get("reasoning") or "",
+        calls,
+        row.get("tool_call_id"),
+        row.get("name"),
+    )
 
 
 def messages_of(row: dict[str, Any]) -> list[Message]:
@@ -118,16 +134,18 @@ def last_answer(messages: list[Message]) -> int:
 
 
 def question_and_answer(messages: list[Message]) -> tuple[str, str]:
-    """What people read as the question (the last user turn before the last assistant turn, "" if none) and the
-    golden answer (that assistant turn, its reasoning and calls included: Message.as_text)."""
+    """What people read as the question (the last user turn before the last assistant turn, "" if
+    none) and the golden answer (that assistant turn, its reasoning and calls included:
+    Message.as_text)."""
     last = last_answer(messages)
     users = [m.content for m in messages[:last] if m.role == "user"]
     return (users[-1] if users else ""), messages[last].as_text()
 
 
 def text_bytes(messages: list[Message], tools: list[dict[str, Any]] | None) -> int:
-    """UTF-8 bytes of everything a renderer writes from these messages and tools, plus what the fallback rendering
-    wraps around calls, reasoning and the tool block (a bound the curator compares with max_length)."""
+    """UTF-8 bytes of everything a renderer writes from these messages and tools, plus what the
+    fallback rendering wraps around calls, reasoning and the tool block (a bound the curator
+    compares with max_length)."""
     n = 0
     for m in messages:
         n += len(m.content.encode("utf-8"))

@@ -1,1 +1,2 @@
-"""Curation: formats -> validate -> (score, dedup) -> split -> write. Every record gets exactly one outcome."""
+"""Curation: formats -> validate -> (score, dedup) -> split -> write. Every record gets exactly one
+outcome."""

@@ -1,17 +1,20 @@
-"""`train.max_length = "auto"` during curation: measure the accepted records, choose, settle the few outliers.
+"""`train.max_length = "auto"` during curation: measure the accepted records, choose, settle the
+few outliers.
 
-While records stream through, the analyser holds them to the ceiling (daemon/models/max_length.py) and this
-class keeps two things of the accepted ones:
-- a sample for the percentile: the SAMPLE records with the smallest content hash (all of a smaller file), so
-  that the same content gives the same sample, whatever the order or the number of workers;
+While records stream through, the analyser holds them to the ceiling (daemon/models/max_length.py)
+and this class keeps two things of the accepted ones:
+- a sample for the percentile: the SAMPLE records with the smallest content hash (all of a smaller
+  file), so that the same content gives the same sample, whatever the order or the number of
+  workers;
 - per split, in the order they were written, the byte bound of the check that depends on the length
-  (`Candidate.keep_bound`, 4 bytes a record): only records whose bound reaches the chosen length can lose every
-  trained token to it (or, with on_too_long = "reject", be longer than it).
+  (`Candidate.keep_bound`, 4 bytes a record): only records whose bound reaches the chosen length
+  can lose every trained token to it (or, with on_too_long = "reject", be longer than it).
 
-At the end `settle` measures the sample, chooses the length and re-checks exactly only those few records, read
-from the written splits by their position: with `truncate`, a record that keeps no trained token even with its
-oldest turns left out moves to the rejections (saying which max_length would keep it); with `reject`, the length
-grows to keep every accepted record whole (they all fit the ceiling already).
+At the end `settle` measures the sample, chooses the length and re-checks exactly only those few
+records, read from the written splits by their position: with `truncate`, a record that keeps no
+trained token even with its oldest turns left out moves to the rejections (saying which max_length
+would keep it); with `reject`, the length grows to keep every accepted record whole (they all fit
+the ceiling already).
 """
 
 from __future__ import annotations
@@ -49,18 +52,17 @@ class AutoLengthCurator:
             train_cfg.gradient_checkpointing,
             train_cfg.device,
         )
-        analyser.limit = (
-            self.ceiling.tokens
-        )  # the analyser rejects only what no length up to it keeps
-        self._sample: list[
-            tuple[int, bytes]
-        ] = []  # (-hash, row): a max-heap of the smallest hashes
+        # The analyser rejects only what no length up to the ceiling keeps.
+        analyser.limit = self.ceiling.tokens
+        # (-hash, row): a max-heap of the smallest hashes, so the root is the one to replace.
+        self._sample: list[tuple[int, bytes]] = []
         self._accepted = 0
         self.bounds: dict[str, array[int]] = {}
         """Per split, each written record's bound, in the order of the split file."""
 
     def accepted(self, c: Candidate) -> None:
-        """Note an accepted record for the sample (its split may still change: near-duplicate clusters)."""
+        """Note an accepted record for the sample (its split may still change: near-duplicate
+        clusters)."""
         self._accepted += 1
         item = (-int.from_bytes(c.key[:8], "big"), c.row)
         if len(self._sample) < SAMPLE:
@@ -73,8 +75,8 @@ class AutoLengthCurator:
         self.bounds.setdefault(split, array("i")).append(min(bound, 2**31 - 1))
 
     def settle(self, work: Path, reject: Callable[[Rejected, str, int], None]) -> AutoLength:
-        """Choose the length; re-check the records it may not keep in the split files under `work`, handing
-        each rejection to `reject(rejection, split, its row's index in the split)`."""
+        """Choose the length; re-check the records it may not keep in the split files under `work`,
+        handing each rejection to `reject(rejection, split, its row's index in the split)`."""
         rows = [orjson.loads(row) for _, row in self._sample]
         whole = whole_lengths(self.tok, [(messages_of(r), tools_of(r)) for r in rows])
         chosen = choose(whole, self._accepted, self.ceiling, share=1.0 if self.keep_all else None)
@@ -103,8 +105,8 @@ class AutoLengthCurator:
         split: str,
         reject: Callable[[Rejected, str, int], None],
     ) -> int:
-        """Exact checks of the records of one split at the `unsure` positions; rewrites the file without the
-        rejected ones. Returns the longest of them (for on_too_long = "reject")."""
+        """Exact checks of the records of one split at the `unsure` positions; rewrites the file
+        without the rejected ones. Returns the longest of them (for on_too_long = "reject")."""
         found: list[tuple[int, dict[str, Any]]] = []
         with open(path, "rb") as fh:
             for i, line in enumerate(fh):

@@ -1,2 +1,2 @@
-"""The models: where a name comes from (builtin cache, hub, folder), loading, batched generation and
-exporting a merged adapter."""
+"""The models: where a name comes from (builtin cache, hub, folder), loading, batched generation
+and exporting a merged adapter."""

@@ -47,8 +47,8 @@ def checkpointing_args(enabled: bool) -> dict[str, Any]:
 
 
 def forward_parameters(model: Any) -> frozenset[str]:
-    """The argument names the model's forward takes (of the base model under a peft wrapper), read once
-    per model class."""
+    """The argument names the model's forward takes (of the base model under a peft wrapper), read
+    once per model class."""
     base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
     cls: Any = type(base)
     return _parameters(cls)
@@ -80,6 +80,7 @@ def quiet_peft_wrap() -> Iterator[None]:
     about transformers' rename, which nobody using trainctl can act on. Only that message is
     silenced."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated",
-                                category=FutureWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
         yield

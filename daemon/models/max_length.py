@@ -1,18 +1,21 @@
-"""`train.max_length = "auto"`: the length that keeps 99% of the curated records whole, within what fits.
+"""`train.max_length = "auto"`: the length that keeps 99% of the curated records whole, within what
+fits.
 
-The choice is made once per dataset, where the records' token lengths are known (curation measures them;
-a dataset curated without a tokenizer is measured when training starts), and the same rule serves both:
+The choice is made once per dataset, where the records' token lengths are known (curation measures
+them; a dataset curated without a tokenizer is measured when training starts), and the same rule
+serves both:
 
     max_length = min(ceiling, round_up_64(p99 of the records' token lengths))
     ceiling    = min(the model's context, the longest row a micro-batch fits in memory)
 
-The memory side is an estimate, read off the model's config.json and the device's free memory without
-loading either (no torch import): activations kept for the backward pass per token (about 34 x hidden +
-6 x intermediate bytes a layer in 16-bit, after Korthikanti et al. 2022 without the attention scores, which
-SDPA never stores), plus the logits' 12 bytes a vocabulary entry (16-bit logits, fp32 log-softmax and its
-gradient). A micro-batch holds batch_size rows of max_length tokens (or train.batch_tokens with packing, when
-set); half the free memory, less twice the weights, is theirs. It is a bound to stay well inside, not a
-prediction: the report says which side capped the length.
+The memory side is an estimate, read off the model's config.json and the device's free memory
+without loading either (no torch import): activations kept for the backward pass per token (about
+34 x hidden + 6 x intermediate bytes a layer in 16-bit, after Korthikanti et al. 2022 without the
+attention scores, which SDPA never stores), plus the logits' 12 bytes a vocabulary entry (16-bit
+logits, fp32 log-softmax and its gradient). A micro-batch holds batch_size rows of max_length
+tokens (or train.batch_tokens with packing, when set); half the free memory, less twice the
+weights, is theirs. It is a bound to stay well inside, not a prediction: the report says which side
+capped the length.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ SHARE_KEPT_WHOLE = 0.99
 MEMORY_SHARE = 0.5
 """Of the device's free memory, the share one micro-batch's activations may take."""
 SAMPLE = 2048
-"""Records measured exactly to find the percentile (a hash-chosen sample of larger datasets: about 20 of them
-lie above the 99th percentile, and measuring them costs about half a second)."""
+"""Records measured exactly to find the percentile (a hash-chosen sample of larger datasets: about
+20 of them lie above the 99th percentile, and measuring them costs about half a second)."""
 _SANE_CONTEXT = 1 << 22  # tokenizers without a known limit report ~1e30
 
 
@@ -56,7 +59,8 @@ class AutoLength:
 
     value: int
     share: float
-    """The share of the records it was chosen to keep whole (0.99; 1.0 with on_too_long = "reject")."""
+    """The share of the records it was chosen to keep whole (0.99; 1.0 with on_too_long =
+    "reject")."""
     share_tokens: int
     """The length that keeps that share whole (before rounding up and the ceiling)."""
     longest_tokens: int
@@ -67,7 +71,8 @@ class AutoLength:
     longer: int
     """Measured records longer than `value` (cut from their oldest turns when trained)."""
     capped_by: str | None
-    """`context` or `memory` when the ceiling is below the percentile; None when the data set it."""
+    """`context` or `memory` when the ceiling is below the percentile; None when the data set
+    it."""
     ceiling: int
     context: int | None
     memory: int | None
@@ -84,8 +89,8 @@ class AutoLength:
             else f"{self.measured} of {self.of} records (a sample)"
         )
         line = (
-            f"{self.value} tokens (auto: {self.share:.0%} of {sample} are at most {self.share_tokens}; "
-            f"longest {self.longest_tokens}"
+            f"{self.value} tokens (auto: {self.share:.0%} of {sample} are "
+            f"at most {self.share_tokens}; longest {self.longest_tokens}"
         )
         if self.capped_by:
             line += f"; capped by the {self.capped_by}: {self.ceiling}"
@@ -99,8 +104,9 @@ def round_up(tokens: int) -> int:
 def choose(
     lengths: list[int], of: int, ceiling: Ceiling, share: float | None = None
 ) -> AutoLength:
-    """The automatic max_length for records of these token lengths (all of them, or a sample of `of`):
-    the one that keeps `share` of them whole (SHARE_KEPT_WHOLE by default), within the ceiling."""
+    """The automatic max_length for records of these token lengths (all of them, or a sample of
+    `of`): the one that keeps `share` of them whole (SHARE_KEPT_WHOLE by default), within the
+    ceiling."""
     s = sorted(lengths) or [ROUNDING]
     keep = SHARE_KEPT_WHOLE if share is None else share
     kept = s[min(len(s) - 1, max(0, math.ceil(keep * len(s)) - 1))]
@@ -156,7 +162,8 @@ def ceiling(
     memory = None
     if free is not None and per_token is not None:
         budget = MEMORY_SHARE * free - 2 * _weights_bytes(model_path)
-        # A micro-batch is batch_size rows of up to L tokens; packed to batch_tokens, max(batch_tokens, L).
+        # A micro-batch is batch_size rows of up to L tokens; packed to batch_tokens,
+        # max(batch_tokens, L).
         rows = 1 if batch_tokens else batch_size
         memory = max(ROUNDING, ROUNDING * int(max(0.0, budget / per_token / rows) // ROUNDING))
     limits = [n for n in (context, memory) if n is not None]
@@ -164,7 +171,8 @@ def ceiling(
 
 
 def bytes_per_token(model_path: str, gradient_checkpointing: bool = False) -> float | None:
-    """Training activation bytes a token costs (module docstring), or None without a known shape."""
+    """Training activation bytes a token costs (module docstring), or None without a known
+    shape."""
     doc = _config(model_path)
     doc = doc.get("text_config", doc) if isinstance(doc.get("text_config"), dict) else doc
     try:
@@ -173,15 +181,17 @@ def bytes_per_token(model_path: str, gradient_checkpointing: bool = False) -> fl
     except (KeyError, TypeError, ValueError):
         return None
     inter = int(doc.get("intermediate_size") or 4 * hidden)
-    # With checkpointing a layer keeps only its input (2 bytes x hidden); one layer is recomputed at a time.
+    # With checkpointing a layer keeps only its input (2 bytes x hidden); one layer is recomputed
+    # at a time.
     per_layer = 34 * hidden + 6 * inter
     kept = layers * 2 * hidden + per_layer if gradient_checkpointing else layers * per_layer
     return float(kept + 12 * vocab)
 
 
 def free_memory(device: str = "auto") -> tuple[int | None, str]:
-    """Free bytes of the device training will use (the smallest GPU's when there are several), and a word
-    on whose; read from nvidia-smi and /proc/meminfo, so that nothing imports torch for it."""
+    """Free bytes of the device training will use (the smallest GPU's when there are several), and
+    a word on whose; read from nvidia-smi and /proc/meminfo, so that nothing imports torch for
+    it."""
     if device in ("auto", "cuda") and shutil.which("nvidia-smi"):
         try:
             out = subprocess.run(

@@ -1,11 +1,11 @@
 """Reading evolution snapshots: the accuracy/loss curve over snapshots and, per example, when it
 was first learned, how often it was forgotten, and its Dataset-Cartography class.
 
-Confidence is the mean probability the model gives the golden answer's tokens, averaged over the snapshots after
-step 0 (the untrained model says nothing about an example); variability is its standard deviation over the same
-snapshots. Classes (Swayamdipta et al., 2020, with fixed thresholds): `easy` (confidence >= 0.6: learned and
-kept), `hard` (confidence < 0.3 and variability < 0.2: never learned), `ambiguous` (the rest: the model goes back
-and forth). JSON only; no torch.
+Confidence is the mean probability the model gives the golden answer's tokens, averaged over the
+snapshots after step 0 (the untrained model says nothing about an example); variability is its
+standard deviation over the same snapshots. Classes (Swayamdipta et al., 2020, with fixed
+thresholds): `easy` (confidence >= 0.6: learned and kept), `hard` (confidence < 0.3 and variability
+< 0.2: never learned), `ambiguous` (the rest: the model goes back and forth). JSON only; no torch.
 """
 
 from __future__ import annotations
@@ -81,14 +81,25 @@ class ExampleEvolution:
         return cartography_class(self.confidence, self.variability)
 
     def to_dict(self, curve: bool = False) -> dict[str, Any]:
-        d: dict[str, Any] = {"example_id": self.example_id, "input": self.input, "expected_output": self.expected,
-             "metadata": self.metadata, "first_learned_step": self.first_learned,
-             "forgetting_events": self.forgetting_events, "confidence": round(self.confidence, 4),
-             "variability": round(self.variability, 4), "class": self.cls,
-             "final_correct": self.correct[-1] if self.correct else None}
+        d: dict[str, Any] = {
+            "example_id": self.example_id,
+            "input": self.input,
+            "expected_output": self.expected,
+            "metadata": self.metadata,
+            "first_learned_step": self.first_learned,
+            "forgetting_events": self.forgetting_events,
+            "confidence": round(self.confidence, 4),
+            "variability": round(self.variability, 4),
+            "class": self.cls,
+            "final_correct": self.correct[-1] if self.correct else None,
+        }
         if curve:
-            d["curve"] = [{"step": s, "exact_match": c, "loss": lo, "golden_prob": p, "model_output": o}
-                          for s, c, lo, p, o in zip(self.steps, self.correct, self.loss, self.prob, self.outputs)]
+            d["curve"] = [
+                {"step": s, "exact_match": c, "loss": lo, "golden_prob": p, "model_output": o}
+                for s, c, lo, p, o in zip(
+                    self.steps, self.correct, self.loss, self.prob, self.outputs
+                )
+            ]
         return d
 
 
@@ -103,19 +114,23 @@ class Evolution:
         return count_classes(self.examples)
 
     def hardest(self) -> list[ExampleEvolution]:
-        """Lowest confidence first: the examples most worth a look (mislabelled ones gather here)."""
+        """Lowest confidence first: the examples most worth a look (mislabelled ones gather
+        here)."""
         return sorted(self.examples, key=lambda e: (e.confidence, -e.variability))
 
     def get(self, example_id: str) -> ExampleEvolution:
         for e in self.examples:
             if example_id in (e.example_id, str(e.metadata.get("id"))):
                 return e
-        raise TrainctlError(f"no example {example_id!r} in {self.dataset} — ids look like ex_000 (or the record's "
-                            "own id); `trainctl evolution` lists them")
+        raise TrainctlError(
+            f"no example {example_id!r} in {self.dataset} — ids look like "
+            "ex_000 (or the record's own id); `trainctl evolution` lists them"
+        )
 
 
 STAMPED = re.compile(r"^(?P<name>.+)_\d{8}_\d{6}$")
-"""A dataset folder's name: the input file's stem, then when it was curated (daemon/curation/curator.py)."""
+"""A dataset folder's name: the input file's stem, then when it was curated
+(daemon/curation/curator.py)."""
 
 
 def stable_name(folder: Path) -> str | None:
@@ -125,9 +140,10 @@ def stable_name(folder: Path) -> str | None:
 
 
 def link_stable_name(folder: Path) -> Path | None:
-    """Point `<root>/<dataset name>` at `folder` (a run's timestamped snapshot folder), so that the documented
-    data/evolution_snapshots/<dataset>/ holds the latest run of that dataset. The link is replaced atomically (a
-    new link renamed over the old); a real folder of that name is left alone. Returns the link, or None."""
+    """Point `<root>/<dataset name>` at `folder` (a run's timestamped snapshot folder), so that the
+    documented data/evolution_snapshots/<dataset>/ holds the latest run of that dataset. The link
+    is replaced atomically (a new link renamed over the old); a real folder of that name is left
+    alone. Returns the link, or None."""
     name = stable_name(folder)
     if name is None:
         return None
@@ -142,10 +158,15 @@ def link_stable_name(folder: Path) -> Path | None:
 
 
 def datasets(root: Path) -> list[Path]:
-    """Snapshot folders, most recently written last (the stable-name links left out: they repeat one)."""
+    """Snapshot folders, most recently written last (the stable-name links left out: they repeat
+    one)."""
     if not root.exists():
         return []
-    found = [d for d in root.iterdir() if d.is_dir() and not d.is_symlink() and any(d.glob("step_*.json"))]
+    found = [
+        d
+        for d in root.iterdir()
+        if d.is_dir() and not d.is_symlink() and any(d.glob("step_*.json"))
+    ]
     return sorted(found, key=lambda d: max(p.stat().st_mtime for p in d.glob("step_*.json")))
 
 
@@ -162,13 +183,21 @@ def load(folder: Path) -> Evolution:
             continue  # written atomically, so only a foreign file can be broken; skip it
         step = int(doc["training_step"])
         s = doc["summary"]
-        curve.append({"step": step, "accuracy": s["accuracy"], "avg_loss": s["avg_loss"], "correct": s["correct"],
-                      "total": s["total_examples"]})
+        curve.append(
+            {
+                "step": step,
+                "accuracy": s["accuracy"],
+                "avg_loss": s["avg_loss"],
+                "correct": s["correct"],
+                "total": s["total_examples"],
+            }
+        )
         for ex in doc["examples"]:
             e = by_id.get(ex["example_id"])
             if e is None:
-                e = by_id[ex["example_id"]] = ExampleEvolution(ex["example_id"], ex["input"], ex["expected_output"],
-                                                               ex.get("metadata") or {})
+                e = by_id[ex["example_id"]] = ExampleEvolution(
+                    ex["example_id"], ex["input"], ex["expected_output"], ex.get("metadata") or {}
+                )
             e.steps.append(step)
             e.correct.append(bool(ex["exact_match"]))
             e.loss.append(float(ex["loss"]))

@@ -66,7 +66,8 @@ class TrainingStatus(TypedDict, total=False):
     fixed_eval_ce: float | None
     fixed_eval_ece: float
     fixed_eval_trend: str
-    accuracy_trend: str  # improving | stable | degrading: the newest exact match against the three before
+    # improving | stable | degrading: the newest exact match against the three before
+    accuracy_trend: str
     fixed_eval_step: int
     fixed_eval_examples: int
     fixed_eval_errors: list[str]
@@ -101,7 +102,8 @@ class TrainingStatus(TypedDict, total=False):
     test_exact_match: float | None
     base_test_exact_match: float | None
     train_eval_examples: int | None  # the training examples train_exact_match is measured on
-    test_examples: int | None  # the held-out test examples test_exact_match (and the base's) is measured on
+    # the held-out test examples test_exact_match (and the base's) is measured on
+    test_examples: int | None
 
 
 STATUS_KEYS = frozenset(TrainingStatus.__annotations__)

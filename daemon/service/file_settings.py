@@ -1,9 +1,10 @@
-"""A data file's own settings: `x.toml` dropped beside `x.jsonl`, or a `[files."x.jsonl"]` table in trainctl.toml.
+"""A data file's own settings: `x.toml` dropped beside `x.jsonl`, or a `[files."x.jsonl"]` table in
+trainctl.toml.
 
-They override `[train]` and `[curation]` (and set the job's `priority`) for that file's job only. Layers, last wins:
-trainctl.toml, the daemon's own flags, `[files."x.jsonl"]`, `x.toml`. The merged overrides are validated before the
-job is queued (every problem at once) and stored with the job, so a resumed or retried job keeps them whatever
-trainctl.toml says by then.
+They override `[train]` and `[curation]` (and set the job's `priority`) for that file's job only.
+Layers, last wins: trainctl.toml, the daemon's own flags, `[files."x.jsonl"]`, `x.toml`. The merged
+overrides are validated before the job is queued (every problem at once) and stored with the job,
+so a resumed or retried job keeps them whatever trainctl.toml says by then.
 """
 
 from __future__ import annotations
@@ -43,11 +44,16 @@ def _split(table: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], int | None
     return {k: v for k, v in table.items() if k in PER_FILE_SECTIONS}, table.get("priority")
 
 
-def resolve(settings_file: Path, file_name: str, sidecar: Path | None,
-            base_overrides: dict[str, dict[str, Any]] | None = None) -> FileSettings:
-    """The settings of `file_name`'s job: `base_overrides` (the daemon's flags), then trainctl.toml's
-    `[files."<file_name>"]`, then the sidecar. Raises ConfigError naming every problem and the file or table
-    it is in, by the name the user wrote (the sidecar as dropped, x.toml, not its copy in processing/)."""
+def resolve(
+    settings_file: Path,
+    file_name: str,
+    sidecar: Path | None,
+    base_overrides: dict[str, dict[str, Any]] | None = None,
+) -> FileSettings:
+    """The settings of `file_name`'s job: `base_overrides` (the daemon's flags), then
+    trainctl.toml's `[files."<file_name>"]`, then the sidecar. Raises ConfigError naming every
+    problem and the file or table it is in, by the name the user wrote (the sidecar as dropped,
+    x.toml, not its copy in processing/)."""
     sidecar_name = Path(file_name).with_suffix(".toml").name
     problems: list[str] = []
     layers: list[dict[str, dict[str, Any]]] = [base_overrides or {}]
@@ -88,13 +94,17 @@ def resolve(settings_file: Path, file_name: str, sidecar: Path | None,
         except ConfigError as exc:
             problems.append(str(exc))
     if problems:
-        raise ConfigError(f"the settings for {file_name} are not usable: " + "; ".join(problems) +
-                          " — fix them and drop the file again")
+        raise ConfigError(
+            f"the settings for {file_name} are not usable: "
+            + "; ".join(problems)
+            + " — fix them and drop the file again"
+        )
     return FileSettings(merged, priority or 0, sources)
 
 
 def describe(overrides: dict[str, dict[str, Any]]) -> str:
-    """`epochs=3 model=builtin:tiny curation.min_chars=5` for `trainctl queue` (train keys unprefixed)."""
+    """`epochs=3 model=builtin:tiny curation.min_chars=5` for `trainctl queue` (train keys
+    unprefixed)."""
     parts = []
     for section, values in overrides.items():
         for key, value in values.items():

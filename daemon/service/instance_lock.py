@@ -1,9 +1,10 @@
-"""One daemon per home folder: an exclusive `flock` on status/daemon.lock, held for the daemon's life.
+"""One daemon per home folder: an exclusive `flock` on status/daemon.lock, held for the daemon's
+life.
 
-The kernel releases the lock when the daemon dies, however it dies, so a pid in daemon.json that a reboot (or
-chance) gave to another process never blocks a new daemon, and `trainctl stop` never signals that other process.
-Children do not inherit the lock (subprocess closes inherited descriptors), so a surviving training child never
-keeps it either.
+The kernel releases the lock when the daemon dies, however it dies, so a pid in daemon.json that a
+reboot (or chance) gave to another process never blocks a new daemon, and `trainctl stop` never
+signals that other process. Children do not inherit the lock (subprocess closes inherited
+descriptors), so a surviving training child never keeps it either.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ def lock_path(status_dir: Path) -> Path:
 
 
 def hold(status_dir: Path) -> IO[str] | None:
-    """Take the lock and return its open file (keep it open while the daemon lives); None if another process holds
-    it."""
+    """Take the lock and return its open file (keep it open while the daemon lives); None if
+    another process holds it."""
     status_dir.mkdir(parents=True, exist_ok=True)
     fh = open(lock_path(status_dir), "a")
     try:

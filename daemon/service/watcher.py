@@ -1,14 +1,18 @@
-"""Inbox watching: a watchdog observer feeds candidate files; the stable-file rule decides when one is complete.
+"""Inbox watching: a watchdog observer feeds candidate files; the stable-file rule decides when one
+is complete.
 
 A file is queued only when all hold:
-  * it is a regular *.jsonl / *.json file directly in inbox/, not hidden and not a temp name (*.tmp, *.part, ~);
+  * it is a regular *.jsonl / *.json file directly in inbox/, not hidden and not a temp name
+    (*.tmp, *.part, ~);
   * its size and mtime have not changed for `stable_seconds`;
-  * no process has it open for writing (Linux: /proc/*/fd), so a slow copier holding it open is waited for.
+  * no process has it open for writing (Linux: /proc/*/fd), so a slow copier holding it open is
+    waited for.
 Renaming a finished file into inbox/ is the safest way to drop one; it is picked up at once.
 
-A data file's own settings (`x.toml` beside `x.jsonl`) travel with it: while the sidecar exists, its size and mtime
-are part of what must stay unchanged, so a sidecar dropped just after its data file (within the stable window)
-restarts the clock and the pair is taken together; a sidecar alone waits for its data file.
+A data file's own settings (`x.toml` beside `x.jsonl`) travel with it: while the sidecar exists,
+its size and mtime are part of what must stay unchanged, so a sidecar dropped just after its data
+file (within the stable window) restarts the clock and the pair is taken together; a sidecar alone
+waits for its data file.
 """
 
 from __future__ import annotations
@@ -26,12 +30,16 @@ _TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
 
 def is_candidate(path: Path) -> bool:
     name = path.name
-    return (not name.startswith(".") and name.lower().endswith(SUFFIXES)
-            and not name.lower().endswith(_TEMP_SUFFIXES))
+    return (
+        not name.startswith(".")
+        and name.lower().endswith(SUFFIXES)
+        and not name.lower().endswith(_TEMP_SUFFIXES)
+    )
 
 
 def open_for_writing(path: Path) -> bool:
-    """True if some process has `path` open with write access (best effort; False where /proc is absent)."""
+    """True if some process has `path` open with write access (best effort; False where /proc is
+    absent)."""
     proc = Path("/proc")
     if not proc.is_dir():
         return False
@@ -82,7 +90,8 @@ def _signature(path: Path) -> tuple[object, ...]:
 
 
 class InboxWatcher:
-    """Collects candidate files from watchdog events and periodic scans; `ready()` returns the complete ones."""
+    """Collects candidate files from watchdog events and periodic scans; `ready()` returns the
+    complete ones."""
 
     def __init__(self, inbox: Path, stable_seconds: float = 0.5):
         self.inbox = inbox
@@ -144,8 +153,8 @@ class InboxWatcher:
         for path, seen in items:
             try:
                 mode = os.lstat(path).st_mode
-                # Anything but a regular file is refused unread at once (nothing to wait for; a FIFO's or a
-                # link's target is never stat-ed or opened)
+                # Anything but a regular file is refused unread at once (nothing to wait for; a
+                # FIFO's or a link's target is never stat-ed or opened)
                 sig = _signature(path) if stat.S_ISREG(mode) else None
             except FileNotFoundError:
                 with self._lock:
@@ -163,7 +172,9 @@ class InboxWatcher:
                     self._pending[path] = seen
             if now - seen.since < self.stable_seconds:
                 continue
-            if open_for_writing(path) or (sig[2] is not None and open_for_writing(path.with_suffix(".toml"))):
+            if open_for_writing(path) or (
+                sig[2] is not None and open_for_writing(path.with_suffix(".toml"))
+            ):
                 continue  # a writer still holds it: keep waiting however long the pause
             out.append(path)
             with self._lock:

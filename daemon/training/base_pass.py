@@ -56,8 +56,11 @@ def base_pass(
         with model.disable_adapter():
             done = answer_rows(model, tok, rows, cfg, autocast)
     except Exception as exc:  # the base pass must never stop training
-        return {"seconds": round(time.perf_counter() - started, 3), "examples": len(rows),
-                "error": f"{type(exc).__name__}: {exc}"}
+        return {
+            "seconds": round(time.perf_counter() - started, 3),
+            "examples": len(rows),
+            "error": f"{type(exc).__name__}: {exc}",
+        }
     took = time.perf_counter() - started
     n = len(snapshot_rows)
     if evolution is not None and n:
@@ -65,8 +68,11 @@ def base_pass(
         if budget is not None:
             share = n / len(rows)
             budget.measured("snapshot", took * share, done.scores.decode_seconds * share)
-    out: dict[str, Any] = {"seconds": round(took, 3), "examples": len(rows),
-                           "snapshot_examples": n}
+    out: dict[str, Any] = {
+        "seconds": round(took, 3),
+        "examples": len(rows),
+        "snapshot_examples": n,
+    }
     if test_rows:
         out["base_test_eval"] = answer_report(test_rows, done.part(n, len(rows)))
         write_json_atomic(run_dir / BASE_TEST_FILE, out["base_test_eval"])

@@ -1,6 +1,8 @@
-"""The training data path: read a curated split, encode each row into training sequences, pad them into batches.
+"""The training data path: read a curated split, encode each row into training sequences, pad them
+into batches.
 
-Rendering and masking live in `daemon.chat.render` (shared with curation's length checks, evaluation and the bench).
+Rendering and masking live in `daemon.chat.render` (shared with curation's length checks,
+evaluation and the bench).
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ def read_split(path: Path) -> list[dict[str, Any]]:
 
 
 def resolve_max_length(cfg: Any, dataset_dir: Path, tok: Any) -> dict[str, Any] | None:
-    """Turn `train.max_length = "auto"` into a number, in place; returns what it resolved to and why (None when
-    max_length was a number). The curation's choice is taken when it was made for this model and loss; a dataset
-    curated otherwise (without a tokenizer, for another model) is measured here, all of its train split."""
+    """Turn `train.max_length = "auto"` into a number, in place; returns what it resolved to and
+    why (None when max_length was a number). The curation's choice is taken when it was made for
+    this model and loss; a dataset curated otherwise (without a tokenizer, for another model) is
+    measured here, all of its train split."""
     from daemon.chat.render import measure_lengths
     from daemon.models.max_length import ceiling, choose
 
@@ -41,14 +44,23 @@ def resolve_max_length(cfg: Any, dataset_dir: Path, tok: Any) -> dict[str, Any] 
         return None
     stats = _json(dataset_dir / "stats.json").get("max_length") or {}
     settings = _json(dataset_dir / "metadata.json").get("settings") or {}
-    if isinstance(stats.get("value"), int) and settings.get("model") == cfg.model and \
-            settings.get("loss_on") == cfg.loss_on:
+    if (
+        isinstance(stats.get("value"), int)
+        and settings.get("model") == cfg.model
+        and settings.get("loss_on") == cfg.loss_on
+    ):
         cfg.max_length = stats["value"]
         return {**stats, "chosen_at": "curation"}
     rows = read_split(dataset_dir / "train.jsonl")
     lengths = measure_lengths(tok, [(messages_of(r), tools_of(r)) for r in rows], cfg.loss_on)
-    top = ceiling(getattr(tok, "name_or_path", "") or "", tok, cfg.batch_size,
-                  cfg.batch_tokens if cfg.packing else 0, cfg.gradient_checkpointing, cfg.device)
+    top = ceiling(
+        getattr(tok, "name_or_path", "") or "",
+        tok,
+        cfg.batch_size,
+        cfg.batch_tokens if cfg.packing else 0,
+        cfg.gradient_checkpointing,
+        cfg.device,
+    )
     chosen = choose([n.whole for n in lengths], len(rows), top)
     cfg.max_length = chosen.value
     return {**chosen.to_dict(), "chosen_at": "training (the train split)"}
@@ -64,10 +76,11 @@ def _json(path: Path) -> dict[str, Any]:
 
 @dataclass
 class TrainedParts:
-    """Per layout (`layout` of a curated row: openai, llamafactory_v1, hermes, xlam, sharegpt, ...): how many
-    records carried tools, calls and reasoning, and how many calls and reasoning tokens reached the loss. A turn
-    counts as trained when it trains and survives the cut to max_length whole; reasoning tokens are counted on
-    their own (within a token or two of their count in context)."""
+    """Per layout (`layout` of a curated row: openai, llamafactory_v1, hermes, xlam, sharegpt,
+    ...): how many records carried tools, calls and reasoning, and how many calls and reasoning
+    tokens reached the loss. A turn counts as trained when it trains and survives the cut to
+    max_length whole; reasoning tokens are counted on their own (within a token or two of their
+    count in context)."""
 
     tok: Any
     loss_on: str
@@ -85,7 +98,7 @@ class TrainedParts:
         if e.cut:  # cut at the right end: which turns kept their end is not counted
             return
         head, _ = exchange_starts(messages)
-        kept = messages[:head] + messages[head + e.dropped:]
+        kept = messages[:head] + messages[head + e.dropped :]
         trained = [m for m in kept if m.role == "assistant" and trains_on(m, self.loss_on)]
         c["calls_trained"] += sum(len(m.tool_calls) for m in trained)
         if self.reasoning_loss:
@@ -100,17 +113,29 @@ class TrainedParts:
         total: Counter[str] = Counter()
         for c in self.by_layout.values():
             total.update(c)
-        line = ", ".join(f"{layout} {c['records']}" for layout, c in sorted(self.by_layout.items()))
-        line += f"; {total['calls_trained']} calls and {total['reasoning_tokens_trained']} reasoning tokens trained"
+        line = ", ".join(
+            f"{layout} {c['records']}" for layout, c in sorted(self.by_layout.items())
+        )
+        line += (
+            f"; {total['calls_trained']} calls and "
+            f"{total['reasoning_tokens_trained']} reasoning tokens trained"
+        )
         if total["shortened"]:
             line += f"; {total['shortened']} records lost their oldest turns to max_length"
         return line
 
 
-def encode_rows(tok: Any, rows: Iterable[dict[str, Any]], max_length: int, loss_on: str,
-                reasoning_loss: bool = True, parts: TrainedParts | None = None) -> list[dict[str, Any]]:
-    """Training sequences of curated rows: one per row, plus one per turn its template renders on its own; `index`
-    is the row's position in `rows` (per-example dynamics are per row). `parts` counts what was trained."""
+def encode_rows(
+    tok: Any,
+    rows: Iterable[dict[str, Any]],
+    max_length: int,
+    loss_on: str,
+    reasoning_loss: bool = True,
+    parts: TrainedParts | None = None,
+) -> list[dict[str, Any]]:
+    """Training sequences of curated rows: one per row, plus one per turn its template renders on
+    its own; `index` is the row's position in `rows` (per-example dynamics are per row). `parts`
+    counts what was trained."""
     out = []
     for i, row in enumerate(rows):
         messages = messages_of(row)
@@ -122,8 +147,9 @@ def encode_rows(tok: Any, rows: Iterable[dict[str, Any]], max_length: int, loss_
 
 
 class PadCollator:
-    """Right-pads a list of {"input_ids", "labels"} to the longest in the batch. Shapes: [batch, longest]. With the
-    examples' `index`, also `example_index`: each token's example, -1 on padding."""
+    """Right-pads a list of {"input_ids", "labels"} to the longest in the batch. Shapes: [batch,
+    longest]. With the examples' `index`, also `example_index`: each token's example, -1 on
+    padding."""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id

@@ -1,9 +1,10 @@
-"""Fault injection for tests and drills: `TRAINCTL_FAULT=nan_at_step=N` makes the model's loss NaN from optimizer
-step N on (gradients and weights follow, as with a real numerical blow-up); `lr_jump_at_step=N` multiplies the
-learning rate by 100 from step N on (`lr_jump_at_step=NxF` by F), so that a run learns, peaks and then degrades;
-`kill_in_save_at_step=N` SIGKILLs the training process while it saves step N's checkpoint (its files written,
-its completeness marker not yet), as a power cut mid-save would; `...@NAME` only in jobs whose dataset folder
-starts with NAME. Unset, nothing is installed."""
+"""Fault injection for tests and drills: `TRAINCTL_FAULT=nan_at_step=N` makes the model's loss NaN
+from optimizer step N on (gradients and weights follow, as with a real numerical blow-up);
+`lr_jump_at_step=N` multiplies the learning rate by 100 from step N on (`lr_jump_at_step=NxF` by
+F), so that a run learns, peaks and then degrades; `kill_in_save_at_step=N` SIGKILLs the training
+process while it saves step N's checkpoint (its files written, its completeness marker not yet), as
+a power cut mid-save would; `...@NAME` only in jobs whose dataset folder starts with NAME. Unset,
+nothing is installed."""
 
 from __future__ import annotations
 
@@ -33,13 +34,15 @@ class NaNLossFault(TrainerCallback):
         return output
 
     def on_training_loss(self, loss: Any, logits: Any = None) -> Any:
-        """The loss as the fault leaves it (trainctl's Trainer asks where it computes the loss itself)."""
+        """The loss as the fault leaves it (trainctl's Trainer asks where it computes the loss
+        itself)."""
         return loss * float("nan") if self.step >= self.at_step else loss
 
 
 class LearningRateJump(TrainerCallback):
-    """From optimizer step `at_step` on, every step runs at `factor` times the scheduled learning rate (the
-    scheduler sets the rate again after each step, so it is scaled again before the next)."""
+    """From optimizer step `at_step` on, every step runs at `factor` times the scheduled learning
+    rate (the scheduler sets the rate again after each step, so it is scaled again before the
+    next)."""
 
     def __init__(self, at_step: int, factor: float):
         self.at_step, self.factor = at_step, factor
@@ -51,8 +54,9 @@ class LearningRateJump(TrainerCallback):
 
 
 class KillInSave(TrainerCallback):
-    """Dies by SIGKILL in the `on_save` of step `at_step`: the faults come before RunControl among the recipe's
-    callbacks, so the checkpoint's files are there and its TRAINCTL_COMPLETE marker is not."""
+    """Dies by SIGKILL in the `on_save` of step `at_step`: the faults come before RunControl among
+    the recipe's callbacks, so the checkpoint's files are there and its TRAINCTL_COMPLETE marker is
+    not."""
 
     def __init__(self, at_step: int):
         self.at_step = at_step

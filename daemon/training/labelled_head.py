@@ -16,13 +16,27 @@ from __future__ import annotations
 
 from typing import Any
 
-PLAIN_HEADS = frozenset({
-    "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "olmo", "olmo2", "smollm3", "starcoder2",
-})
+PLAIN_HEADS = frozenset(
+    {
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "phi3",
+        "gemma",
+        "olmo",
+        "olmo2",
+        "smollm3",
+        "starcoder2",
+    }
+)
 """Model types whose causal-LM forward computes logits as
 `lm_head(decoder(...).last_hidden_state)`."""
 SCALED_LOGITS = (
-    "final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale",
+    "final_logit_softcapping",
+    "logit_scale",
+    "logits_scaling",
+    "output_multiplier_scale",
 )
 """Config fields that change the logits after the output layer where set (the model then keeps
 its own forward)."""
@@ -55,9 +69,7 @@ def next_token_targets(inputs: dict[str, Any]) -> Any:
     return F.pad(inputs["labels"][:, 1:], (0, 1), value=-100)
 
 
-def labelled_logits(
-    parts: tuple[Any, Any], inputs: dict[str, Any], keep: Any
-) -> tuple[Any, Any]:
+def labelled_logits(parts: tuple[Any, Any], inputs: dict[str, Any], keep: Any) -> tuple[Any, Any]:
     """The decoder over `inputs` (no labels among them), then the output layer at the kept
     positions only. `keep` [rows, width] bool -> (logits [K, vocabulary], the decoder's output:
     its cache and hidden states)."""

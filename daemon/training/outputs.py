@@ -1,6 +1,6 @@
-"""What a finished run leaves: its adapter folders (each appearing whole, by a rename) and its final
-checks (greedy exact match on training examples and on the held-out test split, tuned and base), and
-its suspected label errors."""
+"""What a finished run leaves: its adapter folders (each appearing whole, by a rename) and its
+final checks (greedy exact match on training examples and on the held-out test split, tuned and
+base), and its suspected label errors."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ before training (daemon/training/base_pass.py); `final_checks` reads it."""
 
 
 def save_adapter(model: Any, tok: Any, run_dir: Path, config: dict[str, Any]) -> Path:
-    """adapter/ = adapter_model.safetensors + adapter_config.json + tokenizer + the resolved config.
-    Written to a temporary folder and renamed, so a kill never leaves half an adapter."""
+    """adapter/ = adapter_model.safetensors + adapter_config.json + tokenizer + the resolved
+    config. Written to a temporary folder and renamed, so a kill never leaves half an adapter."""
     final = run_dir / "adapter"
     tmp = run_dir / ".adapter.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -81,14 +81,22 @@ def answer_report(rows: list[dict[str, Any]], done: PassResult) -> dict[str, Any
 def answer_rows(
     model: Any, tok: Any, rows: list[dict[str, Any]], cfg: TrainConfig, autocast: str | None
 ) -> PassResult:
-    """Greedy answers to `rows`, as the evaluations and snapshots answer (daemon/training/scoring.py:
-    read off the teacher-forced pass where the model reproduces the golden answer, decoded from it
-    elsewhere), under the training's autocast."""
+    """Greedy answers to `rows`, as the evaluations and snapshots answer
+    (daemon/training/scoring.py: read off the teacher-forced pass where the model reproduces the
+    golden answer, decoded from it elsewhere), under the training's autocast."""
     from daemon.chat.messages import messages_of, tools_of
     from daemon.training.probe_pass import ProbePass
 
-    answering = ProbePass("final", tok, [messages_of(r) for r in rows], [tools_of(r) for r in rows],
-                          cfg.resolved_max_length, cfg.max_new_tokens, cfg.loss_on, autocast=autocast)
+    answering = ProbePass(
+        "final",
+        tok,
+        [messages_of(r) for r in rows],
+        [tools_of(r) for r in rows],
+        cfg.resolved_max_length,
+        cfg.max_new_tokens,
+        cfg.loss_on,
+        autocast=autocast,
+    )
     return answering.run(model)
 
 
@@ -113,8 +121,8 @@ def final_checks(
     step: int = 0,
 ) -> dict[str, Any]:
     """Greedy exact match on training examples (did it learn them?) and on the held-out test split,
-    tuned and with the adapter switched off (did it learn the task, and could the base model already
-    do it?).
+    tuned and with the adapter switched off (did it learn the task, and could the base model
+    already do it?).
 
     One pass with the adapter on answers the first `final_eval_examples` training examples, the
     evolution snapshot's examples (the first `evolution_examples` of the same split: `evolution`'s
@@ -152,10 +160,11 @@ def _read_base(path: Path, count: int) -> dict[str, Any] | None:
     return found if isinstance(found, dict) and found.get("count") == count else None
 
 
-def flag_suspects(home: Home, cfg: TrainConfig, dataset: str, run_dir: Path,
-                  job_id: int | None = None) -> dict[str, Any]:
-    """Per-example dynamics summed up over the learning part of the run; the suspected label errors flagged
-    `suspect_label` (daemon/runs/dynamics.py), or why none are reported."""
+def flag_suspects(
+    home: Home, cfg: TrainConfig, dataset: str, run_dir: Path, job_id: int | None = None
+) -> dict[str, Any]:
+    """Per-example dynamics summed up over the learning part of the run; the suspected label errors
+    flagged `suspect_label` (daemon/runs/dynamics.py), or why none are reported."""
     from daemon.errors import TrainctlError
     from daemon.runs.dynamics import load, suspect_flags
     from daemon.runs.flag_store import FlagStore

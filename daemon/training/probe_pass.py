@@ -1,12 +1,12 @@
-"""One pass of the model over a fixed probe set, as the fixed evaluation and the evolution snapshots
-both run it.
+"""One pass of the model over a fixed probe set, as the fixed evaluation and the evolution
+snapshots both run it.
 
 The pass is daemon.training.scoring's teacher-forced pass (loss, golden-token probability, greedy
 reproduction per example) with greedy decoding continued for the examples the model does not
 reproduce, unless `decode=False` (scored only). It runs in eval mode without gradients under the
-training's autocast, its wall time is reported to the throughput collector (so the ETA includes it),
-and it is charged to the diagnostics budget, failed or not. The probe set is tokenised once, at the
-first pass."""
+training's autocast, its wall time is reported to the throughput collector (so the ETA includes
+it), and it is charged to the diagnostics budget, failed or not. The probe set is tokenised once,
+at the first pass."""
 
 from __future__ import annotations
 
@@ -36,18 +36,26 @@ class PassResult:
     probe: Probe
 
     def part(self, start: int, end: int) -> PassResult:
-        """Examples start..end-1 of this pass, as if they had been answered alone (the per-token lists, which
-        a part does not need, are left empty)."""
+        """Examples start..end-1 of this pass, as if they had been answered alone (the per-token
+        lists, which a part does not need, are left empty)."""
         from dataclasses import replace
 
         from daemon.training.scoring import Scores
 
         sc, pr = self.scores, self.probe
-        scores = Scores(loss=sc.loss[start:end], golden_prob=sc.golden_prob[start:end],
-                        greedy_match=sc.greedy_match[start:end])
-        probe = replace(pr, encoded=pr.encoded[start:end], prompts=pr.prompts[start:end],
-                        questions=pr.questions[start:end], golden=pr.golden[start:end],
-                        answer_start=pr.answer_start[start:end])
+        scores = Scores(
+            loss=sc.loss[start:end],
+            golden_prob=sc.golden_prob[start:end],
+            greedy_match=sc.greedy_match[start:end],
+        )
+        probe = replace(
+            pr,
+            encoded=pr.encoded[start:end],
+            prompts=pr.prompts[start:end],
+            questions=pr.questions[start:end],
+            golden=pr.golden[start:end],
+            answer_start=pr.answer_start[start:end],
+        )
         outputs = self.outputs[start:end]
         return PassResult(scores, outputs, sum(not ok for ok in scores.greedy_match), probe)
 
@@ -58,8 +66,8 @@ class ProbePass:
 
     kind: str
     """The diagnostics budget's name for these passes: `eval` or `snapshot` (`final`: the base pass
-    before training and the final checks after it, daemon/training/outputs.py, which the budget does
-    not pay for)."""
+    before training and the final checks after it, daemon/training/outputs.py, which the budget
+    does not pay for)."""
     tokenizer: Any
     messages: list[list[Message]]
     tools: list[list[dict[str, Any]] | None]
@@ -116,7 +124,8 @@ class ProbePass:
 
 
 class TimedByProbePass:
-    """For a collector whose passes are one ProbePass: the time they took, as the recipe reports it."""
+    """For a collector whose passes are one ProbePass: the time they took, as the recipe reports
+    it."""
 
     probe_pass: ProbePass
 

@@ -1,10 +1,11 @@
 """Which process of a job this is, and the one collective that keeps several processes in step.
 
-With several processes (torchrun, Ray) every rank trains; rank 0 alone writes the status, metrics, flags, snapshots,
-checkpoint markers and the adapter, and runs the fixed evaluation and the snapshots while the others wait at the
-next step's gradient all-reduce. Whatever decides to stop or save (a stop request, a critical alert, early stopping)
-is known to one rank only, so `AgreeOnStop` ORs those decisions over all ranks at the end of every step: a rank that
-left the loop alone would leave the others waiting forever.
+With several processes (torchrun, Ray) every rank trains; rank 0 alone writes the status, metrics,
+flags, snapshots, checkpoint markers and the adapter, and runs the fixed evaluation and the
+snapshots while the others wait at the next step's gradient all-reduce. Whatever decides to stop or
+save (a stop request, a critical alert, early stopping) is known to one rank only, so `AgreeOnStop`
+ORs those decisions over all ranks at the end of every step: a rank that left the loop alone would
+leave the others waiting forever.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from transformers import TrainerCallback
 
 
 def rank() -> int:
-    """This process's global rank (0 with one process). Read from the environment torchrun/Ray set, so that it is
-    right before the process group exists."""
+    """This process's global rank (0 with one process). Read from the environment torchrun/Ray set,
+    so that it is right before the process group exists."""
     return int(os.environ.get("RANK", "0"))
 
 
@@ -37,10 +38,10 @@ def barrier() -> None:
 
 
 class AgreeOnStop(TrainerCallback):
-    """After every other callback's on_step_end: should_training_stop and should_save become true on every rank if
-    they are true on any, and so does a stop request (`run_control`: a signal reached one rank first), so that every
-    rank tells an interrupted run from a finished one, and the best checkpoint's step (one small all-reduce per step;
-    nothing with one process)."""
+    """After every other callback's on_step_end: should_training_stop and should_save become true
+    on every rank if they are true on any, and so does a stop request (`run_control`: a signal
+    reached one rank first), so that every rank tells an interrupted run from a finished one, and
+    the best checkpoint's step (one small all-reduce per step; nothing with one process)."""
 
     def __init__(self, run_control):
         self.run_control = run_control
@@ -51,13 +52,19 @@ class AgreeOnStop(TrainerCallback):
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return control
-        flags = torch.tensor([float(control.should_training_stop), float(control.should_save),
-                              float(self.run_control.stop_requested), float(state.best_global_step or 0)],
-                             device=args.device)
+        flags = torch.tensor(
+            [
+                float(control.should_training_stop),
+                float(control.should_save),
+                float(self.run_control.stop_requested),
+                float(state.best_global_step or 0),
+            ],
+            device=args.device,
+        )
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         control.should_training_stop, control.should_save = bool(flags[0]), bool(flags[1])
-        # The best step is known where the evaluation ran (rank 0); the Trainer's checkpoint saving waits for every
-        # rank at a barrier when it is set, so every rank must see it
+        # The best step is known where the evaluation ran (rank 0); the Trainer's checkpoint saving
+        # waits for every rank at a barrier when it is set, so every rank must see it
         if flags[3] > 0:
             state.best_global_step = int(flags[3])
         if flags[2] and not self.run_control.stop_requested:

@@ -95,15 +95,18 @@ def resolved_config(ctx: RunContext) -> dict[str, Any]:
     return doc
 
 
-def load_data(ctx: RunContext, tok: Any, parts: TrainedParts | None = None
-              ) -> tuple[list[dict[str, Any]], list[dict[str, list[int]]]]:
+def load_data(
+    ctx: RunContext, tok: Any, parts: TrainedParts | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, list[int]]]]:
     """The curated train split: its rows, and each one tokenised with the prompt's labels masked
     (`parts` counts the calls and reasoning that reached the loss, per layout)."""
     from daemon.training.data import encode_rows, read_split
 
     cfg = ctx.settings.train
     rows = read_split(ctx.dataset_dir / "train.jsonl")
-    encoded = encode_rows(tok, rows, cfg.resolved_max_length, cfg.loss_on, cfg.loss_on_reasoning, parts)
+    encoded = encode_rows(
+        tok, rows, cfg.resolved_max_length, cfg.loss_on, cfg.loss_on_reasoning, parts
+    )
     if not encoded:
         raise TrainingError(
             f"{ctx.dataset_dir.name} has no training example with a trainable token"
@@ -137,7 +140,8 @@ def build_model(ctx: RunContext) -> PeftModel:
         task_type="CAUSAL_LM",
         modules_to_save=head,
     )
-    with quiet_peft_wrap():  # peft reads a renamed transformers property (daemon/models/library_names.py)
+    # peft reads a renamed transformers property (daemon/models/library_names.py)
+    with quiet_peft_wrap():
         return get_peft_model(base, lora)
 
 
@@ -208,7 +212,8 @@ def _liger(cfg: TrainConfig, on_cpu: bool) -> bool:
 
 def total_steps(cfg: TrainConfig, items_per_epoch: int, batch_size: int) -> int:
     """Optimizer steps of the run: `items_per_epoch` dataset items (examples, or packed
-    micro-batches), `batch_size` of them per process per micro-step, on every process of the job."""
+    micro-batches), `batch_size` of them per process per micro-step, on every process of the
+    job."""
     per_epoch = math.ceil(items_per_epoch / (batch_size * cfg.grad_accum * world_size()))
     return cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(per_epoch * cfg.epochs))
 
@@ -260,11 +265,12 @@ class LoRARecipe:
         self.training_loss: float | None = None
         self.seconds = 0.0
         self.base: dict[str, Any] | None = None
-        """What the base pass before training did (daemon/training/base_pass.py); None if none ran."""
+        """What the base pass before training did (daemon/training/base_pass.py); None if none
+        ran."""
 
     def setup(self) -> None:
-        """Everything up to the first step: config, tokenizer, data, model, batches, collectors, the
-        Trainer."""
+        """Everything up to the first step: config, tokenizer, data, model, batches, collectors,
+        the Trainer."""
         from transformers import set_seed
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -308,9 +314,14 @@ class LoRARecipe:
         self.batching = batching = Batching(train_set, cfg, tok.pad_token_id, flash)
         # How tools, calls and reasoning reached the tokens (the model's template or the documented
         # fallback), and how the examples were batched
-        config.update(rendering={**rendering_report(tok, self.rows), "by_layout": parts.report(),
-                                 "trained": parts.summary()},
-                      batching=batching.report)
+        config.update(
+            rendering={
+                **rendering_report(tok, self.rows),
+                "by_layout": parts.report(),
+                "trained": parts.summary(),
+            },
+            batching=batching.report,
+        )
         if self.main:
             write_json_atomic(run_dir / "config.json", config)
         # 4. the Trainer and its callbacks. With several processes rank 0 alone reports (status,
@@ -324,7 +335,15 @@ class LoRARecipe:
         control.install_signal_handlers()  # from here a stop request ends in a checkpoint
         steps = total_steps(cfg, batching.items_per_epoch, batching.batch_size)
         self.collectors = build_collectors(
-            cfg, ctx.home, ctx.job_id, ctx.dataset_dir, run_dir, tok, self.rows, steps, model,
+            cfg,
+            ctx.home,
+            ctx.job_id,
+            ctx.dataset_dir,
+            run_dir,
+            tok,
+            self.rows,
+            steps,
+            model,
             ctx.settings.alerts,
         )
         collectors = self.collectors.callbacks()
@@ -370,7 +389,8 @@ class LoRARecipe:
             trainer.remove_callback(noisy)
         self.resume = newest_complete_checkpoint(ctx.checkpoints())
         if self.main and cfg.final_eval_examples and self.collectors.evolution is not None:
-            # The final checks answer the snapshot's examples with the final model: the last snapshot
+            # The final checks answer the snapshot's examples with the final model: the last
+            # snapshot
             self.collectors.evolution.last_by_final_checks = True
             if self.collectors.budget is not None:
                 self.collectors.budget.last_elsewhere.add("snapshot")
@@ -402,18 +422,31 @@ class LoRARecipe:
         self.training_loss = result.training_loss
 
     def _base_pass(self) -> None:
-        """The step-0 snapshot and the base model's held-out figures, in one pass before training."""
+        """The step-0 snapshot and the base model's held-out figures, in one pass before
+        training."""
         from daemon.training.base_pass import base_pass
         from daemon.training.data import read_split
 
         cfg, ctx = self.cfg, self.ctx
         test = read_split(ctx.dataset_dir / "test.jsonl")[: cfg.final_eval_examples]
-        autocast = self.config["precision"]["autocast"]  # as the training, the snapshots and the checks
-        self.base = base_pass(self.model, self.tok, cfg, test, self.run_dir, self.collectors.evolution,
-                              self.collectors.budget, autocast)
+        # as the training, the snapshots and the checks
+        autocast = self.config["precision"]["autocast"]
+        self.base = base_pass(
+            self.model,
+            self.tok,
+            cfg,
+            test,
+            self.run_dir,
+            self.collectors.evolution,
+            self.collectors.budget,
+            autocast,
+        )
         if self.base is None:
             return
-        said = f"base model: {self.base['examples']} examples answered in {self.base['seconds']:.1f} s"
+        said = (
+            f"base model: {self.base['examples']} examples "
+            f"answered in {self.base['seconds']:.1f} s"
+        )
         if "error" in self.base:
             said += f" — failed ({self.base['error']}); the final checks answer the test split"
         elif "base_test_eval" in self.base:
@@ -446,14 +479,15 @@ class LoRARecipe:
             status.set(state="failed", message=critical.message)
             status.write(state, force=True)
             raise TrainingError(
-                f"{critical.id} (critical) at step {steps}: {critical.message} — "
-                f"{critical.recommendation}"
+                f"{critical.id} (critical) at step {steps}: "
+                f"{critical.message} — {critical.recommendation}"
                 + (f"; last complete checkpoint kept: {kept}" if kept else "")
             )
         if stopped:
             status.set(
                 state="interrupted",
-                message=f"stopped at step {steps} ({self.control.stop_reason}); resumes on restart",
+                message=f"stopped at step {steps} ({self.control.stop_reason}); resumes on "
+                "restart",
             )
             status.write(state, force=True)
             return TrainOutcome(interrupted=True, steps=steps, resumed_from=resumed_from)
@@ -482,16 +516,31 @@ class LoRARecipe:
             metrics.update(flag_suspects(ctx.home, cfg, ctx.dataset_dir.name, run_dir, ctx.job_id))
             dyn = metrics.get("dynamics")
             if dyn:
-                ctx.echo(f"per-example dynamics: {dyn['examples']} examples over epochs {dyn['epochs_used']}; "
-                         f"suspected label errors: {dyn['suspect_label']}"
-                         + (f" — none reported: {dyn['suspects_note']}" if dyn.get("suspects_note") else ""))
+                ctx.echo(
+                    f"per-example dynamics: {dyn['examples']} examples over epochs "
+                    f"{dyn['epochs_used']}; suspected label errors: {dyn['suspect_label']}"
+                    + (
+                        f" — none reported: {dyn['suspects_note']}"
+                        if dyn.get("suspects_note")
+                        else ""
+                    )
+                )
         if cfg.final_eval_examples:
             status.set(state="evaluating")
             status.write(state, force=True)
             autocast = self.config["precision"]["autocast"]
             metrics.update(
-                final_checks(cfg, ctx.dataset_dir, run_dir, self.model, self.tok, self.rows, autocast,
-                             collectors.evolution, steps)
+                final_checks(
+                    cfg,
+                    ctx.dataset_dir,
+                    run_dir,
+                    self.model,
+                    self.tok,
+                    self.rows,
+                    autocast,
+                    collectors.evolution,
+                    steps,
+                )
             )
             if collectors.evolution is not None:  # the last snapshot, from the final checks' pass
                 metrics["snapshots"] = collectors.evolution.taken
@@ -512,17 +561,17 @@ class LoRARecipe:
                 "resumed_from": resumed_from,
             },
         )
+        evaluated = ("train_eval", "test_eval", "base_test_eval")
+        exact_matches = {
+            f"{key.removesuffix('_eval')}_exact_match": (metrics.get(key) or {}).get("exact_match")
+            for key in evaluated
+        }
         status.set(
             state="done",
             adapter_dir=str(adapter_dir),
             best=best,
             message=metrics["stopped_early"],
-            **{
-                f"{key.removesuffix('_eval')}_exact_match": (metrics.get(key) or {}).get(
-                    "exact_match"
-                )
-                for key in ("train_eval", "test_eval", "base_test_eval")
-            },
+            **exact_matches,
             # how many examples each of those is measured on
             train_eval_examples=(metrics.get("train_eval") or {}).get("count"),
             test_examples=(metrics.get("test_eval") or {}).get("count"),

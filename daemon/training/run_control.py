@@ -1,13 +1,14 @@
-"""RunControl: stop and checkpoint requests, orphan detection and complete-checkpoint markers, as one
-TrainerCallback.
+"""RunControl: stop and checkpoint requests, orphan detection and complete-checkpoint markers, as
+one TrainerCallback.
 
-A stop (SIGTERM from `trainctl stop`, `pause` or `cancel`, or the daemon dying) makes the Trainer save a checkpoint
-at the end of the current step and leave the loop. `trainctl checkpoint` leaves a request file in the run folder:
-the main process sees it at the end of a step and the Trainer saves a checkpoint there (every process of the job
-agrees through AgreeOnStop), then goes on; the file is removed once that checkpoint is complete.
+A stop (SIGTERM from `trainctl stop`, `pause` or `cancel`, or the daemon dying) makes the Trainer
+save a checkpoint at the end of the current step and leave the loop. `trainctl checkpoint` leaves a
+request file in the run folder: the main process sees it at the end of a step and the Trainer saves
+a checkpoint there (every process of the job agrees through AgreeOnStop), then goes on; the file is
+removed once that checkpoint is complete.
 
-A checkpoint counts as complete only once `on_save` has run, which happens after the Trainer has written every file
-of it (daemon/runs/checkpoints.py).
+A checkpoint counts as complete only once `on_save` has run, which happens after the Trainer has
+written every file of it (daemon/runs/checkpoints.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from daemon.stop_signals import StopSignals
 
 
 class RunControl(TrainerCallback):
-    def __init__(self, ckpt_dir: Path, watch_parent: bool = False, request_file: Path | None = None):
+    def __init__(
+        self, ckpt_dir: Path, watch_parent: bool = False, request_file: Path | None = None
+    ):
         self.ckpt_dir = ckpt_dir
         self.request_file = request_file
         self._saving_on_request = False
@@ -32,8 +35,8 @@ class RunControl(TrainerCallback):
         self._signals = StopSignals(lambda name: self.request_stop(f"signal {name}"))
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT ask for a checkpoint and a stop instead of killing (repeats of it change nothing:
-        daemon/stop_signals.py); undone at the end of training unless a stop came."""
+        """SIGTERM/SIGINT ask for a checkpoint and a stop instead of killing (repeats of it change
+        nothing: daemon/stop_signals.py); undone at the end of training unless a stop came."""
         self._signals.install()
 
     def release_signal_handlers(self) -> None:
@@ -64,7 +67,8 @@ class RunControl(TrainerCallback):
     def on_save(self, args, state, control, **kw):
         from daemon.training.ranks import barrier, is_main
 
-        # Several processes: each writes its own RNG state into the folder; it is complete once all have
+        # Several processes: each writes its own RNG state into the folder; it is complete once all
+        # have
         barrier()
         d = self.ckpt_dir / f"checkpoint-{state.global_step}"
         if is_main() and d.is_dir():

@@ -1,9 +1,10 @@
-"""StatusWriter: the callback where collectors meet. It writes status/training_status.json (atomically,
-throttled) and appends one row per logged step to data/runs/<job>/metrics.jsonl.
+"""StatusWriter: the callback where collectors meet. It writes status/training_status.json
+(atomically, throttled) and appends one row per logged step to data/runs/<job>/metrics.jsonl.
 
-Both run every logged step, so they are kept cheap: the metrics file stays open for the run (each row is flushed
-whole, so a reader or a kill never sees half a row), and the throttled live-status rewrites skip the fsync (the
-rename keeps them atomic; the forced writes at the end of a run are fsynced)."""
+Both run every logged step, so they are kept cheap: the metrics file stays open for the run (each
+row is flushed whole, so a reader or a kill never sees half a row), and the throttled live-status
+rewrites skip the fsync (the rename keeps them atomic; the forced writes at the end of a run are
+fsynced)."""
 
 from __future__ import annotations
 
@@ -52,11 +53,12 @@ def _shown(v: Any, fmt: str) -> str:
 
 
 def cut_metrics_after(path: Path, step: int) -> int:
-    """Keep the rows of metrics.jsonl up to `step`, and no torn last line; returns the rows removed.
+    """Keep the rows of metrics.jsonl up to `step`, and no torn last line; returns the rows
+    removed.
 
-    A resumed run redoes the steps after its checkpoint, so their rows would come twice (as dynamics.bin's records
-    would, which the dynamics recorder cuts the same way). The file is rewritten whole (atomically) only when
-    something goes."""
+    A resumed run redoes the steps after its checkpoint, so their rows would come twice (as
+    dynamics.bin's records would, which the dynamics recorder cuts the same way). The file is
+    rewritten whole (atomically) only when something goes."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -71,7 +73,11 @@ def cut_metrics_after(path: Path, step: int) -> int:
         except orjson.JSONDecodeError:
             removed += 1  # a torn write: the run was killed mid-line
             continue
-        past = isinstance(row, dict) and isinstance(row.get("current_step"), int) and row["current_step"] > step
+        past = (
+            isinstance(row, dict)
+            and isinstance(row.get("current_step"), int)
+            and row["current_step"] > step
+        )
         if past:
             removed += 1
         else:
@@ -82,12 +88,20 @@ def cut_metrics_after(path: Path, step: int) -> int:
 
 
 class StatusWriter(TrainerCallback):
-    def __init__(self, status_path: Path, metrics_path: Path, base: dict[str, Any], collectors: list[Any],
-                 min_interval: float = 0.5, echo: Callable[[str], None] | None = None,
-                 job_path: Path | None = None):
+    def __init__(
+        self,
+        status_path: Path,
+        metrics_path: Path,
+        base: dict[str, Any],
+        collectors: list[Any],
+        min_interval: float = 0.5,
+        echo: Callable[[str], None] | None = None,
+        job_path: Path | None = None,
+    ):
         self.status_path = status_path
         self.job_path = job_path
-        """status/jobs/job-N.json, the same document kept per job (several jobs may run at once)."""
+        """status/jobs/job-N.json, the same document kept per job (several jobs may run at
+        once)."""
         self.metrics_path = metrics_path
         self.base = dict(base)
         self.collectors = collectors
@@ -104,19 +118,24 @@ class StatusWriter(TrainerCallback):
     def snapshot(self, state: Any = None) -> TrainingStatus:
         doc: dict[str, Any] = dict(self.base)
         if state is not None:
-            doc.update(current_step=state.global_step, total_steps=state.max_steps,
-                       epoch=round(state.epoch or 0.0, 3))
+            doc.update(
+                current_step=state.global_step,
+                total_steps=state.max_steps,
+                epoch=round(state.epoch or 0.0, 3),
+            )
         for c in self.collectors:
             try:
                 doc.update(c.summary())
             except Exception as exc:  # a broken collector must not stop training
-                doc.setdefault("collector_errors", {})[getattr(c, "name", type(c).__name__)] = str(exc)
+                name = getattr(c, "name", type(c).__name__)
+                doc.setdefault("collector_errors", {})[name] = str(exc)
         doc.update(self.fields)
         doc["updated_at"] = now_iso()
         return cast(TrainingStatus, {k: _clean(v) for k, v in doc.items()})
 
     def write(self, state: Any = None, force: bool = False) -> TrainingStatus | None:
-        """The record as written, or None when it was written less than min_interval ago (and not forced)."""
+        """The record as written, or None when it was written less than min_interval ago (and not
+        forced)."""
         now = time.monotonic()
         if not force and now - self._last_write < self.min_interval:
             return None
@@ -154,23 +173,37 @@ class StatusWriter(TrainerCallback):
         if "grad_norm" in logs:
             self.set(grad_norm=logs["grad_norm"])
         doc = self.snapshot(state)
-        row = {k: doc.get(k) for k in ("current_step", "epoch", "loss", "learning_rate", "grad_norm")}
-        row.update({k: v for k, v in doc.items() if k not in row and isinstance(v, (int, float)) and k != "job_id"})
+        row = {
+            k: doc.get(k) for k in ("current_step", "epoch", "loss", "learning_rate", "grad_norm")
+        }
+        row.update(
+            {
+                k: v
+                for k, v in doc.items()
+                if k not in row and isinstance(v, (int, float)) and k != "job_id"
+            }
+        )
         row.update({k: _clean(v) for k, v in logs.items() if isinstance(v, (int, float))})
         row["time"] = time.time()
-        # The Trainer's end-of-run summary (train_loss, train_runtime) is not a step: result.json has it, and a
-        # second row at the last step (or, for a stopped attempt, at the step it stopped) would repeat that step
+        # The Trainer's end-of-run summary (train_loss, train_runtime) is not a step: result.json
+        # has it, and a second row at the last step (or, for a stopped attempt, at the step it
+        # stopped) would repeat that step
         if not ("loss" not in logs and "train_loss" in logs):
             self.append_metrics(row)
         self.write(state)
-        if self.echo and "loss" in logs and (time.monotonic() - self._last_echo > 5
-                                             or state.global_step == state.max_steps):
+        if (
+            self.echo
+            and "loss" in logs
+            and (time.monotonic() - self._last_echo > 5 or state.global_step == state.max_steps)
+        ):
             self._last_echo = time.monotonic()
             eta = doc.get("eta_seconds")
-            self.echo(f"step {state.global_step}/{state.max_steps}  loss {_shown(doc.get('loss'), '.4f')}  "
-                      f"lr {_shown(doc.get('learning_rate'), '.2e')}  "
-                      f"{_shown(doc.get('tokens_per_sec', 0), '.0f')} tok/s"
-                      + (f"  eta {eta:.0f}s" if eta is not None else ""))
+            self.echo(
+                f"step {state.global_step}/{state.max_steps}  loss "
+                f"{_shown(doc.get('loss'), '.4f')}  lr {_shown(doc.get('learning_rate'), '.2e')} "
+                f" {_shown(doc.get('tokens_per_sec', 0), '.0f')} tok/s"
+                + (f"  eta {eta:.0f}s" if eta is not None else "")
+            )
 
     def on_train_end(self, args, state, control, **kw):
         self.close()

@@ -2,8 +2,8 @@
 calls them.
 
 Every collector is an ordinary `TrainerCallback` (daemon/training/collectors/); the few that read
-another's state get it here, by its type, and nowhere else. Rank 0 of a job runs them all; the other
-ranks only gather the per-example dynamics."""
+another's state get it here, by its type, and nowhere else. Rank 0 of a job runs them all; the
+other ranks only gather the per-example dynamics."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ class Collectors:
     """A run's collectors, in the order the Trainer calls them; None where switched off or not on
     this rank.
 
-    The measuring ones update before the alerts read them: the budget first (its clock starts before
-    the step-0 snapshot it charges), the alerts last."""
+    The measuring ones update before the alerts read them: the budget first (its clock starts
+    before the step-0 snapshot it charges), the alerts last."""
 
     budget: DiagnosticsBudget | None = None
     throughput: ThroughputCollector | None = None
@@ -54,10 +54,13 @@ class Collectors:
         return [collector for collector in present if collector is not None]
 
     def story(self, echo: Any) -> str:
-        """Hand every collector the job log's `echo` (their `say` lines) and describe them in one line."""
+        """Hand every collector the job log's `echo` (their `say` lines) and describe them in one
+        line."""
         for collector in self.callbacks():
             collector.echo = echo
-        parts = [c.name + (f" ({about})" if (about := c.about()) else "") for c in self.callbacks()]
+        parts = [
+            c.name + (f" ({about})" if (about := c.about()) else "") for c in self.callbacks()
+        ]
         return "collectors started: " + ", ".join(parts)
 
 
@@ -130,8 +133,12 @@ def build_collectors(
     )
     limits = limits or AlertsConfig()
     streaming = StreamingMetrics(alpha=cfg.ema_alpha, trend_window=limits.plateau_steps)
-    lora = LoRAMonitor(every=cfg.monitor_every, exploding=limits.exploding_grad_norm,
-                       vanishing=limits.vanishing_grad_norm, imbalance=limits.imbalance_ratio)
+    lora = LoRAMonitor(
+        every=cfg.monitor_every,
+        exploding=limits.exploding_grad_norm,
+        vanishing=limits.vanishing_grad_norm,
+        imbalance=limits.imbalance_ratio,
+    )
     found = Collectors(budget=budget, throughput=throughput, streaming=streaming, lora=lora)
     # Evaluations and snapshots run under the training's autocast precision
     autocast = pick_precision(cfg.dtype, next(model.parameters()).device.type).autocast

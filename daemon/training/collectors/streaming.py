@@ -1,11 +1,13 @@
 """Streaming loss metrics from the raw per-step loss: EMA, variance, token entropy, trend.
 
-The Trainer's logged loss is an average over `logging_steps` that can hide a NaN; this collector reads the loss
-the model itself returns, through a forward hook it puts on the model at `on_train_begin` (training-mode forwards
-only, so evaluation passes are not counted). Values stay on the device until the step ends: one host sync a step.
+The Trainer's logged loss is an average over `logging_steps` that can hide a NaN; this collector
+reads the loss the model itself returns, through a forward hook it puts on the model at
+`on_train_begin` (training-mode forwards only, so evaluation passes are not counted). Values stay
+on the device until the step ends: one host sync a step.
 
-Token entropy (nats) is the mean entropy of the predicted distribution over the trained positions of a step,
-computed every `entropy_every` steps on at most `entropy_positions` of them, so a large vocabulary costs little.
+Token entropy (nats) is the mean entropy of the predicted distribution over the trained positions
+of a step, computed every `entropy_every` steps on at most `entropy_positions` of them, so a large
+vocabulary costs little.
 """
 
 from __future__ import annotations
@@ -20,8 +22,13 @@ from daemon.training.collectors import Collector
 class StreamingMetrics(Collector):
     name = "streaming"
 
-    def __init__(self, alpha: float = 0.1, trend_window: int = 50, entropy_positions: int = 256,
-                 entropy_every: int = 5):
+    def __init__(
+        self,
+        alpha: float = 0.1,
+        trend_window: int = 50,
+        entropy_positions: int = 256,
+        entropy_every: int = 5,
+    ):
         self.alpha = alpha
         """EMA weight of the newest step (higher = reacts faster)."""
         self.trend_window = trend_window
@@ -30,15 +37,18 @@ class StreamingMetrics(Collector):
         self.ema: float | None = None
         self.var = 0.0
         self.last_loss: float | None = None
-        """The raw loss of the last optimizer step (mean over its micro-batches); NaN/Inf kept as they are."""
+        """The raw loss of the last optimizer step (mean over its micro-batches); NaN/Inf kept as
+        they are."""
         self.entropy: float | None = None
         self.steps = 0
-        self.history: deque[float] = deque(maxlen=trend_window + 1)  # EMA at each step, for the trend
+        # EMA at each step, for the trend
+        self.history: deque[float] = deque(maxlen=trend_window + 1)
         self._losses: list[Any] = []
         self._entropies: list[Any] = []
         self._handle: Any = None
 
-    # -- hooks -------------------------------------------------------------------------------------------------
+    # -- hooks
+    # ---------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kw):
         if model is not None and self._handle is None:
             self._handle = model.register_forward_hook(self._capture, with_kwargs=True)
@@ -66,9 +76,10 @@ class StreamingMetrics(Collector):
         self.on_training_loss(loss, logits)
 
     def on_training_loss(self, loss: Any, logits: Any = None) -> None:
-        """One training forward pass's loss, and the logits of its trained positions [K, vocab] (or None).
-        trainctl's Trainer calls this where it computes the loss itself (daemon/training/trainer.py); in any
-        other Trainer the forward hook reads both off the model's output."""
+        """One training forward pass's loss, and the logits of its trained positions [K, vocab] (or
+        None). trainctl's Trainer calls this where it computes the loss itself
+        (daemon/training/trainer.py); in any other Trainer the forward hook reads both off the
+        model's output."""
         import torch
 
         self._losses.append(loss.detach().float())
@@ -90,7 +101,8 @@ class StreamingMetrics(Collector):
         self._entropies.clear()
         self.update(float(values.cpu()), float(ent.cpu()) if ent is not None else None)
 
-    # -- state -------------------------------------------------------------------------------------------------
+    # -- state
+    # ---------------------------------------------------------------------------------------------
     def update(self, loss: float, entropy: float | None = None) -> None:
         """Feed one step's raw loss (and token entropy)."""
         self.steps += 1
@@ -109,7 +121,8 @@ class StreamingMetrics(Collector):
 
     @property
     def trend(self) -> str:
-        """improving / stable / degrading: the EMA now against `trend_window` steps ago (1% either way)."""
+        """improving / stable / degrading: the EMA now against `trend_window` steps ago (1% either
+        way)."""
         if len(self.history) < min(10, self.trend_window):
             return "stable"
         then, now = self.history[0], self.history[-1]
@@ -127,6 +140,10 @@ class StreamingMetrics(Collector):
     def summary(self) -> dict[str, Any]:
         if self.ema is None and self.last_loss is None:
             return {}
-        return {"streaming_ce": round(self.ema, 5) if self.ema is not None else None,
-                "loss_variance": round(self.var, 6), "token_entropy": round(self.entropy, 4)
-                if self.entropy is not None else None, "loss_trend": self.trend, "raw_loss": self.last_loss}
+        return {
+            "streaming_ce": round(self.ema, 5) if self.ema is not None else None,
+            "loss_variance": round(self.var, 6),
+            "token_entropy": round(self.entropy, 4) if self.entropy is not None else None,
+            "loss_trend": self.trend,
+            "raw_loss": self.last_loss,
+        }

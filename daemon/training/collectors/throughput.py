@@ -1,7 +1,9 @@
-"""Throughput: real (non-padding) tokens per second now and on average, its trend, ETA, and MFU where known.
+"""Throughput: real (non-padding) tokens per second now and on average, its trend, ETA, and MFU
+where known.
 
-Needs `TrainingArguments(include_num_input_tokens_seen="non_padding")` so that `state.num_input_tokens_seen`
-counts real tokens. Time spent in evaluation is measured too, so the ETA includes the evaluations still to come.
+Needs `TrainingArguments(include_num_input_tokens_seen="non_padding")` so that
+`state.num_input_tokens_seen` counts real tokens. Time spent in evaluation is measured too, so the
+ETA includes the evaluations still to come.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from daemon.training.collectors import Collector
 class ThroughputCollector(Collector):
     name = "throughput"
 
-    def __init__(self, window: int = 20, peak_flops: float | None = None, n_params: int | None = None):
+    def __init__(
+        self, window: int = 20, peak_flops: float | None = None, n_params: int | None = None
+    ):
         self.window = window
         self.peak_flops = peak_flops
         """Device peak FLOP/s (for MFU); None = unknown, MFU not reported."""
@@ -94,13 +98,21 @@ class ThroughputCollector(Collector):
         return out
 
 
-# Dense bf16/fp16 tensor-core peaks (vendor data sheets), by a substring of torch.cuda.get_device_name().
-PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "V100": 125.0}
+# Dense bf16/fp16 tensor-core peaks (vendor data sheets), by a substring of
+# torch.cuda.get_device_name().
+PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L4": 121.0,
+    "V100": 125.0,
+}
 
 
 def peak_flops(device_name: str, half_precision: bool) -> float | None:
-    """Peak FLOP/s of a known GPU in bf16/fp16; None when unknown (or in fp32, where tensor-core peaks do not
-    apply)."""
+    """Peak FLOP/s of a known GPU in bf16/fp16; None when unknown (or in fp32, where tensor-core
+    peaks do not apply)."""
     if not half_precision:
         return None
     for key, tflops in PEAK_TFLOPS.items():
