@@ -459,18 +459,18 @@ def test_kill_9_in_the_middle_of_a_checkpoint_save_resumes_from_the_one_before(
     (job,) = jobs(home)
     assert job.state.value == "failed" and "SIGKILL" in job.error, job
     cut = h.run_dir(1) / "checkpoints" / "checkpoint-80"
-    assert (
-        cut.is_dir()
-        and not (cut / COMPLETE_MARKER).exists()
-        and complete_checkpoints(home, 1) == [40]
-    )
+    assert cut.is_dir() and not (cut / COMPLETE_MARKER).exists()
+    # The periodic one at 40, or a best one saved later (the rotation keeps two, the cut one among
+    # them): the newest complete checkpoint is the one to resume from.
+    kept = complete_checkpoints(home, 1)
+    assert kept and kept[-1] < 80, kept
     monkeypatch.delenv("TRAINCTL_FAULT")
     retried = CliRunner().invoke(app, ["retry", "1", "--home", str(home)])
     assert retried.exit_code == 0, retried.output
     again = daemons(home, "--once")
     assert again.wait(300) == 0, again.output()
     (job,) = jobs(home)
-    assert job.state.value == "done" and "resumed from checkpoint-40" in job.message, job
+    assert job.state.value == "done" and f"resumed from checkpoint-{kept[-1]}" in job.message, job
     steps = [
         json.loads(row)["current_step"]
         for row in (h.run_dir(1) / "metrics.jsonl").read_text().splitlines()
