@@ -89,8 +89,9 @@ def install_cmd(
     name = unit_name(h)
     console.print(f"[green]wrote {path}[/green]", highlight=False)
     console.print(
-        "start it now and at every login:  systemctl --user daemon-reload && systemctl "
-        f"--user enable --now {name}\nkeep it running after you log out: loginctl "
-        f"enable-linger $USER\nits log: trainctl logs -f   (or journalctl --user -u {name})",
+        "start it now and at every login:  systemctl --user "
+        f"daemon-reload && systemctl --user enable --now {name}\n"
+        "keep it running after you log out: loginctl enable-linger $USER\n"
+        f"its log: trainctl logs -f   (or journalctl --user -u {name})",
         highlight=False,
     )

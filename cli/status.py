@@ -227,8 +227,8 @@ def render(s: dict[str, Any]) -> Group:
                 "LoRA",
                 f"{ls.get('layers')} layers  grad norm "
                 f"{_num(ls.get('grad_norm_min'), '{:.2e}')}.."
-                f"{_num(ls.get('grad_norm_max'), '{:.2e}')} "
-                f" update/weight {_num(ls.get('update_ratio'), '{:.1e}')}  "
+                f"{_num(ls.get('grad_norm_max'), '{:.2e}')}  "
+                f"update/weight {_num(ls.get('update_ratio'), '{:.1e}')}  "
                 + ("  ".join(flags) or "[green]ok[/green]"),
             )
         if t.get("flagged_count") is not None:

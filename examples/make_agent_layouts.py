@@ -133,9 +133,12 @@ def hermes_record(rng: random.Random, i: int, name: str = "") -> dict:
     call = _call(name or "get_weather", city)
     written = str(call) if i % 3 == 2 else json.dumps(call)  # a Python dict: single quotes
     system = (
-        "You are a function calling AI model. You are provided with function signatures "
-        f"within <tools></tools> XML tags.\n<tools>\n{tools}\n</tools>\nFor each "
-        "function call return a json object within <tool_call></tool_call> XML tags."
+        "You are a function calling AI model. You are provided with "
+        "function signatures within <tools></tools> XML tags.\n"
+        "<tools>\n"
+        f"{tools}\n"
+        "</tools>\n"
+        "For each function call return a json object within <tool_call></tool_call> XML tags."
     )
     return {
         "id": f"hermes-{i:02d}",

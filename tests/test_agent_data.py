@@ -189,8 +189,15 @@ def test_labels_cover_exactly_the_assistant_reasoning_calls_and_answers(home):
     enc = encode_messages(tok, ex.messages, 2048, tools=ex.tools)
     call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Lima"}}\n</tool_call>'
     assert _labelled_text(tok, enc) == (
-        f"<think>\nI should look it up.\n</think>\n\n{call}<|end|>|<think>\nThe "
-        "tool said 19.\n</think>\n\n19 °C in Lima.<|end|>|"
+        "<think>\n"
+        "I should look it up.\n"
+        "</think>\n"
+        "\n"
+        f"{call}<|end|>|<think>\n"
+        "The tool said 19.\n"
+        "</think>\n"
+        "\n"
+        "19 °C in Lima.<|end|>|"
     )
     # Distilling answers from traces: the reasoning block is masked, the call and the answer still
     # train.
@@ -483,8 +490,11 @@ def test_a_tool_use_file_trains_end_to_end_on_the_real_model(real_home, tmp_path
     runner = CliRunner()
     home = real_home
     Home(home).settings_file.write_text(
-        "[train]\nevolution_examples = 16\nfixed_eval_examples "
-        "= 16\nfinal_eval_examples = 16\neval_steps = 6\n"
+        "[train]\n"
+        "evolution_examples = 16\n"
+        "fixed_eval_examples = 16\n"
+        "final_eval_examples = 16\n"
+        "eval_steps = 6\n"
     )
     src = tmp_path / "tools.jsonl"
     src.write_text(

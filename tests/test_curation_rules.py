@@ -270,8 +270,9 @@ def test_domain_thresholds_and_weights(tmp_path):
 
 def test_settings_file_with_domains_and_plugin_scorer(tmp_path):
     (tmp_path / "kg_check.py").write_text(
-        "def consistency(record):\n    text = record['messages'][-1]['content'].lower()\n "
-        "   return 0.0 if 'made of cheese' in text else 1.0\n"
+        "def consistency(record):\n"
+        "    text = record['messages'][-1]['content'].lower()\n"
+        "    return 0.0 if 'made of cheese' in text else 1.0\n"
     )
     Home(tmp_path).settings_file.write_text(
         '[curation]\nscorers = ["kg_check:consistency"]\nquality_weights = {consistency = 10.0}\n'

@@ -227,8 +227,13 @@ def test_whole_dataset_dynamics_find_planted_wrong_answers_on_the_real_model(
     planted = planted_dataset(tmp_path / "planted.jsonl", n=300)
     Home(home).settings_file.write_text(
         '[train]\nmodel = "builtin:smollm2-135m"\nevolution_examples = 0\n'
-        "eval_steps = -1\nfinal_eval_examples = 0\n[curation]\nmin_quality "
-        "= 0\nmin_diversity = 0\nval_fraction = 0\ntest_fraction = 0\n"
+        "eval_steps = -1\n"
+        "final_eval_examples = 0\n"
+        "[curation]\n"
+        "min_quality = 0\n"
+        "min_diversity = 0\n"
+        "val_fraction = 0\n"
+        "test_fraction = 0\n"
     )
     r = runner.invoke(
         app, ["train", str(tmp_path / "planted.jsonl"), "--home", str(home), "--epochs", "2"]

@@ -51,8 +51,12 @@ def test_lowest_confidence_examples_are_the_planted_wrong_answers(home, tmp_path
     # story) and probe all, at every step of the SPEC schedule (no diagnostics budget thinning it).
     Home(home).settings_file.write_text(
         TINY_SETTINGS + "evolution_examples = 1000\neval_steps = -1\n"
-        "diagnostics_budget = 0\n[curation]\nmin_quality = "
-        "0\nmin_diversity = 0\nval_fraction = 0\ntest_fraction = 0\n"
+        "diagnostics_budget = 0\n"
+        "[curation]\n"
+        "min_quality = 0\n"
+        "min_diversity = 0\n"
+        "val_fraction = 0\n"
+        "test_fraction = 0\n"
     )
     r = runner.invoke(
         app, ["train", str(tmp_path / "planted.jsonl"), "--home", str(home), "--epochs", "6"]

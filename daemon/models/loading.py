@@ -41,8 +41,10 @@ TINY_CHAT_TEMPLATE = (
 )
 # Used for hub models that ship no chat template (base models).
 FALLBACK_CHAT_TEMPLATE = (
-    "{% for m in messages %}### {{ m['role'] }}\n{{ m['content'] }}{{ eos_token "
-    "}}\n{% endfor %}{% if add_generation_prompt %}### assistant\n{% endif %}"
+    "{% for m in messages %}### {{ m['role'] }}\n"
+    "{{ m['content'] }}{{ eos_token }}\n"
+    "{% endfor %}{% if add_generation_prompt %}### assistant\n"
+    "{% endif %}"
 )
 
 

@@ -52,9 +52,9 @@ def start_detached(home: Home, daemon_args: list[str], timeout: float = 60) -> i
     while time.time() < deadline:
         if proc.poll() is not None:
             raise TrainctlError(
-                "the daemon exited at once (code "
-                f"{proc.returncode}):\n{tail(home.daemon_log, 8)}\n— fix "
-                "the cause above and run `trainctl daemon --detach` again"
+                f"the daemon exited at once (code {proc.returncode}):\n"
+                f"{tail(home.daemon_log, 8)}\n"
+                "— fix the cause above and run `trainctl daemon --detach` again"
             )
         doc = read_json(home.daemon_status) or {}
         if (
