@@ -142,6 +142,55 @@ def bench_run_on_disk(
     info.save(d / "run.json")
 
 
+def write_probe_snapshots(home: Home, dataset: str, input_text: str) -> None:
+    """Two probe snapshots of one example (`ex_000`, prompt `input_text`), as `trainctl evolution`
+    and the evolution page read them: answered wrong at step 0, right at step 10."""
+    snaps = home.evolution_dir(dataset)
+    snaps.mkdir(parents=True)
+    for step, ok in ((0, False), (10, True)):
+        example = {
+            "example_id": "ex_000",
+            "input": input_text,
+            "expected_output": "a",
+            "model_output": "a" if ok else "b",
+            "loss": 0.1,
+            "similarity": 1.0,
+            "exact_match": ok,
+            "golden_prob": 0.9,
+            "metadata": {},
+        }
+        summary = {
+            "avg_loss": 0.1,
+            "accuracy": float(ok),
+            "total_examples": 1,
+            "correct": int(ok),
+            "incorrect": int(not ok),
+        }
+        doc = {
+            "snapshot_id": f"{dataset}_step_{step:06d}",
+            "training_step": step,
+            "examples": [example],
+            "summary": summary,
+        }
+        (snaps / f"step_{step:06d}.json").write_text(json.dumps(doc))
+
+
+def write_dynamics(run: Path, dataset_dir: Path) -> None:
+    """Per-example dynamics in `run` (an existing run folder): two epochs over every row of the
+    dataset's train split, all alike."""
+    from daemon.runs.dynamics import RECORD
+
+    (run / "dynamics.json").write_text(
+        json.dumps({"dataset": dataset_dir.name, "train_split": str(dataset_dir / "train.jsonl")})
+    )
+    n = len((dataset_dir / "train.jsonl").read_text().splitlines())
+    (run / "dynamics.bin").write_bytes(
+        b"".join(
+            RECORD.pack(i, e, e + 1, 0.5, 0.6, 0.5, 1.0, 5) for e in range(2) for i in range(n)
+        )
+    )
+
+
 WORDS = (
     "apple river stone cloud tiger maple orbit piano lemon candle forest "
     "silver rocket garden window planet bridge coffee dragon mirror"

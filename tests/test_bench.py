@@ -166,39 +166,14 @@ def test_bench_run_writes_batch_output_shape_and_refuses_a_changed_resume(home, 
     )
     # A resume with other sampling settings, another model or a changed prompt file: refused,
     # saying what changed.
-    r = runner.invoke(
-        app,
-        [
-            "bench",
-            "run",
-            "--home",
-            str(home),
-            "--name",
-            "base",
-            "--resume",
-            "--temperature",
-            "0.7",
-        ],
-    )
+    resume = ["bench", "run", "--home", str(home), "--name", "base", "--resume"]
+    r = runner.invoke(app, [*resume, "--temperature", "0.7"])
     assert r.exit_code == 1 and "temperature was 0.0, now 0.7" in r.output
-    r = runner.invoke(
-        app,
-        [
-            "bench",
-            "run",
-            "--home",
-            str(home),
-            "--name",
-            "base",
-            "--resume",
-            "--model",
-            str(Home(home).models / "tiny-v1"),
-        ],
-    )
+    r = runner.invoke(app, [*resume, "--model", str(Home(home).models / "tiny-v1")])
     assert r.exit_code == 1 and "model was 'builtin:tiny'" in r.output
     with open(prompts, "a") as fh:
         fh.write(json.dumps(batch_line("new", "one more")) + "\n")
-    r = runner.invoke(app, ["bench", "run", "--home", str(home), "--name", "base", "--resume"])
+    r = runner.invoke(app, resume)
     assert r.exit_code == 1 and "prompt file content changed" in r.output
     assert len(results(home, "base")) == 12
     r = runner.invoke(app, ["bench", "run", "--home", str(home), "--name", "nope", "--resume"])

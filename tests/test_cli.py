@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from cli.app import app
 from daemon.home import Home
 from daemon.jobs import JobQueue, JobState
-from tests.helpers import ROOT, bench_run_on_disk
+from tests.helpers import ROOT, bench_run_on_disk, write_dynamics, write_probe_snapshots
 
 # CliRunner has no terminal: a wide console keeps Rich from folding table cells mid-phrase
 pytestmark = pytest.mark.usefixtures("wide_console")
@@ -158,73 +158,41 @@ def test_read_only_commands_and_the_ui_import_no_torch(curated_home):
     tmp_path = curated_home.root
     bench_run_on_disk(curated_home, "a", ["Yes", "No", "Yes"])
     bench_run_on_disk(curated_home, "b", ["Yes", "Yes", "Yes"])
-    snaps = curated_home.evolution_dir("mixed_x")
-    snaps.mkdir(parents=True)
-    for step, ok in ((0, False), (10, True)):
-        ex = {
-            "example_id": "ex_000",
-            "input": "q",
-            "expected_output": "a",
-            "model_output": "a" if ok else "b",
-            "loss": 0.1,
-            "similarity": 1.0,
-            "exact_match": ok,
-            "golden_prob": 0.9,
-            "metadata": {},
-        }
-        (snaps / f"step_{step:06d}.json").write_text(
-            json.dumps(
-                {
-                    "snapshot_id": f"mixed_x_step_{step:06d}",
-                    "training_step": step,
-                    "examples": [ex],
-                    "summary": {
-                        "avg_loss": 0.1,
-                        "accuracy": float(ok),
-                        "total_examples": 1,
-                        "correct": int(ok),
-                        "incorrect": int(not ok),
-                    },
-                }
-            )
-        )
+    write_probe_snapshots(curated_home, "mixed_x", "q")
     # Per-example dynamics of a run over the curated dataset's train split
-    from daemon.runs.dynamics import RECORD
-
     (ds,) = curated_home.datasets.iterdir()
-    run = curated_home.run_dir(1)
-    run.mkdir(parents=True)
-    (run / "dynamics.json").write_text(
-        json.dumps({"dataset": ds.name, "train_split": str(ds / "train.jsonl")})
-    )
-    n = len((ds / "train.jsonl").read_text().splitlines())
-    (run / "dynamics.bin").write_bytes(
-        b"".join(
-            RECORD.pack(i, e, e + 1, 0.5, 0.6, 0.5, 1.0, 5) for e in range(2) for i in range(n)
-        )
-    )
+    curated_home.run_dir(1).mkdir(parents=True)
+    write_dynamics(curated_home.run_dir(1), ds)
     curated_home.logs.mkdir(parents=True, exist_ok=True)
     curated_home.daemon_log.write_text("12:00:00 watching inbox\n")
     code = (
-        "import sys\nfrom typer.testing import CliRunner\nfrom cli.app import app\nfor cmd "
-        "in (['status'], ['status', '--json'], ['queue'], ['rejected', '--latest'],\n       "
-        "     ['rejected', '--latest', '--json'], ['flags'], ['flags', 'trend'], ['flags', "
-        "'--stats'],\n            ['bench', 'list'], ['bench', 'list', '--json'], ['bench', "
-        "'compare', 'a', 'b'],\n            ['bench', 'compare', 'a', 'b', '--label-regex', "
-        "'(Yes|No)', '--json'],\n            ['evolution'], ['evolution', '--json'], "
-        "['evolution', '--example', 'ex_000'],\n            ['evolution', '--sort', 'aum'], "
-        "['evolution', '--probe'],\n            ['evolution', 'mixed', '--class', "
-        "'hard'],\n            ['evolution', 'export', '--out', 'clean.jsonl'], ['logs'], "
-        "['service', 'install', '--print']):\n    r = CliRunner().invoke(app, cmd + "
-        f"['--home', {str(tmp_path)!r}])\n    assert r.exit_code == 0, r.output\n"
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from cli.app import app\n"
+        "for cmd in (['status'], ['status', '--json'], ['queue'], ['rejected', '--latest'],\n"
+        "            ['rejected', '--latest', '--json'], ['flags'], ['flags', 'trend'],\n"
+        "            ['flags', '--stats'], ['bench', 'list'], ['bench', 'list', '--json'],\n"
+        "            ['bench', 'compare', 'a', 'b'],\n"
+        "            ['bench', 'compare', 'a', 'b', '--label-regex', '(Yes|No)', '--json'],\n"
+        "            ['evolution'], ['evolution', '--json'],\n"
+        "            ['evolution', '--example', 'ex_000'], ['evolution', '--sort', 'aum'],\n"
+        "            ['evolution', '--probe'], ['evolution', 'mixed', '--class', 'hard'],\n"
+        "            ['evolution', 'export', '--out', 'clean.jsonl'], ['logs'],\n"
+        "            ['service', 'install', '--print']):\n"
+        f"    r = CliRunner().invoke(app, cmd + ['--home', {str(tmp_path)!r}])\n"
+        "    assert r.exit_code == 0, r.output\n"
         # trainctl ui: the server and every page and endpoint it serves
-        "import urllib.request\nfrom cli.web.server import PAGES, serve\nfrom daemon.home "
-        f"import Home\ns = serve(Home.open({str(tmp_path)!r}), '127.0.0.1', 0, None)\nfor "
-        "path in [*PAGES, '/api/status', '/api/queue', '/api/flags', '/api/bench/runs', "
-        "'/api/datasets',\n             '/api/bench/compare?runs=a,b', '/api/evolution', "
-        "'/api/rejected']:\n    urllib.request.urlopen(s.url.rstrip('/') + path, "
-        "timeout=30).read()\ns.shutdown()\nheavy = [m for m in ('torch', 'transformers', "
-        "'peft') if m in sys.modules]\nprint('HEAVY', heavy)\n"
+        "import urllib.request\n"
+        "from cli.web.server import PAGES, serve\n"
+        "from daemon.home import Home\n"
+        f"s = serve(Home.open({str(tmp_path)!r}), '127.0.0.1', 0, None)\n"
+        "for path in [*PAGES, '/api/status', '/api/queue', '/api/flags', '/api/bench/runs',\n"
+        "             '/api/datasets',\n"
+        "             '/api/bench/compare?runs=a,b', '/api/evolution', '/api/rejected']:\n"
+        "    urllib.request.urlopen(s.url.rstrip('/') + path, timeout=30).read()\n"
+        "s.shutdown()\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True

@@ -19,7 +19,14 @@ import pytest
 from daemon.home import Home
 from daemon.jobs import JobQueue
 from daemon.runs.flag_store import FlagStore
-from tests.helpers import DEMO, ROOT, bench_run_on_disk, wait_for
+from tests.helpers import (
+    DEMO,
+    ROOT,
+    bench_run_on_disk,
+    wait_for,
+    write_dynamics,
+    write_probe_snapshots,
+)
 
 XSS = '<img src=x onerror="window.pwned=1"><script>window.pwned=1</script>'
 
@@ -68,50 +75,10 @@ def ui_home(curated_home):  # noqa: F811 - the imported fixture
     (h.status_dir / "training_status.json").write_text(
         json.dumps({"job_id": job.id, "state": "training", "current_step": 3, "total_steps": 10})
     )
-    # Probe snapshots and per-example dynamics of the curated dataset (as in test_cli's torch-free
-    # test)
-    from daemon.runs.dynamics import RECORD
-
+    # Probe snapshots and per-example dynamics of the curated dataset
     (ds,) = h.datasets.iterdir()
-    snaps = h.evolution_dir(ds.name)
-    snaps.mkdir(parents=True)
-    for step, ok in ((0, False), (10, True)):
-        ex = {
-            "example_id": "ex_000",
-            "input": XSS,
-            "expected_output": "a",
-            "model_output": "a" if ok else "b",
-            "loss": 0.1,
-            "similarity": 1.0,
-            "exact_match": ok,
-            "golden_prob": 0.9,
-            "metadata": {},
-        }
-        (snaps / f"step_{step:06d}.json").write_text(
-            json.dumps(
-                {
-                    "snapshot_id": f"{ds.name}_step_{step:06d}",
-                    "training_step": step,
-                    "examples": [ex],
-                    "summary": {
-                        "avg_loss": 0.1,
-                        "accuracy": float(ok),
-                        "total_examples": 1,
-                        "correct": int(ok),
-                        "incorrect": int(not ok),
-                    },
-                }
-            )
-        )
-    (run / "dynamics.json").write_text(
-        json.dumps({"dataset": ds.name, "train_split": str(ds / "train.jsonl")})
-    )
-    n = len((ds / "train.jsonl").read_text().splitlines())
-    (run / "dynamics.bin").write_bytes(
-        b"".join(
-            RECORD.pack(i, e, e + 1, 0.5, 0.6, 0.5, 1.0, 5) for e in range(2) for i in range(n)
-        )
-    )
+    write_probe_snapshots(h, ds.name, XSS)
+    write_dynamics(run, ds)
     FlagStore(h.flagged_file).add(
         [
             {
